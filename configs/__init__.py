@@ -1,0 +1,1 @@
+"""Experiment configs: one YAML per experiment (loaded by `trainer.config`)."""

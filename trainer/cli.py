@@ -1,0 +1,33 @@
+"""What every entry point shares: argument parsing and turning user-caused errors into one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from envs.spec import ConfigError
+from envs.tasks import TaskDataError
+from trainer.checkpoints import CheckpointError
+from trainer.config import ExperimentConfig, add_config_args, load_config
+
+USER_ERRORS = (ConfigError, TaskDataError, CheckpointError, FileNotFoundError)
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    add_config_args(p)
+    return p
+
+
+def run_main(main: Callable[[argparse.Namespace, ExperimentConfig], object], p: argparse.ArgumentParser,
+             argv: list[str] | None = None) -> int:
+    """Parse args, load the config and run `main`; a user-caused error prints one line and exits non-zero."""
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        main(args, cfg)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
