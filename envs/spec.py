@@ -44,6 +44,14 @@ class ReferenceConfig:
     """resnet only: basic blocks per stage"""
 
 
+@dataclass
+class EnvConfig:
+    steps: int = 3
+    """K: policy steps per episode of the weight-evaluation env"""
+    reward: str = "final"
+    """final: reward-split accuracy of the final weights; improvement: per-step accuracy gain"""
+
+
 def _check_type(value: Any, tp: Any, key: str) -> Any:
     """Return `value` checked against `tp` (an int is accepted as a float), or raise ConfigError naming `key`."""
     origin = typing.get_origin(tp)
@@ -92,13 +100,17 @@ def check_choice(key: str, value: str, valid: typing.Iterable[str]) -> None:
         raise ConfigError(f"config key {key}: unknown {key.rsplit('.', 1)[-1]} {value!r} (valid: {', '.join(valid)})")
 
 
-def check_env_sections(task: TaskConfig, reference: ReferenceConfig) -> None:
+def check_env_sections(task: TaskConfig, reference: ReferenceConfig, env: Optional[EnvConfig] = None) -> None:
     """Registry names are validated when the config loads, not mid-run."""
     from envs.models import REFERENCE_FAMILIES
     from envs.tasks import TASKS
 
     check_choice("task.name", task.name, TASKS)
     check_choice("reference.family", reference.family, REFERENCE_FAMILIES)
+    if env is not None:
+        check_choice("env.reward", env.reward, ("final", "improvement"))
+        if env.steps < 1:
+            raise ConfigError(f"config key env.steps: expected >= 1, got {env.steps}")
     if not reference.widths or min(reference.widths) < 1:
         raise ConfigError(f"config key reference.widths: expected positive widths, got {reference.widths}")
 

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import yaml
 
-from envs.spec import ConfigError, ReferenceConfig, TaskConfig, check_choice, check_env_sections, from_dict, read_yaml
+from envs.spec import ConfigError, EnvConfig, ReferenceConfig, TaskConfig, check_choice, check_env_sections, from_dict, read_yaml
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_config", "config_from_dict", "add_config_args"]
 
@@ -35,6 +35,8 @@ class ZooConfig:
     weight_decay: float = 0.0
     batch_size: int = 64
     epochs: int = 4
+    cosine: bool = True
+    """cosine learning-rate decay to 0 over the run (else constant)"""
     checkpoints: int = 10
     """checkpoints per run at log-spaced steps, always including step 0 (the init) and the last step"""
     out: Optional[str] = None
@@ -49,6 +51,10 @@ class RolloutConfig:
     """Ray actors for scoring; concurrent Ray tasks for the zoo"""
     timeout_s: float = 300.0
     """bound on every ray.get"""
+    chunk_size: int = 16
+    """weight sets scored per vmap call (bounds memory)"""
+    max_retries: int = 3
+    """times a lost actor's share is re-run on a restarted actor before giving up"""
 
 
 @dataclass
@@ -59,6 +65,7 @@ class ExperimentConfig:
     """the one seeding point of every entry point"""
     task: TaskConfig = field(default_factory=TaskConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
     zoo: ZooConfig = field(default_factory=ZooConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
@@ -94,7 +101,7 @@ def resolve_config_path(path: str | Path) -> Path:
 
 def config_from_dict(data: dict) -> ExperimentConfig:
     cfg = from_dict(ExperimentConfig, data)
-    check_env_sections(cfg.task, cfg.reference)
+    check_env_sections(cfg.task, cfg.reference, cfg.env)
     check_choice("zoo.optimizer", cfg.zoo.optimizer, ("sgd", "adam"))
     return cfg
 

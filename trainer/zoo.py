@@ -58,6 +58,7 @@ def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path) -> dict:
     n = len(task.train)
     per_epoch = n // zc.batch_size
     total = per_epoch * zc.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * s / total)) if zc.cosine else 1.0)
     save_at = set(checkpoint_steps(total, zc.checkpoints))
 
     final, tmp = run_dir(zoo_dir, run), zoo_dir / f".run-{run:04d}.tmp"
@@ -86,6 +87,7 @@ def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
             step += 1
             if step in save_at:
                 save(step)
