@@ -37,6 +37,8 @@ class Task:
     test: Split  # reporting only
     input_shape: tuple[int, ...]  # (C, H, W)
     num_classes: int
+    train_index: torch.Tensor  # positions in the original training set, disjoint from reward_index
+    reward_index: torch.Tensor
 
     def split(self, name: str) -> Split:
         if name not in ("train", "reward", "test"):
@@ -112,6 +114,8 @@ def load_task(name: str, root: Optional[str] = None, download: bool = False, rew
         test=Split(test_x.contiguous(), test_y.contiguous()),
         input_shape=tuple(train_x.shape[1:]),
         num_classes=int(max(train_y.max(), test_y.max())) + 1,
+        train_index=tr,
+        reward_index=rew,
     )
 
 

@@ -1,0 +1,23 @@
+"""Shared fixtures: tests run offline on the digits task, inside a temporary working directory."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Run the test with the working directory in a fresh temp folder (artifacts/ lands there)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One private local Ray instance for the whole session."""
+    from rollout.cluster import init_ray
+
+    init_ray(None, num_cpus=2)
+    yield

@@ -1,0 +1,86 @@
+import json
+
+import pytest
+import torch
+
+from envs.models import build_reference
+from envs.tasks import load_task
+from trainer.checkpoints import load_weights
+from trainer.config import load_config
+from trainer.pairs import ZooPairs
+from trainer.zoo import build_zoo, checkpoint_steps
+
+TINY = ["zoo.runs=2", "reference.widths=[8]", "zoo.epochs=2", "zoo.checkpoints=4", "zoo.batch_size=16"]
+
+
+def test_checkpoint_steps_are_log_spaced_with_ends():
+    steps = checkpoint_steps(1000, 6)
+    assert steps[0] == 0 and steps[-1] == 1000 and steps == sorted(set(steps))
+    gaps = [b - a for a, b in zip(steps[1:], steps[2:])]
+    assert gaps == sorted(gaps)  # denser early
+
+
+@pytest.fixture
+def tiny_zoo(in_tmp, ray_local):
+    cfg = load_config(overrides=TINY)
+    return cfg, build_zoo(cfg, progress=False)
+
+
+def test_tiny_zoo_end_to_end(tiny_zoo):
+    cfg, zoo = tiny_zoo
+    manifest = json.loads((zoo / "manifest.json").read_text())
+    assert [r["run"] for r in manifest["runs"]] == [0, 1]
+    task = load_task("digits", reward_size=cfg.task.reward_size)
+    ref = build_reference("mlp", [8], (1, 8, 8), 10).state_dict()
+    for run in manifest["runs"]:
+        ckpts = run["checkpoints"]
+        assert [c["step"] for c in ckpts] == checkpoint_steps(run["total_steps"], 4)
+        assert ckpts[0]["t"] == 0.0 and ckpts[-1]["t"] == 1.0
+        w0, meta = load_weights(zoo / ckpts[0]["file"], expected=ref)
+        init = build_reference("mlp", [8], (1, 8, 8), 10, seed=cfg.zoo.seed + run["run"]).state_dict()
+        assert all(torch.equal(w0[k], init[k]) for k in init)  # step 0 is the seed's PyTorch default init
+        assert meta["experiment"] == "digits_mlp" and meta["task"] == "digits" and meta["seed"] == str(1000 + run["run"])
+        assert float(meta["t"]) == 0.0 and float(meta["test_accuracy"]) == ckpts[0]["test_accuracy"]
+        assert ckpts[-1]["reward_accuracy"] > ckpts[0]["reward_accuracy"] + 0.3  # it trained
+    assert 2 * (len(task.train) // 16) == manifest["runs"][0]["total_steps"]
+
+
+def test_resume_skips_finished_runs_and_ignores_half_written_ones(tiny_zoo):
+    cfg, zoo = tiny_zoo
+    before = {p: p.stat().st_mtime_ns for p in zoo.glob("run-*/*.safetensors")}
+    (zoo / ".run-0002.tmp").mkdir()  # what a killed zoo leaves behind
+    (zoo / ".run-0002.tmp" / "step-000000.safetensors").write_bytes(b"half")
+    cfg3 = load_config(overrides=TINY[1:] + ["zoo.runs=3"])
+    build_zoo(cfg3, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in zoo.glob("run-0000/*.safetensors") if p in before} == \
+        {p: t for p, t in before.items() if "run-0000" in str(p)}
+    assert sorted(p.name for p in zoo.glob("run-*")) == ["run-0000", "run-0001", "run-0002"]
+    assert not list(zoo.glob(".run-*"))
+    assert len(json.loads((zoo / "manifest.json").read_text())["runs"]) == 3
+
+
+def test_zoo_refuses_a_folder_built_with_another_config(tiny_zoo):
+    from trainer.config import ConfigError
+
+    with pytest.raises(ConfigError, match="built with a different `zoo` config"):
+        build_zoo(load_config(overrides=TINY + ["zoo.lr=0.5"]), progress=False)
+
+
+def test_pairs_are_ordered_and_from_one_run(tiny_zoo):
+    _, zoo = tiny_zoo
+    pairs = ZooPairs(zoo)
+    n = len(pairs.grid)
+    assert len(pairs) == 2 * n * (n - 1) // 2
+    for k in range(len(pairs)):
+        w1, w2, t1, t2 = pairs[k]
+        assert t1 < t2
+        ri, i, j = pairs.index[k]
+        ckpts = json.loads((zoo / f"run-{pairs.runs[ri]:04d}" / "run.json").read_text())["checkpoints"]
+        assert torch.equal(w2["layers.0.weight"], load_weights(zoo / ckpts[j]["file"])[0]["layers.0.weight"])
+        assert t1 == pytest.approx(ckpts[i]["t"])
+
+
+def test_reward_split_is_disjoint_from_zoo_training_data():
+    # The zoo draws its batches from task.train only; the reward carve must not overlap it.
+    task = load_task("digits", reward_size=300)
+    assert not set(task.train_index.tolist()) & set(task.reward_index.tolist())
