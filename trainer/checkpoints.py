@@ -98,3 +98,72 @@ def load_weights(path: str | Path, expected: Optional[Mapping[str, torch.Tensor 
             if v.is_floating_point() and not torch.isfinite(v).all():
                 raise CheckpointError(f"{path}: tensor {k!r} has non-finite values")
     return tensors, metadata
+
+
+# --- resumable training state: model + optimizer + RNG + counters in one safetensors file ----------------------------
+
+def save_training_state(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        generators: Mapping[str, torch.Generator], info: Mapping[str, Any]) -> Path:
+    """One atomic file: model tensors, optimizer tensors, RNG states, and `info` (JSON) plus the optimizer's hyper-
+    parameters in the metadata. Nothing is pickled."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    scalars = {}
+    for pid, state in opt["state"].items():
+        for name, v in state.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{pid}.{name}"] = v
+            else:
+                scalars[f"{pid}.{name}"] = v
+    for name, g in generators.items():
+        tensors[f"rng.{name}"] = g.get_state()
+    tensors["rng.torch_global"] = torch.get_rng_state()
+    meta = {"info": json.dumps(info), "param_groups": json.dumps(opt["param_groups"]), "scalars": json.dumps(scalars)}
+    return save_weights(path, tensors, meta)
+
+
+def load_training_state(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        generators: Mapping[str, torch.Generator]) -> dict:
+    """Restore what `save_training_state` wrote, in place; returns its `info`."""
+    tensors, meta = load_weights(path)
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        state: dict = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, pid, name = k.split(".", 2)
+                state.setdefault(int(pid), {})[name] = v
+        for k, v in json.loads(meta["scalars"]).items():
+            pid, name = k.split(".", 1)
+            state.setdefault(int(pid), {})[name] = v
+        optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+        for name, g in generators.items():
+            g.set_state(tensors[f"rng.{name}"])
+        torch.set_rng_state(tensors["rng.torch_global"])
+        return json.loads(meta["info"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a training state of this run ({_first_line(e)})") from None
+
+
+# --- the policy: policy.safetensors (weights) + policy.json (config, layout, tokenizer scales, schedule) -------------
+
+def save_policy(folder: str | Path, model: torch.nn.Module, spec: Mapping[str, Any]) -> Path:
+    folder = Path(folder)
+    save_weights(folder / "policy.safetensors", model.state_dict(), {"experiment": spec["experiment"]["name"],
+                                                                     "format": "synthnet-policy-v1"})
+    save_json(folder / "policy.json", spec)
+    return folder / "policy.safetensors"
+
+
+def load_policy_files(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(weights, spec) of a saved policy; `path` is policy.safetensors or its folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "policy.safetensors"
+    spec_path = path.with_suffix(".json")
+    if not spec_path.is_file():
+        raise CheckpointError(f"{spec_path}: policy spec not found next to {path.name}")
+    weights, meta = load_weights(path)
+    if meta.get("format") != "synthnet-policy-v1":
+        raise CheckpointError(f"{path}: not a SynthNet policy file (format {meta.get('format')!r})")
+    return weights, json.loads(spec_path.read_text())

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import yaml
 
+from policy.model import PolicyConfig
 from envs.spec import ConfigError, EnvConfig, ReferenceConfig, TaskConfig, check_choice, check_env_sections, from_dict, read_yaml
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_config", "config_from_dict", "add_config_args"]
@@ -58,6 +59,35 @@ class RolloutConfig:
 
 
 @dataclass
+class ImitateConfig:
+    steps: int = 1500
+    """optimizer steps on checkpoint pairs"""
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    schedule_frac: float = 0.5
+    """fraction of pairs that are transitions of the generation schedule; the rest are any t1 < t2 of a run"""
+    train_runs: Optional[int] = None
+    """use only the first N zoo runs (None: all)"""
+    eval_every: int = 250
+    """steps between held-out evaluations (mean path, test split)"""
+    eval_seeds: int = 16
+    """held-out init seeds evaluated: eval_seed_start .. eval_seed_start + eval_seeds - 1"""
+    eval_seed_start: int = 0
+    """must lie outside the zoo's seed range"""
+    save_every: int = 250
+    """steps between resumable checkpoints"""
+    log_every: int = 25
+
+
+@dataclass
+class GenerateConfig:
+    schedule: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    """progress values the policy walks from the init (0) to trained (1); snapped to the zoo's checkpoint grid"""
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "digits_mlp"
     """experiment name: names the zoo folder and the runs"""
@@ -68,6 +98,9 @@ class ExperimentConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     zoo: ZooConfig = field(default_factory=ZooConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    imitate: ImitateConfig = field(default_factory=ImitateConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
 
     @property
     def zoo_dir(self) -> Path:
@@ -103,6 +136,14 @@ def config_from_dict(data: dict) -> ExperimentConfig:
     cfg = from_dict(ExperimentConfig, data)
     check_env_sections(cfg.task, cfg.reference, cfg.env)
     check_choice("zoo.optimizer", cfg.zoo.optimizer, ("sgd", "adam"))
+    sched = cfg.generate.schedule
+    if len(sched) < 2 or sched[0] != 0.0 or sched[-1] != 1.0 or sorted(set(sched)) != sched:
+        raise ConfigError(f"config key generate.schedule: expected increasing values from 0.0 to 1.0, got {sched}")
+    im = cfg.imitate
+    if im.eval_seed_start < cfg.zoo.seed + cfg.zoo.runs and cfg.zoo.seed < im.eval_seed_start + im.eval_seeds:
+        raise ConfigError(f"config key imitate.eval_seed_start: held-out seeds {im.eval_seed_start}.."
+                          f"{im.eval_seed_start + im.eval_seeds - 1} overlap the zoo's seeds {cfg.zoo.seed}.."
+                          f"{cfg.zoo.seed + cfg.zoo.runs - 1}")
     return cfg
 
 

@@ -1,0 +1,80 @@
+"""Gaussian policy math (log-prob, KL, sampling) over dicts of token blocks, averaged over weight dimensions.
+
+Every function takes batched dicts key -> (B, ...) and returns per-sample values (B,). Averaging (never summing) over
+dimensions keeps log-probs of nets of any size on one scale, which is what the GRPO clip range is tuned for.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+import torch
+
+Tokens = Mapping[str, torch.Tensor]
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _per_sample_mean(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over all non-batch dims of several (B, ...) tensors taken together -> (B,)."""
+    total = sum(p.flatten(1).sum(1) for p in parts)
+    count = sum(p[0].numel() for p in parts)
+    return total / count
+
+
+def _std_like(std: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Broadcast a per-sample (B,) or full std to x's shape."""
+    return std.view(-1, *([1] * (x.dim() - 1))) if std.dim() == 1 else std
+
+
+def gaussian_log_prob(x: Tokens, mean: Tokens, std: Tokens) -> torch.Tensor:
+    """log N(x | mean, std) averaged over every dimension of every tensor -> (B,)."""
+    parts = []
+    for k in mean:
+        s = _std_like(std[k], mean[k])
+        parts.append(-0.5 * ((x[k] - mean[k]) / s) ** 2 - torch.log(s) - LOG_SQRT_2PI)
+    return _per_sample_mean(parts)
+
+
+def gaussian_kl(mean_p: Tokens, std_p: Tokens, mean_q: Tokens, std_q: Tokens) -> torch.Tensor:
+    """KL(N(mean_p, std_p) || N(mean_q, std_q)) in closed form, averaged over dimensions -> (B,)."""
+    parts = []
+    for k in mean_p:
+        sp, sq = _std_like(std_p[k], mean_p[k]), _std_like(std_q[k], mean_q[k])
+        parts.append(torch.log(sq / sp) + (sp ** 2 + (mean_p[k] - mean_q[k]) ** 2) / (2 * sq ** 2) - 0.5)
+    return _per_sample_mean(parts)
+
+
+def sample(mean: Tokens, std: Tokens, generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+    """One draw x = mean + std * eps per dimension."""
+    out = {}
+    for k, m in mean.items():
+        eps = torch.randn(m.shape, generator=generator, dtype=m.dtype, device=m.device)
+        out[k] = m + _std_like(std[k], m) * eps
+    return out
+
+
+@dataclass
+class Step:
+    """One policy step of a trajectory, as GRPO stores it: input, sampled output, and the log-prob when sampled."""
+
+    x: dict[str, torch.Tensor]  # input token blocks (B, ...)
+    y: dict[str, torch.Tensor]  # output token blocks (B, ...)
+    t1: float
+    t2: float
+    log_prob: torch.Tensor  # (B,) averaged over dimensions
+
+
+@torch.no_grad()
+def walk(policy, x0: Mapping[str, torch.Tensor], schedule: Sequence[float], mean_only: bool = False,
+         generator: Optional[torch.Generator] = None) -> tuple[dict[str, torch.Tensor], list[Step]]:
+    """Walk the schedule from token blocks x0 (progress schedule[0]); returns the final blocks and every step."""
+    x, steps = dict(x0), []
+    b = next(iter(x.values())).shape[0]
+    for t1, t2 in zip(schedule[:-1], schedule[1:]):
+        mean, std = policy(x, torch.full((b,), float(t1)), torch.full((b,), float(t2)))
+        y = dict(mean) if mean_only else sample(mean, std, generator)
+        steps.append(Step(x, y, float(t1), float(t2), gaussian_log_prob(y, mean, std)))
+        x = y
+    return x, steps

@@ -1,0 +1,126 @@
+"""`python -m trainer.imitate`: fit the denoising policy to ordered checkpoint pairs (W at t1 -> W at t2) of zoo runs.
+
+Builds the zoo first if it is missing, logs to TensorBoard under artifacts/runs/<name>/, evaluates the mean path on
+held-out init seeds, and saves policy.safetensors + policy.json; `--resume` continues bit-identically on CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from envs.tasks import task_from_config
+from policy.model import DenoisingPolicy
+from policy.sampling import gaussian_log_prob
+from policy.tokenizer import Tokenizer, fit_scales
+from trainer.checkpoints import load_training_state, save_training_state
+from trainer.cli import parser, run_main
+from trainer.config import ExperimentConfig
+from trainer.runlog import RunLogger
+from trainer.pairs import ZooPairs
+from trainer.pipeline import WeightGenerator, init_states, reference_layout, score_states, snap_schedule
+from trainer.zoo import build_zoo
+
+
+def sample_pairs(t: torch.Tensor, sched_idx: list[int], batch: int, schedule_frac: float,
+                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Indices (run, i, j), each (batch,), with i < j: a `schedule_frac` share are schedule transitions, the rest any
+    ordered pair (short and long jumps alike)."""
+    runs, n = t.shape
+    r = torch.randint(runs, (batch,), generator=gen)
+    i = torch.randint(n - 1, (batch,), generator=gen)
+    j = i + 1 + (torch.rand(batch, generator=gen) * (n - 1 - i)).long()
+    k = torch.randint(len(sched_idx) - 1, (batch,), generator=gen)
+    on_schedule = torch.rand(batch, generator=gen) < schedule_frac
+    s = torch.tensor(sched_idx)
+    i = torch.where(on_schedule, s[k], i)
+    j = torch.where(on_schedule, s[k + 1], j)
+    return r, i, j
+
+
+def imitation_loss(mean: dict, std: dict, target: dict) -> tuple[torch.Tensor, dict]:
+    """Per-tensor MSE of the mean (tensors weigh equally, whatever their size) + Gaussian NLL fitting the std."""
+    mse = torch.stack([((mean[k] - target[k]) ** 2).mean() for k in mean]).mean()
+    nll = -gaussian_log_prob(target, {k: v.detach() for k, v in mean.items()}, std).mean()
+    return mse + nll, {"losses/mse": mse.item(), "losses/nll": nll.item()}
+
+
+def evaluate_generator(wg: WeightGenerator, task, seeds: list[int], split: str = "test") -> list[float]:
+    final, _ = wg.generate(init_states(wg.cfg, task, seeds), mean_only=True)
+    return score_states(wg.cfg, task, final, split)
+
+
+def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool = True) -> Path:
+    im = cfg.imitate
+    run_dir = Path("artifacts/runs") / name
+    zoo_dir = build_zoo(cfg, progress=progress)
+    task = task_from_config(cfg.task)
+    template, layout = reference_layout(cfg, task)
+    pairs = ZooPairs(zoo_dir, range(im.train_runs or cfg.zoo.runs), expected=template.state_dict())
+    tok = Tokenizer(layout, fit_scales({k: pairs.weights[k] for k in layout.shapes}))
+    r, c = pairs.t.shape
+    data = {k: v.reshape(r, c, *v.shape[1:]) for k, v in tok.encode(
+        {k: pairs.weights[k].flatten(0, 1) for k in layout.shapes}).items()}
+    schedule = snap_schedule(cfg.generate.schedule, pairs.grid)
+    sched_idx = [pairs.grid.index(s) for s in schedule]
+
+    torch.manual_seed(cfg.seed)
+    policy = DenoisingPolicy(cfg.policy, layout)
+    opt = torch.optim.AdamW(policy.parameters(), lr=im.lr, weight_decay=im.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    wg = WeightGenerator(cfg, policy, tok, schedule, pairs.grid)
+    eval_seeds = list(range(im.eval_seed_start, im.eval_seed_start + im.eval_seeds))
+    start, elapsed = 0, 0.0
+    state_path = run_dir / "state.safetensors"
+    if resume and state_path.is_file():
+        info = load_training_state(state_path, policy, opt, {"pairs": gen})
+        start, elapsed = info["step"], info["elapsed_s"]
+    log = RunLogger(run_dir, cfg, purge_step=start)
+    t0 = time.perf_counter() - elapsed
+    last_eval = None
+    bar = tqdm(range(start, im.steps), initial=start, total=im.steps, desc=f"imitate {name}", disable=not progress)
+    for step in bar:
+        policy.train()
+        ri, i, j = sample_pairs(pairs.t, sched_idx, im.batch_size, im.schedule_frac, gen)
+        x1 = {k: v[ri, i] for k, v in data.items()}
+        x2 = {k: v[ri, j] for k, v in data.items()}
+        mean, std = policy(x1, pairs.t[ri, i], pairs.t[ri, j])
+        loss, parts = imitation_loss(mean, std, x2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), im.grad_clip)
+        opt.step()
+        done = step + 1
+        if done % im.log_every == 0 or done == im.steps:
+            log.scalars(done, {"losses/imitation": loss.item(), **parts, "losses/grad_norm": grad_norm.item(),
+                               "policy/std_mean": torch.stack([s.mean() for s in std.values()]).mean().item()})
+            bar.set_postfix(loss=f"{loss.item():.4f}", eval=f"{last_eval:.3f}" if last_eval is not None else "-")
+        if done % im.eval_every == 0 or done == im.steps:
+            policy.eval()
+            accs = evaluate_generator(wg, task, eval_seeds)
+            last_eval = float(np.mean(accs))
+            log.scalars(done, {"eval/accuracy_mean": last_eval, "eval/accuracy_median": float(np.median(accs))})
+        if done % im.save_every == 0 or done == im.steps:
+            wall = time.perf_counter() - t0
+            wg.save(run_dir, trained_steps=done, wall_s=wall, zoo=str(zoo_dir), zoo_runs=len(pairs.runs),
+                    eval_seeds=eval_seeds, eval_test_accuracy_mean=last_eval)
+            save_training_state(state_path, policy, opt, {"pairs": gen}, {"step": done, "elapsed_s": wall})
+    log.close()
+    return run_dir
+
+
+def main(args, cfg: ExperimentConfig) -> None:
+    name = args.name or f"{cfg.name}-imitate"
+    run_dir = train(cfg, name, resume=args.resume)
+    print(f"policy: {run_dir / 'policy.safetensors'}  (TensorBoard: tensorboard --logdir {run_dir.parent})")
+
+
+if __name__ == "__main__":
+    p = parser("Train the denoising policy by imitating zoo checkpoint pairs.")
+    p.add_argument("--name", help="run name under artifacts/runs/ (default: <experiment>-imitate)")
+    p.add_argument("--resume", action="store_true", help="continue from artifacts/runs/<name>/state.safetensors")
+    raise SystemExit(run_main(main, p))

@@ -1,0 +1,111 @@
+"""What imitate, generate and grpo share: the reference model's layout, fresh inits, the policy with its tokenizer and
+schedule (`WeightGenerator`), and scoring of generated weights."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from envs.models import reference_from_config
+from envs.scoring import evaluate
+from envs.tasks import Task, task_from_config
+from policy.model import DenoisingPolicy, PolicyConfig
+from policy.sampling import Step, walk
+from policy.tokenizer import Layout, Tokenizer
+from trainer.checkpoints import CheckpointError, load_policy_files, save_policy
+from trainer.config import ExperimentConfig, config_from_dict, config_to_dict
+
+
+def reference_layout(cfg: ExperimentConfig, task: Task) -> tuple[torch.nn.Module, Layout]:
+    template = reference_from_config(cfg.reference, task)
+    return template, Layout(template.unit_layout(), {k: v.shape for k, v in template.state_dict().items()})
+
+
+def init_states(cfg: ExperimentConfig, task: Task, seeds: Iterable[int]) -> dict[str, torch.Tensor]:
+    """PyTorch default inits of the reference model from each seed, batched: key -> (len(seeds), *shape)."""
+    sds = [reference_from_config(cfg.reference, task, seed=int(s)).state_dict() for s in seeds]
+    return {k: torch.stack([sd[k] for sd in sds]) for k in sds[0]}
+
+
+def snap_schedule(schedule: Sequence[float], grid: Sequence[float]) -> list[float]:
+    """Each schedule point moved to the nearest progress value the zoo has checkpoints at (duplicates dropped)."""
+    g = np.asarray(grid)
+    return sorted({float(g[np.abs(g - s).argmin()]) for s in schedule})
+
+
+def unbatch(states: Mapping[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+    return {k: v[i] for k, v in states.items()}
+
+
+@torch.no_grad()
+def score_states(cfg: ExperimentConfig, task: Task, states: Mapping[str, torch.Tensor], split: str) -> list[float]:
+    """Accuracy of every weight set in a batch on a split; non-finite sets score 0."""
+    model = reference_from_config(cfg.reference, task)
+    accs = []
+    for i in range(next(iter(states.values())).shape[0]):
+        sd = unbatch(states, i)
+        if not all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point()):
+            accs.append(0.0)
+            continue
+        model.load_state_dict(sd)
+        accs.append(evaluate(model, task.split(split))[1])
+    return accs
+
+
+@dataclass
+class WeightGenerator:
+    """A policy with everything needed to use it: its experiment, tokenizer, schedule and the zoo's progress grid."""
+
+    cfg: ExperimentConfig
+    policy: DenoisingPolicy
+    tokenizer: Tokenizer
+    schedule: list[float]
+    grid: list[float]
+
+    @property
+    def layout(self) -> Layout:
+        return self.tokenizer.layout
+
+    def generate(self, init: Mapping[str, torch.Tensor], mean_only: bool = False,
+                 generator: Optional[torch.Generator] = None) -> tuple[dict[str, torch.Tensor], list[Step]]:
+        """Batched inits (key -> (B, *shape)) -> generated state dicts and the trajectory's steps (token blocks)."""
+        final, steps = walk(self.policy, self.tokenizer.encode(init), self.schedule, mean_only, generator)
+        return self.tokenizer.decode(final, init), steps
+
+    def spec(self, **extra) -> dict:
+        return dict(experiment=config_to_dict(self.cfg), policy=dataclasses.asdict(self.policy.cfg),
+                    layout=self.layout.raw, scales=self.tokenizer.scales, schedule=self.schedule, grid=self.grid, **extra)
+
+    def save(self, folder: str | Path, **extra) -> Path:
+        return save_policy(folder, self.policy, self.spec(**extra))
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: Optional[list[str]] = None) -> "WeightGenerator":
+        """Load policy.safetensors + policy.json; `overrides` (`a.b=c`) apply to the stored experiment config."""
+        from trainer.config import _set
+
+        weights, spec = load_policy_files(path)
+        data = spec["experiment"]
+        for o in overrides or []:
+            _set(data, o)
+        cfg = config_from_dict(data)
+        shapes = {t["key"]: None for t in spec["layout"]["tensors"]}
+        task = task_from_config(cfg.task)
+        template, layout = reference_layout(cfg, task)
+        if set(shapes) != set(layout.shapes):
+            raise CheckpointError(f"{path}: policy was made for another reference model")
+        policy = DenoisingPolicy(PolicyConfig(**spec["policy"]), layout)
+        try:
+            policy.load_state_dict(weights)
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: policy weights do not fit its spec ({str(e).splitlines()[0]})") from None
+        policy.eval()
+        schedule = spec["schedule"]
+        if overrides and any(o.startswith("generate.schedule") for o in overrides):
+            schedule = snap_schedule(cfg.generate.schedule, spec["grid"])
+        return cls(cfg, policy, Tokenizer(layout, spec["scales"]), schedule, spec["grid"])
