@@ -160,6 +160,8 @@ def load_policy_files(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     path = Path(path)
     if path.is_dir():
         path = path / "policy.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: policy file not found (train one with `python -m trainer.imitate`)")
     spec_path = path.with_suffix(".json")
     if not spec_path.is_file():
         raise CheckpointError(f"{spec_path}: policy spec not found next to {path.name}")

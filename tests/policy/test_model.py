@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from envs.models import build_reference
+from policy.model import DenoisingPolicy, PolicyConfig
+from policy.tokenizer import Layout, Tokenizer, fit_scales, permute_units
+
+from tests.policy.test_tokenizer import FAMILIES, batch_of, make
+
+SMALL = PolicyConfig(dim=16, rounds=2, heads=2)
+
+
+def perturb(policy):
+    """Move every output head off its zero init so the test sees a non-trivial update."""
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_permuting_hidden_units_permutes_the_prediction(family):
+    _, layout = make(family)
+    states = batch_of(family, range(3))
+    tok = Tokenizer(layout, fit_scales({k: states[k] for k in layout.shapes}))
+    x = tok.encode(states)
+    torch.manual_seed(0)
+    policy = DenoisingPolicy(SMALL, layout).eval()
+    perturb(policy)
+    t1, t2 = torch.tensor([0.0, 0.2, 0.5]), torch.tensor([1.0, 0.6, 0.7])
+    with torch.no_grad():
+        mean, std = policy(x, t1, t2)
+        for g in layout.groups:
+            if g.fixed:
+                continue
+            perm = torch.randperm(g.size, generator=torch.Generator().manual_seed(5))
+            mean_p, std_p = policy(permute_units(x, layout, g.name, perm), t1, t2)
+            expected = permute_units(mean, layout, g.name, perm)
+            moved = any(not torch.allclose(expected[k], mean[k]) for k in mean)
+            assert moved, g.name  # the permutation is visible in the output...
+            for k in mean:  # ...and the prediction followed it exactly (to float tolerance)
+                torch.testing.assert_close(mean_p[k], expected[k], rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(std_p[k], std[k])
+
+
+def test_parameter_count_does_not_grow_with_the_reference_model():
+    def count(widths):
+        model = build_reference("mlp", widths, (1, 8, 8), 10)
+        layout = Layout(model.unit_layout(), {k: v.shape for k, v in model.state_dict().items()})
+        return sum(p.numel() for p in DenoisingPolicy(SMALL, layout).parameters())
+
+    assert count([8]) == count([512]) == count([64, 64, 64])
+
+
+def test_std_is_floored_and_starts_at_std_init():
+    _, layout = make("mlp")
+    policy = DenoisingPolicy(PolicyConfig(dim=16, rounds=1, heads=2, std_init=0.05, std_floor=1e-3), layout)
+    x = Tokenizer(layout, {k: 1.0 for k in layout.shapes}).encode(batch_of("mlp", [0]))
+    mean, std = policy(x, torch.zeros(1), torch.ones(1))
+    for k in std:
+        torch.testing.assert_close(std[k], torch.tensor([0.05]))
+    with torch.no_grad():
+        policy.tensor_head[-1].bias[1] = -1e4
+    _, std = policy(x, torch.zeros(1), torch.ones(1))
+    assert all(s.item() == pytest.approx(1e-3) for s in std.values())

@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from envs.models import build_reference
+from policy.tokenizer import Layout, Tokenizer, fit_scales, permute_units
+
+FAMILIES = {"mlp": ([16, 8], (1, 8, 8)), "cnn": ([4, 8], (1, 8, 8)), "resnet": ([4, 8], (3, 8, 8))}
+
+
+def batch_of(family, seeds):
+    widths, shape = FAMILIES[family]
+    sds = [build_reference(family, widths, shape, 10, blocks_per_stage=2, seed=s).state_dict() for s in seeds]
+    return {k: torch.stack([sd[k] for sd in sds]) for k in sds[0]}
+
+
+def make(family):
+    widths, shape = FAMILIES[family]
+    model = build_reference(family, widths, shape, 10, blocks_per_stage=2, seed=0)
+    layout = Layout(model.unit_layout(), {k: v.shape for k, v in model.state_dict().items()})
+    return model, layout
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_round_trip_is_exact(family):
+    _, layout = make(family)
+    states = batch_of(family, range(4))
+    states = {k: v * 3.7 + 0.1 if v.is_floating_point() else v for k, v in states.items()}  # off the fitted scale
+    tok = Tokenizer(layout, fit_scales({k: states[k] for k in layout.shapes}))
+    back = tok.decode(tok.encode(states), states)
+    assert set(back) == set(states)
+    for k in states:
+        assert back[k].dtype == states[k].dtype and torch.equal(back[k], states[k]), k
+
+
+def test_scales_are_powers_of_two_near_the_std():
+    scales = fit_scales({"a": torch.randn(1000) * 0.05, "b": torch.zeros(3)})
+    assert scales["a"] == 2.0 ** -4 and scales["b"] == 1.0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_permuting_a_group_keeps_the_function(family):
+    """The layout is right iff permuting any hidden group's units leaves the network's outputs unchanged."""
+    model, layout = make(family)
+    model.eval()
+    states = batch_of(family, [0])
+    tok = Tokenizer(layout, {k: 1.0 for k in layout.shapes})
+    x = torch.randn(5, *FAMILIES[family][1])
+    with torch.no_grad():
+        if family == "resnet":  # give BatchNorm non-trivial statistics
+            for k in states:
+                if k.endswith(("running_mean", "running_var")):
+                    states[k] = states[k] + torch.rand_like(states[k])
+        model.load_state_dict({k: v[0] for k, v in states.items()})
+        expected = model(x)
+        for g in layout.groups:
+            if g.fixed:
+                continue
+            perm = torch.randperm(g.size, generator=torch.Generator().manual_seed(1))
+            permuted = tok.decode(permute_units(tok.encode(states), layout, g.name, perm), states)
+            assert not torch.equal(permuted[layout.tensors[0].key], states[layout.tensors[0].key]) or g.name != layout.tensors[0].out
+            model.load_state_dict({k: v[0] for k, v in permuted.items()})
+            torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5), g.name

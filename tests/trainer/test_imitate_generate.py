@@ -1,0 +1,93 @@
+"""Tiny-budget runs of the real entry points: imitate -> generate, resume, and bad --init files."""
+
+import json
+
+import pytest
+import torch
+
+from envs.models import build_reference
+from trainer import generate, imitate
+from trainer.checkpoints import load_weights, save_weights
+from trainer.cli import parser, run_main
+from trainer.config import load_config
+
+TINY = ["zoo.runs=3", "reference.widths=[8]", "zoo.epochs=2", "zoo.checkpoints=4", "zoo.batch_size=16",
+        "policy.dim=16", "policy.rounds=1", "policy.heads=2", "imitate.steps=6", "imitate.eval_every=3",
+        "imitate.save_every=3", "imitate.log_every=1", "imitate.eval_seeds=2", "imitate.batch_size=4",
+        "generate.schedule=[0.0,0.5,1.0]"]
+
+
+def imitate_cli(*extra):
+    p = parser("imitate")
+    p.add_argument("--name")
+    p.add_argument("--resume", action="store_true")
+    args = sum((["--set", s] for s in TINY), []) + list(extra)
+    return run_main(imitate.main, p, args)
+
+
+@pytest.fixture
+def trained(in_tmp, ray_local):
+    assert imitate_cli() == 0
+    return in_tmp / "artifacts/runs/digits_mlp-imitate"
+
+
+def test_imitate_then_generate_end_to_end(trained, in_tmp, capsys):
+    spec = json.loads((trained / "policy.json").read_text())
+    assert spec["trained_steps"] == 6 and spec["zoo_runs"] == 3 and len(spec["schedule"]) == 3
+    assert spec["schedule"][0] == 0.0 and spec["schedule"][-1] == 1.0 and set(spec["schedule"]) <= set(spec["grid"])
+    assert list(trained.glob("events.out.tfevents.*"))
+    assert generate.main(["--seeds", "0..2", "--mean", "--name", "smoke"]) == 0
+    report = json.loads((in_tmp / "artifacts/generated/smoke/report.json").read_text())
+    assert [s["seed"] for s in report["samples"]] == [0, 1, 2]
+    ref = build_reference("mlp", [8], (1, 8, 8), 10)
+    for s in report["samples"]:
+        weights, meta = load_weights(s["file"], expected=ref.state_dict())
+        assert float(meta["test_accuracy"]) == s["test_accuracy"] and 0.0 <= s["test_accuracy"] <= 1.0
+    # the report's accuracy is the file's accuracy, recomputed independently
+    from envs.scoring import evaluate
+    from envs.tasks import load_task
+    ref.load_state_dict(load_weights(report["samples"][0]["file"])[0])
+    assert evaluate(ref, load_task("digits", reward_size=300).test)[1] == report["samples"][0]["test_accuracy"]
+    assert "3 nets in 2 steps" in capsys.readouterr().out
+
+
+def test_resume_is_bit_identical(trained, in_tmp):
+    straight = load_weights(trained / "policy.safetensors")[0]
+    # A run stopped after 3 steps, then resumed to 6, ends with exactly the same policy.
+    assert imitate_cli("--name", "stopped", "--set", "imitate.steps=3") == 0
+    assert imitate_cli("--name", "stopped", "--resume") == 0
+    resumed = load_weights(in_tmp / "artifacts/runs/stopped/policy.safetensors")[0]
+    assert set(resumed) == set(straight)
+    for k in straight:
+        assert torch.equal(resumed[k], straight[k]), k
+
+
+@pytest.mark.parametrize("case, message", [
+    ("wrong_shape", "tensor 'layers.0.weight' has shape (9, 64), expected (8, 64)"),
+    ("nan", "tensor 'layers.0.weight' has non-finite values"),
+    ("not_safetensors", "not a readable safetensors file"),
+    ("missing", "file not found"),
+])
+def test_bad_init_files_give_one_line_errors(trained, in_tmp, capsys, case, message):
+    path = in_tmp / f"{case}.safetensors"
+    if case == "wrong_shape":
+        save_weights(path, build_reference("mlp", [9], (1, 8, 8), 10).state_dict())
+    elif case == "nan":
+        sd = build_reference("mlp", [8], (1, 8, 8), 10).state_dict()
+        sd["layers.0.weight"][1, 2] = float("nan")
+        save_weights(path, sd)
+    elif case == "not_safetensors":
+        path.write_bytes(b"\x00" * 5)
+    before = set(in_tmp.rglob("*"))
+    assert generate.main(["--init", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: {message}") and err.count("\n") == 1
+    assert set(in_tmp.rglob("*")) == before  # no partial output
+
+
+def test_user_init_file_is_used(trained, in_tmp):
+    init = build_reference("mlp", [8], (1, 8, 8), 10, seed=77).state_dict()
+    path = save_weights(in_tmp / "mine.safetensors", init)
+    assert generate.main(["--init", str(path), "--mean", "--out", "out"]) == 0
+    report = json.loads((in_tmp / "out/report.json").read_text())
+    assert report["samples"][0]["init"] == str(path) and (in_tmp / "out/mine-generated.safetensors").is_file()
