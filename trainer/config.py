@@ -82,6 +82,34 @@ class ImitateConfig:
 
 
 @dataclass
+class GRPOConfig:
+    iterations: int = 40
+    inits_per_iter: int = 8
+    """B: fresh inits per iteration"""
+    group_size: int = 8
+    """G: trajectories sampled per init (the group the baseline is computed over)"""
+    epochs: int = 2
+    """E: passes over the iteration's trajectories"""
+    minibatch_size: int = 16
+    """trajectories per gradient step"""
+    lr: float = 3e-5
+    clip_range: float = 0.01
+    """ratio clip; small because log-probs are averaged over weight dimensions"""
+    beta_kl: float = 0.1
+    """weight of KL(policy || imitation policy)"""
+    scale_by_std: bool = True
+    """divide advantages by the group std (off: Dr. GRPO)"""
+    drop_zero_spread: bool = False
+    """leave groups whose rewards are all equal out of the update"""
+    grad_clip: float = 1.0
+    eval_every: int = 5
+    """iterations between held-out evaluations (mean path, test split), weight histograms and images"""
+    save_every: int = 5
+    seed_start: int = 100000
+    """iteration i draws init seeds seed_start + i * inits_per_iter ...; must avoid zoo and held-out seeds"""
+
+
+@dataclass
 class GenerateConfig:
     schedule: list[float] = field(default_factory=lambda: [0.0, 1.0])
     """progress values the policy walks from the init (0) to trained (1); snapped to the zoo's checkpoint grid"""
@@ -100,6 +128,7 @@ class ExperimentConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     imitate: ImitateConfig = field(default_factory=ImitateConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
     @property
@@ -144,6 +173,11 @@ def config_from_dict(data: dict) -> ExperimentConfig:
         raise ConfigError(f"config key imitate.eval_seed_start: held-out seeds {im.eval_seed_start}.."
                           f"{im.eval_seed_start + im.eval_seeds - 1} overlap the zoo's seeds {cfg.zoo.seed}.."
                           f"{cfg.zoo.seed + cfg.zoo.runs - 1}")
+    gc = cfg.grpo
+    if gc.seed_start < max(cfg.zoo.seed + cfg.zoo.runs, im.eval_seed_start + im.eval_seeds) and \
+            gc.seed_start + gc.iterations * gc.inits_per_iter > min(cfg.zoo.seed, im.eval_seed_start):
+        raise ConfigError(f"config key grpo.seed_start: GRPO init seeds from {gc.seed_start} overlap the zoo's or the "
+                          f"held-out evaluation seeds")
     return cfg
 
 

@@ -3,6 +3,7 @@ schedule (`WeightGenerator`), and scoring of generated weights."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,20 +86,23 @@ class WeightGenerator:
         return save_policy(folder, self.policy, self.spec(**extra))
 
     @classmethod
-    def load(cls, path: str | Path, overrides: Optional[list[str]] = None) -> "WeightGenerator":
-        """Load policy.safetensors + policy.json; `overrides` (`a.b=c`) apply to the stored experiment config."""
+    def load(cls, path: str | Path, overrides: Optional[list[str]] = None,
+             cfg: Optional[ExperimentConfig] = None) -> "WeightGenerator":
+        """Load policy.safetensors + policy.json. The experiment is `cfg` if given, else the stored one with
+        `overrides` (`a.b=c`) applied; either way it must describe the reference model the policy was made for."""
         from trainer.config import _set
 
         weights, spec = load_policy_files(path)
-        data = spec["experiment"]
-        for o in overrides or []:
-            _set(data, o)
-        cfg = config_from_dict(data)
-        shapes = {t["key"]: None for t in spec["layout"]["tensors"]}
+        if cfg is None:
+            data = copy.deepcopy(spec["experiment"])
+            for o in overrides or []:
+                _set(data, o)
+            cfg = config_from_dict(data)
         task = task_from_config(cfg.task)
         template, layout = reference_layout(cfg, task)
-        if set(shapes) != set(layout.shapes):
-            raise CheckpointError(f"{path}: policy was made for another reference model")
+        if spec["layout"] != layout.raw:
+            raise CheckpointError(f"{path}: policy was made for another reference model than "
+                                  f"{cfg.reference.family}{cfg.reference.widths} on {cfg.task.name}")
         policy = DenoisingPolicy(PolicyConfig(**spec["policy"]), layout)
         try:
             policy.load_state_dict(weights)
@@ -106,6 +110,6 @@ class WeightGenerator:
             raise CheckpointError(f"{path}: policy weights do not fit its spec ({str(e).splitlines()[0]})") from None
         policy.eval()
         schedule = spec["schedule"]
-        if overrides and any(o.startswith("generate.schedule") for o in overrides):
+        if cfg.generate.schedule != spec["experiment"]["generate"]["schedule"]:
             schedule = snap_schedule(cfg.generate.schedule, spec["grid"])
         return cls(cfg, policy, Tokenizer(layout, spec["scales"]), schedule, spec["grid"])
