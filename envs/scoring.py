@@ -1,6 +1,11 @@
-"""Scoring reference models on a task split."""
+"""Scoring reference models on a task split: one model (`evaluate`), or G weight sets at once (`score_batch`, vmap),
+and the flat float32 vector layout of a state dict that the env's observations and actions use."""
 
 from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -8,17 +13,181 @@ from torch import nn
 
 from envs.tasks import Split
 
+StateDict = Mapping[str, torch.Tensor]
+Weights = Union[StateDict, Sequence[StateDict], torch.Tensor]
+"""G weight sets: a stacked state dict key -> (G, *shape), a list of G state dicts, or (G, D) flat vectors."""
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, batch_size: int = 2048) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of one model on a split, in eval mode; the mode is restored after."""
-    was_training = model.training
-    model.eval()
-    loss, correct = 0.0, 0
-    for i in range(0, len(split), batch_size):
-        logits = model(split.x[i:i + batch_size])
-        y = split.y[i:i + batch_size]
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-    model.train(was_training)
+    with _eval_mode(model):
+        loss, correct = 0.0, 0
+        for i in range(0, len(split), batch_size):
+            logits = model(split.x[i:i + batch_size])
+            y = split.y[i:i + batch_size]
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
     return loss / len(split), correct / len(split)
+
+
+# --- the flat layout --------------------------------------------------------------------------------------------------
+
+def weight_keys(template: StateDict) -> list[str]:
+    """The floating-point entries of a state dict, in state-dict order: what a flat weight vector holds.
+
+    Integer buffers (BatchNorm's num_batches_tracked) are bookkeeping, not weights; they stay with the model.
+    """
+    return [k for k, v in template.items() if v.is_floating_point()]
+
+
+def flat_dim(template: StateDict) -> int:
+    return sum(template[k].numel() for k in weight_keys(template))
+
+
+def flatten_state(state: StateDict) -> torch.Tensor:
+    """State dict -> (D,) float32, the floating-point entries concatenated in state-dict order."""
+    return torch.cat([state[k].detach().reshape(-1).float() for k in weight_keys(state)])
+
+
+def unflatten_state(vec: torch.Tensor, template: StateDict) -> dict[str, torch.Tensor]:
+    """(*lead, D) -> state dict with entries (*lead, *shape); integer buffers are copied from `template` unbatched.
+
+    With a 1-D `vec` the result is a complete state dict for `load_state_dict`.
+    """
+    keys = weight_keys(template)
+    d = sum(template[k].numel() for k in keys)
+    if vec.shape[-1:] != (d,):
+        raise ValueError(f"flat weights have shape {tuple(vec.shape)}, expected (..., {d}) for this reference model")
+    lead, out, offset = vec.shape[:-1], {}, 0
+    for k, v in template.items():
+        if v.is_floating_point():
+            out[k] = vec[..., offset:offset + v.numel()].reshape(*lead, *v.shape).float()
+            offset += v.numel()
+        else:
+            out[k] = v.clone()
+    return out
+
+
+def batch_size_of(weights: Weights) -> int:
+    """G, the number of weight sets in any of the `Weights` forms."""
+    if isinstance(weights, torch.Tensor):
+        return weights.shape[0]
+    if isinstance(weights, Mapping):
+        return next(iter(weights.values())).shape[0]
+    return len(weights)
+
+
+def slice_weights(weights: Weights, start: int, stop: int) -> Weights:
+    """Weight sets [start, stop) in the same form."""
+    if isinstance(weights, Mapping):
+        return {k: v[start:stop] for k, v in weights.items()}
+    return weights[start:stop]
+
+
+def stack_weights(weights: Weights, template: StateDict) -> dict[str, torch.Tensor]:
+    """Any `Weights` form -> {weight key: (G, *shape) float32}, checked against `template` (ValueError naming the key)."""
+    if isinstance(weights, torch.Tensor):
+        if weights.dim() != 2:
+            raise ValueError(f"flat weight sets have shape {tuple(weights.shape)}, expected (G, {flat_dim(template)})")
+        stacked = unflatten_state(weights, template)
+        return {k: stacked[k] for k in weight_keys(template)}
+    if not isinstance(weights, Mapping):
+        if len(weights) == 0:
+            raise ValueError("no weight sets to score")
+        for i, state in enumerate(weights):
+            _check_keys(state, template, f"weight set {i}", lead=())
+        return {k: torch.stack([torch.as_tensor(s[k]) for s in weights]).float() for k in weight_keys(template)}
+    g = batch_size_of(weights)
+    _check_keys(weights, template, "stacked weights", lead=(g,))
+    return {k: torch.as_tensor(weights[k]).float() for k in weight_keys(template)}
+
+
+def _check_keys(state: Mapping, template: StateDict, what: str, lead: tuple[int, ...]) -> None:
+    keys = weight_keys(template)
+    unknown = sorted(set(state) - set(template))
+    missing = [k for k in keys if k not in state]
+    if unknown:
+        raise ValueError(f"{what}: unexpected key {unknown[0]!r} for this reference model")
+    if missing:
+        raise ValueError(f"{what}: missing key {missing[0]!r}")
+    for k in keys:
+        want = (*lead, *template[k].shape)
+        if tuple(state[k].shape) != want:
+            raise ValueError(f"{what}: {k!r} has shape {tuple(state[k].shape)}, expected {want}")
+
+
+# --- batched scoring --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Scores:
+    """Per weight set: counts of correct examples, mean cross-entropy and whether the weights were all finite.
+
+    A non-finite weight set is not run: it scores correct = 0 and loss = +inf (worst on both).
+    """
+
+    correct: torch.Tensor  # (G,) int64
+    loss: torch.Tensor  # (G,) float64, mean over the split's examples
+    finite: torch.Tensor  # (G,) bool
+    n: int  # examples in the split
+
+    @property
+    def accuracy(self) -> torch.Tensor:  # (G,) float64
+        return self.correct.double() / self.n
+
+    @property
+    def num_invalid(self) -> int:
+        return int((~self.finite).sum())
+
+    def __len__(self) -> int:
+        return len(self.correct)
+
+    @staticmethod
+    def cat(parts: Sequence["Scores"]) -> "Scores":
+        assert parts and len({p.n for p in parts}) == 1, "scores of different splits"
+        return Scores(torch.cat([p.correct for p in parts]), torch.cat([p.loss for p in parts]),
+                      torch.cat([p.finite for p in parts]), parts[0].n)
+
+
+@torch.no_grad()
+def score_batch(model: nn.Module, weights: Weights, split: Split, chunk_size: int = 16,
+                batch_size: int = 1024) -> Scores:
+    """Score G weight sets of `model`'s architecture on `split` with one vmapped functional call per chunk.
+
+    `model` supplies the architecture and the integer buffers; it is run in eval mode, so BatchNorm normalises with each
+    set's own running statistics. Memory is bounded by `chunk_size` sets x `batch_size` examples per call. An example
+    whose logits are not all finite (overflowing but finite weights) counts as wrong.
+    """
+    assert chunk_size >= 1 and batch_size >= 1, (chunk_size, batch_size)
+    stacked = stack_weights(weights, model.state_dict())
+    g = batch_size_of(stacked)
+    finite = torch.stack([v.reshape(g, -1).isfinite().all(1) for v in stacked.values()]).all(0)  # (G,)
+    correct = torch.zeros(g, dtype=torch.int64)
+    loss_sum = torch.zeros(g, dtype=torch.float64)
+
+    def logits_of(params: dict, x: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(model, params, (x,))  # buffers absent from `params` come from `model`
+
+    batched = torch.func.vmap(logits_of, in_dims=(0, None))  # ({k: (c, *shape)}, (B, ...)) -> (c, B, classes)
+    with _eval_mode(model):
+        for idx in finite.nonzero().flatten().split(chunk_size):
+            params = {k: v[idx] for k, v in stacked.items()}
+            for i in range(0, len(split), batch_size):
+                x, y = split.x[i:i + batch_size], split.y[i:i + batch_size]
+                logits = batched(params, x)  # (c, B, classes)
+                ok = logits.isfinite().all(-1) & (logits.argmax(-1) == y)
+                correct[idx] += ok.sum(1)
+                ce = F.cross_entropy(logits.flatten(0, 1), y.repeat(len(idx)), reduction="none")
+                loss_sum[idx] += ce.view(len(idx), -1).double().sum(1)
+    loss = torch.where(finite, loss_sum / len(split), torch.full_like(loss_sum, float("inf")))
+    return Scores(correct, loss, finite, len(split))

@@ -1,0 +1,144 @@
+"""`SynthNet/WeightEval-v0`: a Gymnasium env whose state is a reference model's weights and whose action is the next
+weights; the reward is the accuracy the weights reach on the task's reward split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from envs.models import reference_from_config
+from envs.scoring import flat_dim, flatten_state, score_batch, unflatten_state
+from envs.spec import EnvConfig, ReferenceConfig, TaskConfig, check_env_sections, from_dict, read_yaml
+from envs.tasks import task_from_config
+
+SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def env_sections(config: Any) -> tuple[TaskConfig, ReferenceConfig, EnvConfig]:
+    """(task, reference, env) sections from an experiment YAML path, a loaded config (duck-typed), or None (defaults)."""
+    if config is None:
+        sections = TaskConfig(), ReferenceConfig(), EnvConfig()
+    elif isinstance(config, (str, Path)):
+        path = Path(config)
+        if not path.is_file() and (SHIPPED_CONFIGS / path.name).is_file():
+            path = SHIPPED_CONFIGS / path.name
+        data = read_yaml(path)  # other sections (zoo, policy, ...) belong to the trainer and are ignored here
+        sections = (from_dict(TaskConfig, data.get("task", {}), "task."),
+                    from_dict(ReferenceConfig, data.get("reference", {}), "reference."),
+                    from_dict(EnvConfig, data.get("env", {}), "env."))
+    else:
+        sections = config.task, config.reference, config.env
+    check_env_sections(*sections)
+    return sections
+
+
+class WeightEvalEnv(gym.Env):
+    """
+    ## Description
+
+    The weight-generation MDP of SynthNet. The state is one set of weights of a reference model (an MLP, CNN or
+    ResNet from the experiment's `reference` section) for a task (the `task` section); each action replaces them with
+    new weights. An episode is K = `env.steps` steps that should take a freshly initialised network to a trained one.
+
+    ## Action Space
+
+    `Box(-inf, inf, (D,), float32)`: the next weights as one flat vector, D = the number of floating-point values in
+    the reference model's state dict, concatenated in state-dict order (`envs.scoring.flatten_state`). BatchNorm running
+    statistics are part of it; integer buffers (`num_batches_tracked`) are not. An array of another shape or dtype
+    raises ValueError naming the expected ones.
+
+    ## Observation Space
+
+    `Box(-inf, inf, (D,), float32)`: the current weights in the same layout. `info["t"]` is the progress k / K.
+
+    ## Rewards
+
+    The reward accuracy is the accuracy on the task's reward split (carved from its training set; the test split only
+    reports, as `info["test_accuracy"]`). With `env.reward: final` the reward is 0 until the last step and then the
+    reward accuracy of the final weights; with `env.reward: improvement` each step earns the gain in reward accuracy
+    over the previous weights, so an episode's return is the same final accuracy minus the init's. A non-finite action
+    is rejected: reward 0, `info["invalid"] = True`, and the weights stay as they were.
+
+    ## Starting State
+
+    A fresh PyTorch default initialisation of the reference model, drawn from a seed taken from `self.np_random`
+    (`info["init_seed"]`), so `reset(seed=s)` always yields the same init.
+
+    ## Episode End
+
+    Termination after K = `env.steps` steps. There is no truncation.
+
+    ## Arguments
+
+    `gymnasium.make("SynthNet/WeightEval-v0", config="configs/digits_mlp.yaml")`: `config` is an experiment YAML
+    (only its `task`, `reference` and `env` sections are read), a loaded config with `.task`, `.reference` and `.env`,
+    or None for the defaults (the offline digits MLP). No render modes.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, config: Any = None, render_mode: Optional[str] = None):
+        if render_mode is not None:
+            raise ValueError(f"render_mode {render_mode!r} is not supported (valid: None)")
+        self.render_mode = None
+        self.task_cfg, self.reference_cfg, self.env_cfg = env_sections(config)
+        self.task = task_from_config(self.task_cfg)
+        self.model = reference_from_config(self.reference_cfg, self.task, seed=0)  # architecture + integer buffers
+        self.template = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.dim = flat_dim(self.template)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self.dim,), np.float32)
+        self.action_space = gym.spaces.Box(-np.inf, np.inf, (self.dim,), np.float32)
+        self._weights: Optional[np.ndarray] = None
+        self._k = 0
+        self._last_accuracy = 0.0
+
+    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        init_seed = int(self.np_random.integers(0, 2**31 - 1))
+        init = reference_from_config(self.reference_cfg, self.task, seed=init_seed)
+        self._weights = flatten_state(init.state_dict()).numpy()
+        self._k = 0
+        if self.env_cfg.reward == "improvement":
+            self._last_accuracy = self._accuracy(self._weights, "reward")
+        return self._weights.copy(), {"t": 0.0, "init_seed": init_seed}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self._weights is None or self._k >= self.env_cfg.steps:
+            raise RuntimeError("the episode is over (or never started): call reset() first")
+        self._check_action(action)
+        self._k += 1
+        steps = self.env_cfg.steps
+        info: dict[str, Any] = {"t": self._k / steps, "invalid": not bool(np.isfinite(action).all())}
+        if info["invalid"]:
+            reward = 0.0
+            info.update(reward_accuracy=0.0, test_accuracy=0.0)
+        else:
+            self._weights = action.copy()
+            acc = self._accuracy(self._weights, "reward")
+            info.update(reward_accuracy=acc, test_accuracy=self._accuracy(self._weights, "test"))
+            if self.env_cfg.reward == "final":
+                reward = acc if self._k == steps else 0.0
+            else:
+                reward, self._last_accuracy = acc - self._last_accuracy, acc
+        return self._weights.copy(), float(reward), self._k == steps, False, info
+
+    def state_dict_of(self, weights: np.ndarray) -> dict[str, torch.Tensor]:
+        """A flat weight vector (an observation or action) as a state dict of the reference model."""
+        return unflatten_state(torch.from_numpy(np.asarray(weights, dtype=np.float32)), self.template)
+
+    def _check_action(self, action: Any) -> None:
+        if not isinstance(action, np.ndarray):
+            raise ValueError(f"action must be a numpy array of shape ({self.dim},) and dtype float32, "
+                             f"got {type(action).__name__}")
+        if action.shape != (self.dim,):
+            raise ValueError(f"action has shape {action.shape}, expected ({self.dim},) (dtype float32)")
+        if action.dtype != np.float32:
+            raise ValueError(f"action has dtype {action.dtype}, expected float32 (shape ({self.dim},))")
+
+    def _accuracy(self, weights: np.ndarray, split: str) -> float:
+        scores = score_batch(self.model, torch.from_numpy(weights)[None], self.task.split(split))
+        return float(scores.accuracy[0])

@@ -1,0 +1,144 @@
+"""Batched (vmap) scoring against an independent load_state_dict loop, non-finite weights, and the flat layout."""
+
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from envs.models import build_reference
+from envs.scoring import flat_dim, flatten_state, score_batch, stack_weights, unflatten_state, weight_keys
+from envs.tasks import load_task
+
+ARCHS = {"mlp": ([16], 1), "cnn": ([4, 8], 1), "resnet": ([4, 8], 1)}
+
+
+@pytest.fixture(scope="module")
+def task():
+    return load_task("digits")
+
+
+def make(task, family, seed=0):
+    widths, blocks = ARCHS[family]
+    return build_reference(family, widths, task.input_shape, task.num_classes, blocks, seed=seed)
+
+
+@functools.lru_cache(maxsize=None)
+def _trained(task, family, n):
+    sets = []
+    for i in range(n):
+        model = make(task, family, seed=i)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        gen = torch.Generator().manual_seed(i)
+        model.train()
+        for _ in range(8 * i):
+            idx = torch.randint(len(task.train), (64,), generator=gen)
+            loss = F.cross_entropy(model(task.train.x[idx]), task.train.y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sets.append({k: v.clone() for k, v in model.state_dict().items()})
+    return sets
+
+
+def weight_sets(task, family, n):
+    """n weight sets from different seeds, set i trained 8*i SGD steps: accuracies spread, BN running stats move."""
+    return [{k: v.clone() for k, v in s.items()} for s in _trained(task, family, n)]
+
+
+@torch.no_grad()
+def loop_scores(model, sets, split):
+    """The independent reference: load each set, run the whole split, count correct examples and sum the loss."""
+    model.eval()
+    correct, loss = [], []
+    for state in sets:
+        model.load_state_dict(state)
+        logits = model(split.x)
+        correct.append(int((logits.argmax(1) == split.y).sum()))
+        loss.append(float(F.cross_entropy(logits, split.y)))
+    return correct, loss
+
+
+@pytest.mark.parametrize("family", list(ARCHS))
+def test_batched_equals_loop_exactly(task, family):
+    sets = weight_sets(task, family, 5)
+    # chunk 2 of 5 sets and batches of 100 of 449 examples: both remainders are exercised
+    scores = score_batch(make(task, family), sets, task.test, chunk_size=2, batch_size=100)
+    correct, loss = loop_scores(make(task, family), sets, task.test)
+    assert scores.correct.tolist() == correct
+    assert len(set(correct)) >= 4 and max(correct) > 0.4 * len(task.test)  # the sets differ, some learnt
+    torch.testing.assert_close(scores.loss, torch.tensor(loss, dtype=torch.float64), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(scores.accuracy, torch.tensor(correct, dtype=torch.float64) / len(task.test))
+    assert scores.finite.all() and scores.num_invalid == 0 and scores.n == len(task.test)
+
+
+def test_batchnorm_uses_each_sets_running_stats(task):
+    sets = weight_sets(task, "resnet", 3)
+    assert not torch.equal(sets[2]["bn.running_var"], torch.ones_like(sets[2]["bn.running_var"]))
+    reset = [dict(s, **{k: torch.zeros_like(v) if k.endswith("running_mean") else torch.ones_like(v)
+                        for k, v in s.items() if k.endswith(("running_mean", "running_var"))}) for s in sets]
+    model = make(task, "resnet")
+    own, fresh = score_batch(model, sets, task.test), score_batch(model, reset, task.test)
+    assert own.correct.tolist() == loop_scores(make(task, "resnet"), sets, task.test)[0]
+    assert own.correct[2] != fresh.correct[2]
+    assert model.training  # the mode is restored
+
+
+def test_non_finite_sets_score_zero_and_are_counted(task):
+    sets = weight_sets(task, "mlp", 4)
+    sets[1]["layers.0.weight"][3, 5] = float("nan")
+    sets[2]["layers.1.bias"][0] = float("-inf")
+    scores = score_batch(make(task, "mlp"), sets, task.reward, chunk_size=3)
+    assert scores.finite.tolist() == [True, False, False, True] and scores.num_invalid == 2
+    assert scores.correct[1:3].tolist() == [0, 0] and scores.accuracy[1:3].tolist() == [0.0, 0.0]
+    assert torch.isinf(scores.loss[1:3]).all() and torch.isfinite(scores.loss[[0, 3]]).all()
+    alone = score_batch(make(task, "mlp"), [sets[0], sets[3]], task.reward)
+    assert scores.correct[[0, 3]].tolist() == alone.correct.tolist() and alone.correct[1] > 0
+
+
+def test_overflowing_finite_weights_count_as_wrong(task):
+    state = weight_sets(task, "mlp", 2)[1]
+    huge = {k: v * 1e30 for k, v in state.items()}  # finite weights, but the logits overflow to inf / nan
+    scores = score_batch(make(task, "mlp"), [state, huge], task.reward)
+    assert scores.finite.tolist() == [True, True]
+    assert scores.correct[0] > 0 and scores.correct[1] == 0
+
+
+def test_input_forms_agree(task):
+    sets = weight_sets(task, "cnn", 3)
+    model = make(task, "cnn")
+    from_list = score_batch(model, sets, task.reward)
+    stacked = stack_weights(sets, model.state_dict())
+    flat = torch.stack([flatten_state(s) for s in sets])
+    for other in (score_batch(model, stacked, task.reward), score_batch(model, flat, task.reward)):
+        assert other.correct.tolist() == from_list.correct.tolist()
+        assert torch.equal(other.loss, from_list.loss)
+
+
+def test_wrong_weights_raise_naming_the_key(task):
+    model, state = make(task, "mlp"), make(task, "mlp", seed=1).state_dict()
+    with pytest.raises(ValueError, match="layers.1.bias"):
+        score_batch(model, [{k: v for k, v in state.items() if k != "layers.1.bias"}], task.reward)
+    with pytest.raises(ValueError, match=r"layers.0.weight.*expected \(16, 64\)"):
+        score_batch(model, [dict(state, **{"layers.0.weight": torch.zeros(16, 63)})], task.reward)
+    with pytest.raises(ValueError, match=r"expected \(\.\.\., 1210\)"):
+        score_batch(model, torch.zeros(2, 1209), task.reward)
+
+
+def test_flat_layout_roundtrip_keeps_integer_buffers_out(task):
+    model = weight_sets(task, "resnet", 2)[1]
+    ref = make(task, "resnet")
+    n_params = sum(p.numel() for p in ref.parameters())
+    n_stats = sum(b.numel() for k, b in ref.named_buffers() if "running" in k)
+    assert flat_dim(ref.state_dict()) == n_params + n_stats
+    assert not any("num_batches_tracked" in k for k in weight_keys(model))
+    vec = flatten_state(model)
+    assert vec.shape == (n_params + n_stats,) and vec.dtype == torch.float32
+    assert torch.equal(vec[:36], model["stem.weight"].flatten())  # state-dict order: the stem comes first
+    back = unflatten_state(vec, ref.state_dict())
+    ref.load_state_dict(back)  # strict: every key present, integer buffers from the template
+    for k, v in model.items():
+        assert torch.equal(ref.state_dict()[k], v) or k.endswith("num_batches_tracked")
+    batched = unflatten_state(torch.stack([vec, 2 * vec]), ref.state_dict())
+    assert batched["fc.weight"].shape == (2, *model["fc.weight"].shape)
+    assert torch.equal(batched["fc.weight"][1], 2 * model["fc.weight"])
