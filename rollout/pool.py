@@ -1,0 +1,124 @@
+"""The rollout pool: N Ray actors (`ScoringWorker`) that score batches of weight sets, surviving lost actors."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import numpy as np
+import ray
+import torch
+from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
+
+from envs.scoring import Scores, Weights, batch_size_of
+from rollout.cluster import init_ray
+from rollout.worker import ScoringWorker
+
+LOST = (RayActorError, NodeDiedError, WorkerCrashedError)  # the actor is gone; its result never comes back
+
+
+class RolloutError(RuntimeError):
+    """A share of a batch could not be scored within the retry budget; the message is one line."""
+
+
+def as_numpy(weights: Any) -> Any:
+    """torch tensors -> numpy arrays in any `Weights` form: the object store hands numpy to workers without a copy."""
+    if isinstance(weights, torch.Tensor):
+        return weights.detach().cpu().numpy()
+    if isinstance(weights, dict):
+        return {k: as_numpy(v) for k, v in weights.items()}
+    if isinstance(weights, (list, tuple)):
+        return [as_numpy(w) for w in weights]
+    return weights
+
+
+def _from_config(value: Any, cfg: Any, name: str, default: Any) -> Any:
+    if value is not None:
+        return value
+    return getattr(getattr(cfg, "rollout", None), name, default)
+
+
+class RolloutPool:
+    """`num_workers` scoring actors on a Ray cluster; `score` splits a batch across them and returns it in order.
+
+    `cfg` is duck-typed: `.task`, `.reference` and optionally `.rollout` (whose fields fill any argument left None).
+    `address` None joins nothing and starts a private Ray instance ("local" forces one even when `.rollout` names a
+    cluster); "auto" or "host:port" joins a running cluster. Every wait is bounded by `timeout_s`; a lost actor, or
+    one that returns nothing within `timeout_s`, is replaced and its share re-run, at most `max_retries` times per share.
+    `worker_kwargs` go to every `ScoringWorker` (tests: `delay_s`). `close()` kills the actors, not Ray.
+    """
+
+    def __init__(self, cfg: Any, num_workers: Optional[int] = None, address: Optional[str] = None,
+                 timeout_s: Optional[float] = None, max_retries: Optional[int] = None, split: str = "reward",
+                 chunk_size: Optional[int] = None, worker_kwargs: Optional[dict] = None):
+        self.num_workers = int(_from_config(num_workers, cfg, "num_workers", 2))
+        self.timeout_s = float(_from_config(timeout_s, cfg, "timeout_s", 300.0))
+        self.max_retries = int(_from_config(max_retries, cfg, "max_retries", 3))
+        assert self.num_workers >= 1 and self.timeout_s > 0 and self.max_retries >= 0
+        address = _from_config(address, cfg, "address", None)
+        init_ray(address, num_cpus=max(self.num_workers, os.cpu_count() or 1))
+        self._args = (cfg.task, cfg.reference, split, int(_from_config(chunk_size, cfg, "chunk_size", 16)))
+        self._kwargs = dict(num_threads=1, **(worker_kwargs or {}))  # one torch thread per Ray CPU
+        self._remote = ray.remote(num_cpus=1)(ScoringWorker)
+        self.restarts = 0
+        self._actors = [self._spawn() for _ in range(self.num_workers)]
+        # Fail here, not mid-batch, if a worker cannot start (missing task data, no free CPUs on the cluster).
+        ray.get([a.pid.remote() for a in self._actors], timeout=self.timeout_s)
+
+    def _spawn(self):
+        return self._remote.remote(*self._args, **self._kwargs)
+
+    def _restart(self, i: int) -> None:
+        try:
+            ray.kill(self._actors[i])
+        except Exception:  # already gone: nothing to stop
+            pass
+        self._actors[i] = self._spawn()
+        self.restarts += 1
+
+    def pids(self) -> list[int]:
+        return ray.get([a.pid.remote() for a in self._actors], timeout=self.timeout_s)
+
+    def score(self, weights: Weights) -> Scores:
+        """Scores of G weight sets (any `envs.scoring.Weights` form), in input order."""
+        g = batch_size_of(weights)
+        ref = ray.put(as_numpy(weights))  # once: every actor reads the same object, and only its slice of it
+        bounds = np.linspace(0, g, self.num_workers + 1).round().astype(int).tolist()
+        shares = {i: (a, b) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])) if b > a}
+        tries = dict.fromkeys(shares, 0)
+        pending = {self._actors[i].score.remote(ref, a, b): i for i, (a, b) in shares.items()}
+        results: dict[int, Scores] = {}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.timeout_s)
+            if ready:
+                i = pending.pop(ready[0])
+                try:
+                    results[i] = ray.get(ready[0], timeout=self.timeout_s)
+                    continue
+                except LOST:
+                    lost = [i]
+            else:  # nothing finished in time: the stragglers count as lost (a hung node never raises)
+                lost, pending = list(pending.values()), {}
+            for i in lost:
+                tries[i] += 1
+                if tries[i] > self.max_retries:
+                    a, b = shares[i]
+                    raise RolloutError(f"weight sets {a}:{b} lost {tries[i]} times (actor died or no result within "
+                                       f"rollout.timeout_s={self.timeout_s}s); giving up after max_retries={self.max_retries}")
+                self._restart(i)
+                pending[self._actors[i].score.remote(ref, *shares[i])] = i
+        return Scores.cat([results[i] for i in sorted(results)])
+
+    def close(self) -> None:
+        for actor in self._actors:
+            try:
+                ray.kill(actor)
+            except Exception:  # already gone
+                pass
+        self._actors = []
+
+    def __enter__(self) -> "RolloutPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

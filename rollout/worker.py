@@ -1,0 +1,51 @@
+"""The scoring worker: a plain class that loads the task once and scores batches of weight sets (a Ray actor in the
+pool, usable directly in tests and single-process runs)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from envs.models import reference_from_config
+from envs.scoring import Scores, Weights, score_batch, slice_weights
+from envs.tasks import task_from_config
+
+
+def as_torch(weights: Any) -> Any:
+    """numpy arrays (as they come out of Ray's object store, read-only) -> torch tensors, in any `Weights` form."""
+    if isinstance(weights, np.ndarray):
+        return torch.from_numpy(np.array(weights))  # a writable copy: torch refuses to alias read-only memory
+    if isinstance(weights, dict):
+        return {k: as_torch(v) for k, v in weights.items()}
+    if isinstance(weights, (list, tuple)):
+        return [as_torch(w) for w in weights]
+    return weights
+
+
+class ScoringWorker:
+    """Scores weight sets of one reference model on one split of one task; the task is loaded once, here."""
+
+    def __init__(self, task_cfg, reference_cfg, split: str = "reward", chunk_size: int = 16,
+                 num_threads: Optional[int] = None, delay_s: float = 0.0):
+        """`num_threads` caps torch's intra-op threads (one per Ray CPU in the pool); `delay_s` sleeps before each
+        share, so tests can kill an actor while a batch is in flight."""
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        self.task = task_from_config(task_cfg)
+        self.split = self.task.split(split)
+        self.model = reference_from_config(reference_cfg, self.task, seed=0)  # architecture + integer buffers
+        self.chunk_size, self.delay_s = chunk_size, delay_s
+
+    def score(self, weights: Weights, start: int = 0, stop: Optional[int] = None) -> Scores:
+        """Scores of weight sets [start, stop) of `weights` (any `envs.scoring.Weights` form, torch or numpy)."""
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        mine = as_torch(slice_weights(weights, start, stop))
+        return score_batch(self.model, mine, self.split, self.chunk_size)
+
+    def pid(self) -> int:
+        return os.getpid()
