@@ -68,6 +68,11 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
         return [_check_type(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, float, str, bool):
         if isinstance(value, bool) != (tp is bool) or not isinstance(value, tp):
             raise ConfigError(f"config key {key}: expected {tp.__name__}, got {value!r}")

@@ -13,7 +13,11 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> N
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    kwargs = dict(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
-    if address is None:
+    # ray.init(address=None) would join the newest cluster that `ray start` left on this machine; "local" is the
+    # private instance the config promises.
+    local = address in (None, "local")
+    kwargs = dict(address="local" if local else address, include_dashboard=False, log_to_driver=True,
+                  configure_logging=False)
+    if local:
         kwargs["num_cpus"] = num_cpus or os.cpu_count()
     ray.init(**kwargs)

@@ -159,7 +159,9 @@ class GRPOTrainer:
     def train(self) -> dict[str, float]:
         gc = self.cfg.grpo
         log = RunLogger(self.run_dir, self.cfg, purge_step=self.iteration + 1 if self.iteration else None)
-        self.pool = self.pool or RolloutPool(self.cfg)
+        own_pool = self.pool is None  # a pool handed in (tests, notebooks) stays open for its owner
+        if own_pool:
+            self.pool = RolloutPool(self.cfg)
         metrics: dict[str, float] = {}
         t0 = time.perf_counter() - self.elapsed
         bar = tqdm(total=gc.iterations, initial=self.iteration, desc=f"grpo {self.run_dir.name}", disable=not self.progress)
@@ -187,6 +189,9 @@ class GRPOTrainer:
         finally:
             bar.close()
             log.close()
+            if own_pool:
+                self.pool.close()
+                self.pool = None
         return metrics
 
 

@@ -45,3 +45,14 @@ class RunLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def read_scalars(run_dir: str | Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) pairs of one scalar tag from a run's event files, in step order (the last write of a step wins)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    if tag not in acc.Tags()["scalars"]:
+        return []
+    return sorted({e.step: e.value for e in acc.Scalars(tag)}.items())

@@ -19,6 +19,7 @@ def test_set_overrides_parse_yaml_values():
     cfg = load_config(overrides=["zoo.runs=3", "reference.widths=[8, 4]", "task.root=/x", "zoo.lr=1"])
     assert cfg.zoo.runs == 3 and cfg.reference.widths == [8, 4] and cfg.task.root == "/x"
     assert cfg.zoo.lr == 1.0 and isinstance(cfg.zoo.lr, float)
+    assert load_config(overrides=["zoo.lr=1e-3"]).zoo.lr == 0.001  # YAML 1.1 reads this as a string
 
 
 @pytest.mark.parametrize("override, message", [

@@ -1,0 +1,95 @@
+"""Tiny-budget GRPO runs on the digits task with a local Ray instance."""
+
+import pytest
+import ray
+import torch
+
+from policy.sampling import gaussian_kl
+from trainer import grpo
+from rollout.pool import RolloutPool
+from trainer.checkpoints import load_weights
+from trainer.cli import parser, run_main
+from trainer.config import load_config
+from trainer.grpo import GRPOTrainer
+from trainer.runlog import read_scalars
+
+from tests.trainer.test_imitate_generate import TINY, imitate_cli
+
+GRPO = TINY + ["grpo.inits_per_iter=2", "grpo.group_size=4", "grpo.epochs=2", "grpo.minibatch_size=4",
+               "grpo.eval_every=2", "grpo.save_every=1", "grpo.lr=1e-3", "grpo.clip_range=0.05", "rollout.num_workers=2"]
+
+
+@pytest.fixture
+def imitation(in_tmp, ray_local):
+    assert imitate_cli() == 0
+    return in_tmp / "artifacts/runs/digits_mlp-imitate/policy.safetensors"
+
+
+def grpo_trainer(policy, run_dir, iterations, *extra):
+    cfg = load_config(overrides=GRPO + [f"grpo.iterations={iterations}", *extra])
+    return GRPOTrainer(cfg, policy, run_dir, progress=False)
+
+
+def test_first_update_sees_ratio_one_and_zero_kl(imitation, in_tmp):
+    t = grpo_trainer(imitation, in_tmp / "r", 1)
+    ro = t.collect_rollouts()
+    step = ro.steps[0]
+    t.policy.train()
+    mean, std = t.policy(step.x, torch.full((8,), step.t1), torch.full((8,), step.t2))
+    ref_mean, ref_std = t.reference(step.x, torch.full((8,), step.t1), torch.full((8,), step.t2))
+    assert torch.equal(gaussian_kl(mean, std, ref_mean, ref_std), torch.zeros(8))
+    from policy.sampling import gaussian_log_prob
+    torch.testing.assert_close(gaussian_log_prob(step.y, mean, std), step.log_prob, rtol=0, atol=1e-5)
+    assert len(ro.seeds) == 2 and min(ro.seeds) >= 100000  # fresh seeds, outside zoo and held-out ranges
+
+
+def test_smoke_two_iterations_with_local_ray(imitation, in_tmp):
+    p = parser("grpo")
+    for a in ("--init-policy", "--name"):
+        p.add_argument(a)
+    p.add_argument("--resume", action="store_true")
+    args = sum((["--set", s] for s in GRPO + ["grpo.iterations=2"]), [])
+    assert run_main(grpo.main, p, args) == 0
+    run = in_tmp / "artifacts/runs/digits_mlp-grpo"
+    rewards = read_scalars(run, "rollout/reward_mean")
+    assert [s for s, _ in rewards] == [1, 2] and all(0.0 <= r <= 1.0 for _, r in rewards)
+    for tag in ("rollout/frac_zero_std", "losses/policy", "losses/kl", "losses/clipfrac", "losses/approx_kl",
+                "losses/grad_norm", "perf/evals_per_s", "timing_s/score", "eval/accuracy_mean"):
+        assert read_scalars(run, tag), tag
+    assert read_scalars(run, "losses/kl")[0][1] >= 0.0
+    from trainer import generate
+    assert generate.main(["--policy", str(run / "policy.safetensors"), "--seeds", "0..1", "--out", "gen"]) == 0
+
+
+def test_resume_logs_the_same_numbers(imitation, in_tmp):
+    straight = grpo_trainer(imitation, in_tmp / "straight", 4)
+    straight.train()
+    first = grpo_trainer(imitation, in_tmp / "stopped", 2)
+    first.train()
+    resumed = grpo_trainer(imitation, in_tmp / "stopped", 4)
+    resumed.resume()
+    assert resumed.iteration == 2
+    resumed.train()
+    for tag in ("rollout/reward_mean", "rollout/reward_max", "losses/policy", "eval/accuracy_mean"):
+        a, b = read_scalars(in_tmp / "straight", tag), read_scalars(in_tmp / "stopped", tag)
+        assert a == b and a, tag
+    sa = load_weights(in_tmp / "straight/policy.safetensors")[0]
+    sb = load_weights(in_tmp / "stopped/policy.safetensors")[0]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_killed_worker_does_not_stop_training(imitation, in_tmp):
+    t = grpo_trainer(imitation, in_tmp / "killed", 3)
+    t.pool = RolloutPool(t.cfg)
+    original_score = t.score
+
+    def score_then_kill(ro):
+        original_score(ro)
+        if t.iteration == 0:  # kill an actor after the first batch: the next batch must still be scored in full
+            ray.kill(t.pool._actors[0])
+
+    t.score = score_then_kill
+    t.train()
+    assert t.iteration == 3 and t.pool.restarts >= 1
+    assert [s for s, _ in read_scalars(in_tmp / "killed", "rollout/reward_mean")] == [1, 2, 3]
+    t.pool.close()
