@@ -64,6 +64,8 @@ class ImitateConfig:
     """optimizer steps on checkpoint pairs"""
     batch_size: int = 16
     lr: float = 1e-3
+    cosine: bool = True
+    """linear warm-up over the first 5% of steps, then cosine decay to 0 (else constant)"""
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     schedule_frac: float = 0.5

@@ -6,6 +6,7 @@ held-out init seeds, and saves policy.safetensors + policy.json; `--resume` cont
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -40,6 +41,16 @@ def sample_pairs(t: torch.Tensor, sched_idx: list[int], batch: int, schedule_fra
     i = torch.where(on_schedule, s[k], i)
     j = torch.where(on_schedule, s[k + 1], j)
     return r, i, j
+
+
+def learning_rate(step: int, total: int, base: float, cosine: bool) -> float:
+    """A pure function of the step, so a resumed run follows the same curve without scheduler state."""
+    if not cosine:
+        return base
+    warm = max(1, total // 20)
+    if step < warm:
+        return base * (step + 1) / warm
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
 def imitation_loss(mean: dict, std: dict, target: dict) -> tuple[torch.Tensor, dict]:
@@ -90,6 +101,8 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
         x2 = {k: v[ri, j] for k, v in data.items()}
         mean, std = policy(x1, pairs.t[ri, i], pairs.t[ri, j])
         loss, parts = imitation_loss(mean, std, x2)
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, im.steps, im.lr, im.cosine)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), im.grad_clip)
@@ -97,6 +110,7 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
         done = step + 1
         if done % im.log_every == 0 or done == im.steps:
             log.scalars(done, {"losses/imitation": loss.item(), **parts, "losses/grad_norm": grad_norm.item(),
+                               "charts/lr": opt.param_groups[0]["lr"],
                                "policy/std_mean": torch.stack([s.mean() for s in std.values()]).mean().item()})
             bar.set_postfix(loss=f"{loss.item():.4f}", eval=f"{last_eval:.3f}" if last_eval is not None else "-")
         if done % im.eval_every == 0 or done == im.steps:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from envs.models import reference_from_config
-from envs.scoring import evaluate
+from envs.scoring import score_batch
 from envs.tasks import Task, task_from_config
 from policy.model import DenoisingPolicy, PolicyConfig
 from policy.sampling import Step, walk
@@ -43,19 +43,10 @@ def unbatch(states: Mapping[str, torch.Tensor], i: int) -> dict[str, torch.Tenso
     return {k: v[i] for k, v in states.items()}
 
 
-@torch.no_grad()
 def score_states(cfg: ExperimentConfig, task: Task, states: Mapping[str, torch.Tensor], split: str) -> list[float]:
-    """Accuracy of every weight set in a batch on a split; non-finite sets score 0."""
+    """Accuracy of every weight set in a batch on a split (batched vmap scoring); non-finite sets score 0."""
     model = reference_from_config(cfg.reference, task)
-    accs = []
-    for i in range(next(iter(states.values())).shape[0]):
-        sd = unbatch(states, i)
-        if not all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point()):
-            accs.append(0.0)
-            continue
-        model.load_state_dict(sd)
-        accs.append(evaluate(model, task.split(split))[1])
-    return accs
+    return score_batch(model, states, task.split(split), cfg.rollout.chunk_size).accuracy.tolist()
 
 
 @dataclass

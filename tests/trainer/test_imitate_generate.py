@@ -51,10 +51,19 @@ def test_imitate_then_generate_end_to_end(trained, in_tmp, capsys):
     assert "3 nets in 2 steps" in capsys.readouterr().out
 
 
-def test_resume_is_bit_identical(trained, in_tmp):
+def test_resume_is_bit_identical(trained, in_tmp, monkeypatch):
     straight = load_weights(trained / "policy.safetensors")[0]
-    # A run stopped after 3 steps, then resumed to 6, ends with exactly the same policy.
-    assert imitate_cli("--name", "stopped", "--set", "imitate.steps=3") == 0
+    # A run killed right after its step-3 checkpoint, then resumed, ends with exactly the same policy.
+    real_save = imitate.save_training_state
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imitate, "save_training_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        imitate_cli("--name", "stopped")
+    monkeypatch.setattr(imitate, "save_training_state", real_save)
     assert imitate_cli("--name", "stopped", "--resume") == 0
     resumed = load_weights(in_tmp / "artifacts/runs/stopped/policy.safetensors")[0]
     assert set(resumed) == set(straight)

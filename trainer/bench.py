@@ -1,0 +1,157 @@
+"""`python -m trainer.bench`: measurements printed as markdown tables.
+
+`rollout`: evaluations per second of the scoring paths (a load_state_dict loop, batched vmap, the Ray pool).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from envs.models import reference_from_config
+from envs.scoring import Scores, evaluate, score_batch, stack_weights
+from envs.tasks import task_from_config
+from rollout.pool import RolloutPool
+from trainer.cli import USER_ERRORS
+from trainer.config import ExperimentConfig, load_config
+
+ROLLOUT_CONFIGS = ["configs/mnist_mlp.yaml", "configs/mnist_cnn.yaml"]
+
+
+@dataclass
+class Row:
+    experiment: str
+    method: str
+    cores: int
+    seconds: list[float]  # wall time per batch of G weight sets, one per repeat
+    groups: int
+    workers: int = 0  # Ray pool size; 0 for the in-process paths
+
+    @property
+    def evals_per_s(self) -> float:
+        return self.groups / statistics.median(self.seconds)
+
+
+def timed(fn: Callable[[], object], repeats: int) -> tuple[list[float], object]:
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return times, out
+
+
+def bench_rollout(cfg: ExperimentConfig, groups: int, repeats: int, workers: list[int], split: str) -> list[Row]:
+    """Time each scoring path on the same G weight sets (default inits from seeds cfg.seed + i); the paths must agree."""
+    task = task_from_config(cfg.task)
+    data = task.split(split)
+    model = reference_from_config(cfg.reference, task, seed=cfg.seed)
+    sets = [reference_from_config(cfg.reference, task, seed=cfg.seed + i).state_dict() for i in range(groups)]
+    stacked = stack_weights(sets, model.state_dict())
+    chunk = cfg.rollout.chunk_size
+    threads = torch.get_num_threads()
+
+    def loop() -> list[int]:
+        correct = []
+        for state in sets:
+            model.load_state_dict(state)
+            correct.append(round(evaluate(model, data)[1] * len(data)))
+        return correct
+
+    def vmap() -> Scores:
+        return score_batch(model, stacked, data, chunk)
+
+    score_batch(model, {k: v[:2] for k, v in stacked.items()}, data, chunk)  # warm-up: first-call costs are not rates
+    rows, results = [], {}
+    for method, fn in (("loop of load_state_dict + forward", loop), (f"vmap, chunks of {chunk}", vmap)):
+        seconds, out = timed(fn, repeats)
+        rows.append(Row(cfg.name, method, threads, seconds, groups))
+        results[method] = out if isinstance(out, list) else out.correct.tolist()
+    for n in workers:
+        t = time.perf_counter()
+        with RolloutPool(cfg, num_workers=n) as pool:
+            startup = time.perf_counter() - t
+            pool.score({k: v[:n] for k, v in stacked.items()})  # warm-up
+            seconds, out = timed(lambda: pool.score(stacked), repeats)
+        method = f"Ray pool, {n} worker{'s' if n > 1 else ''} (startup {startup:.1f} s, excluded)"
+        rows.append(Row(cfg.name, method, n, seconds, groups, workers=n))
+        results[method] = out.correct.tolist()
+    first = next(iter(results.values()))
+    bad = [m for m, r in results.items() if r != first]
+    assert not bad, f"{cfg.name}: correct counts of {bad} differ from the loop's"
+    return rows
+
+
+def rollout_table(rows: list[Row], n_examples: dict[str, int]) -> str:
+    lines = ["| experiment | split examples | method | cores | evals/s (median) | vs loop | vs 1 worker |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        same = [x for x in rows if x.experiment == r.experiment]
+        loop, one = same[0], next((x for x in same if x.workers == 1), None)
+        vs_one = f"{r.evals_per_s / one.evals_per_s:.2f}x" if one and r.workers else ""
+        lines.append(f"| {r.experiment} | {n_examples[r.experiment]} | {r.method} | {r.cores} | {r.evals_per_s:.2f} | "
+                     f"{r.evals_per_s / loop.evals_per_s:.2f}x | {vs_one} |")
+    return "\n".join(lines)
+
+
+def run_rollout(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> None:
+    torch.set_num_threads(args.threads)
+    load0 = os.getloadavg()[0]
+    rows, n_examples = [], {}
+    for cfg in cfgs:
+        print(f"benchmarking {cfg.name} ...", file=sys.stderr, flush=True)
+        rows += bench_rollout(cfg, args.groups, args.repeats, args.workers, args.split)
+        n_examples[cfg.name] = len(task_from_config(cfg.task).split(args.split))
+    header = (f"Scoring throughput on the {args.split} split: G={args.groups} weight sets per batch (default inits), "
+              f"median of {args.repeats} repeats; {os.cpu_count()} CPUs, torch threads {args.threads} per process, "
+              f"1-min load average {load0:.1f} before / {os.getloadavg()[0]:.1f} after.")
+    table = header + "\n\n" + rollout_table(rows, n_examples)
+    print(table)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trainer.bench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("rollout", help="evaluations per second: loop vs vmap vs the Ray pool")
+    r.add_argument("--config", action="append", default=None,
+                   help=f"experiment YAML, repeatable (default: {' and '.join(ROLLOUT_CONFIGS)})")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value in every experiment (repeatable)")
+    r.add_argument("--groups", "-G", type=int, default=16, help="weight sets per batch (default 16)")
+    r.add_argument("--repeats", type=int, default=3, help="timed repeats per path; the table shows the median")
+    r.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray pool sizes to time (default 1 2)")
+    r.add_argument("--split", default="reward", choices=("reward", "test", "train"))
+    r.add_argument("--threads", type=int, default=1,
+                   help="torch threads of this process (loop, vmap); pool workers always use 1 each")
+    r.add_argument("--out", help="also write the table to this file")
+    r.set_defaults(func=run_rollout, default_configs=ROLLOUT_CONFIGS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if min(args.groups, args.repeats, args.threads, *args.workers) < 1:
+        print("error: --groups, --repeats, --threads and --workers must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        cfgs = [load_config(path, args.overrides) for path in args.config or args.default_configs]
+        args.func(args, cfgs)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
