@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence, Union
+from typing import Iterator, Mapping, Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,9 +29,42 @@ def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+# Floats per submodule output per forward call (16 MB). Larger tensors come from fresh mmaps that page-fault on every
+# call: on the MNIST CNN, batches of 2048 examples spent half their time in the kernel and ran at half the throughput.
+ACTIVATION_BUDGET = 4 * 2**20
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 2048) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of one model on a split, in eval mode; the mode is restored after."""
+def _largest_activation(model: nn.Module, x: torch.Tensor) -> int:
+    """Elements of the largest submodule output for one example (the model's input excluded: vmap shares it)."""
+    sizes = [1]
+
+    def record(_module, _inputs, out) -> None:
+        sizes.append(out[0].numel() if isinstance(out, torch.Tensor) else 1)
+
+    handles = [m.register_forward_hook(record) for m in model.modules() if not any(m.children())]
+    try:
+        model(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return max(sizes)
+
+
+def auto_batch_size(model: nn.Module, split: Split, sets_per_call: int = 1) -> int:
+    """Examples per forward call that keep `sets_per_call` x examples x the largest activation in ACTIVATION_BUDGET."""
+    with _eval_mode(model):
+        per_example = _largest_activation(model, split.x) * sets_per_call
+    return int(min(len(split), max(1, ACTIVATION_BUDGET // per_example)))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: Optional[int] = None) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of one model on a split, in eval mode; the mode is restored after.
+
+    `batch_size` None: sized by `auto_batch_size`.
+    """
+    batch_size = batch_size or auto_batch_size(model, split)
     with _eval_mode(model):
         loss, correct = 0.0, 0
         for i in range(0, len(split), batch_size):
@@ -79,32 +113,35 @@ def unflatten_state(vec: torch.Tensor, template: StateDict) -> dict[str, torch.T
     return out
 
 
+def _is_float(v) -> bool:
+    """For torch tensors and numpy arrays alike (the pool hands workers numpy)."""
+    return v.is_floating_point() if isinstance(v, torch.Tensor) else np.asarray(v).dtype.kind == "f"
+
+
 def batch_size_of(weights: Weights) -> int:
     """G, the number of weight sets in any of the `Weights` forms."""
-    if isinstance(weights, torch.Tensor):
-        return weights.shape[0]
-    if isinstance(weights, Mapping):
-        return next(iter(weights.values())).shape[0]
+    if isinstance(weights, Mapping):  # integer buffers may be unbatched: only the weights say G
+        return next(v for v in weights.values() if _is_float(v)).shape[0]
     return len(weights)
 
 
-def slice_weights(weights: Weights, start: int, stop: int) -> Weights:
+def slice_weights(weights: Weights, start: int, stop: Optional[int]) -> Weights:
     """Weight sets [start, stop) in the same form."""
     if isinstance(weights, Mapping):
-        return {k: v[start:stop] for k, v in weights.items()}
+        return {k: v[start:stop] if _is_float(v) else v for k, v in weights.items()}
     return weights[start:stop]
 
 
 def stack_weights(weights: Weights, template: StateDict) -> dict[str, torch.Tensor]:
     """Any `Weights` form -> {weight key: (G, *shape) float32}, checked against `template` (ValueError naming the key)."""
+    if len(weights) == 0 or batch_size_of(weights) == 0:
+        raise ValueError("no weight sets to score")
     if isinstance(weights, torch.Tensor):
         if weights.dim() != 2:
             raise ValueError(f"flat weight sets have shape {tuple(weights.shape)}, expected (G, {flat_dim(template)})")
         stacked = unflatten_state(weights, template)
         return {k: stacked[k] for k in weight_keys(template)}
     if not isinstance(weights, Mapping):
-        if len(weights) == 0:
-            raise ValueError("no weight sets to score")
         for i, state in enumerate(weights):
             _check_keys(state, template, f"weight set {i}", lead=())
         return {k: torch.stack([torch.as_tensor(s[k]) for s in weights]).float() for k in weight_keys(template)}
@@ -161,13 +198,14 @@ class Scores:
 
 @torch.no_grad()
 def score_batch(model: nn.Module, weights: Weights, split: Split, chunk_size: int = 16,
-                batch_size: int = 1024) -> Scores:
-    """Score G weight sets of `model`'s architecture on `split` with one vmapped functional call per chunk.
+                batch_size: Optional[int] = None) -> Scores:
+    """Score G weight sets of `model`'s architecture on `split` with one vmapped functional call per chunk and batch.
 
     `model` supplies the architecture and the integer buffers; it is run in eval mode, so BatchNorm normalises with each
-    set's own running statistics. Memory is bounded by `chunk_size` sets x `batch_size` examples per call. An example
-    whose logits are not all finite (overflowing but finite weights) counts as wrong.
+    set's own running statistics. Memory is bounded by `chunk_size` sets x `batch_size` examples per call (None: sized
+    by `auto_batch_size`). An example whose logits are not all finite (overflowing but finite weights) counts as wrong.
     """
+    batch_size = batch_size or auto_batch_size(model, split, chunk_size)
     assert chunk_size >= 1 and batch_size >= 1, (chunk_size, batch_size)
     stacked = stack_weights(weights, model.state_dict())
     g = batch_size_of(stacked)

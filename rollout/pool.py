@@ -82,6 +82,8 @@ class RolloutPool:
     def score(self, weights: Weights) -> Scores:
         """Scores of G weight sets (any `envs.scoring.Weights` form), in input order."""
         g = batch_size_of(weights)
+        if g == 0:
+            raise ValueError("no weight sets to score")
         ref = ray.put(as_numpy(weights))  # once: every actor reads the same object, and only its slice of it
         bounds = np.linspace(0, g, self.num_workers + 1).round().astype(int).tolist()
         shares = {i: (a, b) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])) if b > a}

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from envs.models import build_reference
-from envs.scoring import flat_dim, flatten_state, score_batch, stack_weights, unflatten_state, weight_keys
+from envs.scoring import (batch_size_of, flat_dim, flatten_state, score_batch, slice_weights, stack_weights,
+                           unflatten_state, weight_keys)
 from envs.tasks import load_task
 
 ARCHS = {"mlp": ([16], 1), "cnn": ([4, 8], 1), "resnet": ([4, 8], 1)}
@@ -142,3 +143,27 @@ def test_flat_layout_roundtrip_keeps_integer_buffers_out(task):
     batched = unflatten_state(torch.stack([vec, 2 * vec]), ref.state_dict())
     assert batched["fc.weight"].shape == (2, *model["fc.weight"].shape)
     assert torch.equal(batched["fc.weight"][1], 2 * model["fc.weight"])
+
+
+def test_unflattened_batch_with_shared_integer_buffers(task):
+    sets = weight_sets(task, "resnet", 3)
+    model = make(task, "resnet")
+    batched = unflatten_state(torch.stack([flatten_state(s) for s in sets]), model.state_dict())
+    assert batched["bn.num_batches_tracked"].shape == ()  # one copy for the whole batch
+    assert batch_size_of(batched) == 3 and batch_size_of(slice_weights(batched, 1, 3)) == 2
+    assert score_batch(model, slice_weights(batched, 1, 3), task.reward).correct.tolist() == \
+        score_batch(model, sets[1:], task.reward).correct.tolist()
+    with pytest.raises(ValueError, match="no weight sets"):
+        score_batch(model, slice_weights(batched, 3, 3), task.reward)
+
+
+def test_auto_batch_size_keeps_activations_in_budget(task, monkeypatch):
+    import envs.scoring as scoring
+
+    cnn, mlp = make(task, "cnn"), make(task, "mlp")  # the CNN's largest activation: conv0, 4 x 8 x 8 per example
+    monkeypatch.setattr(scoring, "ACTIVATION_BUDGET", 3 * 4 * 8 * 8 * 10)
+    assert scoring.auto_batch_size(cnn, task.test, sets_per_call=3) == 10
+    assert scoring.auto_batch_size(mlp, task.test) == len(task.test)  # 16 hidden units: the whole split fits
+    sets = weight_sets(task, "cnn", 5)
+    scores = score_batch(cnn, sets, task.test, chunk_size=3)  # 45 calls of <= 10 examples
+    assert scores.correct.tolist() == loop_scores(make(task, "cnn"), sets, task.test)[0]
