@@ -20,14 +20,18 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def run_main(main: Callable[[argparse.Namespace, ExperimentConfig], object], p: argparse.ArgumentParser,
-             argv: list[str] | None = None) -> int:
-    """Parse args, load the config and run `main`; a user-caused error prints one line and exits non-zero."""
-    args = p.parse_args(argv)
+def guarded(fn: Callable[[], object]) -> int:
+    """Run `fn`; a user-caused error prints one line (`error: ...`) and gives exit code 2."""
     try:
-        cfg = load_config(args.config, args.overrides)
-        main(args, cfg)
+        fn()
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def run_main(main: Callable[[argparse.Namespace, ExperimentConfig], object], p: argparse.ArgumentParser,
+             argv: list[str] | None = None) -> int:
+    """Parse args, load the config and run `main(args, cfg)` under `guarded`."""
+    args = p.parse_args(argv)
+    return guarded(lambda: main(args, load_config(args.config, args.overrides)))

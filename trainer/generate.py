@@ -12,7 +12,7 @@ import torch
 
 from envs.tasks import task_from_config
 from trainer.checkpoints import load_weights, save_json, save_weights
-from trainer.cli import USER_ERRORS
+from trainer.cli import guarded
 from trainer.config import DEFAULT_CONFIG, ConfigError, load_config
 from trainer.pipeline import WeightGenerator, init_states, reference_layout, score_states, unbatch
 from trainer.zoo import reference_name
@@ -96,12 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="output folder name under artifacts/generated/ (default: the experiment)")
     p.add_argument("--out", help="output folder (overrides --name)")
     args = p.parse_args(argv)
-    try:
-        run(args)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return guarded(lambda: run(args))
 
 
 if __name__ == "__main__":

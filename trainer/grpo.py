@@ -144,7 +144,7 @@ class GRPOTrainer:
 
     # -- the loop ------------------------------------------------------------------------------------------------------
 
-    def checkpoint(self, final: bool = False) -> None:
+    def checkpoint(self) -> None:
         self.wg.save(self.run_dir, grpo_iterations=self.iteration, wall_s=self.elapsed)
         save_training_state(self.run_dir / "state.safetensors", self.policy, self.opt, self.rng,
                             {"iteration": self.iteration, "elapsed_s": self.elapsed})
