@@ -205,10 +205,10 @@ def score_batch(model: nn.Module, weights: Weights, split: Split, chunk_size: in
     set's own running statistics. Memory is bounded by `chunk_size` sets x `batch_size` examples per call (None: sized
     by `auto_batch_size`). An example whose logits are not all finite (overflowing but finite weights) counts as wrong.
     """
-    batch_size = batch_size or auto_batch_size(model, split, chunk_size)
-    assert chunk_size >= 1 and batch_size >= 1, (chunk_size, batch_size)
     stacked = stack_weights(weights, model.state_dict())
     g = batch_size_of(stacked)
+    batch_size = batch_size or auto_batch_size(model, split, min(chunk_size, g))
+    assert chunk_size >= 1 and batch_size >= 1, (chunk_size, batch_size)
     finite = torch.stack([v.reshape(g, -1).isfinite().all(1) for v in stacked.values()]).all(0)  # (G,)
     correct = torch.zeros(g, dtype=torch.int64)
     loss_sum = torch.zeros(g, dtype=torch.float64)

@@ -58,7 +58,7 @@ class RolloutPool:
         address = _from_config(address, cfg, "address", None)
         init_ray(address, num_cpus=max(self.num_workers, os.cpu_count() or 1))
         self._args = (cfg.task, cfg.reference, split, int(_from_config(chunk_size, cfg, "chunk_size", 16)))
-        self._kwargs = dict(num_threads=1, **(worker_kwargs or {}))  # one torch thread per Ray CPU
+        self._kwargs = {"num_threads": 1, **(worker_kwargs or {})}  # one torch thread per Ray CPU
         self._remote = ray.remote(num_cpus=1)(ScoringWorker)
         self.restarts = 0
         self._actors = [self._spawn() for _ in range(self.num_workers)]
