@@ -20,7 +20,7 @@ from envs.models import reference_from_config
 from envs.scoring import Scores, evaluate, score_batch, stack_weights
 from envs.tasks import task_from_config
 from rollout.pool import RolloutPool
-from trainer.cli import USER_ERRORS
+from trainer.cli import guarded
 from trainer.config import ExperimentConfig, load_config
 
 ROLLOUT_CONFIGS = ["configs/mnist_mlp.yaml", "configs/mnist_cnn.yaml"]
@@ -140,17 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    p = build_parser()
+    args = p.parse_args(argv)
     if min(args.groups, args.repeats, args.threads, *args.workers) < 1:
-        print("error: --groups, --repeats, --threads and --workers must be >= 1", file=sys.stderr)
-        return 2
-    try:
-        cfgs = [load_config(path, args.overrides) for path in args.config or args.default_configs]
-        args.func(args, cfgs)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        p.error("--groups, --repeats, --threads and --workers must be >= 1")
+    paths = args.config or args.default_configs
+    return guarded(lambda: args.func(args, [load_config(path, args.overrides) for path in paths]))
 
 
 if __name__ == "__main__":
