@@ -21,8 +21,14 @@ class CheckpointError(ValueError):
 
 
 def _atomic_target(path: Path) -> tuple[int, str]:
+    """A temp file beside `path` (same filesystem, so the final rename is atomic), with the umask's permissions
+    rather than mkstemp's private 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return fd, tmp
 
 
 def save_weights(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Optional[Mapping[str, Any]] = None) -> Path:
