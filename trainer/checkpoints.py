@@ -21,14 +21,17 @@ class CheckpointError(ValueError):
 
 
 def _atomic_target(path: Path) -> tuple[int, str]:
-    """A temp file beside `path` (same filesystem, so the final rename is atomic), with the umask's permissions
-    rather than mkstemp's private 0600."""
+    """A temp file beside `path`: same filesystem, so the final rename is atomic."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+
+
+def _publish(tmp: str, path: Path) -> None:
+    """Give the finished temp file the umask's permissions (not mkstemp's private 0600), then rename it into place."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
-    return fd, tmp
+    os.replace(tmp, path)
 
 
 def save_weights(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Optional[Mapping[str, Any]] = None) -> Path:
@@ -39,7 +42,7 @@ def save_weights(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata
     try:
         data = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
         save_file(data, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -52,7 +55,7 @@ def save_json(path: str | Path, obj: Any) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
