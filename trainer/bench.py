@@ -1,6 +1,7 @@
 """`python -m trainer.bench`: measurements printed as markdown tables.
 
 `rollout`: evaluations per second of the scoring paths (a load_state_dict loop, batched vmap, the Ray pool).
+`generate`: test accuracy on held-out init seeds of random inits, the zoo's SGD runs and each given policy, side by side.
 """
 
 from __future__ import annotations
@@ -120,6 +121,41 @@ def run_rollout(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> None:
         Path(args.out).write_text(table + "\n")
 
 
+def run_generate(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> None:
+    """Median test accuracy over held-out seeds: random init, SGD (the zoo's final checkpoints), each policy's mean path."""
+    import json
+
+    import numpy as np
+
+    from trainer.pipeline import WeightGenerator, init_states, score_states
+
+    cfg = cfgs[0]
+    task = task_from_config(cfg.task)
+    seeds = list(range(args.seed_start, args.seed_start + args.seeds))
+    zoo = range(cfg.zoo.seed, cfg.zoo.seed + cfg.zoo.runs)
+    assert not set(seeds) & set(zoo), f"held-out seeds {seeds[0]}..{seeds[-1]} overlap the zoo's"
+    manifest = json.loads((cfg.zoo_dir / "manifest.json").read_text())
+    sgd = float(np.median([r["checkpoints"][-1]["test_accuracy"] for r in manifest["runs"]]))
+    rows = [("random init (PyTorch default)", "-", float(np.median(score_states(cfg, task, init_states(cfg, task, seeds), "test"))))]
+    rows.append((f"SGD ({len(manifest['runs'])} zoo runs, final checkpoint)", "-", sgd))
+    for path in args.policy or [f"artifacts/runs/{cfg.name}-imitate/policy.safetensors"]:
+        wg = WeightGenerator.load(path, cfg=cfg)
+        t = time.perf_counter()
+        final, _ = wg.generate(init_states(cfg, task, seeds), mean_only=True)
+        seconds = time.perf_counter() - t
+        accs = score_states(cfg, task, final, "test")
+        rows.append((f"policy {path} (mean path, {seconds / len(seeds) * 1000:.0f} ms/net)", str(len(wg.schedule) - 1),
+                     float(np.median(accs))))
+    lines = [f"{cfg.name}: median test accuracy over {len(seeds)} held-out init seeds {seeds[0]}..{seeds[-1]}", "",
+             "| weights | steps | test accuracy (median) | / SGD |", "| --- | --- | --- | --- |"]
+    lines += [f"| {name} | {k} | {acc:.4f} | {acc / sgd:.3f} |" for name, k, acc in rows]
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer.bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -136,6 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads of this process (loop, vmap); pool workers always use 1 each")
     r.add_argument("--out", help="also write the table to this file")
     r.set_defaults(func=run_rollout, default_configs=ROLLOUT_CONFIGS)
+    g = sub.add_parser("generate", help="held-out accuracy: random init vs SGD vs policies")
+    g.add_argument("--config", action="append", default=None, help="experiment YAML (default: configs/digits_mlp.yaml)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    g.add_argument("--policy", action="append", help="policy.safetensors, repeatable (default: the imitation policy)")
+    g.add_argument("--seeds", type=int, default=32, help="held-out init seeds (default 32)")
+    g.add_argument("--seed-start", type=int, default=0, help="first held-out seed (default 0)")
+    g.add_argument("--out", help="also write the table to this file")
+    g.set_defaults(func=run_generate, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, threads=1,
+                   workers=[1])
     return p
 
 

@@ -100,3 +100,15 @@ def test_user_init_file_is_used(trained, in_tmp):
     assert generate.main(["--init", str(path), "--mean", "--out", "out"]) == 0
     report = json.loads((in_tmp / "out/report.json").read_text())
     assert report["samples"][0]["init"] == str(path) and (in_tmp / "out/mine-generated.safetensors").is_file()
+
+
+def test_bench_generate_prints_random_sgd_and_policy_side_by_side(trained, in_tmp, capsys):
+    from trainer import bench
+
+    args = ["generate", "--seeds", "3"] + sum((["--set", s] for s in TINY), [])
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r.split("|")[1].split()[0] for r in rows] == ["random", "SGD", "policy"]
+    ratios = [float(r.split("|")[4]) for r in rows]
+    assert ratios[1] == 1.0 and 0.0 <= ratios[0] < 0.5
