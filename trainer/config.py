@@ -138,7 +138,7 @@ class ExperimentConfig:
         return Path(self.zoo.out) if self.zoo.out else Path("artifacts/checkpoints") / self.name
 
 
-def _set(data: dict, assignment: str) -> None:
+def apply_override(data: dict, assignment: str) -> None:
     """Apply one `a.b=c` override (the value parsed as YAML) to the raw config mapping."""
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected section.key=value")
@@ -186,7 +186,7 @@ def config_from_dict(data: dict) -> ExperimentConfig:
 def load_config(path: str | Path = DEFAULT_CONFIG, overrides: list[str] | None = None) -> ExperimentConfig:
     data = read_yaml(resolve_config_path(path))
     for assignment in overrides or []:
-        _set(data, assignment)
+        apply_override(data, assignment)
     return config_from_dict(data)
 
 

@@ -19,7 +19,7 @@ from policy.model import DenoisingPolicy, PolicyConfig
 from policy.sampling import Step, walk
 from policy.tokenizer import Layout, Tokenizer
 from trainer.checkpoints import CheckpointError, load_policy_files, save_policy
-from trainer.config import ExperimentConfig, config_from_dict, config_to_dict
+from trainer.config import ExperimentConfig, apply_override, config_from_dict, config_to_dict
 
 
 def reference_layout(cfg: ExperimentConfig, task: Task) -> tuple[torch.nn.Module, Layout]:
@@ -81,13 +81,11 @@ class WeightGenerator:
              cfg: Optional[ExperimentConfig] = None) -> "WeightGenerator":
         """Load policy.safetensors + policy.json. The experiment is `cfg` if given, else the stored one with
         `overrides` (`a.b=c`) applied; either way it must describe the reference model the policy was made for."""
-        from trainer.config import _set
-
         weights, spec = load_policy_files(path)
         if cfg is None:
             data = copy.deepcopy(spec["experiment"])
             for o in overrides or []:
-                _set(data, o)
+                apply_override(data, o)
             cfg = config_from_dict(data)
         task = task_from_config(cfg.task)
         template, layout = reference_layout(cfg, task)
