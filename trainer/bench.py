@@ -127,7 +127,7 @@ def run_generate(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> None
 
     import numpy as np
 
-    from trainer.pipeline import WeightGenerator, init_states, score_states
+    from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy, score_states
 
     cfg = cfgs[0]
     task = task_from_config(cfg.task)
@@ -141,10 +141,10 @@ def run_generate(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> None
     for path in args.policy or [f"artifacts/runs/{cfg.name}-imitate/policy.safetensors"]:
         wg = WeightGenerator.load(path, cfg=cfg)
         t = time.perf_counter()
-        final, _ = wg.generate(init_states(cfg, task, seeds), mean_only=True)
+        accs, _ = mean_path_accuracy(wg, task, seeds)
         seconds = time.perf_counter() - t
-        accs = score_states(cfg, task, final, "test")
-        rows.append((f"policy {path} (mean path, {seconds / len(seeds) * 1000:.0f} ms/net)", str(len(wg.schedule) - 1),
+        rows.append((f"policy {path} (mean path, {seconds / len(seeds) * 1000:.0f} ms/net to generate and score)",
+                     str(len(wg.schedule) - 1),
                      float(np.median(accs))))
     lines = [f"{cfg.name}: median test accuracy over {len(seeds)} held-out init seeds {seeds[0]}..{seeds[-1]}", "",
              "| weights | steps | test accuracy (median) | / SGD |", "| --- | --- | --- | --- |"]

@@ -25,7 +25,7 @@ from trainer.algos import clipped_policy_loss, compute_grpo_advantages
 from trainer.checkpoints import CheckpointError, load_training_state, save_training_state
 from trainer.cli import parser, run_main
 from trainer.config import ExperimentConfig
-from trainer.pipeline import WeightGenerator, init_states, score_states
+from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy
 from trainer.runlog import RunLogger
 
 
@@ -132,13 +132,11 @@ class GRPOTrainer:
         gc = self.cfg.grpo
         if it % gc.eval_every == 0 or it == gc.iterations:
             self.policy.eval()
-            final, _ = self.wg.generate(init_states(self.cfg, self.task, self.eval_seeds), mean_only=True)
-            accs = score_states(self.cfg, self.task, final, "test")
+            accs, final = mean_path_accuracy(self.wg, self.task, self.eval_seeds)
             metrics.update({"eval/accuracy_mean": float(np.mean(accs)), "eval/accuracy_median": float(np.median(accs))})
-            for k, v in final.items():
-                if v.is_floating_point() and k == self.wg.layout.tensors[0].key:
-                    log.histogram(it, f"generated/{k}", v)
-                    log.writer.add_image("generated/first_layer", first_layer_grid(v[0], self.task.input_shape), it)
+            first = self.wg.layout.tensors[0].key
+            log.histogram(it, f"generated/{first}", final[first])
+            log.writer.add_image("generated/first_layer", first_layer_grid(final[first][0], self.task.input_shape), it)
         log.scalars(it, metrics)
         return metrics
 

@@ -23,7 +23,7 @@ from trainer.cli import parser, run_main
 from trainer.config import ExperimentConfig
 from trainer.runlog import RunLogger
 from trainer.pairs import ZooPairs
-from trainer.pipeline import WeightGenerator, init_states, reference_layout, score_states, snap_schedule
+from trainer.pipeline import WeightGenerator, mean_path_accuracy, reference_layout, snap_schedule
 from trainer.zoo import build_zoo
 
 
@@ -58,11 +58,6 @@ def imitation_loss(mean: dict, std: dict, target: dict) -> tuple[torch.Tensor, d
     mse = torch.stack([((mean[k] - target[k]) ** 2).mean() for k in mean]).mean()
     nll = -gaussian_log_prob(target, {k: v.detach() for k, v in mean.items()}, std).mean()
     return mse + nll, {"losses/mse": mse.item(), "losses/nll": nll.item()}
-
-
-def evaluate_generator(wg: WeightGenerator, task, seeds: list[int], split: str = "test") -> list[float]:
-    final, _ = wg.generate(init_states(wg.cfg, task, seeds), mean_only=True)
-    return score_states(wg.cfg, task, final, split)
 
 
 def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool = True) -> Path:
@@ -115,7 +110,7 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
             bar.set_postfix(loss=f"{loss.item():.4f}", eval=f"{last_eval:.3f}" if last_eval is not None else "-")
         if done % im.eval_every == 0 or done == im.steps:
             policy.eval()
-            accs = evaluate_generator(wg, task, eval_seeds)
+            accs, _ = mean_path_accuracy(wg, task, eval_seeds)
             last_eval = float(np.mean(accs))
             log.scalars(done, {"eval/accuracy_mean": last_eval, "eval/accuracy_median": float(np.median(accs))})
         if done % im.save_every == 0 or done == im.steps:

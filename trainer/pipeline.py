@@ -49,6 +49,14 @@ def score_states(cfg: ExperimentConfig, task: Task, states: Mapping[str, torch.T
     return score_batch(model, states, task.split(split), cfg.rollout.chunk_size).accuracy.tolist()
 
 
+def mean_path_accuracy(wg: "WeightGenerator", task: Task, seeds: Sequence[int],
+                       split: str = "test") -> tuple[list[float], dict[str, torch.Tensor]]:
+    """The held-out measure: fresh inits from `seeds`, the policy's deterministic mean path, accuracy on `split`.
+    Returns (accuracy per seed, the generated state dicts)."""
+    final, _ = wg.generate(init_states(wg.cfg, task, seeds), mean_only=True)
+    return score_states(wg.cfg, task, final, split), final
+
+
 @dataclass
 class WeightGenerator:
     """A policy with everything needed to use it: its experiment, tokenizer, schedule and the zoo's progress grid."""

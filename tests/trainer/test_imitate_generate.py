@@ -9,7 +9,6 @@ from envs.models import build_reference
 from trainer import generate, imitate
 from trainer.checkpoints import load_weights, save_weights
 from trainer.cli import parser, run_main
-from trainer.config import load_config
 
 TINY = ["zoo.runs=3", "reference.widths=[8]", "zoo.epochs=2", "zoo.checkpoints=4", "zoo.batch_size=16",
         "policy.dim=16", "policy.rounds=1", "policy.heads=2", "imitate.steps=6", "imitate.eval_every=3",
