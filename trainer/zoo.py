@@ -50,7 +50,8 @@ def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path) -> dict:
     task = task_from_config(cfg.task)
     seed = zc.seed + run
     model = reference_from_config(cfg.reference, task, seed=seed)
-    gen = torch.Generator().manual_seed(seed)  # data order
+    data_seed = seed if zc.data_seed is None else zc.data_seed
+    gen = torch.Generator().manual_seed(data_seed)  # minibatch order
     if zc.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=zc.lr, momentum=zc.momentum, weight_decay=zc.weight_decay)
     else:
@@ -70,7 +71,8 @@ def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path) -> dict:
         loss, reward_acc = evaluate(model, task.reward)
         _, test_acc = evaluate(model, task.test)
         meta = dict(experiment=cfg.name, task=cfg.task.name, reference=reference_name(cfg), run=run, seed=seed,
-                    step=step, t=step / total, loss=loss, reward_accuracy=reward_acc, test_accuracy=test_acc)
+                    data_seed=data_seed, step=step, t=step / total, loss=loss, reward_accuracy=reward_acc,
+                    test_accuracy=test_acc)
         name = f"step-{step:06d}.safetensors"
         save_weights(tmp / name, model.state_dict(), meta)
         records.append(dict(file=f"{final.name}/{name}", step=step, t=step / total, loss=loss,
@@ -92,7 +94,7 @@ def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path) -> dict:
             if step in save_at:
                 save(step)
                 model.train()
-    record = dict(run=run, seed=seed, total_steps=total, checkpoints=records)
+    record = dict(run=run, seed=seed, data_seed=data_seed, total_steps=total, checkpoints=records)
     save_json(tmp / "run.json", record)
     tmp.rename(final)
     return record

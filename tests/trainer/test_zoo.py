@@ -8,7 +8,7 @@ from envs.tasks import load_task
 from trainer.checkpoints import load_weights
 from trainer.config import load_config
 from trainer.pairs import ZooPairs
-from trainer.zoo import build_zoo, checkpoint_steps
+from trainer.zoo import build_zoo, checkpoint_steps, train_run
 
 TINY = ["zoo.runs=2", "reference.widths=[8]", "zoo.epochs=2", "zoo.checkpoints=4", "zoo.batch_size=16"]
 
@@ -84,3 +84,18 @@ def test_reward_split_is_disjoint_from_zoo_training_data():
     # The zoo draws its batches from task.train only; the reward carve must not overlap it.
     task = load_task("digits", reward_size=300)
     assert not set(task.train_index.tolist()) & set(task.reward_index.tolist())
+
+
+def test_runs_share_one_data_order_unless_data_seed_is_null(in_tmp):
+    def final(*overrides):
+        cfg = load_config(overrides=TINY + ["zoo.epochs=1", *overrides])
+        zoo = in_tmp / "-".join(overrides or ["default"])
+        rec = train_run(cfg, 1, zoo)
+        return rec["data_seed"], load_weights(zoo / rec["checkpoints"][-1]["file"])[0]
+
+    seed_shared, shared = final()  # run 1 trains from seed 1001 with the shared order 0
+    seed_own, own = final("zoo.data_seed=null")
+    seed_same, same = final("zoo.data_seed=1001")
+    assert (seed_shared, seed_own, seed_same) == (0, 1001, 1001)
+    assert all(torch.equal(own[k], same[k]) for k in own)  # null == the run's own seed
+    assert not torch.equal(shared["layers.0.weight"], own["layers.0.weight"])
