@@ -46,11 +46,22 @@ def gaussian_kl(mean_p: Tokens, std_p: Tokens, mean_q: Tokens, std_q: Tokens) ->
     return _per_sample_mean(parts)
 
 
-def sample(mean: Tokens, std: Tokens, generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
-    """One draw x = mean + std * eps per dimension."""
+def sample(mean: Tokens, std: Tokens, generator: Optional[torch.Generator] = None,
+           antithetic: bool = False) -> dict[str, torch.Tensor]:
+    """One draw x = mean + std * eps per dimension.
+
+    antithetic: rows come in mirrored pairs (2i, 2i + 1) with noise eps and -eps (the batch must be even). Each row is
+    still a draw from its Gaussian, but in a pair's contribution to a policy gradient the reward's even part in eps
+    (the curvature term, which dominates the spread when there are thousands of dimensions) cancels.
+    """
     out = {}
     for k, m in mean.items():
-        eps = torch.randn(m.shape, generator=generator, dtype=m.dtype, device=m.device)
+        if antithetic:
+            assert m.shape[0] % 2 == 0, f"antithetic sampling needs an even batch, got {m.shape[0]}"
+            half = torch.randn((m.shape[0] // 2, *m.shape[1:]), generator=generator, dtype=m.dtype, device=m.device)
+            eps = torch.stack([half, -half], dim=1).flatten(0, 1)
+        else:
+            eps = torch.randn(m.shape, generator=generator, dtype=m.dtype, device=m.device)
         out[k] = m + _std_like(std[k], m) * eps
     return out
 
@@ -68,13 +79,15 @@ class Step:
 
 @torch.no_grad()
 def walk(policy, x0: Mapping[str, torch.Tensor], schedule: Sequence[float], mean_only: bool = False,
-         generator: Optional[torch.Generator] = None) -> tuple[dict[str, torch.Tensor], list[Step]]:
-    """Walk the schedule from token blocks x0 (progress schedule[0]); returns the final blocks and every step."""
+         generator: Optional[torch.Generator] = None,
+         antithetic: bool = False) -> tuple[dict[str, torch.Tensor], list[Step]]:
+    """Walk the schedule from token blocks x0 (progress schedule[0]); returns the final blocks and every step.
+    `antithetic`: see `sample` (every step's noise is mirrored between rows 2i and 2i + 1)."""
     x, steps = dict(x0), []
     b = next(iter(x.values())).shape[0]
     for t1, t2 in zip(schedule[:-1], schedule[1:]):
         mean, std = policy(x, torch.full((b,), float(t1)), torch.full((b,), float(t2)))
-        y = dict(mean) if mean_only else sample(mean, std, generator)
+        y = dict(mean) if mean_only else sample(mean, std, generator, antithetic)
         steps.append(Step(x, y, float(t1), float(t2), gaussian_log_prob(y, mean, std)))
         x = y
     return x, steps

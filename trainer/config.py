@@ -74,6 +74,10 @@ class ImitateConfig:
     grad_clip: float = 1.0
     schedule_frac: float = 0.5
     """fraction of pairs that are transitions of the generation schedule; the rest are any t1 < t2 of a run"""
+    walked_frac: float = 0.0
+    """fraction of pairs starting at a schedule point after the init whose input is the policy's own mean-path state
+    from the run's init (refreshed at every save) instead of the zoo checkpoint: later steps learn to repair the
+    errors of earlier ones"""
     train_runs: Optional[int] = None
     """use only the first N zoo runs (None: all)"""
     eval_every: int = 250
@@ -107,6 +111,9 @@ class GRPOConfig:
     """divide advantages by the group std (off: Dr. GRPO)"""
     drop_zero_spread: bool = False
     """leave groups whose rewards are all equal out of the update"""
+    antithetic: bool = True
+    """sample each group as mirrored pairs (noise eps, -eps; needs an even group_size): the curvature part of the
+    reward cancels from the policy gradient of the mean"""
     grad_clip: float = 1.0
     eval_every: int = 5
     """iterations between held-out evaluations (mean path, test split), weight histograms and images"""
@@ -184,6 +191,9 @@ def config_from_dict(data: dict) -> ExperimentConfig:
             gc.seed_start + gc.iterations * gc.inits_per_iter > min(cfg.zoo.seed, im.eval_seed_start):
         raise ConfigError(f"config key grpo.seed_start: GRPO init seeds from {gc.seed_start} overlap the zoo's or the "
                           f"held-out evaluation seeds")
+    if gc.antithetic and gc.group_size % 2:
+        raise ConfigError(f"config key grpo.group_size: antithetic sampling pairs samples, so it must be even "
+                          f"(got {gc.group_size}; or set grpo.antithetic=false)")
     return cfg
 
 

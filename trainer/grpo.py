@@ -69,7 +69,7 @@ class GRPOTrainer:
         init = init_states(self.cfg, self.task, seeds)
         init = {k: v.repeat_interleave(gc.group_size, dim=0) for k, v in init.items()}  # (B*G, ...) group-major
         self.policy.eval()
-        final, steps = self.wg.generate(init, mean_only=False, generator=self.rng["sample"])
+        final, steps = self.wg.generate(init, mean_only=False, generator=self.rng["sample"], antithetic=gc.antithetic)
         return Rollouts(steps, final, seeds)
 
     def score(self, ro: Rollouts) -> None:

@@ -72,9 +72,10 @@ class WeightGenerator:
         return self.tokenizer.layout
 
     def generate(self, init: Mapping[str, torch.Tensor], mean_only: bool = False,
-                 generator: Optional[torch.Generator] = None) -> tuple[dict[str, torch.Tensor], list[Step]]:
+                 generator: Optional[torch.Generator] = None,
+                 antithetic: bool = False) -> tuple[dict[str, torch.Tensor], list[Step]]:
         """Batched inits (key -> (B, *shape)) -> generated state dicts and the trajectory's steps (token blocks)."""
-        final, steps = walk(self.policy, self.tokenizer.encode(init), self.schedule, mean_only, generator)
+        final, steps = walk(self.policy, self.tokenizer.encode(init), self.schedule, mean_only, generator, antithetic)
         return self.tokenizer.decode(final, init), steps
 
     def spec(self, **extra) -> dict:

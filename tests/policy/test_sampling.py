@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
@@ -35,3 +36,15 @@ def test_sample_has_the_requested_moments():
     x = sample(mean, std, torch.Generator().manual_seed(0))["a"]
     torch.testing.assert_close(x.mean(1), torch.tensor([3.0, 3.0]), atol=0.05, rtol=0)
     torch.testing.assert_close(x.std(1), torch.tensor([0.5, 2.0]), atol=0.03, rtol=0)
+
+
+def test_antithetic_pairs_mirror_their_noise_and_keep_the_moments():
+    mean = {"a": torch.full((4, 20000), 3.0), "b": torch.zeros(4, 3, 2)}
+    std = {"a": torch.tensor([0.5, 0.5, 2.0, 2.0]), "b": torch.ones(4)}
+    x = sample(mean, std, torch.Generator().manual_seed(0), antithetic=True)
+    torch.testing.assert_close(x["a"][0] - 3.0, -(x["a"][1] - 3.0))
+    torch.testing.assert_close(x["b"][2], -x["b"][3])
+    assert not torch.allclose(x["a"][0] - 3.0, (x["a"][2] - 3.0) / 4)  # pairs draw independent noise
+    torch.testing.assert_close(x["a"].std(1), torch.tensor([0.5, 0.5, 2.0, 2.0]), atol=0.03, rtol=0)
+    with pytest.raises(AssertionError, match="even batch"):
+        sample({"a": torch.zeros(3, 2)}, {"a": torch.ones(3)}, antithetic=True)

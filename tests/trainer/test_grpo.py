@@ -40,6 +40,9 @@ def test_first_update_sees_ratio_one_and_zero_kl(imitation, in_tmp):
     assert torch.equal(gaussian_kl(mean, std, ref_mean, ref_std), torch.zeros(8))
     from policy.sampling import gaussian_log_prob
     torch.testing.assert_close(gaussian_log_prob(step.y, mean, std), step.log_prob, rtol=0, atol=1e-5)
+    for k in mean:  # antithetic: samples 2i, 2i + 1 of a group mirror their noise around the same mean
+        torch.testing.assert_close(step.y[k][0::2] + step.y[k][1::2], 2 * mean[k][0::2])
+        assert not torch.allclose(step.y[k][0], step.y[k][1])
     assert len(ro.seeds) == 2 and min(ro.seeds) >= 100000  # fresh seeds, outside zoo and held-out ranges
 
 
