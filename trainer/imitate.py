@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from envs.tasks import task_from_config
 from policy.model import DenoisingPolicy
-from policy.sampling import gaussian_log_prob
+from policy.sampling import gaussian_log_prob, walk
 from policy.tokenizer import Tokenizer, fit_scales
 from trainer.checkpoints import load_training_state, save_training_state
 from trainer.cli import parser, run_main
@@ -41,6 +41,21 @@ def sample_pairs(t: torch.Tensor, sched_idx: list[int], batch: int, schedule_fra
     i = torch.where(on_schedule, s[k], i)
     j = torch.where(on_schedule, s[k + 1], j)
     return r, i, j
+
+
+@torch.no_grad()
+def walk_runs(policy: DenoisingPolicy, data: dict, sched_idx: list[int], grid: list[float],
+              chunk: int = 32) -> dict[str, torch.Tensor]:
+    """The policy's mean path from every run's init: key -> (runs, len(schedule), *token_shape)."""
+    policy.eval()
+    schedule = [grid[s] for s in sched_idx]
+    runs = next(iter(data.values())).shape[0]
+    parts = []
+    for lo in range(0, runs, chunk):
+        x0 = {k: v[lo:lo + chunk, sched_idx[0]] for k, v in data.items()}
+        _, steps = walk(policy, x0, schedule, mean_only=True)
+        parts.append({k: torch.stack([x0[k]] + [st.y[k] for st in steps[:-1]], dim=1) for k in data})
+    return {k: torch.cat([p[k] for p in parts]) for k in data}
 
 
 def learning_rate(step: int, total: int, base: float, cosine: bool) -> float:
@@ -86,6 +101,9 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
         info = load_training_state(state_path, policy, opt, {"pairs": gen})
         start, elapsed = info["step"], info["elapsed_s"]
     log = RunLogger(run_dir, cfg, purge_step=start)
+    walked = walk_runs(policy, data, sched_idx, pairs.grid) if im.walked_frac > 0 else None
+    sched_pos = torch.full((c,), -1, dtype=torch.long)
+    sched_pos[torch.tensor(sched_idx)] = torch.arange(len(sched_idx))
     t0 = time.perf_counter() - elapsed
     last_eval = None
     bar = tqdm(range(start, im.steps), initial=start, total=im.steps, desc=f"imitate {name}", disable=not progress)
@@ -93,6 +111,11 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
         policy.train()
         ri, i, j = sample_pairs(pairs.t, sched_idx, im.batch_size, im.schedule_frac, gen)
         x1 = {k: v[ri, i] for k, v in data.items()}
+        if walked is not None:  # some inputs at schedule points become the policy's own walked states
+            pos = sched_pos[i]
+            use = (torch.rand(len(ri), generator=gen) < im.walked_frac) & (pos >= 1)
+            for k, v in walked.items():
+                x1[k] = torch.where(use.view(-1, *[1] * (v.dim() - 2)), v[ri, pos.clamp(min=0)], x1[k])
         x2 = {k: v[ri, j] for k, v in data.items()}
         mean, std = policy(x1, pairs.t[ri, i], pairs.t[ri, j])
         loss, parts = imitation_loss(mean, std, x2)
@@ -118,6 +141,8 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
             wg.save(run_dir, trained_steps=done, wall_s=wall, zoo=str(zoo_dir), zoo_runs=len(pairs.runs),
                     eval_seeds=eval_seeds, eval_test_accuracy_mean=last_eval)
             save_training_state(state_path, policy, opt, {"pairs": gen}, {"step": done, "elapsed_s": wall})
+            if walked is not None:  # refreshed from the saved policy, so a resumed run sees the same inputs
+                walked = walk_runs(policy, data, sched_idx, pairs.grid)
     log.close()
     return run_dir
 

@@ -50,8 +50,13 @@ def test_imitate_then_generate_end_to_end(trained, in_tmp, capsys):
     assert "3 nets in 2 steps" in capsys.readouterr().out
 
 
-def test_resume_is_bit_identical(trained, in_tmp, monkeypatch):
+@pytest.mark.parametrize("extra", [[], ["--set", "imitate.walked_frac=1.0"]], ids=["zoo-inputs", "walked-inputs"])
+def test_resume_is_bit_identical(trained, in_tmp, monkeypatch, extra):
     straight = load_weights(trained / "policy.safetensors")[0]
+    if extra:  # the policy's own walked states as inputs: they change training, and survive a resume
+        assert imitate_cli("--name", "straight", *extra) == 0
+        default, straight = straight, load_weights(in_tmp / "artifacts/runs/straight/policy.safetensors")[0]
+        assert any(not torch.equal(default[k], straight[k]) for k in default)
     # A run killed right after its step-3 checkpoint, then resumed, ends with exactly the same policy.
     real_save = imitate.save_training_state
 
@@ -61,9 +66,9 @@ def test_resume_is_bit_identical(trained, in_tmp, monkeypatch):
 
     monkeypatch.setattr(imitate, "save_training_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        imitate_cli("--name", "stopped")
+        imitate_cli("--name", "stopped", *extra)
     monkeypatch.setattr(imitate, "save_training_state", real_save)
-    assert imitate_cli("--name", "stopped", "--resume") == 0
+    assert imitate_cli("--name", "stopped", "--resume", *extra) == 0
     resumed = load_weights(in_tmp / "artifacts/runs/stopped/policy.safetensors")[0]
     assert set(resumed) == set(straight)
     for k in straight:
