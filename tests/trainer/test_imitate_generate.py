@@ -116,3 +116,10 @@ def test_bench_generate_prints_random_sgd_and_policy_side_by_side(trained, in_tm
     assert [r.split("|")[1].split()[0] for r in rows] == ["random", "SGD", "policy"]
     ratios = [float(r.split("|")[4]) for r in rows]
     assert ratios[1] == 1.0 and 0.0 <= ratios[0] < 0.5
+
+
+def test_paired_difference_is_mean_se_and_share_better():
+    from trainer.bench import paired_difference
+
+    # differences 0.02, 0.00, 0.04 -> mean 2 pts, sd 2 pts, se 2 / sqrt(3) = 1.15; better on 2 of 3 seeds
+    assert paired_difference([0.5, 0.6, 0.7], [0.52, 0.6, 0.74]) == "+2.00 +- 1.15 pts, better on 67%"
