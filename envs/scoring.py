@@ -196,6 +196,18 @@ class Scores:
                       torch.cat([p.finite for p in parts]), parts[0].n)
 
 
+def batched_logits(model: nn.Module, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Logits of G weight sets of `model`'s architecture on one batch: ({key: (G, *shape)}, (B, ...)) -> (G, B, classes).
+
+    One vmapped functional call, differentiable in `params`; entries absent from `params` (integer buffers) come from
+    `model`, which runs in its current mode.
+    """
+    def logits_of(p: dict, inputs: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(model, p, (inputs,))
+
+    return torch.func.vmap(logits_of, in_dims=(0, None))(dict(params), x)
+
+
 @torch.no_grad()
 def score_batch(model: nn.Module, weights: Weights, split: Split, chunk_size: int = 16,
                 batch_size: Optional[int] = None) -> Scores:
@@ -213,16 +225,12 @@ def score_batch(model: nn.Module, weights: Weights, split: Split, chunk_size: in
     correct = torch.zeros(g, dtype=torch.int64)
     loss_sum = torch.zeros(g, dtype=torch.float64)
 
-    def logits_of(params: dict, x: torch.Tensor) -> torch.Tensor:
-        return torch.func.functional_call(model, params, (x,))  # buffers absent from `params` come from `model`
-
-    batched = torch.func.vmap(logits_of, in_dims=(0, None))  # ({k: (c, *shape)}, (B, ...)) -> (c, B, classes)
     with _eval_mode(model):
         for idx in finite.nonzero().flatten().split(chunk_size):
             params = {k: v[idx] for k, v in stacked.items()}
             for i in range(0, len(split), batch_size):
                 x, y = split.x[i:i + batch_size], split.y[i:i + batch_size]
-                logits = batched(params, x)  # (c, B, classes)
+                logits = batched_logits(model, params, x)  # (c, B, classes)
                 ok = logits.isfinite().all(-1) & (logits.argmax(-1) == y)
                 correct[idx] += ok.sum(1)
                 ce = F.cross_entropy(logits.flatten(0, 1), y.repeat(len(idx)), reduction="none")

@@ -77,17 +77,18 @@ class Step:
     log_prob: torch.Tensor  # (B,) averaged over dimensions
 
 
-@torch.no_grad()
 def walk(policy, x0: Mapping[str, torch.Tensor], schedule: Sequence[float], mean_only: bool = False,
-         generator: Optional[torch.Generator] = None,
-         antithetic: bool = False) -> tuple[dict[str, torch.Tensor], list[Step]]:
+         generator: Optional[torch.Generator] = None, antithetic: bool = False,
+         grad: bool = False) -> tuple[dict[str, torch.Tensor], list[Step]]:
     """Walk the schedule from token blocks x0 (progress schedule[0]); returns the final blocks and every step.
-    `antithetic`: see `sample` (every step's noise is mirrored between rows 2i and 2i + 1)."""
+    `antithetic`: see `sample` (every step's noise is mirrored between rows 2i and 2i + 1). `grad`: keep the graph
+    through every step (to train on the walked result)."""
     x, steps = dict(x0), []
     b = next(iter(x.values())).shape[0]
-    for t1, t2 in zip(schedule[:-1], schedule[1:]):
-        mean, std = policy(x, torch.full((b,), float(t1)), torch.full((b,), float(t2)))
-        y = dict(mean) if mean_only else sample(mean, std, generator, antithetic)
-        steps.append(Step(x, y, float(t1), float(t2), gaussian_log_prob(y, mean, std)))
-        x = y
+    with torch.set_grad_enabled(grad):
+        for t1, t2 in zip(schedule[:-1], schedule[1:]):
+            mean, std = policy(x, torch.full((b,), float(t1)), torch.full((b,), float(t2)))
+            y = dict(mean) if mean_only else sample(mean, std, generator, antithetic)
+            steps.append(Step(x, y, float(t1), float(t2), gaussian_log_prob(y, mean, std)))
+            x = y
     return x, steps

@@ -77,6 +77,13 @@ class ImitateConfig:
     """fraction of pairs starting at a schedule point after the init whose input is the policy's own mean-path state
     from the run's init (refreshed at every save) instead of the zoo checkpoint: later steps learn to repair the
     errors of earlier ones"""
+    task_inits: int = 0
+    """fresh inits per step whose mean-path nets add their reward-split cross-entropy to the loss, differentiated
+    through the walk (0: imitation of the zoo alone)"""
+    task_examples: int = 256
+    """reward-split examples per step for that loss"""
+    task_weight: float = 1.0
+    """weight of the task loss next to the imitation loss"""
     train_runs: Optional[int] = None
     """use only the first N zoo runs (None: all)"""
     eval_every: int = 250

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
-from envs.tasks import task_from_config
+from envs.scoring import batched_logits, weight_keys
+from envs.tasks import Task, task_from_config
 from policy.model import DenoisingPolicy
 from policy.sampling import gaussian_log_prob, walk
 from policy.tokenizer import Tokenizer, fit_scales
@@ -23,7 +25,8 @@ from trainer.cli import parser, run_main
 from trainer.config import ExperimentConfig
 from trainer.runlog import RunLogger
 from trainer.pairs import ZooPairs
-from trainer.pipeline import WeightGenerator, mean_path_accuracy, reference_layout, snap_schedule
+from trainer.pipeline import (WeightGenerator, init_states, mean_path_accuracy, reference_layout,
+                              snap_schedule)
 from trainer.zoo import build_zoo
 
 
@@ -75,12 +78,30 @@ def imitation_loss(mean: dict, std: dict, target: dict) -> tuple[torch.Tensor, d
     return mse + nll, {"losses/mse": mse.item(), "losses/nll": nll.item()}
 
 
+# Seeds of the fresh inits the task loss walks from: far above the zoo, held-out and GRPO seed ranges.
+TASK_SEED_BASE = 10**9
+
+
+def task_loss(wg: WeightGenerator, template: torch.nn.Module, task: Task, inits: int, examples: int,
+              gen: torch.Generator) -> torch.Tensor:
+    """Cross-entropy, on a reward-split minibatch, of the nets the policy's mean path makes from `inits` fresh inits,
+    differentiable through every step of the walk (the reward-gradient route: DRaFT, Clark et al. 2023). The reward
+    split is the RL reward's; the test split stays for reporting."""
+    seeds = (TASK_SEED_BASE + torch.randint(10**9, (inits,), generator=gen)).tolist()
+    final, _ = wg.generate(init_states(wg.cfg, task, seeds), mean_only=True, grad=True)
+    params = {k: final[k] for k in weight_keys(template.state_dict())}
+    idx = torch.randint(len(task.reward), (examples,), generator=gen)
+    logits = batched_logits(template, params, task.reward.x[idx])  # (inits, examples, classes)
+    return F.cross_entropy(logits.flatten(0, 1), task.reward.y[idx].repeat(inits))
+
+
 def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool = True) -> Path:
     im = cfg.imitate
     run_dir = Path("artifacts/runs") / name
     zoo_dir = build_zoo(cfg, progress=progress)
     task = task_from_config(cfg.task)
     template, layout = reference_layout(cfg, task)
+    template.eval()  # the task loss runs generated nets with their own normalisation statistics
     pairs = ZooPairs(zoo_dir, range(im.train_runs or cfg.zoo.runs), expected=template.state_dict())
     tok = Tokenizer(layout, fit_scales({k: pairs.weights[k] for k in layout.shapes}))
     r, c = pairs.t.shape
@@ -119,6 +140,10 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
         x2 = {k: v[ri, j] for k, v in data.items()}
         mean, std = policy(x1, pairs.t[ri, i], pairs.t[ri, j])
         loss, parts = imitation_loss(mean, std, x2)
+        if im.task_inits > 0:
+            ce = task_loss(wg, template, task, im.task_inits, im.task_examples, gen)
+            loss = loss + im.task_weight * ce
+            parts["losses/task"] = ce.item()
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, im.steps, im.lr, im.cosine)
         opt.zero_grad(set_to_none=True)

@@ -73,9 +73,11 @@ class WeightGenerator:
 
     def generate(self, init: Mapping[str, torch.Tensor], mean_only: bool = False,
                  generator: Optional[torch.Generator] = None,
-                 antithetic: bool = False) -> tuple[dict[str, torch.Tensor], list[Step]]:
-        """Batched inits (key -> (B, *shape)) -> generated state dicts and the trajectory's steps (token blocks)."""
-        final, steps = walk(self.policy, self.tokenizer.encode(init), self.schedule, mean_only, generator, antithetic)
+                 antithetic: bool = False, grad: bool = False) -> tuple[dict[str, torch.Tensor], list[Step]]:
+        """Batched inits (key -> (B, *shape)) -> generated state dicts and the trajectory's steps (token blocks);
+        `grad` keeps the graph from the policy's parameters to the generated weights."""
+        final, steps = walk(self.policy, self.tokenizer.encode(init), self.schedule, mean_only, generator, antithetic,
+                            grad)
         return self.tokenizer.decode(final, init), steps
 
     def spec(self, **extra) -> dict:

@@ -50,10 +50,34 @@ def test_imitate_then_generate_end_to_end(trained, in_tmp, capsys):
     assert "3 nets in 2 steps" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("extra", [[], ["--set", "imitate.walked_frac=1.0"]], ids=["zoo-inputs", "walked-inputs"])
+def test_task_loss_is_the_cross_entropy_of_the_generated_nets(trained):
+    from envs.tasks import load_task
+    from trainer.pipeline import WeightGenerator, init_states, reference_layout
+
+    wg = WeightGenerator.load(trained / "policy.safetensors")
+    task = load_task("digits", reward_size=300)
+    template = reference_layout(wg.cfg, task)[0].eval()
+    gen = torch.Generator().manual_seed(5)
+    loss = imitate.task_loss(wg, template, task, 3, 40, gen.clone_state())
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in wg.policy.parameters())
+    # Independently: the same seeds and examples, each generated net loaded into the model and run on its own.
+    seeds = (imitate.TASK_SEED_BASE + torch.randint(10**9, (3,), generator=gen)).tolist()
+    idx = torch.randint(300, (40,), generator=gen)
+    with torch.no_grad():
+        final, _ = wg.generate(init_states(wg.cfg, task, seeds), mean_only=True)
+    ces = []
+    for i in range(3):
+        template.load_state_dict({k: v[i] for k, v in final.items()})
+        ces.append(torch.nn.functional.cross_entropy(template(task.reward.x[idx]), task.reward.y[idx]))
+    assert loss.item() == pytest.approx(torch.stack(ces).mean().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("extra", [[], ["--set", "imitate.walked_frac=1.0"], ["--set", "imitate.task_inits=2"]],
+                         ids=["zoo-inputs", "walked-inputs", "task-loss"])
 def test_resume_is_bit_identical(trained, in_tmp, monkeypatch, extra):
     straight = load_weights(trained / "policy.safetensors")[0]
-    if extra:  # the policy's own walked states as inputs: they change training, and survive a resume
+    if extra:  # walked inputs or the task loss change training, and survive a resume
         assert imitate_cli("--name", "straight", *extra) == 0
         default, straight = straight, load_weights(in_tmp / "artifacts/runs/straight/policy.safetensors")[0]
         assert any(not torch.equal(default[k], straight[k]) for k in default)
