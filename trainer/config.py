@@ -78,10 +78,13 @@ class ImitateConfig:
     from the run's init (refreshed at every save) instead of the zoo checkpoint: later steps learn to repair the
     errors of earlier ones"""
     task_inits: int = 0
-    """fresh inits per step whose mean-path nets add their reward-split cross-entropy to the loss, differentiated
-    through the walk (0: imitation of the zoo alone)"""
+    """fresh inits per step whose mean-path nets add their task cross-entropy to the loss, differentiated through the
+    walk (0: imitation of the zoo alone)"""
     task_examples: int = 256
-    """reward-split examples per step for that loss"""
+    """task examples per step for that loss"""
+    task_split: str = "train"
+    """split the task loss draws from: "train" (the zoo's own data) or "reward". Measured on MNIST: a policy fitted to
+    the 5000-example reward split memorises it (0.96 reward vs 0.88 test accuracy)"""
     task_weight: float = 1.0
     """weight of the task loss next to the imitation loss"""
     train_runs: Optional[int] = None
@@ -188,6 +191,7 @@ def config_from_dict(data: dict) -> ExperimentConfig:
     if len(sched) < 2 or sched[0] != 0.0 or sched[-1] != 1.0 or sorted(set(sched)) != sched:
         raise ConfigError(f"config key generate.schedule: expected increasing values from 0.0 to 1.0, got {sched}")
     im = cfg.imitate
+    check_choice("imitate.task_split", im.task_split, ("train", "reward"))
     if im.eval_seed_start < cfg.zoo.seed + cfg.zoo.runs and cfg.zoo.seed < im.eval_seed_start + im.eval_seeds:
         raise ConfigError(f"config key imitate.eval_seed_start: held-out seeds {im.eval_seed_start}.."
                           f"{im.eval_seed_start + im.eval_seeds - 1} overlap the zoo's seeds {cfg.zoo.seed}.."

@@ -82,17 +82,18 @@ def imitation_loss(mean: dict, std: dict, target: dict) -> tuple[torch.Tensor, d
 TASK_SEED_BASE = 10**9
 
 
-def task_loss(wg: WeightGenerator, template: torch.nn.Module, task: Task, inits: int, examples: int,
+def task_loss(wg: WeightGenerator, template: torch.nn.Module, task: Task, split: str, inits: int, examples: int,
               gen: torch.Generator) -> torch.Tensor:
-    """Cross-entropy, on a reward-split minibatch, of the nets the policy's mean path makes from `inits` fresh inits,
-    differentiable through every step of the walk (the reward-gradient route: DRaFT, Clark et al. 2023). The reward
-    split is the RL reward's; the test split stays for reporting."""
+    """Cross-entropy, on a minibatch of `split`, of the nets the policy's mean path makes from `inits` fresh inits,
+    differentiable through every step of the walk (the reward-gradient route: DRaFT, Clark et al. 2023). The test
+    split stays for reporting."""
     seeds = (TASK_SEED_BASE + torch.randint(10**9, (inits,), generator=gen)).tolist()
     final, _ = wg.generate(init_states(wg.cfg, task, seeds), mean_only=True, grad=True)
     params = {k: final[k] for k in weight_keys(template.state_dict())}
-    idx = torch.randint(len(task.reward), (examples,), generator=gen)
-    logits = batched_logits(template, params, task.reward.x[idx])  # (inits, examples, classes)
-    return F.cross_entropy(logits.flatten(0, 1), task.reward.y[idx].repeat(inits))
+    data = task.split(split)
+    idx = torch.randint(len(data), (examples,), generator=gen)
+    logits = batched_logits(template, params, data.x[idx])  # (inits, examples, classes)
+    return F.cross_entropy(logits.flatten(0, 1), data.y[idx].repeat(inits))
 
 
 def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool = True) -> Path:
@@ -141,7 +142,7 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
         mean, std = policy(x1, pairs.t[ri, i], pairs.t[ri, j])
         loss, parts = imitation_loss(mean, std, x2)
         if im.task_inits > 0:
-            ce = task_loss(wg, template, task, im.task_inits, im.task_examples, gen)
+            ce = task_loss(wg, template, task, im.task_split, im.task_inits, im.task_examples, gen)
             loss = loss + im.task_weight * ce
             parts["losses/task"] = ce.item()
         for group in opt.param_groups:

@@ -50,7 +50,8 @@ def test_imitate_then_generate_end_to_end(trained, in_tmp, capsys):
     assert "3 nets in 2 steps" in capsys.readouterr().out
 
 
-def test_task_loss_is_the_cross_entropy_of_the_generated_nets(trained):
+@pytest.mark.parametrize("split", ["train", "reward"])
+def test_task_loss_is_the_cross_entropy_of_the_generated_nets(trained, split):
     from envs.tasks import load_task
     from trainer.pipeline import WeightGenerator, init_states, reference_layout
 
@@ -58,18 +59,19 @@ def test_task_loss_is_the_cross_entropy_of_the_generated_nets(trained):
     task = load_task("digits", reward_size=300)
     template = reference_layout(wg.cfg, task)[0].eval()
     gen = torch.Generator().manual_seed(5)
-    loss = imitate.task_loss(wg, template, task, 3, 40, gen.clone_state())
+    loss = imitate.task_loss(wg, template, task, split, 3, 40, gen.clone_state())
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in wg.policy.parameters())
     # Independently: the same seeds and examples, each generated net loaded into the model and run on its own.
     seeds = (imitate.TASK_SEED_BASE + torch.randint(10**9, (3,), generator=gen)).tolist()
-    idx = torch.randint(300, (40,), generator=gen)
+    data = task.train if split == "train" else task.reward
+    idx = torch.randint(len(data.y), (40,), generator=gen)
     with torch.no_grad():
         final, _ = wg.generate(init_states(wg.cfg, task, seeds), mean_only=True)
     ces = []
     for i in range(3):
         template.load_state_dict({k: v[i] for k, v in final.items()})
-        ces.append(torch.nn.functional.cross_entropy(template(task.reward.x[idx]), task.reward.y[idx]))
+        ces.append(torch.nn.functional.cross_entropy(template(data.x[idx]), data.y[idx]))
     assert loss.item() == pytest.approx(torch.stack(ces).mean().item(), rel=1e-5)
 
 
