@@ -30,6 +30,9 @@ class PolicyConfig:
     """lower bound of the step's std (in scaled units), so log-probs stay finite"""
     std_init: float = 0.05
     """std of every tensor before training"""
+    temperature: float = 1.0
+    """multiplies every std (after the floor): imitation fits the std to SGD's run-to-run spread, which as independent
+    per-weight noise wrecks a net; GRPO explores at a lower temperature (`grpo.temperature`)"""
     max_groups: int = 64
     """size of the group-depth embedding table"""
     max_tensors: int = 256
@@ -159,5 +162,5 @@ class DenoisingPolicy(nn.Module):
                 delta = self.unit_head(h[t.out])[..., KINDS.index(t.kind)]
             gain = heads[:, ti, 0].view(-1, *([1] * (cur.dim() - 1)))
             mean[t.key] = cur + delta + gain * cur
-            std[t.key] = cfg.std_floor + F.softplus(heads[:, ti, 1] + self.std_bias)
+            std[t.key] = cfg.temperature * (cfg.std_floor + F.softplus(heads[:, ti, 1] + self.std_bias))
         return mean, std

@@ -116,6 +116,9 @@ class GRPOConfig:
     """ratio clip; small because log-probs are averaged over weight dimensions"""
     beta_kl: float = 0.1
     """weight of KL(policy || imitation policy)"""
+    temperature: float = 1.0
+    """the policy's std multiplier while GRPO samples, scores and updates (stored with the policy it saves, its
+    frozen reference tempered alike): imitation's std is SGD's run-to-run spread, too wide to explore with"""
     scale_by_std: bool = True
     """divide advantages by the group std (off: Dr. GRPO)"""
     drop_zero_spread: bool = False

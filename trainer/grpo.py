@@ -8,6 +8,7 @@ the frozen imitation policy by a closed-form KL. `--resume` continues so that lo
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ class GRPOTrainer:
         self.run_dir, self.progress = run_dir, progress
         self.task = task_from_config(self.cfg.task)
         self.policy = self.wg.policy
+        self.policy.cfg = dataclasses.replace(self.policy.cfg, temperature=gc.temperature)
         self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)  # the frozen imitation policy
         self.opt = torch.optim.AdamW(self.policy.parameters(), lr=gc.lr, weight_decay=0.0)
         self.rng = {"sample": torch.Generator().manual_seed(self.cfg.seed),

@@ -63,3 +63,18 @@ def test_std_is_floored_and_starts_at_std_init():
         policy.tensor_head[-1].bias[1] = -1e4
     _, std = policy(x, torch.zeros(1), torch.ones(1))
     assert all(s.item() == pytest.approx(1e-3) for s in std.values())
+
+
+def test_temperature_scales_the_std_and_leaves_the_mean():
+    _, layout = make("mlp")
+    x = Tokenizer(layout, {k: 1.0 for k in layout.shapes}).encode(batch_of("mlp", [0, 1]))
+    torch.manual_seed(0)
+    policy = DenoisingPolicy(SMALL, layout)
+    perturb(policy)
+    t1, t2 = torch.zeros(2), torch.ones(2)
+    mean, std = policy(x, t1, t2)
+    policy.cfg = PolicyConfig(dim=16, rounds=2, heads=2, temperature=0.25)
+    mean_t, std_t = policy(x, t1, t2)
+    for k in mean:
+        assert torch.equal(mean_t[k], mean[k])
+        torch.testing.assert_close(std_t[k], 0.25 * std[k])

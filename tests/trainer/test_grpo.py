@@ -46,6 +46,22 @@ def test_first_update_sees_ratio_one_and_zero_kl(imitation, in_tmp):
     assert len(ro.seeds) == 2 and min(ro.seeds) >= 100000  # fresh seeds, outside zoo and held-out ranges
 
 
+def test_temperature_tempers_policy_and_reference_and_is_saved(imitation, in_tmp):
+    from trainer.pipeline import WeightGenerator
+    imitated = WeightGenerator.load(imitation).policy
+    t = grpo_trainer(imitation, in_tmp / "r", 1, "grpo.temperature=0.3")
+    x = t.collect_rollouts().steps[0].x
+    t1, t2 = torch.zeros(8), torch.full((8,), 0.5)
+    with torch.no_grad():
+        _, std0 = imitated(x, t1, t2)
+        for net in (t.policy, t.reference):
+            _, std = net(x, t1, t2)
+            for k in std:
+                torch.testing.assert_close(std[k], 0.3 * std0[k])
+    t.checkpoint()
+    assert WeightGenerator.load(in_tmp / "r/policy.safetensors").policy.cfg.temperature == 0.3
+
+
 def test_smoke_two_iterations_with_local_ray(imitation, in_tmp):
     p = parser("grpo")
     for a in ("--init-policy", "--name"):
