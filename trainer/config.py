@@ -116,6 +116,9 @@ class GRPOConfig:
     """ratio clip; small because log-probs are averaged over weight dimensions"""
     beta_kl: float = 0.1
     """weight of KL(policy || imitation policy)"""
+    reward: str = "accuracy"
+    """what a generated net earns: "accuracy" on the reward split, or "neg_loss" (minus its mean cross-entropy there,
+    capped at MAX_LOSS): a smooth reward that also ranks nets whose accuracies tie"""
     temperature: float = 1.0
     """the policy's std multiplier while GRPO samples, scores and updates (stored with the policy it saves, its
     frozen reference tempered alike): imitation's std is SGD's run-to-run spread, too wide to explore with"""
@@ -204,6 +207,7 @@ def config_from_dict(data: dict) -> ExperimentConfig:
             gc.seed_start + gc.iterations * gc.inits_per_iter > min(cfg.zoo.seed, im.eval_seed_start):
         raise ConfigError(f"config key grpo.seed_start: GRPO init seeds from {gc.seed_start} overlap the zoo's or the "
                           f"held-out evaluation seeds")
+    check_choice("grpo.reward", gc.reward, ("accuracy", "neg_loss"))
     if gc.antithetic and gc.group_size % 2:
         raise ConfigError(f"config key grpo.group_size: antithetic sampling pairs samples, so it must be even "
                           f"(got {gc.group_size}; or set grpo.antithetic=false)")

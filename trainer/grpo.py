@@ -29,6 +29,8 @@ from trainer.config import ExperimentConfig
 from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy
 from trainer.runlog import RunLogger
 
+MAX_LOSS = 100.0  # the worst `neg_loss` reward: non-finite weights (loss +inf) would break the group statistics
+
 
 @dataclass
 class Rollouts:
@@ -37,7 +39,8 @@ class Rollouts:
     steps: list[Step]  # K steps; each holds (N, ...) token blocks and old log-probs (N,)
     final: dict[str, torch.Tensor]  # generated state dicts, (N, *shape)
     seeds: list[int]  # the B init seeds
-    rewards: Optional[torch.Tensor] = None  # (B, G)
+    rewards: Optional[torch.Tensor] = None  # (B, G), what `grpo.reward` says
+    accuracy: Optional[torch.Tensor] = None  # (B, G), reward-split accuracy
     advantages: Optional[torch.Tensor] = None  # (B, G)
     zero_spread: Optional[torch.Tensor] = None  # (B,)
     timing: dict[str, float] = field(default_factory=dict)
@@ -77,7 +80,9 @@ class GRPOTrainer:
     def score(self, ro: Rollouts) -> None:
         gc = self.cfg.grpo
         scores = self.pool.score(ro.final)
-        ro.rewards = scores.accuracy.float().view(gc.inits_per_iter, gc.group_size)
+        ro.accuracy = scores.accuracy.float().view(gc.inits_per_iter, gc.group_size)
+        neg_loss = -scores.loss.clamp(max=MAX_LOSS).float().view_as(ro.accuracy)
+        ro.rewards = ro.accuracy if gc.reward == "accuracy" else neg_loss
 
     def compute_advantages(self, ro: Rollouts) -> None:
         ro.advantages, ro.zero_spread = compute_grpo_advantages(ro.rewards, self.cfg.grpo.scale_by_std)
@@ -127,7 +132,8 @@ class GRPOTrainer:
         n = r.numel()
         metrics = {"rollout/reward_mean": r.mean().item(), "rollout/reward_std": r.std().item(),
                    "rollout/reward_max": r.max().item(), "rollout/reward_min": r.min().item(),
-                   "rollout/frac_zero_std": ro.zero_spread.float().mean().item(), **losses,
+                   "rollout/frac_zero_std": ro.zero_spread.float().mean().item(),
+                   "rollout/accuracy_mean": ro.accuracy.mean().item(), **losses,
                    "perf/evals_per_s": n / max(ro.timing["score"], 1e-9),
                    **{f"timing_s/{k}": v for k, v in ro.timing.items()}}
         it = self.iteration

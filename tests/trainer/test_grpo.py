@@ -62,6 +62,28 @@ def test_temperature_tempers_policy_and_reference_and_is_saved(imitation, in_tmp
     assert WeightGenerator.load(in_tmp / "r/policy.safetensors").policy.cfg.temperature == 0.3
 
 
+@pytest.mark.parametrize("reward", ["accuracy", "neg_loss"])
+def test_rewards_equal_an_independent_evaluation(imitation, in_tmp, reward):
+    from envs.models import reference_from_config
+    from envs.scoring import evaluate
+    from envs.tasks import task_from_config
+    t = grpo_trainer(imitation, in_tmp / "r", 1, f"grpo.reward={reward}")
+    ro = t.collect_rollouts()
+    t.pool = RolloutPool(t.cfg)
+    try:
+        t.score(ro)
+    finally:
+        t.pool.close()
+    task = task_from_config(t.cfg.task)
+    model = reference_from_config(t.cfg.reference, task)
+    for i in range(len(ro.seeds) * t.cfg.grpo.group_size):
+        model.load_state_dict({k: v[i] for k, v in ro.final.items()})
+        loss, acc = evaluate(model, task.split("reward"))
+        b, g = divmod(i, t.cfg.grpo.group_size)
+        assert ro.accuracy[b, g].item() == pytest.approx(acc, abs=1e-6)
+        assert ro.rewards[b, g].item() == pytest.approx(acc if reward == "accuracy" else -loss, abs=1e-5)
+
+
 def test_smoke_two_iterations_with_local_ray(imitation, in_tmp):
     p = parser("grpo")
     for a in ("--init-policy", "--name"):
@@ -72,7 +94,7 @@ def test_smoke_two_iterations_with_local_ray(imitation, in_tmp):
     run = in_tmp / "artifacts/runs/digits_mlp-grpo"
     rewards = read_scalars(run, "rollout/reward_mean")
     assert [s for s, _ in rewards] == [1, 2] and all(0.0 <= r <= 1.0 for _, r in rewards)
-    for tag in ("rollout/frac_zero_std", "losses/policy", "losses/kl", "losses/clipfrac", "losses/approx_kl",
+    for tag in ("rollout/frac_zero_std", "rollout/accuracy_mean", "losses/policy", "losses/kl", "losses/clipfrac", "losses/approx_kl",
                 "losses/grad_norm", "perf/evals_per_s", "timing_s/score", "eval/accuracy_mean"):
         assert read_scalars(run, tag), tag
     assert read_scalars(run, "losses/kl")[0][1] >= 0.0
