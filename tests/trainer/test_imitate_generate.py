@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from envs.models import build_reference
+from envs.tasks import task_from_config
 from trainer import generate, imitate
 from trainer.checkpoints import load_weights, save_weights
 from trainer.cli import parser, run_main
+from trainer.config import load_config
 
 TINY = ["zoo.runs=3", "reference.widths=[8]", "zoo.epochs=2", "zoo.checkpoints=4", "zoo.batch_size=16",
         "policy.dim=16", "policy.rounds=1", "policy.heads=2", "imitate.steps=6", "imitate.eval_every=3",
@@ -149,3 +151,35 @@ def test_paired_difference_is_mean_se_and_share_better():
 
     # differences 0.02, 0.00, 0.04 -> mean 2 pts, sd 2 pts, se 2 / sqrt(3) = 1.15; better on 2 of 3 seeds
     assert paired_difference([0.5, 0.6, 0.7], [0.52, 0.6, 0.74]) == "+2.00 +- 1.15 pts, better on 67%"
+
+
+def test_es_search_raises_the_reward_it_searches_on():
+    from envs.models import reference_from_config
+    from trainer.bench import es_search
+    from trainer.pipeline import init_states
+
+    cfg = load_config(overrides=TINY)
+    task = task_from_config(cfg.task)
+    start = init_states(cfg, task, [0, 1])  # random inits: accuracy ~0.1
+    model = reference_from_config(cfg.reference, task)
+    reward = task.split("reward")
+    hist = es_search(model, start, lambda it: reward, {"reward": reward}, iterations=20, pairs=32, sigma=0.05, lr=1.0,
+                     seed=0, every=10)
+    assert [h["evaluations"] for h in hist] == [0, 640, 1280]
+    assert hist[0]["reward"] < 0.15 and hist[-1]["reward"] > hist[0]["reward"] + 0.05, hist
+
+
+def test_bench_search_starts_from_the_mean_path_and_runs_both_reward_sources(trained, in_tmp, capsys):
+    from trainer import bench
+    from trainer.pipeline import WeightGenerator, mean_path_accuracy
+
+    args = ["search", "--seeds", "1", "--iterations", "4", "--pairs", "8", "--threads", "1"] + sum(
+        (["--set", s] for s in TINY), [])
+    assert bench.main(args) == 0
+    rows = [r.split("|")[1:-1] for r in capsys.readouterr().out.splitlines() if r.startswith("| ") and "---" not in r]
+    rows = rows[1:]
+    assert [r[0].strip().split()[0] for r in rows] == ["the"] * 5 + ["fresh"] * 5
+    assert [int(r[1]) for r in rows[:5]] == [0, 16, 32, 48, 64]
+    wg = WeightGenerator.load(trained / "policy.safetensors")
+    test = mean_path_accuracy(wg, task_from_config(wg.cfg.task), [0])[0][0]
+    assert float(rows[0][3]) == float(rows[5][3]) == pytest.approx(test, abs=1e-4)
