@@ -110,7 +110,7 @@ class GRPOConfig:
     epochs: int = 2
     """E: passes over the iteration's trajectories"""
     minibatch_size: int = 16
-    """trajectories per gradient step"""
+    """trajectories per gradient step, rounded down to whole groups (at least one)"""
     lr: float = 3e-5
     clip_range: float = 0.01
     """ratio clip; small because log-probs are averaged over weight dimensions"""
@@ -126,6 +126,9 @@ class GRPOConfig:
     """divide advantages by the group std (off: Dr. GRPO)"""
     drop_zero_spread: bool = False
     """leave groups whose rewards are all equal out of the update"""
+    explore: str = "all"
+    """which policy steps sample: "all", or "last" (the first K - 1 follow the mean path and only the last step
+    explores; a group then shares that step's input, so the update runs the policy once per group)"""
     antithetic: bool = True
     """sample each group as mirrored pairs (noise eps, -eps; needs an even group_size): the curvature part of the
     reward cancels from the policy gradient of the mean"""
@@ -208,6 +211,7 @@ def config_from_dict(data: dict) -> ExperimentConfig:
         raise ConfigError(f"config key grpo.seed_start: GRPO init seeds from {gc.seed_start} overlap the zoo's or the "
                           f"held-out evaluation seeds")
     check_choice("grpo.reward", gc.reward, ("accuracy", "neg_loss"))
+    check_choice("grpo.explore", gc.explore, ("all", "last"))
     if gc.antithetic and gc.group_size % 2:
         raise ConfigError(f"config key grpo.group_size: antithetic sampling pairs samples, so it must be even "
                           f"(got {gc.group_size}; or set grpo.antithetic=false)")

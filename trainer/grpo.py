@@ -26,7 +26,7 @@ from trainer.algos import clipped_policy_loss, compute_grpo_advantages
 from trainer.checkpoints import CheckpointError, load_training_state, save_training_state
 from trainer.cli import parser, run_main
 from trainer.config import ExperimentConfig
-from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy
+from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy, repeat_groups
 from trainer.runlog import RunLogger
 
 MAX_LOSS = 100.0  # the worst `neg_loss` reward: non-finite weights (loss +inf) would break the group statistics
@@ -36,7 +36,7 @@ MAX_LOSS = 100.0  # the worst `neg_loss` reward: non-finite weights (loss +inf) 
 class Rollouts:
     """One iteration's trajectories: B inits x G samples, flattened to N = B * G in group-major order."""
 
-    steps: list[Step]  # K steps; each holds (N, ...) token blocks and old log-probs (N,)
+    steps: list[Step]  # the sampled steps (K, or 1 with explore "last"): (N, ...) token blocks, old log-probs (N,)
     final: dict[str, torch.Tensor]  # generated state dicts, (N, *shape)
     seeds: list[int]  # the B init seeds
     rewards: Optional[torch.Tensor] = None  # (B, G), what `grpo.reward` says
@@ -72,9 +72,8 @@ class GRPOTrainer:
         first = gc.seed_start + self.iteration * gc.inits_per_iter
         seeds = list(range(first, first + gc.inits_per_iter))
         init = init_states(self.cfg, self.task, seeds)
-        init = {k: v.repeat_interleave(gc.group_size, dim=0) for k, v in init.items()}  # (B*G, ...) group-major
         self.policy.eval()
-        final, steps = self.wg.generate(init, mean_only=False, generator=self.rng["sample"], antithetic=gc.antithetic)
+        final, steps = self.wg.rollout(init, gc.group_size, self.rng["sample"], gc.antithetic, gc.explore)
         return Rollouts(steps, final, seeds)
 
     def score(self, ro: Rollouts) -> None:
@@ -88,32 +87,39 @@ class GRPOTrainer:
         ro.advantages, ro.zero_spread = compute_grpo_advantages(ro.rewards, self.cfg.grpo.scale_by_std)
 
     def update_policy(self, ro: Rollouts) -> dict[str, float]:
-        """E epochs over minibatches of trajectories: clipped ratio objective per step + beta * KL to the reference."""
+        """E epochs over minibatches of whole groups: clipped ratio objective per step + beta * KL to the reference."""
         gc = self.cfg.grpo
+        g = gc.group_size
         adv = ro.advantages.flatten()
-        keep = torch.arange(len(adv))
+        groups = torch.arange(gc.inits_per_iter)
         if gc.drop_zero_spread:
-            keep = keep[~ro.zero_spread.repeat_interleave(gc.group_size)]
+            groups = groups[~ro.zero_spread]
+        # The first sampled step's input is the same for a whole group (the init, or the mean path's last point): the
+        # policy runs on one row per group there, and minibatches are whole groups so that this holds in each.
+        per_mb = max(1, gc.minibatch_size // g)
         stats: dict[str, list[float]] = {k: [] for k in ("policy", "kl", "clipfrac", "approx_kl", "grad_norm")}
         self.policy.train()
         first = True
         for _ in range(gc.epochs):
-            order = keep[torch.randperm(len(keep), generator=self.rng["minibatch"])]
-            for mb in order.split(gc.minibatch_size):
+            for mb_groups in groups[torch.randperm(len(groups), generator=self.rng["minibatch"])].split(per_mb):
+                mb = (mb_groups[:, None] * g + torch.arange(g)).flatten()  # the groups' trajectories
                 pg_loss, kl_loss = 0.0, 0.0
-                for step in ro.steps:
-                    x = {k: v[mb] for k, v in step.x.items()}
+                for i, step in enumerate(ro.steps):
+                    rows = mb[::g] if i == 0 else mb  # step 0: one row per group
+                    x = {k: v[rows] for k, v in step.x.items()}
                     y = {k: v[mb] for k, v in step.y.items()}
-                    t1, t2 = torch.full((len(mb),), step.t1), torch.full((len(mb),), step.t2)
+                    t1, t2 = torch.full((len(rows),), step.t1), torch.full((len(rows),), step.t2)
                     mean, std = self.policy(x, t1, t2)
+                    with torch.no_grad():
+                        ref_mean, ref_std = self.reference(x, t1, t2)
+                    kl = gaussian_kl(mean, std, ref_mean, ref_std).mean()
+                    if i == 0:
+                        mean, std = repeat_groups(mean, g), repeat_groups(std, g)
                     log_prob = gaussian_log_prob(y, mean, std)
                     if first:  # nothing has changed the policy since these steps were sampled
                         ratio = torch.exp(log_prob - step.log_prob[mb])
                         assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-4), ratio
                     loss, s = clipped_policy_loss(log_prob, step.log_prob[mb], adv[mb], gc.clip_range)
-                    with torch.no_grad():
-                        ref_mean, ref_std = self.reference(x, t1, t2)
-                    kl = gaussian_kl(mean, std, ref_mean, ref_std).mean()
                     pg_loss, kl_loss = pg_loss + loss / len(ro.steps), kl_loss + kl / len(ro.steps)
                     stats["clipfrac"].append(s["clipfrac"].item())
                     stats["approx_kl"].append(s["approx_kl"].item())

@@ -39,6 +39,11 @@ def snap_schedule(schedule: Sequence[float], grid: Sequence[float]) -> list[floa
     return sorted({float(g[np.abs(g - s).argmin()]) for s in schedule})
 
 
+def repeat_groups(batch: Mapping[str, torch.Tensor], group_size: int) -> dict[str, torch.Tensor]:
+    """key -> (B, ...) to key -> (B * G, ...), each row repeated G times in a row (group-major)."""
+    return {k: v.repeat_interleave(group_size, dim=0) for k, v in batch.items()}
+
+
 def unbatch(states: Mapping[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
     return {k: v[i] for k, v in states.items()}
 
@@ -79,6 +84,20 @@ class WeightGenerator:
         final, steps = walk(self.policy, self.tokenizer.encode(init), self.schedule, mean_only, generator, antithetic,
                             grad)
         return self.tokenizer.decode(final, init), steps
+
+    def rollout(self, init: Mapping[str, torch.Tensor], group_size: int, generator: Optional[torch.Generator] = None,
+                antithetic: bool = False, explore: str = "all") -> tuple[dict[str, torch.Tensor], list[Step]]:
+        """G sampled trajectories from each of B inits -> (B * G) generated state dicts in group-major order, and the
+        sampled steps. `explore` "all": every step samples; "last": the first K - 1 steps follow the mean path (once per
+        init) and only the last step samples, so each group's G trajectories share that step's input."""
+        tokens = self.tokenizer.encode(init)
+        if explore == "last":
+            tokens, _ = walk(self.policy, tokens, self.schedule[:-1], mean_only=True)
+            schedule = self.schedule[-2:]
+        else:
+            schedule = self.schedule
+        final, steps = walk(self.policy, repeat_groups(tokens, group_size), schedule, False, generator, antithetic)
+        return self.tokenizer.decode(final, repeat_groups(init, group_size)), steps
 
     def spec(self, **extra) -> dict:
         return dict(experiment=config_to_dict(self.cfg), policy=dataclasses.asdict(self.policy.cfg),
