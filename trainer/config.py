@@ -126,9 +126,6 @@ class GRPOConfig:
     """divide advantages by the group std (off: Dr. GRPO)"""
     drop_zero_spread: bool = False
     """leave groups whose rewards are all equal out of the update"""
-    explore: str = "all"
-    """which policy steps sample: "all", or "last" (the first K - 1 follow the mean path and only the last step
-    explores; a group then shares that step's input, so the update runs the policy once per group)"""
     antithetic: bool = True
     """sample each group as mirrored pairs (noise eps, -eps; needs an even group_size): the curvature part of the
     reward cancels from the policy gradient of the mean"""
@@ -211,7 +208,6 @@ def config_from_dict(data: dict) -> ExperimentConfig:
         raise ConfigError(f"config key grpo.seed_start: GRPO init seeds from {gc.seed_start} overlap the zoo's or the "
                           f"held-out evaluation seeds")
     check_choice("grpo.reward", gc.reward, ("accuracy", "neg_loss"))
-    check_choice("grpo.explore", gc.explore, ("all", "last"))
     if gc.antithetic and gc.group_size % 2:
         raise ConfigError(f"config key grpo.group_size: antithetic sampling pairs samples, so it must be even "
                           f"(got {gc.group_size}; or set grpo.antithetic=false)")

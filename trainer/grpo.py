@@ -36,7 +36,7 @@ MAX_LOSS = 100.0  # the worst `neg_loss` reward: non-finite weights (loss +inf) 
 class Rollouts:
     """One iteration's trajectories: B inits x G samples, flattened to N = B * G in group-major order."""
 
-    steps: list[Step]  # the sampled steps (K, or 1 with explore "last"): (N, ...) token blocks, old log-probs (N,)
+    steps: list[Step]  # K steps; each holds (N, ...) token blocks and old log-probs (N,)
     final: dict[str, torch.Tensor]  # generated state dicts, (N, *shape)
     seeds: list[int]  # the B init seeds
     rewards: Optional[torch.Tensor] = None  # (B, G), what `grpo.reward` says
@@ -73,7 +73,7 @@ class GRPOTrainer:
         seeds = list(range(first, first + gc.inits_per_iter))
         init = init_states(self.cfg, self.task, seeds)
         self.policy.eval()
-        final, steps = self.wg.rollout(init, gc.group_size, self.rng["sample"], gc.antithetic, gc.explore)
+        final, steps = self.wg.rollout(init, gc.group_size, self.rng["sample"], gc.antithetic)
         return Rollouts(steps, final, seeds)
 
     def score(self, ro: Rollouts) -> None:
@@ -94,8 +94,8 @@ class GRPOTrainer:
         groups = torch.arange(gc.inits_per_iter)
         if gc.drop_zero_spread:
             groups = groups[~ro.zero_spread]
-        # The first sampled step's input is the same for a whole group (the init, or the mean path's last point): the
-        # policy runs on one row per group there, and minibatches are whole groups so that this holds in each.
+        # The first step's input is the same for a whole group (its init): the policy runs on one row per group there,
+        # and minibatches are whole groups so that this holds in each.
         per_mb = max(1, gc.minibatch_size // g)
         stats: dict[str, list[float]] = {k: [] for k in ("policy", "kl", "clipfrac", "approx_kl", "grad_norm")}
         self.policy.train()

@@ -86,17 +86,11 @@ class WeightGenerator:
         return self.tokenizer.decode(final, init), steps
 
     def rollout(self, init: Mapping[str, torch.Tensor], group_size: int, generator: Optional[torch.Generator] = None,
-                antithetic: bool = False, explore: str = "all") -> tuple[dict[str, torch.Tensor], list[Step]]:
+                antithetic: bool = False) -> tuple[dict[str, torch.Tensor], list[Step]]:
         """G sampled trajectories from each of B inits -> (B * G) generated state dicts in group-major order, and the
-        sampled steps. `explore` "all": every step samples; "last": the first K - 1 steps follow the mean path (once per
-        init) and only the last step samples, so each group's G trajectories share that step's input."""
-        tokens = self.tokenizer.encode(init)
-        if explore == "last":
-            tokens, _ = walk(self.policy, tokens, self.schedule[:-1], mean_only=True)
-            schedule = self.schedule[-2:]
-        else:
-            schedule = self.schedule
-        final, steps = walk(self.policy, repeat_groups(tokens, group_size), schedule, False, generator, antithetic)
+        sampled steps (a group's trajectories share the first step's input, its init)."""
+        tokens = repeat_groups(self.tokenizer.encode(init), group_size)
+        final, steps = walk(self.policy, tokens, self.schedule, False, generator, antithetic)
         return self.tokenizer.decode(final, repeat_groups(init, group_size)), steps
 
     def spec(self, **extra) -> dict:

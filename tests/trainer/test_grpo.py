@@ -46,26 +46,6 @@ def test_first_update_sees_ratio_one_and_zero_kl(imitation, in_tmp):
     assert len(ro.seeds) == 2 and min(ro.seeds) >= 100000  # fresh seeds, outside zoo and held-out ranges
 
 
-def test_explore_last_samples_the_last_step_from_the_mean_path(imitation, in_tmp):
-    t = grpo_trainer(imitation, in_tmp / "r", 1, "grpo.explore=last")
-    ro = t.collect_rollouts()
-    (step,) = ro.steps  # only the last step samples
-    assert (step.t1, step.t2) == (t.wg.schedule[-2], 1.0)
-    from policy.sampling import walk
-    from trainer.pipeline import init_states
-    tokens = t.wg.tokenizer.encode(init_states(t.cfg, t.task, ro.seeds))
-    mean_path, _ = walk(t.policy, tokens, t.wg.schedule[:-1], mean_only=True)
-    for k, v in step.x.items():  # every trajectory of group b starts the last step where init b's mean path is
-        torch.testing.assert_close(v, mean_path[k].repeat_interleave(4, 0), rtol=0, atol=0)
-    t.score = lambda ro: setattr(ro, "rewards", torch.arange(8.0).view(2, 4))  # no pool needed to check the update
-    t.score(ro)
-    t.compute_advantages(ro)
-    before = [p.detach().clone() for p in t.policy.parameters()]
-    losses = t.update_policy(ro)  # asserts ratio == 1 on its first minibatch, with one policy row per group
-    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
-    assert any(not torch.equal(a, b) for a, b in zip(before, t.policy.parameters()))
-
-
 def test_temperature_tempers_policy_and_reference_and_is_saved(imitation, in_tmp):
     from trainer.pipeline import WeightGenerator
     imitated = WeightGenerator.load(imitation).policy
