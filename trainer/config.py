@@ -110,7 +110,7 @@ class GRPOConfig:
     epochs: int = 2
     """E: passes over the iteration's trajectories"""
     minibatch_size: int = 16
-    """trajectories per gradient step, rounded down to whole groups (at least one)"""
+    """trajectories per gradient step"""
     lr: float = 3e-5
     clip_range: float = 0.01
     """ratio clip; small because log-probs are averaged over weight dimensions"""

@@ -26,7 +26,7 @@ from trainer.algos import clipped_policy_loss, compute_grpo_advantages
 from trainer.checkpoints import CheckpointError, load_training_state, save_training_state
 from trainer.cli import parser, run_main
 from trainer.config import ExperimentConfig
-from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy, repeat_groups
+from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy
 from trainer.runlog import RunLogger
 
 MAX_LOSS = 100.0  # the worst `neg_loss` reward: non-finite weights (loss +inf) would break the group statistics
@@ -87,34 +87,34 @@ class GRPOTrainer:
         ro.advantages, ro.zero_spread = compute_grpo_advantages(ro.rewards, self.cfg.grpo.scale_by_std)
 
     def update_policy(self, ro: Rollouts) -> dict[str, float]:
-        """E epochs over minibatches of whole groups: clipped ratio objective per step + beta * KL to the reference."""
+        """E epochs over minibatches of trajectories: clipped ratio objective per step + beta * KL to the reference."""
         gc = self.cfg.grpo
         g = gc.group_size
         adv = ro.advantages.flatten()
-        groups = torch.arange(gc.inits_per_iter)
+        keep = torch.arange(len(adv))
         if gc.drop_zero_spread:
-            groups = groups[~ro.zero_spread]
-        # The first step's input is the same for a whole group (its init): the policy runs on one row per group there,
-        # and minibatches are whole groups so that this holds in each.
-        per_mb = max(1, gc.minibatch_size // g)
+            keep = keep[~ro.zero_spread.repeat_interleave(g)]
         stats: dict[str, list[float]] = {k: [] for k in ("policy", "kl", "clipfrac", "approx_kl", "grad_norm")}
         self.policy.train()
         first = True
         for _ in range(gc.epochs):
-            for mb_groups in groups[torch.randperm(len(groups), generator=self.rng["minibatch"])].split(per_mb):
-                mb = (mb_groups[:, None] * g + torch.arange(g)).flatten()  # the groups' trajectories
+            order = keep[torch.randperm(len(keep), generator=self.rng["minibatch"])]
+            for mb in order.split(gc.minibatch_size):
                 pg_loss, kl_loss = 0.0, 0.0
+                # A group's trajectories share the first step's input (their init): the policy runs once per group there.
+                groups, row_of = torch.unique(mb // g, return_inverse=True)
                 for i, step in enumerate(ro.steps):
-                    rows = mb[::g] if i == 0 else mb  # step 0: one row per group
+                    rows = groups * g if i == 0 else mb
                     x = {k: v[rows] for k, v in step.x.items()}
                     y = {k: v[mb] for k, v in step.y.items()}
                     t1, t2 = torch.full((len(rows),), step.t1), torch.full((len(rows),), step.t2)
                     mean, std = self.policy(x, t1, t2)
                     with torch.no_grad():
                         ref_mean, ref_std = self.reference(x, t1, t2)
-                    kl = gaussian_kl(mean, std, ref_mean, ref_std).mean()
                     if i == 0:
-                        mean, std = repeat_groups(mean, g), repeat_groups(std, g)
+                        mean, std, ref_mean, ref_std = ({k: v[row_of] for k, v in d.items()}
+                                                        for d in (mean, std, ref_mean, ref_std))
+                    kl = gaussian_kl(mean, std, ref_mean, ref_std).mean()
                     log_prob = gaussian_log_prob(y, mean, std)
                     if first:  # nothing has changed the policy since these steps were sampled
                         ratio = torch.exp(log_prob - step.log_prob[mb])
