@@ -166,6 +166,9 @@ def _check_keys(state: Mapping, template: StateDict, what: str, lead: tuple[int,
 
 # --- batched scoring --------------------------------------------------------------------------------------------------
 
+MAX_LOSS = 100.0  # the worst reward-loss a weight set can score (non-finite sets: +inf otherwise)
+
+
 @dataclass(frozen=True)
 class Scores:
     """Per weight set: counts of correct examples, mean cross-entropy and whether the weights were all finite.
@@ -181,6 +184,11 @@ class Scores:
     @property
     def accuracy(self) -> torch.Tensor:  # (G,) float64
         return self.correct.double() / self.n
+
+    def neg_loss(self, cap: float = MAX_LOSS) -> torch.Tensor:  # (G,) float64
+        """Minus the mean cross-entropy, a smooth reward; the loss is capped so that non-finite sets (+inf) stay
+        usable in group statistics."""
+        return -self.loss.clamp(max=cap)
 
     @property
     def num_invalid(self) -> int:

@@ -93,6 +93,14 @@ def bench_rollout(cfg: ExperimentConfig, groups: int, repeats: int, workers: lis
     return rows
 
 
+def emit(table: str, out: str | None) -> None:
+    """Print a result table, and write it to `out` too when given."""
+    print(table)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(table + "\n")
+
+
 def rollout_table(rows: list[Row], n_examples: dict[str, int]) -> str:
     lines = ["| experiment | split examples | method | cores | evals/s (median) | vs loop | vs 1 worker |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -117,10 +125,7 @@ def run_rollout(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> None:
               f"median of {args.repeats} repeats; {os.cpu_count()} CPUs, torch threads {args.threads} per process, "
               f"1-min load average {load0:.1f} before / {os.getloadavg()[0]:.1f} after.")
     table = header + "\n\n" + rollout_table(rows, n_examples)
-    print(table)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(table + "\n")
+    emit(table, args.out)
 
 
 def paired_difference(base: list[float], other: list[float]) -> str:
@@ -166,10 +171,7 @@ def run_generate(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> None
              "| --- | --- | --- | --- | --- |"]
     lines += [f"| {name} | {k} | {acc:.4f} | {acc / sgd:.3f} | {paired} |" for name, k, acc, paired in rows]
     table = "\n".join(lines)
-    print(table)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(table + "\n")
+    emit(table, args.out)
 
 
 def es_search(model: torch.nn.Module, start: dict[str, torch.Tensor], batches: Callable[[int], object],
@@ -201,7 +203,7 @@ def es_search(model: torch.nn.Module, start: dict[str, torch.Tensor], batches: C
         eps = {k: torch.randn((s, pairs, *v.shape[1:]), generator=gen) for k, v in theta.items()}
         sets = {k: (current[k][:, None] + torch.stack([eps[k], -eps[k]], 2).flatten(1, 2) * sigma * scale[k][:, None])
                 .flatten(0, 1) for k in theta}  # (S * 2 * pairs, ...): per net, pairs of mirrored draws
-        reward = -score_batch(model, sets, batches(it), chunk_size=64).loss.float().clamp(max=100).view(s, pairs, 2)
+        reward = score_batch(model, sets, batches(it), chunk_size=64).neg_loss().float().view(s, pairs, 2)
         spread = (reward[..., 0] - reward[..., 1]) / (reward.flatten(1).std(1, keepdim=True) + 1e-8)  # (S, pairs)
         opt.zero_grad()
         for k in theta:
@@ -219,7 +221,7 @@ def run_search(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> None:
     torch.set_num_threads(args.threads)
     cfg = cfgs[0]
     task = task_from_config(cfg.task)
-    policy = args.policy[0] if args.policy else f"artifacts/runs/{cfg.name}-imitate/policy.safetensors"
+    policy = args.policy or f"artifacts/runs/{cfg.name}-imitate/policy.safetensors"
     seeds = list(range(args.seed_start, args.seed_start + args.seeds))
     _, start = mean_path_accuracy(WeightGenerator.load(policy, cfg=cfg), task, seeds)
     model = reference_from_config(cfg.reference, task)
@@ -244,10 +246,18 @@ def run_search(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> None:
         lines += [f"| {name} | {h['evaluations']} | {h['reward']:.4f} | {h['test']:.4f} | "
                   f"{(h['test'] - hist[0]['test']) * 100:+.2f} pts |" for h in hist]
     table = "\n".join(lines)
-    print(table)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(table + "\n")
+    emit(table, args.out)
+
+
+def held_out_parser(sub, name: str, help: str, seeds: int) -> argparse.ArgumentParser:
+    """A subcommand measured on one experiment's held-out init seeds: --config, --set, --seeds, --seed-start, --out."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--config", action="append", default=None, help="experiment YAML (default: configs/digits_mlp.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--seeds", type=int, default=seeds, help=f"held-out init seeds (default {seeds})")
+    p.add_argument("--seed-start", type=int, default=0, help="first held-out seed (default 0)")
+    p.add_argument("--out", help="also write the table to this file")
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,27 +276,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads of this process (loop, vmap); pool workers always use 1 each")
     r.add_argument("--out", help="also write the table to this file")
     r.set_defaults(func=run_rollout, default_configs=ROLLOUT_CONFIGS)
-    g = sub.add_parser("generate", help="held-out accuracy: random init vs SGD vs policies")
-    g.add_argument("--config", action="append", default=None, help="experiment YAML (default: configs/digits_mlp.yaml)")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    g = held_out_parser(sub, "generate", "held-out accuracy: random init vs SGD vs policies", seeds=32)
     g.add_argument("--policy", action="append", help="policy.safetensors, repeatable (default: the imitation policy)")
-    g.add_argument("--seeds", type=int, default=32, help="held-out init seeds (default 32)")
-    g.add_argument("--seed-start", type=int, default=0, help="first held-out seed (default 0)")
-    g.add_argument("--out", help="also write the table to this file")
     g.set_defaults(func=run_generate, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, threads=1,
                    workers=[1])
-    e = sub.add_parser("search", help="ES on generated nets' weights: fixed reward split vs fresh batches")
-    e.add_argument("--config", action="append", default=None, help="experiment YAML (default: configs/digits_mlp.yaml)")
-    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    e.add_argument("--policy", action="append", help="policy.safetensors whose mean path starts the search")
-    e.add_argument("--seeds", type=int, default=2, help="held-out init seeds, one net each (default 2)")
-    e.add_argument("--seed-start", type=int, default=0, help="first held-out seed (default 0)")
+    e = held_out_parser(sub, "search", "ES on generated nets' weights: fixed reward split vs fresh batches", seeds=2)
+    e.add_argument("--policy", help="policy.safetensors whose mean path starts the search (default: the imitation "
+                                    "policy)")
     e.add_argument("--iterations", type=int, default=100)
     e.add_argument("--pairs", type=int, default=256, help="mirrored pairs per net and iteration (default 256)")
     e.add_argument("--sigma", type=float, default=0.05, help="noise, in units of each tensor's RMS (default 0.05)")
-    e.add_argument("--lr", type=float, default=0.3, help="Adam's step, in units of sigma's scale (default 0.3)")
+    e.add_argument("--lr", type=float, default=0.3, help="Adam's step, in units of the noise (default 0.3)")
     e.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all)")
-    e.add_argument("--out", help="also write the table to this file")
     e.set_defaults(func=run_search, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, workers=[1])
     return p
 

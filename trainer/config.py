@@ -118,7 +118,7 @@ class GRPOConfig:
     """weight of KL(policy || imitation policy)"""
     reward: str = "accuracy"
     """what a generated net earns: "accuracy" on the reward split, or "neg_loss" (minus its mean cross-entropy there,
-    capped at MAX_LOSS): a smooth reward that also ranks nets whose accuracies tie"""
+    capped at envs.scoring.MAX_LOSS): a smooth reward that also ranks nets whose accuracies tie"""
     temperature: float = 1.0
     """the policy's std multiplier while GRPO samples, scores and updates (stored with the policy it saves, its
     frozen reference tempered alike): imitation's std is SGD's run-to-run spread, too wide to explore with"""

@@ -29,8 +29,6 @@ from trainer.config import ExperimentConfig
 from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy
 from trainer.runlog import RunLogger
 
-MAX_LOSS = 100.0  # the worst `neg_loss` reward: non-finite weights (loss +inf) would break the group statistics
-
 
 @dataclass
 class Rollouts:
@@ -80,8 +78,7 @@ class GRPOTrainer:
         gc = self.cfg.grpo
         scores = self.pool.score(ro.final)
         ro.accuracy = scores.accuracy.float().view(gc.inits_per_iter, gc.group_size)
-        neg_loss = -scores.loss.clamp(max=MAX_LOSS).float().view_as(ro.accuracy)
-        ro.rewards = ro.accuracy if gc.reward == "accuracy" else neg_loss
+        ro.rewards = ro.accuracy if gc.reward == "accuracy" else scores.neg_loss().float().view_as(ro.accuracy)
 
     def compute_advantages(self, ro: Rollouts) -> None:
         ro.advantages, ro.zero_spread = compute_grpo_advantages(ro.rewards, self.cfg.grpo.scale_by_std)

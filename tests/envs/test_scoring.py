@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from envs.models import build_reference
-from envs.scoring import (batch_size_of, flat_dim, flatten_state, score_batch, slice_weights, stack_weights,
+from envs.scoring import (MAX_LOSS, batch_size_of, flat_dim, flatten_state, score_batch, slice_weights, stack_weights,
                            unflatten_state, weight_keys)
 from envs.tasks import load_task
 
@@ -93,6 +93,8 @@ def test_non_finite_sets_score_zero_and_are_counted(task):
     assert scores.finite.tolist() == [True, False, False, True] and scores.num_invalid == 2
     assert scores.correct[1:3].tolist() == [0, 0] and scores.accuracy[1:3].tolist() == [0.0, 0.0]
     assert torch.isinf(scores.loss[1:3]).all() and torch.isfinite(scores.loss[[0, 3]]).all()
+    assert scores.neg_loss()[1:3].tolist() == [-MAX_LOSS, -MAX_LOSS]  # the worst reward, finite
+    assert torch.equal(scores.neg_loss()[[0, 3]], -scores.loss[[0, 3]])
     alone = score_batch(make(task, "mlp"), [sets[0], sets[3]], task.reward)
     assert scores.correct[[0, 3]].tolist() == alone.correct.tolist() and alone.correct[1] > 0
 
