@@ -75,6 +75,7 @@ class Step:
     t1: float
     t2: float
     log_prob: torch.Tensor  # (B,) averaged over dimensions
+    sampled: bool = True  # False: y is the mean (a deterministic step)
 
 
 def walk(policy, x0: Mapping[str, torch.Tensor], schedule: Sequence[float], mean_only: bool = False,
@@ -89,6 +90,6 @@ def walk(policy, x0: Mapping[str, torch.Tensor], schedule: Sequence[float], mean
         for t1, t2 in zip(schedule[:-1], schedule[1:]):
             mean, std = policy(x, torch.full((b,), float(t1)), torch.full((b,), float(t2)))
             y = dict(mean) if mean_only else sample(mean, std, generator, antithetic)
-            steps.append(Step(x, y, float(t1), float(t2), gaussian_log_prob(y, mean, std)))
+            steps.append(Step(x, y, float(t1), float(t2), gaussian_log_prob(y, mean, std), not mean_only))
             x = y
     return x, steps

@@ -126,6 +126,11 @@ class GRPOConfig:
     """divide advantages by the group std (off: Dr. GRPO)"""
     drop_zero_spread: bool = False
     """leave groups whose rewards are all equal out of the update"""
+    explore: str = "all"
+    """which of the K policy steps sample: "all"; "first" (the later steps take the mean from each sample); "last" (the
+    first K - 1 follow the mean path once per init). The update runs the policy once per group on a step whose input
+    the group shares and on a step that does not sample (KL only), so with "first" or "last" its cost does not grow
+    with group_size"""
     antithetic: bool = True
     """sample each group as mirrored pairs (noise eps, -eps; needs an even group_size): the curvature part of the
     reward cancels from the policy gradient of the mean"""
@@ -208,6 +213,7 @@ def config_from_dict(data: dict) -> ExperimentConfig:
         raise ConfigError(f"config key grpo.seed_start: GRPO init seeds from {gc.seed_start} overlap the zoo's or the "
                           f"held-out evaluation seeds")
     check_choice("grpo.reward", gc.reward, ("accuracy", "neg_loss"))
+    check_choice("grpo.explore", gc.explore, ("all", "first", "last"))
     if gc.antithetic and gc.group_size % 2:
         raise ConfigError(f"config key grpo.group_size: antithetic sampling pairs samples, so it must be even "
                           f"(got {gc.group_size}; or set grpo.antithetic=false)")

@@ -34,7 +34,7 @@ from trainer.runlog import RunLogger
 class Rollouts:
     """One iteration's trajectories: B inits x G samples, flattened to N = B * G in group-major order."""
 
-    steps: list[Step]  # K steps; each holds (N, ...) token blocks and old log-probs (N,)
+    steps: list[Step]  # K steps: (N, ...) token blocks and old log-probs (N,); (B, ...) inputs where a group shares them
     final: dict[str, torch.Tensor]  # generated state dicts, (N, *shape)
     seeds: list[int]  # the B init seeds
     rewards: Optional[torch.Tensor] = None  # (B, G), what `grpo.reward` says
@@ -71,7 +71,7 @@ class GRPOTrainer:
         seeds = list(range(first, first + gc.inits_per_iter))
         init = init_states(self.cfg, self.task, seeds)
         self.policy.eval()
-        final, steps = self.wg.rollout(init, gc.group_size, self.rng["sample"], gc.antithetic)
+        final, steps = self.wg.rollout(init, gc.group_size, self.rng["sample"], gc.antithetic, gc.explore)
         return Rollouts(steps, final, seeds)
 
     def score(self, ro: Rollouts) -> None:
@@ -84,13 +84,15 @@ class GRPOTrainer:
         ro.advantages, ro.zero_spread = compute_grpo_advantages(ro.rewards, self.cfg.grpo.scale_by_std)
 
     def update_policy(self, ro: Rollouts) -> dict[str, float]:
-        """E epochs over minibatches of trajectories: clipped ratio objective per step + beta * KL to the reference."""
+        """E epochs over minibatches of trajectories: clipped ratio objective per sampled step + beta * KL to the
+        reference, averaged over the K steps (a mean-path step, see `grpo.explore`, adds its KL on one row per group)."""
         gc = self.cfg.grpo
-        g = gc.group_size
+        b, g = gc.inits_per_iter, gc.group_size
         adv = ro.advantages.flatten()
         keep = torch.arange(len(adv))
         if gc.drop_zero_spread:
             keep = keep[~ro.zero_spread.repeat_interleave(g)]
+        n_sampled = sum(step.sampled for step in ro.steps)
         stats: dict[str, list[float]] = {k: [] for k in ("policy", "kl", "clipfrac", "approx_kl", "grad_norm")}
         self.policy.train()
         first = True
@@ -98,26 +100,28 @@ class GRPOTrainer:
             order = keep[torch.randperm(len(keep), generator=self.rng["minibatch"])]
             for mb in order.split(gc.minibatch_size):
                 pg_loss, kl_loss = 0.0, 0.0
-                # A group's trajectories share the first step's input (their init): the policy runs once per group there.
+                # Where a group's trajectories share a step's input, the policy runs once per group.
                 groups, row_of = torch.unique(mb // g, return_inverse=True)
-                for i, step in enumerate(ro.steps):
-                    rows = groups * g if i == 0 else mb
+                for step in ro.steps:
+                    shared = len(next(iter(step.x.values()))) == b
+                    rows = groups if shared else mb if step.sampled else groups * g
                     x = {k: v[rows] for k, v in step.x.items()}
-                    y = {k: v[mb] for k, v in step.y.items()}
                     t1, t2 = torch.full((len(rows),), step.t1), torch.full((len(rows),), step.t2)
                     mean, std = self.policy(x, t1, t2)
                     with torch.no_grad():
                         ref_mean, ref_std = self.reference(x, t1, t2)
-                    if i == 0:
+                    if step.sampled and shared:
                         mean, std, ref_mean, ref_std = ({k: v[row_of] for k, v in d.items()}
                                                         for d in (mean, std, ref_mean, ref_std))
-                    kl = gaussian_kl(mean, std, ref_mean, ref_std).mean()
-                    log_prob = gaussian_log_prob(y, mean, std)
+                    kl_loss = kl_loss + gaussian_kl(mean, std, ref_mean, ref_std).mean() / len(ro.steps)
+                    if not step.sampled:
+                        continue
+                    log_prob = gaussian_log_prob({k: v[mb] for k, v in step.y.items()}, mean, std)
                     if first:  # nothing has changed the policy since these steps were sampled
                         ratio = torch.exp(log_prob - step.log_prob[mb])
                         assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-4), ratio
                     loss, s = clipped_policy_loss(log_prob, step.log_prob[mb], adv[mb], gc.clip_range)
-                    pg_loss, kl_loss = pg_loss + loss / len(ro.steps), kl_loss + kl / len(ro.steps)
+                    pg_loss = pg_loss + loss / n_sampled
                     stats["clipfrac"].append(s["clipfrac"].item())
                     stats["approx_kl"].append(s["approx_kl"].item())
                 first = False

@@ -86,12 +86,20 @@ class WeightGenerator:
         return self.tokenizer.decode(final, init), steps
 
     def rollout(self, init: Mapping[str, torch.Tensor], group_size: int, generator: Optional[torch.Generator] = None,
-                antithetic: bool = False) -> tuple[dict[str, torch.Tensor], list[Step]]:
-        """G sampled trajectories from each of B inits -> (B * G) generated state dicts in group-major order, and the
-        sampled steps (a group's trajectories share the first step's input, its init)."""
-        tokens = repeat_groups(self.tokenizer.encode(init), group_size)
-        final, steps = walk(self.policy, tokens, self.schedule, False, generator, antithetic)
-        return self.tokenizer.decode(final, repeat_groups(init, group_size)), steps
+                antithetic: bool = False, explore: str = "all") -> tuple[dict[str, torch.Tensor], list[Step]]:
+        """G trajectories from each of B inits -> (B * G) generated state dicts in group-major order, and all K steps.
+
+        `explore` says which steps sample: "all"; "first" (the later steps follow the mean from each sample); "last" (the
+        first K - 1 follow the mean path, once per init). A step whose input a group shares (the first sampled step)
+        keeps it once per group: its `x` has B rows, its `y` B * G; a mean-path step before it has B rows for both."""
+        k = len(self.schedule) - 1
+        a, b = {"all": (0, k), "first": (0, 1), "last": (k - 1, k)}[explore]
+        tokens, before = walk(self.policy, self.tokenizer.encode(init), self.schedule[:a + 1], mean_only=True)
+        final, sampled = walk(self.policy, repeat_groups(tokens, group_size), self.schedule[a:b + 1], False, generator,
+                              antithetic)
+        sampled[0] = dataclasses.replace(sampled[0], x=tokens)
+        final, after = walk(self.policy, final, self.schedule[b:], mean_only=True)
+        return self.tokenizer.decode(final, repeat_groups(init, group_size)), before + sampled + after
 
     def spec(self, **extra) -> dict:
         return dict(experiment=config_to_dict(self.cfg), policy=dataclasses.asdict(self.policy.cfg),

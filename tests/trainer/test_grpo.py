@@ -11,6 +11,7 @@ from trainer.checkpoints import load_weights
 from trainer.cli import parser, run_main
 from trainer.config import load_config
 from trainer.grpo import GRPOTrainer
+from trainer.pipeline import repeat_groups
 from trainer.runlog import read_scalars
 
 from tests.trainer.test_imitate_generate import TINY, imitate_cli
@@ -34,9 +35,11 @@ def test_first_update_sees_ratio_one_and_zero_kl(imitation, in_tmp):
     t = grpo_trainer(imitation, in_tmp / "r", 1)
     ro = t.collect_rollouts()
     step = ro.steps[0]
+    assert all(s.sampled for s in ro.steps) and all(len(v) == 2 for v in step.x.values())  # the init, once per group
+    x = repeat_groups(step.x, 4)
     t.policy.train()
-    mean, std = t.policy(step.x, torch.full((8,), step.t1), torch.full((8,), step.t2))
-    ref_mean, ref_std = t.reference(step.x, torch.full((8,), step.t1), torch.full((8,), step.t2))
+    mean, std = t.policy(x, torch.full((8,), step.t1), torch.full((8,), step.t2))
+    ref_mean, ref_std = t.reference(x, torch.full((8,), step.t1), torch.full((8,), step.t2))
     assert torch.equal(gaussian_kl(mean, std, ref_mean, ref_std), torch.zeros(8))
     from policy.sampling import gaussian_log_prob
     torch.testing.assert_close(gaussian_log_prob(step.y, mean, std), step.log_prob, rtol=0, atol=1e-5)
@@ -50,7 +53,7 @@ def test_temperature_tempers_policy_and_reference_and_is_saved(imitation, in_tmp
     from trainer.pipeline import WeightGenerator
     imitated = WeightGenerator.load(imitation).policy
     t = grpo_trainer(imitation, in_tmp / "r", 1, "grpo.temperature=0.3")
-    x = t.collect_rollouts().steps[0].x
+    x = repeat_groups(t.collect_rollouts().steps[0].x, 4)
     t1, t2 = torch.zeros(8), torch.full((8,), 0.5)
     with torch.no_grad():
         _, std0 = imitated(x, t1, t2)
@@ -82,6 +85,28 @@ def test_rewards_equal_an_independent_evaluation(imitation, in_tmp, reward):
         b, g = divmod(i, t.cfg.grpo.group_size)
         assert ro.accuracy[b, g].item() == pytest.approx(acc, abs=1e-6)
         assert ro.rewards[b, g].item() == pytest.approx(acc if reward == "accuracy" else -loss, abs=1e-5)
+
+
+@pytest.mark.parametrize("explore", ["first", "last"])
+def test_explore_samples_one_step_and_ties_the_others_by_kl(imitation, in_tmp, explore):
+    t = grpo_trainer(imitation, in_tmp / "r", 1, f"grpo.explore={explore}")
+    ro = t.collect_rollouts()
+    assert [s.sampled for s in ro.steps] == ([True, False] if explore == "first" else [False, True])
+    rows = [len(next(iter(s.x.values()))) for s in ro.steps]
+    assert rows == ([2, 8] if explore == "first" else [2, 2])  # "last": the mean path runs once per init
+    for prev, step in zip(ro.steps, ro.steps[1:]):
+        assert all(torch.equal(step.x[k], prev.y[k]) for k in step.x)
+    for n, step in zip(rows, ro.steps):
+        with torch.no_grad():
+            mean, _ = t.policy(step.x, torch.full((n,), step.t1), torch.full((n,), step.t2))
+        assert len(next(iter(step.y.values()))) == (n if not step.sampled else 8)
+        assert all(torch.equal(step.y[k], mean[k]) for k in mean) == (not step.sampled)
+    ro.rewards = torch.arange(8.0).view(2, 4)
+    t.compute_advantages(ro)
+    before = {k: v.clone() for k, v in t.policy.state_dict().items()}
+    losses = t.update_policy(ro)  # asserts the ratio is 1 before the first gradient step
+    assert losses["losses/policy"] != 0 and losses["losses/kl"] > 0
+    assert any(not torch.equal(before[k], v) for k, v in t.policy.state_dict().items())
 
 
 def test_smoke_two_iterations_with_local_ray(imitation, in_tmp):
