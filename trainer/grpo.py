@@ -103,7 +103,8 @@ class GRPOTrainer:
                 # Where a group's trajectories share a step's input, the policy runs once per group.
                 groups, row_of = torch.unique(mb // g, return_inverse=True)
                 for step in ro.steps:
-                    shared = len(next(iter(step.x.values()))) == b
+                    shared = len(next(iter(step.x.values()))) == b  # B rows: one input per group
+                    # unsampled steps add their KL only, on one trajectory per group
                     rows = groups if shared else mb if step.sampled else groups * g
                     x = {k: v[rows] for k, v in step.x.items()}
                     t1, t2 = torch.full((len(rows),), step.t1), torch.full((len(rows),), step.t2)
