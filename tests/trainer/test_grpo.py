@@ -89,7 +89,7 @@ def test_rewards_equal_an_independent_evaluation(imitation, in_tmp, reward):
 
 @pytest.mark.parametrize("explore", ["first", "last"])
 def test_explore_samples_one_step_and_ties_the_others_by_kl(imitation, in_tmp, explore):
-    t = grpo_trainer(imitation, in_tmp / "r", 1, f"grpo.explore={explore}")
+    t = grpo_trainer(imitation, in_tmp / "r", 1, f"grpo.explore={explore}", "grpo.temperature=0.5")
     ro = t.collect_rollouts()
     assert [s.sampled for s in ro.steps] == ([True, False] if explore == "first" else [False, True])
     rows = [len(next(iter(s.x.values()))) for s in ro.steps]
@@ -98,7 +98,9 @@ def test_explore_samples_one_step_and_ties_the_others_by_kl(imitation, in_tmp, e
         assert all(torch.equal(step.x[k], prev.y[k]) for k in step.x)
     for n, step in zip(rows, ro.steps):
         with torch.no_grad():
-            mean, _ = t.policy(step.x, torch.full((n,), step.t1), torch.full((n,), step.t2))
+            mean, std = t.policy(step.x, torch.full((n,), step.t1), torch.full((n,), step.t2))
+        if step.sampled:
+            std_before = torch.stack([v.mean() for v in std.values()]).mean().item()
         assert len(next(iter(step.y.values()))) == (n if not step.sampled else 8)
         assert all(torch.equal(step.y[k], mean[k]) for k in mean) == (not step.sampled)
     ro.rewards = torch.arange(8.0).view(2, 4)
@@ -106,6 +108,7 @@ def test_explore_samples_one_step_and_ties_the_others_by_kl(imitation, in_tmp, e
     before = {k: v.clone() for k, v in t.policy.state_dict().items()}
     losses = t.update_policy(ro)  # asserts the ratio is 1 before the first gradient step
     assert losses["losses/policy"] != 0 and losses["losses/kl"] > 0
+    assert losses["policy/std_mean"] == pytest.approx(std_before, rel=0.05)
     assert any(not torch.equal(before[k], v) for k, v in t.policy.state_dict().items())
 
 
@@ -121,7 +124,7 @@ def test_smoke_two_iterations_with_local_ray(imitation, in_tmp):
     assert [s for s, _ in rewards] == [1, 2] and all(0.0 <= r <= 1.0 for _, r in rewards)
     for tag in ("rollout/frac_zero_std", "rollout/accuracy_mean", "losses/policy", "losses/kl", "losses/clipfrac",
                 "losses/approx_kl",
-                "losses/grad_norm", "perf/evals_per_s", "timing_s/score", "eval/accuracy_mean"):
+                "losses/grad_norm", "policy/std_mean", "perf/evals_per_s", "timing_s/score", "eval/accuracy_mean"):
         assert read_scalars(run, tag), tag
     assert read_scalars(run, "losses/kl")[0][1] >= 0.0
     from trainer import generate
