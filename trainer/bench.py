@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from tqdm import tqdm
 
 from envs.models import reference_from_config
 from envs.scoring import Scores, evaluate, score_batch, stack_weights
@@ -176,7 +177,7 @@ def run_generate(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> None
 
 def es_search(model: torch.nn.Module, start: dict[str, torch.Tensor], batches: Callable[[int], object],
               monitor: dict[str, object], iterations: int, pairs: int, sigma: float, lr: float, seed: int,
-              every: int) -> list[dict[str, float]]:
+              every: int, desc: str = "es search") -> list[dict[str, float]]:
     """Antithetic ES on S nets at once (`start`: key -> (S, *shape)), Adam on the estimated gradient of minus the
     cross-entropy on `batches(iteration)`. Noise is sigma x each tensor's RMS; Adam steps lr x sigma x that RMS.
     Returns, every `every` iterations and at the end, evaluations so far and the median accuracy on each `monitor`
@@ -191,7 +192,7 @@ def es_search(model: torch.nn.Module, start: dict[str, torch.Tensor], batches: C
     gen = torch.Generator().manual_seed(seed)
     s = next(iter(theta.values())).shape[0]
     history = []
-    for it in range(iterations + 1):
+    for it in tqdm(range(iterations + 1), desc=desc):
         current = {k: theta[k] + scale[k] * z[k].detach() for k in theta}
         if it % every == 0 or it == iterations:
             row = {"evaluations": it * 2 * pairs}  # per net
@@ -241,7 +242,7 @@ def run_search(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> None:
                           ("fresh train-split batch per iteration", fresh)):
         t = time.perf_counter()
         hist = es_search(model, start, batches, monitor, args.iterations, args.pairs, args.sigma, args.lr,
-                         args.seed_start, max(1, args.iterations // 4))
+                         args.seed_start, max(1, args.iterations // 4), desc=f"es search, {name}")
         print(f"{name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
         lines += [f"| {name} | {h['evaluations']} | {h['reward']:.4f} | {h['test']:.4f} | "
                   f"{(h['test'] - hist[0]['test']) * 100:+.2f} pts |" for h in hist]
