@@ -93,7 +93,8 @@ class GRPOTrainer:
         if gc.drop_zero_spread:
             keep = keep[~ro.zero_spread.repeat_interleave(g)]
         n_sampled = sum(step.sampled for step in ro.steps)
-        stats: dict[str, list[float]] = {k: [] for k in ("policy", "kl", "clipfrac", "approx_kl", "grad_norm", "std_mean")}
+        stats: dict[str, list[float]] = {k: [] for k in ("policy", "kl", "clipfrac", "approx_kl", "grad_norm")}
+        stds: list[float] = []  # the sampled steps' std (tempered): does GRPO shrink its exploration?
         self.policy.train()
         first = True
         for _ in range(gc.epochs):
@@ -123,7 +124,7 @@ class GRPOTrainer:
                         assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-4), ratio
                     loss, s = clipped_policy_loss(log_prob, step.log_prob[mb], adv[mb], gc.clip_range)
                     pg_loss = pg_loss + loss / n_sampled
-                    stats["std_mean"].append(torch.stack([v.mean() for v in std.values()]).mean().item())
+                    stds.append(torch.stack([v.mean() for v in std.values()]).mean().item())
                     stats["clipfrac"].append(s["clipfrac"].item())
                     stats["approx_kl"].append(s["approx_kl"].item())
                 first = False
@@ -134,9 +135,8 @@ class GRPOTrainer:
                 self.opt.step()
                 stats["policy"].append(pg_loss.item())
                 stats["kl"].append(kl_loss.item())
-        std_mean = stats.pop("std_mean")  # the sampled steps' std (tempered): does GRPO shrink its exploration?
         return {**{f"losses/{k}": float(np.mean(v)) if v else 0.0 for k, v in stats.items()},
-                "policy/std_mean": float(np.mean(std_mean))}
+                "policy/std_mean": float(np.mean(stds)) if stds else 0.0}
 
     def log_metrics(self, log: RunLogger, ro: Rollouts, losses: dict[str, float]) -> dict[str, float]:
         r = ro.rewards

@@ -123,8 +123,8 @@ def test_smoke_two_iterations_with_local_ray(imitation, in_tmp):
     rewards = read_scalars(run, "rollout/reward_mean")
     assert [s for s, _ in rewards] == [1, 2] and all(0.0 <= r <= 1.0 for _, r in rewards)
     for tag in ("rollout/frac_zero_std", "rollout/accuracy_mean", "losses/policy", "losses/kl", "losses/clipfrac",
-                "losses/approx_kl",
-                "losses/grad_norm", "policy/std_mean", "perf/evals_per_s", "timing_s/score", "eval/accuracy_mean"):
+                "losses/approx_kl", "losses/grad_norm", "policy/std_mean", "perf/evals_per_s", "timing_s/score",
+                "eval/accuracy_mean"):
         assert read_scalars(run, tag), tag
     assert read_scalars(run, "losses/kl")[0][1] >= 0.0
     from trainer import generate
