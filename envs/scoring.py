@@ -216,6 +216,28 @@ def batched_logits(model: nn.Module, params: Mapping[str, torch.Tensor], x: torc
     return torch.func.vmap(logits_of, in_dims=(0, None))(dict(params), x)
 
 
+def _batched_passes(model: nn.Module, stacked: Mapping[str, torch.Tensor], split: Split, chunk_size: int,
+                    batch_size: Optional[int]) -> Iterator[tuple[torch.Tensor, slice, torch.Tensor]]:
+    """(set indices (c,), example slice, logits (c, b, classes)) over the finite weight sets, chunk by chunk and batch
+    by batch, in eval mode: memory is bounded by `chunk_size` sets x `batch_size` examples per call."""
+    g = batch_size_of(stacked)
+    batch_size = batch_size or auto_batch_size(model, split, min(chunk_size, g))
+    assert chunk_size >= 1 and batch_size >= 1, (chunk_size, batch_size)
+    with _eval_mode(model):
+        for idx in _finite(stacked).nonzero().flatten().split(chunk_size):
+            if not len(idx):  # every set non-finite: split() still yields one empty chunk
+                continue
+            params = {k: v[idx] for k, v in stacked.items()}
+            for i in range(0, len(split), batch_size):
+                rows = slice(i, min(i + batch_size, len(split)))
+                yield idx, rows, batched_logits(model, params, split.x[rows])
+
+
+def _finite(stacked: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    g = batch_size_of(stacked)
+    return torch.stack([v.reshape(g, -1).isfinite().all(1) for v in stacked.values()]).all(0)
+
+
 @torch.no_grad()
 def score_batch(model: nn.Module, weights: Weights, split: Split, chunk_size: int = 16,
                 batch_size: Optional[int] = None) -> Scores:
@@ -227,21 +249,26 @@ def score_batch(model: nn.Module, weights: Weights, split: Split, chunk_size: in
     """
     stacked = stack_weights(weights, model.state_dict())
     g = batch_size_of(stacked)
-    batch_size = batch_size or auto_batch_size(model, split, min(chunk_size, g))
-    assert chunk_size >= 1 and batch_size >= 1, (chunk_size, batch_size)
-    finite = torch.stack([v.reshape(g, -1).isfinite().all(1) for v in stacked.values()]).all(0)  # (G,)
+    finite = _finite(stacked)
     correct = torch.zeros(g, dtype=torch.int64)
     loss_sum = torch.zeros(g, dtype=torch.float64)
-
-    with _eval_mode(model):
-        for idx in finite.nonzero().flatten().split(chunk_size):
-            params = {k: v[idx] for k, v in stacked.items()}
-            for i in range(0, len(split), batch_size):
-                x, y = split.x[i:i + batch_size], split.y[i:i + batch_size]
-                logits = batched_logits(model, params, x)  # (c, B, classes)
-                ok = logits.isfinite().all(-1) & (logits.argmax(-1) == y)
-                correct[idx] += ok.sum(1)
-                ce = F.cross_entropy(logits.flatten(0, 1), y.repeat(len(idx)), reduction="none")
-                loss_sum[idx] += ce.view(len(idx), -1).double().sum(1)
+    for idx, rows, logits in _batched_passes(model, stacked, split, chunk_size, batch_size):
+        y = split.y[rows]
+        ok = logits.isfinite().all(-1) & (logits.argmax(-1) == y)
+        correct[idx] += ok.sum(1)
+        ce = F.cross_entropy(logits.flatten(0, 1), y.repeat(len(idx)), reduction="none")
+        loss_sum[idx] += ce.view(len(idx), -1).double().sum(1)
     loss = torch.where(finite, loss_sum / len(split), torch.full_like(loss_sum, float("inf")))
     return Scores(correct, loss, finite, len(split))
+
+
+@torch.no_grad()
+def predict_batch(model: nn.Module, weights: Weights, split: Split, chunk_size: int = 16,
+                  batch_size: Optional[int] = None) -> torch.Tensor:
+    """The class each of G weight sets predicts for every example of `split`: (G, N) int64, -1 where the weights or
+    the logits are not finite (as `score_batch` counts them wrong)."""
+    stacked = stack_weights(weights, model.state_dict())
+    pred = torch.full((batch_size_of(stacked), len(split)), -1, dtype=torch.int64)
+    for idx, rows, logits in _batched_passes(model, stacked, split, chunk_size, batch_size):
+        pred[idx, rows] = torch.where(logits.isfinite().all(-1), logits.argmax(-1), -1)
+    return pred

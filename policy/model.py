@@ -33,6 +33,15 @@ class PolicyConfig:
     temperature: float = 1.0
     """multiplies every std (after the floor): imitation fits the std to SGD's run-to-run spread, which as independent
     per-weight noise wrecks a net; GRPO explores at a lower temperature (`grpo.temperature`)"""
+    noise: str = "iid"
+    """how a sampled step explores: "iid" (independent Gaussian noise on every weight, one std per tensor from the std
+    head) or "units" (a Gaussian latent on the state of every hidden and output unit, just before the weight head; the
+    weights follow from the latent deterministically, so a draw moves whole rows and columns of the weight matrices
+    together, in the directions the head can express)"""
+    latent_dim: int = 16
+    """k: dimensions of each unit's latent, a fixed k-dimensional subspace of its (dim-wide) state"""
+    latent_std: float = 0.1
+    """std of each latent dimension in "units" mode (the unit states are layer-normalised: about 1 per dimension)"""
     max_groups: int = 64
     """size of the group-depth embedding table"""
     max_tensors: int = 256
@@ -101,6 +110,24 @@ def _expand(m, like: torch.Tensor) -> torch.Tensor:
     return m if isinstance(m, torch.Tensor) else torch.zeros_like(like)
 
 
+class UnitLatent(nn.Module):
+    """The mean of a unit's k-dim latent, a function of its state (an MLP, zero at init), and the fixed orthonormal
+    basis (dim, k) that lifts a latent into state space. Its own RNG stream keeps the other parameters' init, and so
+    every policy trained before it existed, unchanged."""
+
+    def __init__(self, dim: int, k: int):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self.net = _mlp(dim, 2 * dim, k)
+            self.register_buffer("basis", torch.linalg.qr(torch.randn(dim, k))[0])
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (..., dim) -> (..., k)
+        return self.net(h)
+
+
 class DenoisingPolicy(nn.Module):
     """forward(x, t1, t2) -> (mean, std): dicts of token blocks; std is one value per tensor and sample (B,)."""
 
@@ -131,8 +158,27 @@ class DenoisingPolicy(nn.Module):
         # softplus(raw + std_bias) + floor == std_init before training
         self.std_bias = math.log(math.expm1(max(cfg.std_init - cfg.std_floor, 1e-6)))
         self.attend = [g.name for g in layout.groups[1:]]  # the input group is reached through messages only
+        self.latent_mean = UnitLatent(d, cfg.latent_dim)
 
     def forward(self, x: dict[str, torch.Tensor], t1: torch.Tensor, t2: torch.Tensor):
+        """The step's Gaussian over weights: its mean is the weight head at the unit latent's mean."""
+        h, heads = self.encode(x, t1, t2)
+        mean, _ = self.latent(h)
+        return self.decode(x, self.lift(h, mean), heads)
+
+    def latent(self, h: dict) -> tuple[dict, dict]:
+        """The unit latent of the noised groups (every group but the input's), given the unit states: (mean, std),
+        group -> (B, n, k) and (B,)."""
+        b = next(iter(h.values())).shape[0]
+        std = torch.full((b,), self.cfg.latent_std, dtype=next(iter(h.values())).dtype)
+        return {g: self.latent_mean(h[g]) for g in self.attend}, {g: std for g in self.attend}
+
+    def lift(self, h: dict, u: dict) -> dict:
+        """Unit states moved by their latent (in the latent's subspace): what the weight head reads."""
+        return {**h, **{g: h[g] + u[g] @ self.latent_mean.basis.T for g in u}}
+
+    def encode(self, x: dict[str, torch.Tensor], t1: torch.Tensor, t2: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """Message passing and attention: (unit states, group -> (B, n, d); per-tensor head outputs (B, T, 2))."""
         layout, cfg = self.layout, self.cfg
         b = t1.shape[0]
         temb = self.time(t1, t2)  # (B, d)
@@ -148,9 +194,12 @@ class DenoisingPolicy(nn.Module):
         for rnd in self.rounds:
             h = rnd(h, x, layout, self.rest_in, self.tensor_emb.weight, temb, self.attend)
         h = {g: self.out_norm(v) for g, v in h.items()}
+        return h, self.tensor_head(self.tensor_emb.weight[: len(layout.tensors)][None] + temb[:, None])
 
+    def decode(self, x: dict[str, torch.Tensor], h: dict, heads: torch.Tensor) -> tuple[dict, dict]:
+        """The weight head: (unit states, tensor heads) -> (mean, std) of the weights at t2."""
+        layout, cfg = self.layout, self.cfg
         mean, std = {}, {}
-        heads = self.tensor_head(self.tensor_emb.weight[: len(layout.tensors)][None] + temb[:, None])  # (B, T, 2)
         for ti, t in enumerate(layout.tensors):
             cur = x[t.key]
             if t.kind == "weight":

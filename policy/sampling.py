@@ -68,7 +68,11 @@ def sample(mean: Tokens, std: Tokens, generator: Optional[torch.Generator] = Non
 
 @dataclass
 class Step:
-    """One policy step of a trajectory, as GRPO stores it: input, sampled output, and the log-prob when sampled."""
+    """One policy step of a trajectory, as GRPO stores it: input, output, and the log-prob of what was drawn.
+
+    With "iid" noise the draw is the output `y` itself. With "units" noise it is the unit latent (`latent`, group ->
+    (B, n, k)) drawn around the policy's latent mean at `states` (the unit states the trunk computed from `x`), and
+    `y` is the weight head's output at that latent; `states` is kept for every step, sampled or not."""
 
     x: dict[str, torch.Tensor]  # input token blocks (B, ...)
     y: dict[str, torch.Tensor]  # output token blocks (B, ...)
@@ -76,6 +80,27 @@ class Step:
     t2: float
     log_prob: torch.Tensor  # (B,) averaged over dimensions
     sampled: bool = True  # False: y is the mean (a deterministic step)
+    latent: Optional[dict[str, torch.Tensor]] = None  # "units": the drawn latent (B, n, d) per noised group
+    states: Optional[dict[str, torch.Tensor]] = None  # "units": the trunk's unit states (B, n, d) per noised group
+    heads: Optional[torch.Tensor] = None  # "units": the trunk's per-tensor head outputs (B, T, 2)
+
+
+def draw(policy, x: Mapping[str, torch.Tensor], t1: float, t2: float, mean_only: bool = False,
+         generator: Optional[torch.Generator] = None, antithetic: bool = False) -> Step:
+    """One step from token blocks x: the policy's Gaussian (over weights, or over the unit latent with
+    `policy.cfg.noise == "units"`), its mean when `mean_only`, else a draw; the log-prob is that of what was drawn."""
+    b = next(iter(x.values())).shape[0]
+    t1s, t2s = torch.full((b,), float(t1)), torch.full((b,), float(t2))
+    if policy.cfg.noise == "iid":
+        mean, std = policy(x, t1s, t2s)
+        y = dict(mean) if mean_only else sample(mean, std, generator, antithetic)
+        return Step(x, y, float(t1), float(t2), gaussian_log_prob(y, mean, std), not mean_only)
+    h, heads = policy.encode(x, t1s, t2s)
+    mean, std = policy.latent(h)
+    u = dict(mean) if mean_only else sample(mean, std, generator, antithetic)
+    y, _ = policy.decode(x, policy.lift(h, u), heads)
+    return Step(x, y, float(t1), float(t2), gaussian_log_prob(u, mean, std), not mean_only, latent=u,
+                states={g: h[g] for g in u}, heads=heads)
 
 
 def walk(policy, x0: Mapping[str, torch.Tensor], schedule: Sequence[float], mean_only: bool = False,
@@ -85,11 +110,8 @@ def walk(policy, x0: Mapping[str, torch.Tensor], schedule: Sequence[float], mean
     `antithetic`: see `sample` (every step's noise is mirrored between rows 2i and 2i + 1). `grad`: keep the graph
     through every step (to train on the walked result)."""
     x, steps = dict(x0), []
-    b = next(iter(x.values())).shape[0]
     with torch.set_grad_enabled(grad):
         for t1, t2 in zip(schedule[:-1], schedule[1:]):
-            mean, std = policy(x, torch.full((b,), float(t1)), torch.full((b,), float(t2)))
-            y = dict(mean) if mean_only else sample(mean, std, generator, antithetic)
-            steps.append(Step(x, y, float(t1), float(t2), gaussian_log_prob(y, mean, std), not mean_only))
-            x = y
+            steps.append(draw(policy, x, t1, t2, mean_only, generator, antithetic))
+            x = steps[-1].y
     return x, steps

@@ -79,16 +79,18 @@ class RolloutPool:
     def pids(self) -> list[int]:
         return ray.get([a.pid.remote() for a in self._actors], timeout=self.timeout_s)
 
-    def score(self, weights: Weights) -> Scores:
-        """Scores of G weight sets (any `envs.scoring.Weights` form), in input order."""
+    def score(self, weights: Weights, examples: Optional[np.ndarray] = None) -> Scores:
+        """Scores of G weight sets (any `envs.scoring.Weights` form), in input order: on the pool's split, or on the
+        train-split examples at indices `examples` when given."""
         g = batch_size_of(weights)
         if g == 0:
             raise ValueError("no weight sets to score")
         ref = ray.put(as_numpy(weights))  # once: every actor reads the same object, and only its slice of it
+        extra = () if examples is None else (ray.put(np.asarray(examples)),)
         bounds = np.linspace(0, g, self.num_workers + 1).round().astype(int).tolist()
         shares = {i: (a, b) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])) if b > a}
         tries = dict.fromkeys(shares, 0)
-        pending = {self._actors[i].score.remote(ref, a, b): i for i, (a, b) in shares.items()}
+        pending = {self._actors[i].score.remote(ref, a, b, *extra): i for i, (a, b) in shares.items()}
         results: dict[int, Scores] = {}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.timeout_s)
@@ -108,7 +110,7 @@ class RolloutPool:
                     raise RolloutError(f"weight sets {a}:{b} lost {tries[i]} times (actor died or no result within "
                                        f"rollout.timeout_s={self.timeout_s}s); giving up after max_retries={self.max_retries}")
                 self._restart(i)
-                pending[self._actors[i].score.remote(ref, *shares[i])] = i
+                pending[self._actors[i].score.remote(ref, *shares[i], *extra)] = i
         return Scores.cat([results[i] for i in sorted(results)])
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from envs.models import reference_from_config
 from envs.scoring import Scores, Weights, score_batch, slice_weights
-from envs.tasks import task_from_config
+from envs.tasks import Split, task_from_config
 
 
 def as_torch(weights: Any) -> Any:
@@ -37,15 +37,25 @@ class ScoringWorker:
             torch.set_num_threads(num_threads)
         self.task = task_from_config(task_cfg)
         self.split = self.task.split(split)
+        self.train = None  # loaded on the first request for train-split examples
         self.model = reference_from_config(reference_cfg, self.task, seed=0)  # architecture + integer buffers
         self.chunk_size, self.delay_s = chunk_size, delay_s
 
-    def score(self, weights: Weights, start: int = 0, stop: Optional[int] = None) -> Scores:
-        """Scores of weight sets [start, stop) of `weights` (any `envs.scoring.Weights` form, torch or numpy)."""
+    def score(self, weights: Weights, start: int = 0, stop: Optional[int] = None,
+              examples: Optional[np.ndarray] = None) -> Scores:
+        """Scores of weight sets [start, stop) of `weights` (any `envs.scoring.Weights` form, torch or numpy), on the
+        worker's split, or on the train-split examples at indices `examples` when given (fresh reward batches)."""
         if self.delay_s:
             time.sleep(self.delay_s)
         mine = as_torch(slice_weights(weights, start, stop))
-        return score_batch(self.model, mine, self.split, self.chunk_size)
+        return score_batch(self.model, mine, self.split if examples is None else self.examples(examples),
+                           self.chunk_size)
+
+    def examples(self, index: np.ndarray) -> Split:
+        if self.train is None:
+            self.train = self.task.split("train")
+        idx = torch.from_numpy(np.array(index, dtype=np.int64))  # a writable copy of the object-store array
+        return Split(self.train.x[idx], self.train.y[idx])
 
     def pid(self) -> int:
         return os.getpid()

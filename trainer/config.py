@@ -131,6 +131,16 @@ class GRPOConfig:
     first K - 1 follow the mean path once per init). The update runs the policy once per group on a step whose input
     the group shares and on a step that does not sample (KL only), so with "first" or "last" its cost does not grow
     with group_size"""
+    noise: str = "iid"
+    """how sampled steps explore: "iid" (independent Gaussian noise on every weight; the update trains the whole
+    policy) or "units" (a Gaussian latent on every hidden and output unit's state before the weight head; the update
+    trains the latent's mean, a residual MLP on the unit states, and keeps the imitation policy's trunk and head, so
+    the drawn latent alone decides the weights)"""
+    latent_std: float = 0.1
+    """std of the unit latent with noise "units" (unit states are layer-normalised: about 1 per dimension)"""
+    reward_batch: str = "fixed"
+    """the examples a generated net is scored on: "fixed" (the task's reward split, every iteration) or "fresh" (as
+    many examples drawn anew from the train split each iteration, so the reward cannot be learned by heart)"""
     antithetic: bool = True
     """sample each group as mirrored pairs (noise eps, -eps; needs an even group_size): the curvature part of the
     reward cancels from the policy gradient of the mean"""
@@ -214,6 +224,10 @@ def config_from_dict(data: dict) -> ExperimentConfig:
                           f"held-out evaluation seeds")
     check_choice("grpo.reward", gc.reward, ("accuracy", "neg_loss"))
     check_choice("grpo.explore", gc.explore, ("all", "first", "last"))
+    check_choice("grpo.noise", gc.noise, ("iid", "units"))
+    check_choice("grpo.reward_batch", gc.reward_batch, ("fixed", "fresh"))
+    if not gc.latent_std > 0:
+        raise ConfigError(f"config key grpo.latent_std: must be > 0, got {gc.latent_std}")
     if gc.antithetic and gc.group_size % 2:
         raise ConfigError(f"config key grpo.group_size: antithetic sampling pairs samples, so it must be even "
                           f"(got {gc.group_size}; or set grpo.antithetic=false)")

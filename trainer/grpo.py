@@ -19,6 +19,8 @@ import torch
 import torchvision
 from tqdm import tqdm
 
+from envs.models import reference_from_config
+from envs.scoring import predict_batch
 from envs.tasks import task_from_config
 from policy.sampling import Step, gaussian_kl, gaussian_log_prob
 from rollout.pool import RolloutPool
@@ -37,8 +39,10 @@ class Rollouts:
     steps: list[Step]  # K steps: (N, ...) token blocks and old log-probs (N,); (B, ...) inputs where a group shares them
     final: dict[str, torch.Tensor]  # generated state dicts, (N, *shape)
     seeds: list[int]  # the B init seeds
+    paths: dict[str, torch.Tensor]  # mean paths from the B inits: the policy's, then the imitation policy's, (2B, *shape)
     rewards: Optional[torch.Tensor] = None  # (B, G), what `grpo.reward` says
-    accuracy: Optional[torch.Tensor] = None  # (B, G), reward-split accuracy
+    accuracy: Optional[torch.Tensor] = None  # (B, G), accuracy on the iteration's reward examples
+    gain: Optional[torch.Tensor] = None  # (B,), accuracy of the policy's mean path minus the imitation policy's
     advantages: Optional[torch.Tensor] = None  # (B, G)
     zero_spread: Optional[torch.Tensor] = None  # (B,)
     timing: dict[str, float] = field(default_factory=dict)
@@ -52,15 +56,27 @@ class GRPOTrainer:
         self.run_dir, self.progress = run_dir, progress
         self.task = task_from_config(self.cfg.task)
         self.policy = self.wg.policy
-        self.policy.cfg = dataclasses.replace(self.policy.cfg, temperature=gc.temperature)
+        self.policy.cfg = dataclasses.replace(self.policy.cfg, temperature=gc.temperature, noise=gc.noise,
+                                              latent_std=gc.latent_std)
         self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)  # the frozen imitation policy
-        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=gc.lr, weight_decay=0.0)
+        self.imitation = dataclasses.replace(self.wg, policy=self.reference)
+        if gc.noise == "units":  # the latent's mean learns; trunk and weight head stay the imitation policy's
+            self.policy.requires_grad_(False)
+            self.policy.latent_mean.requires_grad_(True)
+        self.opt = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad], lr=gc.lr,
+                                     weight_decay=0.0)
         self.rng = {"sample": torch.Generator().manual_seed(self.cfg.seed),
                     "minibatch": torch.Generator().manual_seed(self.cfg.seed + 1)}
         im = self.cfg.imitate
         self.eval_seeds = list(range(im.eval_seed_start, im.eval_seed_start + im.eval_seeds))
         self.iteration, self.elapsed = 0, 0.0
         self.pool: Optional[RolloutPool] = None
+        self.imitation_eval: Optional[dict[str, object]] = None  # the imitation policy's eval numbers, computed once
+
+    @property
+    def evaluations(self) -> int:
+        """Generated nets scored for the policy gradient so far (B x G per iteration): the x axis of every curve."""
+        return self.iteration * self.cfg.grpo.inits_per_iter * self.cfg.grpo.group_size
 
     # -- the named steps -----------------------------------------------------------------------------------------------
 
@@ -72,22 +88,63 @@ class GRPOTrainer:
         init = init_states(self.cfg, self.task, seeds)
         self.policy.eval()
         final, steps = self.wg.rollout(init, gc.group_size, self.rng["sample"], gc.antithetic, gc.explore)
-        return Rollouts(steps, final, seeds)
+        paths = [wg.generate(init, mean_only=True)[0] for wg in (self.wg, self.imitation)]
+        return Rollouts(steps, final, seeds, {k: torch.cat([p[k] for p in paths]) for k in final})
+
+    def reward_examples(self) -> Optional[np.ndarray]:
+        """With `grpo.reward_batch: fresh`, this iteration's train-split example indices (as many as the reward split
+        holds, drawn from the seed and the iteration, so a resumed run draws the same); None: the reward split."""
+        if self.cfg.grpo.reward_batch == "fixed":
+            return None
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.iteration)
+        return torch.randperm(len(self.task.train), generator=gen)[:len(self.task.reward)].numpy()
 
     def score(self, ro: Rollouts) -> None:
+        """The G samples of every group, and both mean paths from the B inits, on the same reward examples."""
         gc = self.cfg.grpo
-        scores = self.pool.score(ro.final)
-        ro.accuracy = scores.accuracy.float().view(gc.inits_per_iter, gc.group_size)
-        ro.rewards = ro.accuracy if gc.reward == "accuracy" else scores.neg_loss().float().view_as(ro.accuracy)
+        b, n = gc.inits_per_iter, gc.inits_per_iter * gc.group_size
+        scores = self.pool.score({k: torch.cat([ro.final[k], ro.paths[k]]) for k in ro.final}, self.reward_examples())
+        ro.accuracy = scores.accuracy[:n].float().view(b, gc.group_size)
+        ro.rewards = ro.accuracy if gc.reward == "accuracy" else scores.neg_loss()[:n].float().view_as(ro.accuracy)
+        ro.gain = (scores.accuracy[n:n + b] - scores.accuracy[n + b:]).float()
 
     def compute_advantages(self, ro: Rollouts) -> None:
         ro.advantages, ro.zero_spread = compute_grpo_advantages(ro.rewards, self.cfg.grpo.scale_by_std)
+
+    def step_distributions(self, step: Step, mb: torch.Tensor, groups: torch.Tensor, row_of: torch.Tensor
+                           ) -> tuple[tuple[dict, dict], tuple[dict, dict], Optional[dict]]:
+        """For one stored step and a minibatch of trajectories `mb`: the current policy's Gaussian (mean, std), the
+        frozen imitation policy's, and what was drawn (None for a mean step). Over weights with "iid" noise, over the
+        unit latent (at the stored unit states) with "units". A sampled step gives one row per trajectory of `mb`; a
+        mean step one row per group, the KL tie alone (`groups`: the groups in `mb`, `row_of`: each one's group)."""
+        b, g = self.cfg.grpo.inits_per_iter, self.cfg.grpo.group_size
+        units = step.states is not None
+        stored = step.states if units else step.x
+        shared = len(next(iter(stored.values()))) == b  # B rows: one input per group
+        rows = groups if shared else mb if step.sampled else groups * g
+        if units:
+            h = {k: v[rows] for k, v in stored.items()}
+            dist = self.policy.latent(h)
+            with torch.no_grad():
+                ref = self.reference.latent(h)
+        else:
+            x = {k: v[rows] for k, v in stored.items()}
+            t1, t2 = torch.full((len(rows),), step.t1), torch.full((len(rows),), step.t2)
+            dist = self.policy(x, t1, t2)
+            with torch.no_grad():
+                ref = self.reference(x, t1, t2)
+        if not step.sampled:
+            return dist, ref, None
+        if shared:  # the policy ran once per group: one row per trajectory again
+            dist, ref = (tuple({k: v[row_of] for k, v in d.items()} for d in pair) for pair in (dist, ref))
+        drawn = step.latent if units else step.y
+        return dist, ref, {k: v[mb] for k, v in drawn.items()}
 
     def update_policy(self, ro: Rollouts) -> dict[str, float]:
         """E epochs over minibatches of trajectories: clipped ratio objective per sampled step + beta * KL to the
         reference, averaged over the K steps (a mean-path step, see `grpo.explore`, adds its KL on one row per group)."""
         gc = self.cfg.grpo
-        b, g = gc.inits_per_iter, gc.group_size
+        g = gc.group_size
         adv = ro.advantages.flatten()
         keep = torch.arange(len(adv))
         if gc.drop_zero_spread:
@@ -104,21 +161,11 @@ class GRPOTrainer:
                 # Where a group's trajectories share a step's input, the policy runs once per group.
                 groups, row_of = torch.unique(mb // g, return_inverse=True)
                 for step in ro.steps:
-                    shared = len(next(iter(step.x.values()))) == b  # B rows: one input per group
-                    # unsampled steps add their KL only, on one trajectory per group
-                    rows = groups if shared else mb if step.sampled else groups * g
-                    x = {k: v[rows] for k, v in step.x.items()}
-                    t1, t2 = torch.full((len(rows),), step.t1), torch.full((len(rows),), step.t2)
-                    mean, std = self.policy(x, t1, t2)
-                    with torch.no_grad():
-                        ref_mean, ref_std = self.reference(x, t1, t2)
-                    if step.sampled and shared:
-                        mean, std, ref_mean, ref_std = ({k: v[row_of] for k, v in d.items()}
-                                                        for d in (mean, std, ref_mean, ref_std))
+                    (mean, std), (ref_mean, ref_std), drawn = self.step_distributions(step, mb, groups, row_of)
                     kl_loss = kl_loss + gaussian_kl(mean, std, ref_mean, ref_std).mean() / len(ro.steps)
-                    if not step.sampled:
+                    if drawn is None:
                         continue
-                    log_prob = gaussian_log_prob({k: v[mb] for k, v in step.y.items()}, mean, std)
+                    log_prob = gaussian_log_prob(drawn, mean, std)
                     if first:  # nothing has changed the policy since these steps were sampled
                         ratio = torch.exp(log_prob - step.log_prob[mb])
                         assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-4), ratio
@@ -131,12 +178,26 @@ class GRPOTrainer:
                 total = pg_loss + gc.beta_kl * kl_loss
                 self.opt.zero_grad(set_to_none=True)
                 total.backward()
-                stats["grad_norm"].append(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), gc.grad_clip).item())
+                params = [p for group in self.opt.param_groups for p in group["params"]]
+                stats["grad_norm"].append(torch.nn.utils.clip_grad_norm_(params, gc.grad_clip).item())
                 self.opt.step()
                 stats["policy"].append(pg_loss.item())
                 stats["kl"].append(kl_loss.item())
         return {**{f"losses/{k}": float(np.mean(v)) if v else 0.0 for k, v in stats.items()},
                 "policy/std_mean": float(np.mean(stds)) if stds else 0.0}
+
+    def evaluate(self, wg: WeightGenerator) -> dict[str, object]:
+        """Held-out numbers of one policy: test accuracy of its mean path per eval seed, and how much nets sampled
+        (as GRPO samples) from one init, and from different inits, agree in their test predictions."""
+        gc = self.cfg.grpo
+        accs, final = mean_path_accuracy(wg, self.task, self.eval_seeds)
+        seeds = self.eval_seeds[:DIVERSITY_INITS]
+        gen = torch.Generator().manual_seed(self.cfg.seed)  # its own stream: evaluating never moves training's RNG
+        sampled, _ = wg.rollout(init_states(self.cfg, self.task, seeds), DIVERSITY_SAMPLES, gen, False, gc.explore)
+        pred = predict_batch(reference_from_config(self.cfg.reference, self.task), sampled, self.task.split("test"),
+                             self.cfg.rollout.chunk_size)
+        same, across = prediction_agreement(pred, DIVERSITY_SAMPLES)
+        return {"accuracy": accs, "final": final, "same": same, "across": across}
 
     def log_metrics(self, log: RunLogger, ro: Rollouts, losses: dict[str, float]) -> dict[str, float]:
         r = ro.rewards
@@ -144,19 +205,32 @@ class GRPOTrainer:
         metrics = {"rollout/reward_mean": r.mean().item(), "rollout/reward_std": r.std().item(),
                    "rollout/reward_max": r.max().item(), "rollout/reward_min": r.min().item(),
                    "rollout/frac_zero_std": ro.zero_spread.float().mean().item(),
-                   "rollout/accuracy_mean": ro.accuracy.mean().item(), **losses,
+                   "rollout/accuracy_mean": ro.accuracy.mean().item(),
+                   "rollout/gain_vs_imitation": ro.gain.mean().item(), **losses,
                    "perf/evals_per_s": n / max(ro.timing["score"], 1e-9),
+                   "perf/evaluations_total": self.evaluations, "perf/iteration": self.iteration,
                    **{f"timing_s/{k}": v for k, v in ro.timing.items()}}
         it = self.iteration
         gc = self.cfg.grpo
         if it % gc.eval_every == 0 or it == gc.iterations:
             self.policy.eval()
-            accs, final = mean_path_accuracy(self.wg, self.task, self.eval_seeds)
-            metrics.update({"eval/accuracy_mean": float(np.mean(accs)), "eval/accuracy_median": float(np.median(accs))})
+            if self.imitation_eval is None:
+                self.imitation_eval = self.evaluate(self.imitation)
+            ev, im = self.evaluate(self.wg), self.imitation_eval
+            accs, base = np.asarray(ev["accuracy"]), np.asarray(im["accuracy"])
+            metrics.update({"eval/accuracy_mean": float(accs.mean()), "eval/accuracy_median": float(np.median(accs)),
+                            "eval/imitation_accuracy_median": float(np.median(base)),
+                            "eval/gain_vs_imitation": float((accs - base).mean()),
+                            "diversity/agreement_same_init": ev["same"],
+                            "diversity/agreement_across_inits": ev["across"],
+                            "diversity/imitation_agreement_same_init": im["same"],
+                            "diversity/imitation_agreement_across_inits": im["across"]})
+            final = ev["final"]
             first = self.wg.layout.tensors[0].key
-            log.histogram(it, f"generated/{first}", final[first])
-            log.writer.add_image("generated/first_layer", first_layer_grid(final[first][0], self.task.input_shape), it)
-        log.scalars(it, metrics)
+            log.histogram(self.evaluations, f"generated/{first}", final[first])
+            log.writer.add_image("generated/first_layer", first_layer_grid(final[first][0], self.task.input_shape),
+                                 self.evaluations)
+        log.scalars(self.evaluations, metrics)
         return metrics
 
     # -- the loop ------------------------------------------------------------------------------------------------------
@@ -175,7 +249,7 @@ class GRPOTrainer:
 
     def train(self) -> dict[str, float]:
         gc = self.cfg.grpo
-        log = RunLogger(self.run_dir, self.cfg, purge_step=self.iteration + 1 if self.iteration else None)
+        log = RunLogger(self.run_dir, self.cfg, purge_step=self.evaluations + 1 if self.iteration else None)
         own_pool = self.pool is None  # a pool handed in (tests, notebooks) stays open for its owner
         if own_pool:
             self.pool = RolloutPool(self.cfg)
@@ -202,7 +276,8 @@ class GRPOTrainer:
                 if self.iteration % gc.save_every == 0 or self.iteration == gc.iterations:
                     self.checkpoint()
                 bar.update(1)
-                bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}")
+                bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}",
+                                gain=f"{metrics['rollout/gain_vs_imitation'] * 100:+.2f}pts")
         finally:
             bar.close()
             log.close()
@@ -210,6 +285,20 @@ class GRPOTrainer:
                 self.pool.close()
                 self.pool = None
         return metrics
+
+
+DIVERSITY_INITS, DIVERSITY_SAMPLES = 8, 4  # held-out inits and nets sampled from each for the agreement measure
+
+
+def prediction_agreement(pred: torch.Tensor, per_init: int) -> tuple[float, float]:
+    """Mean share of test examples on which two nets predict the same class: pairs sampled from the same init, and
+    pairs from different inits. pred: (I * per_init, N) class indices, init-major."""
+    p = pred.view(-1, per_init, pred.shape[-1])
+    same = (p[:, :, None] == p[:, None, :]).float().mean(-1)  # (I, S, S)
+    off = ~torch.eye(per_init, dtype=torch.bool)
+    agree = (pred[:, None] == pred[None, :]).float().mean(-1)  # (I * S, I * S)
+    init = torch.arange(len(pred)) // per_init
+    return same[:, off].mean().item(), agree[init[:, None] != init[None, :]].mean().item()
 
 
 def first_layer_grid(weight: torch.Tensor, input_shape: tuple[int, ...]) -> torch.Tensor:

@@ -126,7 +126,10 @@ class WeightGenerator:
                                   f"{cfg.reference.family}{cfg.reference.widths} on {cfg.task.name}")
         policy = DenoisingPolicy(PolicyConfig(**spec["policy"]), layout)
         try:
-            policy.load_state_dict(weights)
+            # Policies saved before the unit latent existed lack its (zero-initialised) mean: keep the fresh one.
+            missing, unexpected = policy.load_state_dict(weights, strict=False)
+            if unexpected or any(not k.startswith("latent_mean.") for k in missing):
+                policy.load_state_dict(weights)  # raises, naming the keys
         except RuntimeError as e:
             raise CheckpointError(f"{path}: policy weights do not fit its spec ({str(e).splitlines()[0]})") from None
         policy.eval()

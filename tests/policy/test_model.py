@@ -78,3 +78,50 @@ def test_temperature_scales_the_std_and_leaves_the_mean():
     for k in mean:
         assert torch.equal(mean_t[k], mean[k])
         torch.testing.assert_close(std_t[k], 0.25 * std[k])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unit_latent_draws_permute_with_the_units_and_their_noise(family):
+    _, layout = make(family)
+    states = batch_of(family, range(2))
+    x = Tokenizer(layout, fit_scales({k: states[k] for k in layout.shapes})).encode(states)
+    torch.manual_seed(0)
+    policy = DenoisingPolicy(PolicyConfig(dim=16, rounds=2, heads=2, latent_dim=4, latent_std=0.3), layout).eval()
+    perturb(policy)
+    t1, t2 = torch.zeros(2), torch.full((2,), 0.5)
+    gen = torch.Generator().manual_seed(1)
+
+    def draw(x, noise):
+        h, heads = policy.encode(x, t1, t2)
+        mean, std = policy.latent(h)
+        u = {g: mean[g] + std[g].view(-1, 1, 1) * noise[g] for g in mean}
+        return policy.decode(x, policy.lift(h, u), heads)[0]
+
+    with torch.no_grad():
+        noise = {g: torch.randn(2, layout.groups[layout.group_index[g]].size, 4, generator=gen)
+                 for g in policy.attend}
+        y = draw(x, noise)
+        assert any(not torch.allclose(y[k], policy(x, t1, t2)[0][k]) for k in y)  # the latent moves the weights
+        for g in layout.groups:
+            if g.fixed:
+                continue
+            perm = torch.randperm(g.size, generator=torch.Generator().manual_seed(5))
+            moved = {n: v[:, perm] if n == g.name else v for n, v in noise.items()}
+            y_p = draw(permute_units(x, layout, g.name, perm), moved)
+            expected = permute_units(y, layout, g.name, perm)
+            for k in y:
+                torch.testing.assert_close(y_p[k], expected[k], rtol=1e-4, atol=1e-5)
+
+
+def test_a_zero_latent_mean_leaves_the_mean_path_to_the_trunk():
+    _, layout = make("mlp")
+    x = Tokenizer(layout, {k: 1.0 for k in layout.shapes}).encode(batch_of("mlp", [0, 1]))
+    torch.manual_seed(0)
+    policy = DenoisingPolicy(SMALL, layout)
+    t1, t2 = torch.zeros(2), torch.ones(2)
+    h, heads = policy.encode(x, t1, t2)
+    mean, _ = policy(x, t1, t2)
+    for k, v in policy.decode(x, h, heads)[0].items():  # the latent head starts at zero: the trunk's states as they are
+        assert torch.equal(v, mean[k])
+    basis = policy.latent_mean.basis
+    torch.testing.assert_close(basis.T @ basis, torch.eye(SMALL.latent_dim))

@@ -1,5 +1,7 @@
 """Tiny-budget GRPO runs on the digits task with a local Ray instance."""
 
+import statistics
+
 import pytest
 import ray
 import torch
@@ -65,12 +67,12 @@ def test_temperature_tempers_policy_and_reference_and_is_saved(imitation, in_tmp
     assert WeightGenerator.load(in_tmp / "r/policy.safetensors").policy.cfg.temperature == 0.3
 
 
-@pytest.mark.parametrize("reward", ["accuracy", "neg_loss"])
-def test_rewards_equal_an_independent_evaluation(imitation, in_tmp, reward):
+@pytest.mark.parametrize("reward,batch", [("accuracy", "fixed"), ("neg_loss", "fixed"), ("accuracy", "fresh")])
+def test_rewards_equal_an_independent_evaluation(imitation, in_tmp, reward, batch):
     from envs.models import reference_from_config
     from envs.scoring import evaluate
-    from envs.tasks import task_from_config
-    t = grpo_trainer(imitation, in_tmp / "r", 1, f"grpo.reward={reward}")
+    from envs.tasks import Split, task_from_config
+    t = grpo_trainer(imitation, in_tmp / "r", 1, f"grpo.reward={reward}", f"grpo.reward_batch={batch}")
     ro = t.collect_rollouts()
     t.pool = RolloutPool(t.cfg)
     try:
@@ -78,13 +80,62 @@ def test_rewards_equal_an_independent_evaluation(imitation, in_tmp, reward):
     finally:
         t.pool.close()
     task = task_from_config(t.cfg.task)
+    examples = task.split("reward")
+    if batch == "fresh":  # as many train-split examples as the reward split, drawn anew each iteration
+        idx = torch.from_numpy(t.reward_examples())
+        assert len(idx) == len(examples) and len(set(idx.tolist())) == len(idx)
+        t.iteration += 1
+        assert not torch.equal(idx, torch.from_numpy(t.reward_examples()))
+        examples = Split(task.train.x[idx], task.train.y[idx])
     model = reference_from_config(t.cfg.reference, task)
+
+    def independent(state):
+        model.load_state_dict(state)
+        return evaluate(model, examples)
+
     for i in range(len(ro.seeds) * t.cfg.grpo.group_size):
-        model.load_state_dict({k: v[i] for k, v in ro.final.items()})
-        loss, acc = evaluate(model, task.split("reward"))
+        loss, acc = independent({k: v[i] for k, v in ro.final.items()})
         b, g = divmod(i, t.cfg.grpo.group_size)
         assert ro.accuracy[b, g].item() == pytest.approx(acc, abs=1e-6)
         assert ro.rewards[b, g].item() == pytest.approx(acc if reward == "accuracy" else -loss, abs=1e-5)
+    for b in range(len(ro.seeds)):  # the paired gain: the policy's mean path minus the imitation policy's, same inits
+        mine = independent({k: v[b] for k, v in ro.paths.items()})[1]
+        theirs = independent({k: v[len(ro.seeds) + b] for k, v in ro.paths.items()})[1]
+        assert ro.gain[b].item() == pytest.approx(mine - theirs, abs=1e-6)
+
+
+@pytest.mark.parametrize("explore", ["all", "first"])
+def test_unit_latent_log_probs_are_exact_and_only_the_latent_mean_learns(imitation, in_tmp, explore):
+    t = grpo_trainer(imitation, in_tmp / "r", 1, "grpo.noise=units", "grpo.latent_std=0.2", f"grpo.explore={explore}")
+    ro = t.collect_rollouts()
+    assert [s.sampled for s in ro.steps] == ([True, True] if explore == "all" else [True, False])
+    for step in ro.steps:
+        n = len(next(iter(step.states.values())))
+        x = repeat_groups(step.x, 4) if len(next(iter(step.x.values()))) == 2 else step.x
+        with torch.no_grad():
+            h, heads = t.policy.encode(x, torch.full((n,), step.t1), torch.full((n,), step.t2))
+            mean, std = t.policy.latent(h)
+            y, _ = t.policy.decode(x, t.policy.lift(h, step.latent), heads)
+        assert set(step.latent) == {g.name for g in t.policy.layout.groups[1:]}  # hidden and output units
+        for g, u in step.latent.items():
+            torch.testing.assert_close(step.states[g], h[g])
+            assert torch.equal(std[g], torch.full((n,), 0.2))
+            assert torch.equal(u, mean[g]) == (not step.sampled)
+        for k in y:  # the weights follow from the drawn latent alone
+            torch.testing.assert_close(step.y[k], y[k])
+        dist = torch.distributions.Normal(torch.cat([mean[g].flatten(1) for g in mean], 1), 0.2)
+        exact = dist.log_prob(torch.cat([step.latent[g].flatten(1) for g in mean], 1)).mean(1)
+        torch.testing.assert_close(step.log_prob, exact)
+    with torch.no_grad():
+        kl = gaussian_kl(*t.policy.latent(ro.steps[0].states), *t.reference.latent(ro.steps[0].states))
+    assert torch.equal(kl, torch.zeros_like(kl))
+    ro.rewards = torch.arange(8.0).view(2, 4)
+    t.compute_advantages(ro)
+    before = {k: v.clone() for k, v in t.policy.state_dict().items()}
+    losses = t.update_policy(ro)  # asserts the ratio is 1 before the first gradient step
+    assert losses["losses/policy"] != 0 and losses["losses/kl"] > 0
+    changed = {k for k, v in t.policy.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed and all(k.startswith("latent_mean.") for k in changed), changed
 
 
 @pytest.mark.parametrize("explore", ["first", "last"])
@@ -121,26 +172,46 @@ def test_smoke_two_iterations_with_local_ray(imitation, in_tmp):
     assert run_main(grpo.main, p, args) == 0
     run = in_tmp / "artifacts/runs/digits_mlp-grpo"
     rewards = read_scalars(run, "rollout/reward_mean")
-    assert [s for s, _ in rewards] == [1, 2] and all(0.0 <= r <= 1.0 for _, r in rewards)
-    for tag in ("rollout/frac_zero_std", "rollout/accuracy_mean", "losses/policy", "losses/kl", "losses/clipfrac",
-                "losses/approx_kl", "losses/grad_norm", "policy/std_mean", "perf/evals_per_s", "timing_s/score",
-                "eval/accuracy_mean"):
-        assert read_scalars(run, tag), tag
+    assert [s for s, _ in rewards] == [8, 16] and all(0.0 <= r <= 1.0 for _, r in rewards)  # x axis: evaluations
+    assert read_scalars(run, "perf/evaluations_total") == [(8, 8.0), (16, 16.0)]
+    for tag in ("rollout/frac_zero_std", "rollout/accuracy_mean", "rollout/gain_vs_imitation", "losses/policy",
+                "losses/kl", "losses/clipfrac", "losses/approx_kl", "losses/grad_norm", "policy/std_mean",
+                "perf/evals_per_s", "timing_s/score"):
+        assert [s for s, _ in read_scalars(run, tag)] == [8, 16], tag  # one value per iteration
+    for tag in ("eval/accuracy_mean", "eval/accuracy_median", "eval/imitation_accuracy_median",
+                "eval/gain_vs_imitation", "diversity/agreement_same_init", "diversity/agreement_across_inits",
+                "diversity/imitation_agreement_same_init", "diversity/imitation_agreement_across_inits"):
+        assert [s for s, _ in read_scalars(run, tag)] == [16], tag  # eval_every=2
+    for tag in ("diversity/agreement_same_init", "diversity/agreement_across_inits"):
+        assert 0.0 < read_scalars(run, tag)[0][1] < 1.0, tag  # sampled nets differ
+    assert read_scalars(run, "eval/gain_vs_imitation")[0][1] == pytest.approx(
+        read_scalars(run, "eval/accuracy_mean")[0][1] - statistics.mean(imitation_accuracies(imitation)), abs=1e-6)
     assert read_scalars(run, "losses/kl")[0][1] >= 0.0
     from trainer import generate
     assert generate.main(["--policy", str(run / "policy.safetensors"), "--seeds", "0..1", "--out", "gen"]) == 0
 
 
-def test_resume_logs_the_same_numbers(imitation, in_tmp):
-    straight = grpo_trainer(imitation, in_tmp / "straight", 4)
+def imitation_accuracies(policy) -> list[float]:
+    from envs.tasks import task_from_config
+    from trainer.pipeline import WeightGenerator, mean_path_accuracy
+    wg = WeightGenerator.load(policy)
+    im = wg.cfg.imitate
+    return mean_path_accuracy(wg, task_from_config(wg.cfg.task), range(im.eval_seed_start, im.eval_seeds))[0]
+
+
+@pytest.mark.parametrize("noise", ["iid", "units"])
+def test_resume_logs_the_same_numbers(imitation, in_tmp, noise):
+    mode = [f"grpo.noise={noise}", "grpo.reward_batch=fresh"] if noise == "units" else []
+    straight = grpo_trainer(imitation, in_tmp / "straight", 4, *mode)
     straight.train()
-    first = grpo_trainer(imitation, in_tmp / "stopped", 2)
+    first = grpo_trainer(imitation, in_tmp / "stopped", 2, *mode)
     first.train()
-    resumed = grpo_trainer(imitation, in_tmp / "stopped", 4)
+    resumed = grpo_trainer(imitation, in_tmp / "stopped", 4, *mode)
     resumed.resume()
     assert resumed.iteration == 2
     resumed.train()
-    for tag in ("rollout/reward_mean", "rollout/reward_max", "losses/policy", "eval/accuracy_mean"):
+    for tag in ("rollout/reward_mean", "rollout/reward_max", "rollout/gain_vs_imitation", "losses/policy",
+                "eval/accuracy_mean", "diversity/agreement_same_init"):
         a, b = read_scalars(in_tmp / "straight", tag), read_scalars(in_tmp / "stopped", tag)
         assert a == b and a, tag
     sa = load_weights(in_tmp / "straight/policy.safetensors")[0]
@@ -148,8 +219,9 @@ def test_resume_logs_the_same_numbers(imitation, in_tmp):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_a_killed_worker_does_not_stop_training(imitation, in_tmp):
-    t = grpo_trainer(imitation, in_tmp / "killed", 3)
+@pytest.mark.parametrize("noise", ["iid", "units"])
+def test_a_killed_worker_does_not_stop_training(imitation, in_tmp, noise):
+    t = grpo_trainer(imitation, in_tmp / "killed", 3, f"grpo.noise={noise}", "grpo.reward_batch=fresh")
     t.pool = RolloutPool(t.cfg)
     original_score = t.score
 
@@ -161,5 +233,5 @@ def test_a_killed_worker_does_not_stop_training(imitation, in_tmp):
     t.score = score_then_kill
     t.train()
     assert t.iteration == 3 and t.pool.restarts >= 1
-    assert [s for s, _ in read_scalars(in_tmp / "killed", "rollout/reward_mean")] == [1, 2, 3]
+    assert [s for s, _ in read_scalars(in_tmp / "killed", "rollout/reward_mean")] == [8, 16, 24]
     t.pool.close()

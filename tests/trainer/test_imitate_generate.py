@@ -183,3 +183,28 @@ def test_bench_search_starts_from_the_mean_path_and_runs_both_reward_sources(tra
     wg = WeightGenerator.load(trained / "policy.safetensors")
     test = mean_path_accuracy(wg, task_from_config(wg.cfg.task), [0])[0][0]
     assert float(rows[0][3]) == float(rows[5][3]) == pytest.approx(test, abs=1e-4)
+
+
+def test_a_policy_saved_before_the_unit_latent_loads_with_a_zero_latent_mean(trained, in_tmp):
+    from envs.tasks import task_from_config
+    from trainer.checkpoints import CheckpointError, read_metadata
+    from trainer.pipeline import WeightGenerator, init_states
+
+    weights, _ = load_weights(trained / "policy.safetensors")
+    old = in_tmp / "old"
+    old.mkdir()
+    save_weights(old / "policy.safetensors", {k: v for k, v in weights.items() if not k.startswith("latent_mean.")},
+                 read_metadata(trained / "policy.safetensors"))
+    (old / "policy.json").write_text((trained / "policy.json").read_text())
+    wg = WeightGenerator.load(old / "policy.safetensors")
+    assert all(not p.any() for p in wg.policy.latent_mean.net[-1].parameters())
+    with torch.no_grad():
+        wg.policy.latent_mean.net[-1].bias.fill_(1.0)  # a latent mean the trunk alone would not give
+    init = init_states(wg.cfg, task_from_config(wg.cfg.task), [5])
+    moved = wg.generate(init, mean_only=True)[0]
+    reloaded = WeightGenerator.load(old / "policy.safetensors").generate(init, mean_only=True)[0]
+    assert any(not torch.equal(moved[k], reloaded[k]) for k in moved)
+    weights["latent_mean.net.2.bias"] = weights["latent_mean.net.2.bias"][:1]  # a wrong shape is still an error
+    save_weights(old / "policy.safetensors", weights, read_metadata(trained / "policy.safetensors"))
+    with pytest.raises(CheckpointError, match="do not fit its spec"):
+        WeightGenerator.load(old / "policy.safetensors")
