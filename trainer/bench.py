@@ -215,9 +215,10 @@ def run_generate(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict
 
         # Random inits sit near 0.1, far left of the rest: a panel of their own would waste the axis.
         trained = {k: v for k, v in per_seed.items() if k != "random init"}
-        figures.append(plots.strips(trained, f"{cfg.name}: test accuracy per net (held-out seeds {seeds[0]}..{seeds[-1]}"
-                                    f"; SGD: the zoo's runs); random inits: median {np.median(random):.3f}",
-                                    "test accuracy", figure(args, cfg.name, "generate")))
+        figures.append(plots.strips(trained, f"{cfg.name}: test accuracy per net; policies from held-out seeds "
+                                    f"{seeds[0]}..{seeds[-1]}, SGD: the zoo's runs\n(random inits from those seeds: "
+                                    f"median {np.median(random):.3f}, off the axis)", "test accuracy",
+                                    figure(args, cfg.name, "generate")))
     return dict(table=table, figures=figures)
 
 
@@ -408,6 +409,12 @@ def run_audit(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     return dict(table=table, figures=figures, results=results)
 
 
+def run_report(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
+    from trainer import report
+
+    return report.run_report(args, cfgs)
+
+
 def held_out_parser(sub, name: str, help: str, seeds: int) -> argparse.ArgumentParser:
     """A subcommand measured on one experiment's held-out init seeds: --config, --set, --seeds, --seed-start, --out."""
     p = sub.add_parser(name, help=help)
@@ -457,6 +464,19 @@ def build_parser() -> argparse.ArgumentParser:
                                   "audit.json)")
     a.set_defaults(func=run_audit, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, threads=1,
                    workers=[1])
+    rep = sub.add_parser("report", help="generate + audit + rollout (+ GRPO's results if present) -> docs/RESULTS.md")
+    rep.add_argument("--config", action="append", default=None,
+                     help="experiment YAML, repeatable: one section each (default: configs/digits_mlp.yaml)")
+    rep.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    rep.add_argument("--policy", action="append",
+                     help="policy.safetensors, repeatable (generate compares them; audit takes the first; default: "
+                          "the imitation policy)")
+    rep.add_argument("--seeds", type=int, default=32, help="held-out init seeds for generate and audit (default 32)")
+    rep.add_argument("--seed-start", type=int, default=0, help="first held-out seed (default 0)")
+    rep.add_argument("--out", default="docs/RESULTS.md", help="the report; figures go to figures/ beside it "
+                                                              "(default docs/RESULTS.md)")
+    rep.set_defaults(func=run_report, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, threads=1,
+                     workers=[1])
     return p
 
 

@@ -33,8 +33,8 @@ def strips(groups: Mapping[str, Sequence[float]], title: str, xlabel: str, path:
         ax.scatter(v, i + rng.uniform(-0.2, 0.2, len(v)), s=12, alpha=0.6, color=COLORS[i % len(COLORS)])
         med = float(np.median(v))
         ax.plot([med, med], [i - 0.35, i + 0.35], color="black", lw=2)
-        ax.annotate(f"{med:.3f}", (med, i + 0.38), ha="center", va="bottom", fontsize=8)
-    ax.set_yticks(range(len(names)), names)
+    # The median goes in the row's label: any spot beside the points collides with them in some data set.
+    ax.set_yticks(range(len(names)), [f"{n}\nmedian {np.median(groups[n]):.3f}, n={len(groups[n])}" for n in names])
     ax.set_ylim(-0.6, len(names) - 0.2)
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
@@ -51,13 +51,13 @@ def bars(panels: Mapping[str, Mapping[str, float]], title: str, xlabel: str, pat
         labels, v = list(values), list(values.values())
         ax.barh(range(len(v)), v, color=COLORS[:len(v)])
         for i, x in enumerate(v):
-            ax.annotate(f"{x:.3g}", (x, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+            ax.annotate(f"{x:,.0f}" if x >= 100 else f"{x:.3g}", (x, i), xytext=(3, 0), textcoords="offset points",
+                        va="center", fontsize=8)
         ax.set_yticks(range(len(v)), labels)
         ax.invert_yaxis()
         ax.set_xlim(0, max(v) * 1.15)
-        ax.set_title(name, fontsize=9)
+        ax.set_title(f"{title}\n{name}" if ax is axes[0, 0] else name, fontsize=9)
         ax.set_xlabel(xlabel)
-    fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 
@@ -83,7 +83,8 @@ def histograms(series: Mapping[str, Sequence[float]], title: str, xlabel: str, p
 def curves(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]], title: str, xlabel: str,
            ylabel: str, path: str | Path, logx: bool = False) -> Path:
     """Line plots with markers, one panel per key of `panels`, each a mapping label -> (x, y)."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 0.8, 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 0.8, 3.8), squeeze=False,
+                             layout="constrained")
     for ax, (name, lines) in zip(axes[0], panels.items()):
         for i, (label, (x, y)) in enumerate(lines.items()):
             ax.plot(x, y, marker="o", color=COLORS[i % len(COLORS)], label=label)
@@ -95,6 +96,8 @@ def curves(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[flo
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    # One legend for all panels, under them: inside a panel it hides points of some data set.
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", fontsize=8,
+               ncol=min(2, len(next(iter(panels.values())))))
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
