@@ -18,7 +18,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from envs.models import reference_from_config
-from envs.scoring import batched_logits
+from envs.scoring import batched_logits, weight_keys
 from envs.tasks import Task
 from policy.tokenizer import Layout, Tokenizer
 from trainer.checkpoints import load_weights
@@ -84,7 +84,8 @@ def align(ref: Blocks, other: Blocks, layout: Layout, rounds: int = 10) -> Block
                 if t.out == g:
                     cost = cost + _rows(ref[t.key]) @ _rows(aligned[t.key]).transpose(1, 2)
                 if t.inp == g:
-                    cost = cost + _rows(ref[t.key].transpose(1, 2)) @ _rows(aligned[t.key].transpose(1, 2)).transpose(1, 2)
+                    a, b = _rows(ref[t.key].transpose(1, 2)), _rows(aligned[t.key].transpose(1, 2))
+                    cost = cost + a @ b.transpose(1, 2)
             cost = cost.double().numpy()
             sigma = torch.from_numpy(np.stack([linear_sum_assignment(c, maximize=True)[1] for c in cost]))
             if (sigma != torch.arange(sigma.shape[1])).any():
@@ -128,11 +129,14 @@ def noise_baseline(zoo_states: Mapping[str, torch.Tensor], index: torch.Tensor, 
     """Zoo net `index[i]` plus isotropic Gaussian noise scaled to norm `dist[i]` over all its weights (the audit's
     "training checkpoint plus noise" null model); distance 0 returns the zoo net unchanged."""
     gen = torch.Generator().manual_seed(seed)
-    base = {k: v[index].double() for k, v in zoo_states.items()}
-    eps = {k: torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in base.items()}
+    out = {k: v[index] for k, v in zoo_states.items()}
+    keys = [k for k, v in out.items() if v.is_floating_point()]  # integer buffers (BN step counts) are no weights
+    eps = {k: torch.randn(out[k].shape, generator=gen, dtype=torch.float64) for k in keys}
     norm = torch.stack([e.flatten(1).pow(2).sum(1) for e in eps.values()]).sum(0).sqrt()
     scale = dist.double() / norm
-    return {k: (base[k] + eps[k] * scale.view(-1, *[1] * (base[k].dim() - 1))).float() for k in base}
+    for k in keys:
+        out[k] = (out[k].double() + eps[k] * scale.view(-1, *[1] * (out[k].dim() - 1))).float()
+    return out
 
 
 # --- behaviour -------------------------------------------------------------------------------------------------------
@@ -146,7 +150,7 @@ def test_logits(cfg: ExperimentConfig, task: Task, states: Mapping[str, torch.Te
     n = next(iter(states.values())).shape[0]
     out = []
     for lo in range(0, n, cfg.rollout.chunk_size):
-        params = {k: v[lo:lo + cfg.rollout.chunk_size].float() for k, v in states.items()}
+        params = {k: states[k][lo:lo + cfg.rollout.chunk_size].float() for k in weight_keys(model.state_dict())}
         out.append(torch.cat([batched_logits(model, params, data.x[i:i + batch])
                               for i in range(0, len(data), batch)], 1))
     logits = torch.cat(out)
@@ -200,7 +204,8 @@ def sgd_from_seeds(cfg: ExperimentConfig, seeds: list[int], template: Mapping[st
     threads = torch.get_num_threads()
     sds = []
     for s in seeds:
-        zoo = dataclasses.replace(cfg.zoo, seed=s, data_seed=s + REPLICATE_DATA_SEED if replicate else cfg.zoo.data_seed)
+        data_seed = s + REPLICATE_DATA_SEED if replicate else cfg.zoo.data_seed
+        zoo = dataclasses.replace(cfg.zoo, seed=s, data_seed=data_seed)
         folder = sgd_cache(cfg) / (f"seed-{s:06d}" + ("-replicate" if replicate else ""))
         run = folder / "run-0000" / "run.json"
         if not run.is_file():

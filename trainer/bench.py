@@ -341,7 +341,8 @@ def audit_table(r: dict) -> str:
               f"| its nearest zoo net | {_spread(noise['nearest_zoo'])} | "
               f"{paired_difference(noise['generated'], noise['nearest_zoo'])} |"]
     lines += ["", "| fidelity to the init | prediction agreement, same init | other inits (mean) | L2 distance / "
-              "SGD(i)'s travel from init(i), same init | other inits (aligned, mean) |", "| --- | --- | --- | --- | --- |",
+              "SGD(i)'s travel from init(i), same init | other inits (aligned, mean) |",
+              "| --- | --- | --- | --- | --- |",
               f"| generated(i) vs SGD(i) | {_spread(fid['agree_generated_same_init'])} | "
               f"{_spread(fid['agree_generated_other_init'])} | {_spread(fid['generated_to_sgd_same_init'])} | "
               f"{_spread(fid['generated_to_sgd_other_init'])} |",
@@ -349,7 +350,8 @@ def audit_table(r: dict) -> str:
               f"{_spread(fid['agree_sgd_other_init'])} | {_spread(fid['sgd_to_sgd_same_init'])} | "
               f"{_spread(fid['sgd_to_sgd_other_init'])} |",
               "", f"SGD's travel from the init: {_spread(fid['sgd_travel'])} (L2).", "",
-              "| ensemble of k nets (averaged softmax) | generated (mean test accuracy) | SGD, same inits | ensembles |",
+              "| ensemble of k nets (averaged softmax) | generated (mean test accuracy) | SGD, same inits | "
+              "ensembles |",
               "| --- | --- | --- | --- |"]
     for k, e in r["ensembles"].items():
         lines.append(f"| k = {k} | {np.mean(e['generated']):.4f} | {np.mean(e['sgd']):.4f} | {len(e['sgd'])} |")
@@ -396,7 +398,8 @@ def run_audit(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                                         f"{cfg.name}: novelty in weights (hidden units aligned)", "L2 distance",
                                         figure(args, cfg.name, "audit-distance")))
         figures.append(plots.histograms({k: nov[v]["max_iou"] for k, v in rows.items()},
-                                        f"{cfg.name}: novelty in behaviour", "highest IoU of test errors with a zoo net",
+                                        f"{cfg.name}: novelty in behaviour",
+                                        "highest IoU of test errors with a zoo net",
                                         figure(args, cfg.name, "audit-iou")))
         ens = results["ensembles"]
         ks = [int(k) for k in ens]
@@ -457,8 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--lr", type=float, default=0.3, help="Adam's step, in units of the noise (default 0.3)")
     e.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all)")
     e.set_defaults(func=run_search, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, workers=[1])
-    a = held_out_parser(sub, "audit", "novelty (vs the zoo) and fidelity (vs SGD from the same inits) of generated nets",
-                        seeds=32)
+    a = held_out_parser(sub, "audit", "novelty (vs the zoo) and fidelity (vs SGD from the same inits) of "
+                                      "generated nets", seeds=32)
     a.add_argument("--policy", help="policy.safetensors (default: the imitation policy)")
     a.add_argument("--json", help="per-net results (default: --out with .json, else artifacts/bench/<experiment>/"
                                   "audit.json)")

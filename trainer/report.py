@@ -27,14 +27,14 @@ from trainer.zoo import load_manifest
 
 GRPO_RESULTS = "artifacts/bench/{experiment}/grpo.json"
 
-AUDIT_GUIDE = """How to read it. *Novelty in weights*: each net's L2 distance to its nearest zoo checkpoint after its hidden
-units are permuted to match that checkpoint (weight matching, per unit group), next to the same distance from each zoo
-net to the rest of the zoo; a generator that copies its training checkpoints sits far left of the zoo's own spread.
-*Novelty in behaviour*: the highest IoU of a net's misclassified test examples with any zoo net's (a net that makes
-more errors than the zoo nets cannot score a high IoU: |A n B| / |A u B| <= |B| / |A|). *Noise baseline*: the nearest
-zoo net plus isotropic Gaussian noise scaled to the generated net's distance from it; a generator should beat it.
-*Fidelity*: SGD with the zoo's recipe from the same held-out inits; a generator that follows its init agrees more with
-SGD(i) than with SGD(j), and lies closer to SGD(i) than SGD(i) lies to its init. The second SGD run from each init
+AUDIT_GUIDE = """How to read it. *Novelty in weights*: each net's L2 distance to its nearest zoo checkpoint after its
+hidden units are permuted to match that checkpoint (weight matching, per unit group), next to the same distance from
+each zoo net to the rest of the zoo; a generator that copies its training checkpoints sits far left of the zoo's own
+spread. *Novelty in behaviour*: the highest IoU of a net's misclassified test examples with any zoo net's (a net that
+makes more errors than the zoo nets cannot score a high IoU: |A n B| / |A u B| <= |B| / |A|). *Noise baseline*: the
+nearest zoo net plus isotropic Gaussian noise scaled to the generated net's distance from it; a generator should beat
+it. *Fidelity*: SGD with the zoo's recipe from the same held-out inits; a generator that follows its init agrees more
+with SGD(i) than with SGD(j), and lies closer to SGD(i) than SGD(i) lies to its init. The second SGD run from each init
 (another minibatch order) is the ceiling: how far the init alone decides where SGD lands."""
 
 
@@ -73,17 +73,17 @@ def section(title: str, argv: list[str], result: dict, out_dir: Path, guide: str
 
 def audit_reading(r: dict) -> str:
     """The audit's headline in two sentences, from its own numbers."""
-    med = lambda v: float(np.median(v))  # noqa: E731
     nov, noise, fid = r["novelty"], r["noise_baseline"], r["fidelity"]
-    ratio = med(nov["generated"]["distance"]) / med(nov["zoo"]["distance"])
-    return (f"In numbers: generated nets lie {ratio:.2f}x as far from their nearest zoo net as zoo nets lie from each "
-            f"other (SGD from the same held-out inits: {med(nov['sgd']['distance']) / med(nov['zoo']['distance']):.2f}x)"
-            f"; the nearest zoo net plus noise at that distance scores {med(noise['noise']):.3f} against the generated "
-            f"nets' {med(noise['generated']):.3f}. Generated(i) agrees with SGD(i) on {med(fid['agree_generated_same_init']):.3f} "
-            f"of test predictions and with SGD(j) on {med(fid['agree_generated_other_init']):.3f} (SGD(i) with its "
-            f"replicate: {med(fid['agree_sgd_same_init']):.3f} vs {med(fid['agree_sgd_other_init']):.3f}); its distance "
-            f"to SGD(i) is {med(fid['generated_to_sgd_same_init']):.2f} of SGD's travel from the init, to SGD(j) "
-            f"{med(fid['generated_to_sgd_other_init']):.2f}.")
+    m = {k: float(np.median(v)) for k, v in [*((f"{n}_distance", nov[n]["distance"]) for n in nov),
+                                             *noise.items(), *fid.items()]}
+    return (f"In numbers: generated nets lie {m['generated_distance'] / m['zoo_distance']:.2f}x as far from their "
+            f"nearest zoo net as zoo nets lie from each other (SGD from the same held-out inits: "
+            f"{m['sgd_distance'] / m['zoo_distance']:.2f}x); the nearest zoo net plus noise at that distance scores "
+            f"{m['noise']:.3f} against the generated nets' {m['generated']:.3f}. Generated(i) agrees with SGD(i) on "
+            f"{m['agree_generated_same_init']:.3f} of test predictions and with SGD(j) on "
+            f"{m['agree_generated_other_init']:.3f} (SGD(i) with its replicate: {m['agree_sgd_same_init']:.3f}, with "
+            f"SGD(j): {m['agree_sgd_other_init']:.3f}); its distance to SGD(i) is "
+            f"{m['generated_to_sgd_same_init']:.2f} of SGD's travel from the init, to SGD(j) {m['generated_to_sgd_other_init']:.2f}.")
 
 
 def grpo_section(cfg: ExperimentConfig, fig_dir: Path, out_dir: Path) -> list[str]:

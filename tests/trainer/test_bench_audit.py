@@ -73,6 +73,10 @@ def test_alignment_undoes_permutations_of_coupled_groups(family, widths):
     blocks = audit.unit_blocks(states, layout)
     assert (audit.distance(blocks, copies) > 1.0).all()
     assert audit.distance(blocks, audit.align(blocks, copies, layout)).max().item() == pytest.approx(0.0, abs=1e-5)
+    # Scoring and the noise baseline take the family's integer buffers (BN step counts) along untouched.
+    same = audit.noise_baseline(states, torch.tensor([1]), torch.tensor([0.0]), seed=0)
+    # (one net alone vs two in one vmapped call: the same sums, maybe by another kernel)
+    torch.testing.assert_close(audit.test_logits(cfg, task, same)[0], audit.test_logits(cfg, task, states)[1])
 
 
 def test_leave_one_out_never_pairs_a_net_with_itself(tiny_zoo):
