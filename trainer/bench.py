@@ -4,6 +4,9 @@
 `generate`: test accuracy on held-out init seeds of random inits, the zoo's SGD runs and each given policy, side by side.
 `search`: what black-box search buys per evaluation: antithetic evolution strategies directly on the weights of a
 policy's generated nets (GRPO's signal with no policy in between), rewarded on the fixed reward split vs fresh batches.
+`audit`: are generated nets new, or copies of zoo checkpoints, and do they land where SGD from the same init lands?
+`report`: generate, audit and rollout on one experiment -> docs/RESULTS.md with the tables, figures and commands.
+Every subcommand takes `--plots DIR` to write PNG figures next to its table.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from envs.models import reference_from_config
 from envs.scoring import Scores, evaluate, score_batch, stack_weights
 from envs.tasks import task_from_config
 from rollout.pool import RolloutPool
+from trainer.checkpoints import save_json
 from trainer.cli import guarded
-from trainer.config import ExperimentConfig, load_config
+from trainer.config import ConfigError, ExperimentConfig, load_config
 
 ROLLOUT_CONFIGS = ["configs/mnist_mlp.yaml", "configs/mnist_cnn.yaml"]
 
@@ -102,6 +106,27 @@ def emit(table: str, out: str | None) -> None:
         Path(out).write_text(table + "\n")
 
 
+def figure(args: argparse.Namespace, experiment: str, name: str) -> Path:
+    """Where a subcommand's figure goes: <--plots>/<experiment>-<name>.png, so experiments share one folder."""
+    return Path(args.plots) / f"{experiment}-{name}.png"
+
+
+def held_out_seeds(args: argparse.Namespace, cfg: ExperimentConfig) -> list[int]:
+    """--seed-start .. + --seeds, checked to be held out: no zoo run started from any of them."""
+    seeds = list(range(args.seed_start, args.seed_start + args.seeds))
+    zoo = range(cfg.zoo.seed, cfg.zoo.seed + cfg.zoo.runs)
+    if not seeds:
+        raise ConfigError(f"--seeds {args.seeds}: need at least one held-out seed")
+    if set(seeds) & set(zoo):
+        raise ConfigError(f"held-out seeds {seeds[0]}..{seeds[-1]} overlap the zoo's seeds {zoo[0]}..{zoo[-1]} "
+                          f"(choose another --seed-start)")
+    return seeds
+
+
+def default_policy(cfg: ExperimentConfig) -> str:
+    return f"artifacts/runs/{cfg.name}-imitate/policy.safetensors"
+
+
 def rollout_table(rows: list[Row], n_examples: dict[str, int]) -> str:
     lines = ["| experiment | split examples | method | cores | evals/s (median) | vs loop | vs 1 worker |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -114,7 +139,7 @@ def rollout_table(rows: list[Row], n_examples: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
-def run_rollout(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> None:
+def run_rollout(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     torch.set_num_threads(args.threads)
     load0 = os.getloadavg()[0]
     rows, n_examples = [], {}
@@ -127,6 +152,16 @@ def run_rollout(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> None:
               f"1-min load average {load0:.1f} before / {os.getloadavg()[0]:.1f} after.")
     table = header + "\n\n" + rollout_table(rows, n_examples)
     emit(table, args.out)
+    figures = []
+    if args.plots:
+        from trainer import plots
+
+        panels = {f"{e} ({n_examples[e]} examples)": {r.method.split(" (")[0]: r.evals_per_s for r in rows
+                                                      if r.experiment == e} for e in n_examples}
+        figures.append(plots.bars(panels, f"Scoring throughput, G = {args.groups} weight sets per batch",
+                                  "evaluations / s (median of repeats)",
+                                  figure(args, "-".join(n_examples), "rollout")))
+    return dict(table=table, figures=figures)
 
 
 def paired_difference(base: list[float], other: list[float]) -> str:
@@ -139,27 +174,26 @@ def paired_difference(base: list[float], other: list[float]) -> str:
     return f"{d.mean():+.2f} +- {se:.2f} pts, better on {(d > 0).mean():.0%}"
 
 
-def run_generate(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> None:
+def run_generate(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     """Median test accuracy over held-out seeds: random init, SGD (the zoo's final checkpoints), each policy's mean path."""
-    import json
-
     import numpy as np
 
     from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy, score_states
+    from trainer.zoo import load_manifest
 
     cfg = cfgs[0]
+    seeds = held_out_seeds(args, cfg)
+    manifest = load_manifest(cfg.zoo_dir)
+    policies = {path: WeightGenerator.load(path, cfg=cfg) for path in args.policy or [default_policy(cfg)]}
     task = task_from_config(cfg.task)
-    seeds = list(range(args.seed_start, args.seed_start + args.seeds))
-    zoo = range(cfg.zoo.seed, cfg.zoo.seed + cfg.zoo.runs)
-    assert not set(seeds) & set(zoo), f"held-out seeds {seeds[0]}..{seeds[-1]} overlap the zoo's"
-    manifest = json.loads((cfg.zoo_dir / "manifest.json").read_text())
-    sgd = float(np.median([r["checkpoints"][-1]["test_accuracy"] for r in manifest["runs"]]))
+    zoo_accs = [r["checkpoints"][-1]["test_accuracy"] for r in manifest["runs"]]
+    sgd = float(np.median(zoo_accs))
     random = score_states(cfg, task, init_states(cfg, task, seeds), "test")
     rows = [("random init (PyTorch default)", "-", float(np.median(random)), "")]
     rows.append((f"SGD ({len(manifest['runs'])} zoo runs, final checkpoint)", "-", sgd, ""))
+    per_seed = {"SGD (zoo runs)": zoo_accs}
     first = None
-    for path in args.policy or [f"artifacts/runs/{cfg.name}-imitate/policy.safetensors"]:
-        wg = WeightGenerator.load(path, cfg=cfg)
+    for path, wg in policies.items():
         t = time.perf_counter()
         accs, _ = mean_path_accuracy(wg, task, seeds)
         seconds = time.perf_counter() - t
@@ -167,12 +201,23 @@ def run_generate(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> None
                      str(len(wg.schedule) - 1), float(np.median(accs)),
                      "" if first is None else paired_difference(first, accs)))
         first = accs if first is None else first
+        per_seed[f"{Path(path).parent.name} (mean path)"] = accs
     lines = [f"{cfg.name}: median test accuracy over {len(seeds)} held-out init seeds {seeds[0]}..{seeds[-1]}", "",
              "| weights | steps | test accuracy (median) | / SGD | per seed vs the first policy |",
              "| --- | --- | --- | --- | --- |"]
     lines += [f"| {name} | {k} | {acc:.4f} | {acc / sgd:.3f} | {paired} |" for name, k, acc, paired in rows]
     table = "\n".join(lines)
     emit(table, args.out)
+    figures = []
+    if args.plots:
+        from trainer import plots
+
+        # Random inits sit near 0.1, far left of the rest: on the axis they would squash the trained nets together.
+        figures.append(plots.strips(per_seed, f"{cfg.name}: test accuracy per net; policies from held-out seeds "
+                                    f"{seeds[0]}..{seeds[-1]}, SGD: the zoo's runs\n(random inits from those seeds: "
+                                    f"median {np.median(random):.3f}, off the axis)", "test accuracy",
+                                    figure(args, cfg.name, "generate")))
+    return dict(table=table, figures=figures)
 
 
 def es_search(model: torch.nn.Module, start: dict[str, torch.Tensor], batches: Callable[[int], object],
@@ -213,17 +258,17 @@ def es_search(model: torch.nn.Module, start: dict[str, torch.Tensor], batches: C
         opt.step()
 
 
-def run_search(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> None:
+def run_search(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     """ES on the mean-path nets of held-out seeds, twice from the same start: rewards on the fixed reward split vs a
     fresh random batch of as many train-split examples every iteration; reward-split and test accuracy side by side."""
     from envs.tasks import Split
     from trainer.pipeline import WeightGenerator, mean_path_accuracy
 
-    torch.set_num_threads(args.threads)
     cfg = cfgs[0]
+    seeds = held_out_seeds(args, cfg)
+    torch.set_num_threads(args.threads)
     task = task_from_config(cfg.task)
-    policy = args.policy or f"artifacts/runs/{cfg.name}-imitate/policy.safetensors"
-    seeds = list(range(args.seed_start, args.seed_start + args.seeds))
+    policy = args.policy or default_policy(cfg)
     _, start = mean_path_accuracy(WeightGenerator.load(policy, cfg=cfg), task, seeds)
     model = reference_from_config(cfg.reference, task)
     reward, train = task.split("reward"), task.split("train")
@@ -238,6 +283,7 @@ def run_search(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> None:
              f"reward: minus the cross-entropy on {len(reward)} examples; medians over nets",
              "", "| reward examples | evaluations per net | reward-split accuracy | test accuracy | test change |",
              "| --- | --- | --- | --- | --- |"]
+    curves = {"reward-split accuracy (what the search sees)": {}, "test accuracy": {}}
     for name, batches in (("the reward split (fixed)", lambda it: reward),
                           ("fresh train-split batch per iteration", fresh)):
         t = time.perf_counter()
@@ -246,8 +292,128 @@ def run_search(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> None:
         print(f"{name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
         lines += [f"| {name} | {h['evaluations']} | {h['reward']:.4f} | {h['test']:.4f} | "
                   f"{(h['test'] - hist[0]['test']) * 100:+.2f} pts |" for h in hist]
+        for panel, split in zip(curves, ("reward", "test")):
+            curves[panel][f"reward: {name}"] = ([h["evaluations"] for h in hist], [h[split] for h in hist])
     table = "\n".join(lines)
     emit(table, args.out)
+    figures = []
+    if args.plots:
+        from trainer import plots
+
+        figures.append(plots.curves(curves, f"{cfg.name}: ES on generated nets' weights (median of {len(seeds)} nets)",
+                                    "evaluations per net", "accuracy", figure(args, cfg.name, "search")))
+    return dict(table=table, figures=figures)
+
+
+def _spread(values) -> str:
+    """median [10th percentile, 90th percentile]"""
+    import numpy as np
+
+    return f"{np.median(values):.3f} [{np.quantile(values, 0.1):.3f}, {np.quantile(values, 0.9):.3f}]"
+
+
+def audit_table(r: dict) -> str:
+    """The audit's results (`trainer.audit.audit_nets` plus run info) as markdown."""
+    import numpy as np
+
+    nov, fid, noise = r["novelty"], r["fidelity"], r["noise_baseline"]
+    zoo_median = float(np.median(nov["zoo"]["distance"]))
+    seeds = r["seeds"]
+    lines = [f"{r['experiment']}: audit of the mean-path nets of {r['policy']} from {len(seeds)} held-out init seeds "
+             f"{seeds[0]}..{seeds[-1]}, against the final checkpoints of the zoo's {r['zoo_runs']} runs and SGD with "
+             f"the zoo's recipe from the same inits; {r['test_examples']} test examples. Each cell: median "
+             f"[10th, 90th percentile] over nets. Distances are L2 over all weights, after aligning hidden units to "
+             f"each zoo net by weight matching.", "",
+             "| nets | to the nearest zoo net | / zoo-to-zoo median | unaligned | max IoU of test errors with a "
+             "zoo net | test accuracy |", "| --- | --- | --- | --- | --- | --- |"]
+    for key, name, acc in (("generated", "generated (policy mean path)", "generated"),
+                           ("sgd", "SGD from the same held-out inits", "sgd"),
+                           ("zoo", "zoo nets, leave-one-out", "zoo")):
+        d = nov[key]["distance"]
+        lines.append(f"| {name} | {_spread(d)} | {np.median(d) / zoo_median:.2f} | {_spread(nov[key]['unaligned'])} | "
+                     f"{_spread(nov[key]['max_iou'])} | {_spread(r['accuracy'][acc])} |")
+    lines += ["", "| noise baseline | test accuracy | vs generated, per net |", "| --- | --- | --- |",
+              f"| generated | {_spread(noise['generated'])} | |",
+              f"| its nearest zoo net + Gaussian noise at the generated net's distance | {_spread(noise['noise'])} | "
+              f"{paired_difference(noise['generated'], noise['noise'])} |",
+              f"| its nearest zoo net | {_spread(noise['nearest_zoo'])} | "
+              f"{paired_difference(noise['generated'], noise['nearest_zoo'])} |"]
+    lines += ["", "| fidelity to the init | prediction agreement, same init | other inits (mean) | L2 distance / "
+              "SGD(i)'s travel from init(i), same init | other inits (aligned, mean) |",
+              "| --- | --- | --- | --- | --- |",
+              f"| generated(i) vs SGD(i) | {_spread(fid['agree_generated_same_init'])} | "
+              f"{_spread(fid['agree_generated_other_init'])} | {_spread(fid['generated_to_sgd_same_init'])} | "
+              f"{_spread(fid['generated_to_sgd_other_init'])} |",
+              f"| SGD(i) with another data order vs SGD(i) | {_spread(fid['agree_sgd_same_init'])} | "
+              f"{_spread(fid['agree_sgd_other_init'])} | {_spread(fid['sgd_to_sgd_same_init'])} | "
+              f"{_spread(fid['sgd_to_sgd_other_init'])} |",
+              "", f"SGD's travel from the init: {_spread(fid['sgd_travel'])} (L2).", "",
+              "| ensemble of k nets (averaged softmax) | generated (mean test accuracy) | SGD, same inits | "
+              "ensembles |",
+              "| --- | --- | --- | --- |"]
+    for k, e in r["ensembles"].items():
+        lines.append(f"| k = {k} | {np.mean(e['generated']):.4f} | {np.mean(e['sgd']):.4f} | {len(e['sgd'])} |")
+    return "\n".join(lines)
+
+
+def run_audit(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
+    """Generated nets from held-out inits against the zoo (novelty) and against SGD from the same inits (fidelity)."""
+    from trainer import audit
+    from trainer.pipeline import WeightGenerator, init_states, reference_layout
+
+    cfg = cfgs[0]
+    seeds = held_out_seeds(args, cfg)
+    policy = args.policy or default_policy(cfg)
+    wg = WeightGenerator.load(policy, cfg=cfg)
+    task = task_from_config(cfg.task)
+    template, layout = reference_layout(cfg, task)
+    zoo = audit.zoo_finals(cfg, template.state_dict())
+    t = time.perf_counter()
+    inits = init_states(cfg, task, seeds)
+    generated, _ = wg.generate(inits, mean_only=True)
+    print(f"audit: training SGD from {len(seeds)} held-out inits, twice (cached in {audit.sgd_cache(cfg)}) ...",
+          file=sys.stderr, flush=True)
+    sgd = audit.sgd_from_seeds(cfg, seeds, template.state_dict())
+    replicate = audit.sgd_from_seeds(cfg, seeds, template.state_dict(), replicate=True)
+    print(f"audit: aligning and scoring against {next(iter(zoo.values())).shape[0]} zoo nets ...", file=sys.stderr,
+          flush=True)
+    results = dict(experiment=cfg.name, policy=str(policy), seeds=seeds,
+                   **audit.audit_nets(cfg, task, layout, zoo, inits, generated, sgd, replicate))
+    results["seconds"] = time.perf_counter() - t
+    json_path = Path(args.json or Path(args.out or f"artifacts/bench/{cfg.name}/audit.md").with_suffix(".json"))
+    save_json(json_path, results)
+    table = audit_table(results)
+    emit(table, args.out)
+    print(f"audit: {results['seconds']:.0f} s; per-net numbers in {json_path}", file=sys.stderr)
+    figures = []
+    if args.plots:
+        from trainer import plots
+
+        nov = results["novelty"]
+        rows = {"generated -> nearest zoo net": "generated", "SGD, held-out inits -> nearest zoo net": "sgd",
+                "zoo net -> nearest other zoo net": "zoo"}
+        figures.append(plots.histograms({k: nov[v]["distance"] for k, v in rows.items()},
+                                        f"{cfg.name}: novelty in weights (hidden units aligned)", "L2 distance",
+                                        figure(args, cfg.name, "audit-distance")))
+        figures.append(plots.histograms({k: nov[v]["max_iou"] for k, v in rows.items()},
+                                        f"{cfg.name}: novelty in behaviour",
+                                        "highest IoU of test errors with a zoo net",
+                                        figure(args, cfg.name, "audit-iou")))
+        ens = results["ensembles"]
+        ks = [int(k) for k in ens]
+        import numpy as np
+
+        figures.append(plots.curves({"averaged softmax of k nets": {
+            name: (ks, [float(np.mean(ens[str(k)][key])) for k in ks])
+            for name, key in (("generated", "generated"), ("SGD, same inits", "sgd"))}},
+            f"{cfg.name}: ensembles", "k nets", "test accuracy", figure(args, cfg.name, "audit-ensembles"), logx=True))
+    return dict(table=table, figures=figures, results=results)
+
+
+def run_report(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
+    from trainer import report
+
+    return report.run_report(args, cfgs)
 
 
 def held_out_parser(sub, name: str, help: str, seeds: int) -> argparse.ArgumentParser:
@@ -258,6 +424,7 @@ def held_out_parser(sub, name: str, help: str, seeds: int) -> argparse.ArgumentP
     p.add_argument("--seeds", type=int, default=seeds, help=f"held-out init seeds (default {seeds})")
     p.add_argument("--seed-start", type=int, default=0, help="first held-out seed (default 0)")
     p.add_argument("--out", help="also write the table to this file")
+    p.add_argument("--plots", metavar="DIR", help="also write PNG figures to this folder")
     return p
 
 
@@ -276,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=1,
                    help="torch threads of this process (loop, vmap); pool workers always use 1 each")
     r.add_argument("--out", help="also write the table to this file")
+    r.add_argument("--plots", metavar="DIR", help="also write PNG figures to this folder")
     r.set_defaults(func=run_rollout, default_configs=ROLLOUT_CONFIGS)
     g = held_out_parser(sub, "generate", "held-out accuracy: random init vs SGD vs policies", seeds=32)
     g.add_argument("--policy", action="append", help="policy.safetensors, repeatable (default: the imitation policy)")
@@ -290,6 +458,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--lr", type=float, default=0.3, help="Adam's step, in units of the noise (default 0.3)")
     e.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all)")
     e.set_defaults(func=run_search, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, workers=[1])
+    a = held_out_parser(sub, "audit", "novelty (vs the zoo) and fidelity (vs SGD from the same inits) of "
+                                      "generated nets", seeds=32)
+    a.add_argument("--policy", help="policy.safetensors (default: the imitation policy)")
+    a.add_argument("--json", help="per-net results (default: --out with .json, else artifacts/bench/<experiment>/"
+                                  "audit.json)")
+    a.set_defaults(func=run_audit, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, threads=1,
+                   workers=[1])
+    rep = sub.add_parser("report", help="generate + audit + rollout (+ GRPO's results if present) -> docs/RESULTS.md")
+    rep.add_argument("--config", action="append", default=None,
+                     help="experiment YAML, repeatable: one section each (default: configs/digits_mlp.yaml)")
+    rep.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    rep.add_argument("--policy", action="append",
+                     help="policy.safetensors, repeatable (generate compares them; audit takes the first; default: "
+                          "the imitation policy)")
+    rep.add_argument("--seeds", type=int, default=32, help="held-out init seeds for generate and audit (default 32)")
+    rep.add_argument("--seed-start", type=int, default=0, help="first held-out seed (default 0)")
+    rep.add_argument("--out", default="docs/RESULTS.md", help="the report; figures go to figures/ beside it "
+                                                              "(default docs/RESULTS.md)")
+    rep.set_defaults(func=run_report, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, threads=1,
+                     workers=[1])
     return p
 
 

@@ -1,0 +1,283 @@
+"""The novelty and fidelity audit behind `python -m trainer.bench audit`: are generated nets new, or copies of zoo
+checkpoints, and do they land where SGD from the same init lands?
+
+Hidden units are aligned by weight matching (Ainsworth et al., Git Re-Basin) per unit group of the reference model's
+layout, so one code path serves MLP, CNN and ResNet. Every function takes batched state dicts (key -> (N, *shape)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from envs.models import reference_from_config
+from envs.scoring import batched_logits, weight_keys
+from envs.tasks import Task
+from policy.tokenizer import Layout, Tokenizer
+from trainer.checkpoints import load_weights
+from trainer.config import ExperimentConfig
+from trainer.zoo import load_manifest, train_run, zoo_spec
+
+Blocks = dict[str, torch.Tensor]  # key -> (N, *token_shape), unscaled
+# Offset of the data-order seed of the second SGD run from each held-out init: same init, another minibatch order.
+REPLICATE_DATA_SEED = 10**9
+
+
+# --- alignment -------------------------------------------------------------------------------------------------------
+
+def unit_blocks(states: Mapping[str, torch.Tensor], layout: Layout) -> Blocks:
+    """Batched state dicts -> (out units, in units, rest) blocks in raw weight units (no tokenizer scaling)."""
+    return Tokenizer(layout, {t.key: 1.0 for t in layout.tensors}).encode(states)
+
+
+def _gather_units(v: torch.Tensor, dim: int, perm: torch.Tensor) -> torch.Tensor:
+    """v (N, ...) with the units along `dim` reordered per row: out[n, .., i, ..] = v[n, .., perm[n, i], ..]."""
+    shape = [1] * v.dim()
+    shape[0], shape[dim] = perm.shape
+    return v.gather(dim, perm.view(shape).expand(*v.shape[:dim], perm.shape[1], *v.shape[dim + 1:]))
+
+
+def permute_blocks(blocks: Blocks, layout: Layout, group: str, perm: torch.Tensor) -> Blocks:
+    """Like `policy.tokenizer.permute_units`, but with one permutation per row: perm (N, units of `group`)."""
+    out = {}
+    for t in layout.tensors:
+        v = blocks[t.key]
+        if t.out == group:
+            v = _gather_units(v, 1, perm)
+        if t.inp == group:
+            v = _gather_units(v, 2, perm)
+        out[t.key] = v
+    return out
+
+
+def _rows(v: torch.Tensor) -> torch.Tensor:
+    """(N, units, ...) -> (N, units, everything a unit owns)."""
+    return v.reshape(v.shape[0], v.shape[1], -1)
+
+
+def hidden_groups(layout: Layout) -> list[str]:
+    return [g.name for g in layout.groups if not g.fixed]
+
+
+def align(ref: Blocks, other: Blocks, layout: Layout, rounds: int = 10) -> Blocks:
+    """`other` with its hidden units permuted to match `ref` row by row (weight matching: per group, the assignment
+    that maximises the summed inner products of the weights the units own and feed, others' permutations held fixed).
+
+    Groups couple through the tensors between them (an MLP's layers, a ResNet's stream), so the groups are revisited
+    until no assignment changes or `rounds` is reached. A group alone is solved exactly in one pass: maximising inner
+    products is minimising the L2 distance, as a permutation keeps every row's norm.
+    """
+    n = next(iter(ref.values())).shape[0]
+    aligned = {k: v.expand(n, *v.shape[1:]) for k, v in other.items()}
+    for _ in range(rounds):
+        changed = False
+        for g in hidden_groups(layout):
+            cost = 0
+            for t in layout.tensors:
+                if t.out == g:
+                    cost = cost + _rows(ref[t.key]) @ _rows(aligned[t.key]).transpose(1, 2)
+                if t.inp == g:
+                    a, b = _rows(ref[t.key].transpose(1, 2)), _rows(aligned[t.key].transpose(1, 2))
+                    cost = cost + a @ b.transpose(1, 2)
+            cost = cost.double().numpy()
+            sigma = torch.from_numpy(np.stack([linear_sum_assignment(c, maximize=True)[1] for c in cost]))
+            if (sigma != torch.arange(sigma.shape[1])).any():
+                changed = True
+                aligned = permute_blocks(aligned, layout, g, sigma)
+        if not changed:
+            break
+    return aligned
+
+
+def distance(a: Blocks, b: Blocks) -> torch.Tensor:
+    """L2 distance over all generated tensors, per row: (N,) float64."""
+    return torch.stack([(a[k].double() - b[k].double()).flatten(1).pow(2).sum(1) for k in a]).sum(0).sqrt()
+
+
+def aligned_distances(query: Blocks, zoo: Blocks, layout: Layout,
+                      exclude_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distances (Q, Z) of every query net to every zoo net: after aligning the query to the zoo net, and as they are.
+
+    `exclude_self`: the query is the zoo itself; each pair is aligned once (the later net to the earlier one) and a
+    net's distance to itself is inf, so a row's minimum is its leave-one-out nearest neighbour.
+    """
+    z, q = next(iter(zoo.values())).shape[0], next(iter(query.values())).shape[0]
+    d = torch.full((q, z), float("inf"), dtype=torch.float64)
+    raw = d.clone()
+    for i in range(q):
+        lo = i + 1 if exclude_self else 0
+        if lo >= z:
+            continue
+        ref = {k: v[lo:] for k, v in zoo.items()}
+        one = {k: v[i:i + 1] for k, v in query.items()}
+        d[i, lo:] = distance(ref, align(ref, one, layout))
+        raw[i, lo:] = distance(ref, {k: v.expand_as(ref[k]) for k, v in one.items()})
+    if exclude_self:
+        d, raw = torch.minimum(d, d.T), torch.minimum(raw, raw.T)
+    return d, raw
+
+
+def noise_baseline(zoo_states: Mapping[str, torch.Tensor], index: torch.Tensor, dist: torch.Tensor,
+                   seed: int) -> dict[str, torch.Tensor]:
+    """Zoo net `index[i]` plus isotropic Gaussian noise scaled to norm `dist[i]` over all its weights (the audit's
+    "training checkpoint plus noise" null model); distance 0 returns the zoo net unchanged."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {k: v[index] for k, v in zoo_states.items()}
+    keys = [k for k, v in out.items() if v.is_floating_point()]  # integer buffers (BN step counts) are no weights
+    eps = {k: torch.randn(out[k].shape, generator=gen, dtype=torch.float64) for k in keys}
+    norm = torch.stack([e.flatten(1).pow(2).sum(1) for e in eps.values()]).sum(0).sqrt()
+    scale = dist.double() / norm
+    for k in keys:
+        out[k] = (out[k].double() + eps[k] * scale.view(-1, *[1] * (out[k].dim() - 1))).float()
+    return out
+
+
+# --- behaviour -------------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def test_logits(cfg: ExperimentConfig, task: Task, states: Mapping[str, torch.Tensor], split: str = "test",
+                batch: int = 2048) -> torch.Tensor:
+    """Logits of every net on every example of `split`: (N, examples, classes); non-finite rows become NaN."""
+    model = reference_from_config(cfg.reference, task).eval()
+    data = task.split(split)
+    n = next(iter(states.values())).shape[0]
+    out = []
+    for lo in range(0, n, cfg.rollout.chunk_size):
+        params = {k: states[k][lo:lo + cfg.rollout.chunk_size].float() for k in weight_keys(model.state_dict())}
+        out.append(torch.cat([batched_logits(model, params, data.x[i:i + batch])
+                              for i in range(0, len(data), batch)], 1))
+    logits = torch.cat(out)
+    return torch.where(logits.isfinite().all(-1, keepdim=True), logits, torch.nan)
+
+
+def predictions(logits: torch.Tensor) -> torch.Tensor:
+    """(N, examples) class indices; an example whose logits are not finite gets -1 (wrong, as in `score_batch`)."""
+    return torch.where(logits.isnan().any(-1), -1, logits.argmax(-1))
+
+
+def error_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of the misclassified-example sets of every net in `a` with every net in `b`: masks (A, n), (B, n) -> (A, B).
+    Two nets that make no errors have IoU 1."""
+    a, b = a.double(), b.double()
+    inter = a @ b.T
+    union = a.sum(1, keepdim=True) + b.sum(1) - inter
+    return torch.where(union > 0, inter / union.clamp(min=1), 1.0)
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Share of examples on which two nets predict the same class: predictions (A, n), (B, n) -> (A, B)."""
+    return (a[:, None] == b[None]).double().mean(-1)
+
+
+def ensemble_accuracy(logits: torch.Tensor, y: torch.Tensor, k: int) -> list[float]:
+    """Accuracy of the averaged softmax of each disjoint group of k nets, in order: (N, n, classes) -> N // k values."""
+    probs = logits.softmax(-1)
+    return [float((probs[i:i + k].mean(0).argmax(-1) == y).double().mean()) for i in range(0, len(probs) - k + 1, k)]
+
+
+# --- the nets compared -----------------------------------------------------------------------------------------------
+
+def zoo_finals(cfg: ExperimentConfig, template: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The final checkpoint of every zoo run, stacked: key -> (runs, *shape)."""
+    manifest = load_manifest(cfg.zoo_dir)
+    sds = [load_weights(cfg.zoo_dir / r["checkpoints"][-1]["file"], expected=template)[0] for r in manifest["runs"]]
+    return {k: torch.stack([sd[k] for sd in sds]) for k in template}
+
+
+def sgd_cache(cfg: ExperimentConfig) -> Path:
+    """Where the audit keeps SGD runs from held-out inits, keyed by the zoo recipe (a changed recipe retrains)."""
+    digest = hashlib.sha256(json.dumps(zoo_spec(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    return Path("artifacts/audit") / cfg.name / f"sgd-{digest}"
+
+
+def sgd_from_seeds(cfg: ExperimentConfig, seeds: list[int], template: Mapping[str, torch.Tensor],
+                   replicate: bool = False) -> dict[str, torch.Tensor]:
+    """Final weights of the zoo's own training recipe (`trainer.zoo.train_run`) from each held-out init seed; with
+    `replicate`, a second run from the same init with another minibatch order. Finished runs are reused."""
+    threads = torch.get_num_threads()
+    sds = []
+    for s in seeds:
+        data_seed = s + REPLICATE_DATA_SEED if replicate else cfg.zoo.data_seed
+        zoo = dataclasses.replace(cfg.zoo, seed=s, data_seed=data_seed)
+        folder = sgd_cache(cfg) / (f"seed-{s:06d}" + ("-replicate" if replicate else ""))
+        run = folder / "run-0000" / "run.json"
+        if not run.is_file():
+            train_run(dataclasses.replace(cfg, zoo=zoo), 0, folder)  # run 0 of a one-run zoo seeded `s`
+        last = json.loads(run.read_text())["checkpoints"][-1]["file"]
+        sds.append(load_weights(folder / last, expected=template)[0])
+    torch.set_num_threads(threads)  # train_run pins one thread (it is a Ray task in the zoo)
+    return {k: torch.stack([sd[k] for sd in sds]) for k in template}
+
+
+def summary(values) -> dict[str, float]:
+    v = np.asarray(values, dtype=float)
+    return dict(median=float(np.median(v)), mean=float(v.mean()), q10=float(np.quantile(v, 0.1)),
+                q90=float(np.quantile(v, 0.9)), n=int(v.size))
+
+
+def off_diagonal_mean(m: torch.Tensor) -> torch.Tensor:
+    """Per row, the mean over the other columns of a square matrix: (N, N) -> (N,)."""
+    n = m.shape[0]
+    return (m.sum(1) - m.diagonal()) / max(1, n - 1)
+
+
+def audit_nets(cfg: ExperimentConfig, task: Task, layout: Layout, zoo: Mapping[str, torch.Tensor],
+               inits: Mapping[str, torch.Tensor], generated: Mapping[str, torch.Tensor],
+               sgd: Mapping[str, torch.Tensor], replicate: Mapping[str, torch.Tensor],
+               ks: tuple[int, ...] = (1, 4, 16)) -> dict:
+    """Every audit measurement of N generated nets against the zoo and against SGD from the same N inits
+    (`replicate`: a second SGD run from each init, another data order). Returns per-net lists and their summaries."""
+    zb = unit_blocks(zoo, layout)
+    blocks = {"generated": unit_blocks(generated, layout), "sgd": unit_blocks(sgd, layout)}
+    y = task.test.y
+    logits = {name: test_logits(cfg, task, s) for name, s in
+              (("zoo", zoo), ("generated", generated), ("sgd", sgd), ("replicate", replicate))}
+    preds = {k: predictions(v) for k, v in logits.items()}
+    wrong = {k: p != y for k, p in preds.items()}
+    acc = {k: (~w).double().mean(1) for k, w in wrong.items()}
+
+    zoo_d, zoo_raw = aligned_distances(zb, zb, layout, exclude_self=True)
+    zoo_iou = error_iou(wrong["zoo"], wrong["zoo"]).fill_diagonal_(-1.0)
+    novelty = {"zoo": dict(distance=zoo_d.min(1).values.tolist(), unaligned=zoo_raw.min(1).values.tolist(),
+                           max_iou=zoo_iou.max(1).values.tolist())}
+    nearest = {}
+    for name, b in blocks.items():
+        d, raw = aligned_distances(b, zb, layout)
+        dist, idx = d.min(1)
+        nearest[name] = (idx, dist)
+        novelty[name] = dict(distance=dist.tolist(), unaligned=raw.min(1).values.tolist(), nearest=idx.tolist(),
+                             max_iou=error_iou(wrong[name], wrong["zoo"]).max(1).values.tolist())
+
+    idx, dist = nearest["generated"]
+    noisy = noise_baseline(zoo, idx, dist, cfg.seed)
+    noise = dict(generated=acc["generated"].tolist(), nearest_zoo=acc["zoo"][idx].tolist(),
+                 noise=(predictions(test_logits(cfg, task, noisy)) == y).double().mean(1).tolist())
+
+    init_b = unit_blocks(inits, layout)
+    travel = distance(blocks["sgd"], init_b)
+    gen_to_sgd, _ = aligned_distances(blocks["generated"], blocks["sgd"], layout)
+    rep_b = unit_blocks(replicate, layout)
+    fidelity = dict(
+        agree_generated_same_init=agreement(preds["generated"], preds["sgd"]).diagonal().tolist(),
+        agree_generated_other_init=off_diagonal_mean(agreement(preds["generated"], preds["sgd"])).tolist(),
+        agree_sgd_same_init=agreement(preds["replicate"], preds["sgd"]).diagonal().tolist(),
+        agree_sgd_other_init=off_diagonal_mean(agreement(preds["replicate"], preds["sgd"])).tolist(),
+        sgd_travel=travel.tolist(),
+        generated_to_sgd_same_init=(distance(blocks["generated"], blocks["sgd"]) / travel).tolist(),
+        generated_to_sgd_other_init=(off_diagonal_mean(gen_to_sgd) / travel).tolist(),
+        sgd_to_sgd_same_init=(distance(rep_b, blocks["sgd"]) / travel).tolist(),
+        sgd_to_sgd_other_init=(off_diagonal_mean(aligned_distances(rep_b, blocks["sgd"], layout)[0]) / travel).tolist())
+
+    n = len(acc["generated"])
+    ensembles = {str(k): dict(generated=ensemble_accuracy(logits["generated"], y, k),
+                              sgd=ensemble_accuracy(logits["sgd"], y, k)) for k in ks if k <= n}
+    return dict(nets=n, zoo_runs=len(acc["zoo"]), test_examples=len(y),
+                accuracy={k: v.tolist() for k, v in acc.items()}, novelty=novelty, noise_baseline=noise,
+                fidelity=fidelity, ensembles=ensembles)
