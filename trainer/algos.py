@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -41,3 +43,13 @@ def clipped_policy_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, adva
                  "approx_kl": ((ratio - 1.0) - log_ratio).mean(),
                  "ratio_max": ratio.max()}
     return loss, stats
+
+
+def learning_rate(step: int, total: int, base: float, cosine: bool) -> float:
+    """A pure function of the step, so a resumed run follows the same curve without scheduler state."""
+    if not cosine:
+        return base
+    warm = max(1, total // 20)
+    if step < warm:
+        return base * (step + 1) / warm
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))

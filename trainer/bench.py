@@ -416,6 +416,88 @@ def run_report(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     return report.run_report(args, cfgs)
 
 
+# The exploration modes `bench grpo` compares, as overrides of the experiment's config: "iid" is the per-weight noise
+# with the settings it was tuned with, "units" the unit latent with the config's own settings.
+GRPO_MODES = {
+    "iid": ["grpo.noise=iid", "grpo.lr=3e-4", "grpo.beta_kl=0.1", "grpo.reward=accuracy", "grpo.reward_batch=fixed"],
+    "units": ["grpo.noise=units"],
+}
+
+
+def run_grpo(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
+    """Held-out gain over the imitation policy against the evaluations GRPO spent, per exploration mode, over
+    `--runs` independent runs (their own sampling seed and init seeds): mean +- s.e. over runs of each run's mean
+    per-seed gain, at `--points` budgets along each run."""
+    import json
+
+    import numpy as np
+
+    from rollout.pool import RolloutPool
+    from trainer.grpo import GRPOTrainer
+    from trainer.pipeline import WeightGenerator, mean_path_accuracy
+
+    cfg = cfgs[0]
+    seeds = held_out_seeds(args, cfg)
+    policy = args.policy or default_policy(cfg)
+    unknown = [m for m in args.modes if m not in GRPO_MODES]
+    if unknown:
+        raise ConfigError(f"--modes: unknown mode {unknown[0]!r} (valid: {', '.join(GRPO_MODES)})")
+    task = task_from_config(cfg.task)
+    base = np.asarray(mean_path_accuracy(WeightGenerator.load(policy, cfg=cfg), task, seeds)[0])
+    config = (args.config or args.default_configs)[0]
+    checkpoints = sorted({max(1, round(args.iterations * (i + 1) / args.points)) for i in range(args.points)})
+    curves: dict[str, dict[int, list[float]]] = {}
+    walls: dict[str, dict[int, list[float]]] = {}
+    with RolloutPool(cfg) as pool:
+        for mode in args.modes:
+            curves[mode], walls[mode] = {0: [0.0] * args.runs}, {0: [0.0] * args.runs}
+            for run in range(args.runs):
+                run_cfg = load_config(config, args.overrides + GRPO_MODES[mode] + [
+                    f"seed={run}", f"grpo.seed_start={100000 * (run + 1)}", f"grpo.iterations={args.iterations}",
+                    f"grpo.eval_every={args.iterations}", f"grpo.save_every={args.iterations}"])
+                run_dir = Path("artifacts/bench") / cfg.name / f"grpo-{mode}-{run}"
+                trainer = GRPOTrainer(run_cfg, policy, run_dir, progress=False)
+                trainer.pool = pool
+                for it in tqdm(checkpoints, desc=f"grpo {mode} run {run}"):
+                    trainer.cfg.grpo.iterations = it
+                    trainer.train()
+                    gain = (np.asarray(mean_path_accuracy(trainer.wg, task, seeds)[0]) - base).mean() * 100
+                    curves[mode].setdefault(trainer.evaluations, []).append(float(gain))
+                    walls[mode].setdefault(trainer.evaluations, []).append(trainer.elapsed)
+    lines = [f"{cfg.name}: GRPO from {policy}; held-out gain of the mean path over the imitation policy (test accuracy, "
+             f"mean over seeds {seeds[0]}..{seeds[-1]}, imitation median {np.median(base):.4f}); mean +- s.e. over "
+             f"{args.runs} runs", "", "| mode | evaluations | GRPO wall (s, mean) | gain (pts) | per run |",
+             "| --- | --- | --- | --- | --- |"]
+    summary = {}
+    for mode, curve in curves.items():
+        xs, ys, es = [], [], []
+        for evals, gains in sorted(curve.items()):
+            g = np.asarray(gains)
+            se = g.std(ddof=1) / np.sqrt(len(g)) if len(g) > 1 else float("nan")
+            xs.append(evals), ys.append(g.mean()), es.append(se)
+            lines.append(f"| {mode} | {evals} | {np.mean(walls[mode][evals]):.0f} | {g.mean():+.2f} +- {se:.2f} | "
+                         f"{', '.join(f'{v:+.2f}' for v in g)} |")
+        summary[mode] = (xs, ys, es)
+    table = "\n".join(lines)
+    emit(table, args.out)
+    figures = []
+    if args.plots:
+        from trainer import plots
+
+        figures.append(plots.curves({cfg.name: summary}, f"{cfg.name}: GRPO's held-out gain over imitation "
+                                    f"({len(seeds)} seeds; mean +- s.e. over {args.runs} runs)",
+                                    "evaluations spent (generated nets scored)", "gain (test accuracy points)",
+                                    figure(args, cfg.name, "grpo")))
+    command = "python -m trainer.bench " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("bench.py") else \
+        f"python -m trainer.bench grpo --config {config} --runs {args.runs} --iterations {args.iterations}"
+    results = Path(f"artifacts/bench/{cfg.name}/grpo.json")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps({"command": command, "table": table, "figures": [str(f) for f in figures],
+                                   "curves": {m: dict(zip(["evaluations", "gain", "se"], v))
+                                              for m, v in summary.items()}}, indent=1, default=float))
+    return dict(table=table, figures=figures)
+
+
 def held_out_parser(sub, name: str, help: str, seeds: int) -> argparse.ArgumentParser:
     """A subcommand measured on one experiment's held-out init seeds: --config, --set, --seeds, --seed-start, --out."""
     p = sub.add_parser(name, help=help)
@@ -465,6 +547,16 @@ def build_parser() -> argparse.ArgumentParser:
                                   "audit.json)")
     a.set_defaults(func=run_audit, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, threads=1,
                    workers=[1])
+    gr = held_out_parser(sub, "grpo", "GRPO's held-out gain over imitation against evaluations spent, per "
+                                      "exploration mode", seeds=96)
+    gr.add_argument("--policy", help="the imitation policy GRPO starts from (default: the experiment's)")
+    gr.add_argument("--modes", nargs="+", default=list(GRPO_MODES), help=f"exploration modes (default: "
+                                                                          f"{' '.join(GRPO_MODES)})")
+    gr.add_argument("--runs", type=int, default=3, help="independent GRPO runs per mode (default 3)")
+    gr.add_argument("--iterations", type=int, default=40, help="GRPO iterations per run (default 40)")
+    gr.add_argument("--points", type=int, default=4, help="budgets along each run measured on the held-out seeds")
+    gr.set_defaults(func=run_grpo, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, threads=1,
+                    workers=[1])
     rep = sub.add_parser("report", help="generate + audit + rollout (+ GRPO's results if present) -> docs/RESULTS.md")
     rep.add_argument("--config", action="append", default=None,
                      help="experiment YAML, repeatable: one section each (default: configs/digits_mlp.yaml)")

@@ -112,6 +112,8 @@ class GRPOConfig:
     minibatch_size: int = 16
     """trajectories per gradient step"""
     lr: float = 3e-5
+    cosine: bool = False
+    """linear warm-up over the first 5% of iterations, then cosine decay of the learning rate to 0 (else constant)"""
     clip_range: float = 0.01
     """ratio clip; small because log-probs are averaged over weight dimensions"""
     beta_kl: float = 0.1

@@ -24,7 +24,7 @@ from envs.scoring import predict_batch
 from envs.tasks import task_from_config
 from policy.sampling import Step, gaussian_kl, gaussian_log_prob
 from rollout.pool import RolloutPool
-from trainer.algos import clipped_policy_loss, compute_grpo_advantages
+from trainer.algos import clipped_policy_loss, compute_grpo_advantages, learning_rate
 from trainer.checkpoints import CheckpointError, load_training_state, save_training_state
 from trainer.cli import parser, run_main
 from trainer.config import ExperimentConfig
@@ -153,6 +153,8 @@ class GRPOTrainer:
         stats: dict[str, list[float]] = {k: [] for k in ("policy", "kl", "clipfrac", "approx_kl", "grad_norm")}
         stds: list[float] = []  # the sampled steps' std (tempered): does GRPO shrink its exploration?
         self.policy.train()
+        for group in self.opt.param_groups:
+            group["lr"] = learning_rate(self.iteration, gc.iterations, gc.lr, gc.cosine)
         first = True
         for _ in range(gc.epochs):
             order = keep[torch.randperm(len(keep), generator=self.rng["minibatch"])]

@@ -6,7 +6,6 @@ held-out init seeds, and saves policy.safetensors + policy.json; `--resume` cont
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from envs.tasks import Task, task_from_config
 from policy.model import DenoisingPolicy
 from policy.sampling import gaussian_log_prob, walk
 from policy.tokenizer import Tokenizer, fit_scales
+from trainer.algos import learning_rate
 from trainer.checkpoints import load_training_state, save_training_state
 from trainer.cli import parser, run_main
 from trainer.config import ExperimentConfig
@@ -59,16 +59,6 @@ def walk_runs(policy: DenoisingPolicy, data: dict, sched_idx: list[int], grid: l
         _, steps = walk(policy, x0, schedule, mean_only=True)
         parts.append({k: torch.stack([x0[k]] + [st.y[k] for st in steps[:-1]], dim=1) for k in data})
     return {k: torch.cat([p[k] for p in parts]) for k in data}
-
-
-def learning_rate(step: int, total: int, base: float, cosine: bool) -> float:
-    """A pure function of the step, so a resumed run follows the same curve without scheduler state."""
-    if not cosine:
-        return base
-    warm = max(1, total // 20)
-    if step < warm:
-        return base * (step + 1) / warm
-    return base * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
 def imitation_loss(mean: dict, std: dict, target: dict) -> tuple[torch.Tensor, dict]:

@@ -82,15 +82,16 @@ def histograms(series: Mapping[str, Sequence[float]], title: str, xlabel: str, p
 
 def curves(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]], title: str, xlabel: str,
            ylabel: str, path: str | Path, logx: bool = False) -> Path:
-    """Line plots with markers, one panel per key of `panels`, each a mapping label -> (x, y)."""
+    """Line plots with markers, one panel per key of `panels`, each a mapping label -> (x, y) or (x, y, error bars)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 0.8, 3.8), squeeze=False,
                              layout="constrained")
     for ax, (name, lines) in zip(axes[0], panels.items()):
-        for i, (label, (x, y)) in enumerate(lines.items()):
-            ax.plot(x, y, marker="o", color=COLORS[i % len(COLORS)], label=label)
+        for i, (label, (x, y, *err)) in enumerate(lines.items()):
+            ax.errorbar(x, y, yerr=err[0] if err else None, marker="o", capsize=3, color=COLORS[i % len(COLORS)],
+                        label=label)
         if logx:
             ax.set_xscale("log", base=2)
-            xs = sorted({float(v) for xv, _ in lines.values() for v in xv})
+            xs = sorted({float(v) for xv, *_ in lines.values() for v in xv})
             ax.set_xticks(xs, [f"{x:g}" for x in xs])
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel)

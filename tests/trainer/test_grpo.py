@@ -235,3 +235,31 @@ def test_a_killed_worker_does_not_stop_training(imitation, in_tmp, noise):
     assert t.iteration == 3 and t.pool.restarts >= 1
     assert [s for s, _ in read_scalars(in_tmp / "killed", "rollout/reward_mean")] == [8, 16, 24]
     t.pool.close()
+
+
+def test_bench_grpo_measures_held_out_gain_against_evaluations(imitation, in_tmp, capsys):
+    import json
+
+    import numpy as np
+
+    from envs.tasks import task_from_config
+    from trainer import bench
+    from trainer.pipeline import WeightGenerator, mean_path_accuracy
+
+    args = ["grpo", "--runs", "2", "--iterations", "2", "--points", "2", "--seeds", "3", "--plots", "figs"]
+    assert bench.main(args + sum((["--set", s] for s in GRPO), [])) == 0
+    out = capsys.readouterr().out
+    results = json.loads((in_tmp / "artifacts/bench/digits_mlp/grpo.json").read_text())
+    assert results["table"] in out and (in_tmp / "figs/digits_mlp-grpo.png").stat().st_size > 0
+    for mode in ("iid", "units"):
+        curve = results["curves"][mode]
+        assert curve["evaluations"] == [0, 8, 16] and curve["gain"][0] == 0.0  # B x G = 8 evaluations an iteration
+    cfg = load_config(overrides=GRPO)
+    task = task_from_config(cfg.task)
+    base = mean_path_accuracy(WeightGenerator.load(imitation, cfg=cfg), task, range(3))[0]
+    gains = []
+    for run in range(2):  # the last point is each run's saved policy, measured independently
+        tuned = WeightGenerator.load(in_tmp / f"artifacts/bench/digits_mlp/grpo-units-{run}/policy.safetensors", cfg=cfg)
+        gains.append((np.asarray(mean_path_accuracy(tuned, task, range(3))[0]) - base).mean() * 100)
+    assert results["curves"]["units"]["gain"][-1] == pytest.approx(np.mean(gains), abs=1e-6)
+    assert bench.main(["grpo", "--modes", "bogus"]) == 2
