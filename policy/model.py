@@ -31,8 +31,7 @@ class PolicyConfig:
     std_init: float = 0.05
     """std of every tensor before training"""
     temperature: float = 1.0
-    """multiplies every std (after the floor): imitation fits the std to SGD's run-to-run spread, which as independent
-    per-weight noise wrecks a net; GRPO explores at a lower temperature (`grpo.temperature`)"""
+    """multiplies every per-weight std (after the floor); GRPO sets it from `grpo.temperature`"""
     noise: str = "iid"
     """how a sampled step explores: "iid" (independent Gaussian noise on every weight, one std per tensor from the std
     head) or "units" (a Gaussian latent on the state of every hidden and output unit, just before the weight head; the

@@ -42,7 +42,7 @@ class ZooConfig:
     """checkpoints per run at log-spaced steps, always including step 0 (the init) and the last step"""
     data_seed: Optional[int] = None
     """null: each run shuffles its minibatches with its own seed; an int: one order shared by all runs, so a run's
-    weights depend on its init alone (a lower noise floor for imitation, which did not raise held-out accuracy: README)"""
+    weights depend on its init alone"""
     out: Optional[str] = None
     """zoo folder; default artifacts/checkpoints/<experiment>"""
 
@@ -83,8 +83,7 @@ class ImitateConfig:
     task_examples: int = 256
     """task examples per step for that loss"""
     task_split: str = "train"
-    """split the task loss draws from: "train" (the zoo's own data) or "reward". Measured on MNIST: a policy fitted to
-    the 5000-example reward split memorises it (0.96 reward vs 0.88 test accuracy)"""
+    """split the task loss draws from: "train" (the zoo's own data) or "reward" (the RL reward split)"""
     task_weight: float = 1.0
     """weight of the task loss next to the imitation loss"""
     train_runs: Optional[int] = None
@@ -122,8 +121,8 @@ class GRPOConfig:
     """what a generated net earns: "accuracy" on the reward split, or "neg_loss" (minus its mean cross-entropy there,
     capped at envs.scoring.MAX_LOSS): a smooth reward that also ranks nets whose accuracies tie"""
     temperature: float = 1.0
-    """the policy's std multiplier while GRPO samples, scores and updates (stored with the policy it saves, its
-    frozen reference tempered alike): imitation's std is SGD's run-to-run spread, too wide to explore with"""
+    """the policy's std multiplier with noise "iid" while GRPO samples, scores and updates (stored with the policy it
+    saves, its frozen reference tempered alike)"""
     scale_by_std: bool = True
     """divide advantages by the group std (off: Dr. GRPO)"""
     drop_zero_spread: bool = False
