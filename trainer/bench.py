@@ -419,7 +419,8 @@ def run_report(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
 # The exploration modes `bench grpo` compares, as overrides of the experiment's config: "iid" is the per-weight noise
 # with the settings it was tuned with, "units" the unit latent with the config's own settings.
 GRPO_MODES = {
-    "iid": ["grpo.noise=iid", "grpo.lr=3e-4", "grpo.beta_kl=0.1", "grpo.reward=accuracy", "grpo.reward_batch=fixed"],
+    "iid": ["grpo.noise=iid", "grpo.lr=3e-4", "grpo.cosine=false", "grpo.beta_kl=0.1", "grpo.reward=accuracy",
+            "grpo.reward_batch=fixed"],
     "units": ["grpo.noise=units"],
 }
 

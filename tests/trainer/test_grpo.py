@@ -18,8 +18,10 @@ from trainer.runlog import read_scalars
 
 from tests.trainer.test_imitate_generate import TINY, imitate_cli
 
-GRPO = TINY + ["grpo.inits_per_iter=2", "grpo.group_size=4", "grpo.epochs=2", "grpo.minibatch_size=4",
-               "grpo.eval_every=2", "grpo.save_every=1", "grpo.lr=1e-3", "grpo.clip_range=0.05", "rollout.num_workers=2"]
+DEFAULT = TINY + ["grpo.inits_per_iter=2", "grpo.group_size=4", "grpo.epochs=2", "grpo.minibatch_size=4",
+                  "grpo.eval_every=2", "grpo.save_every=1", "grpo.lr=1e-3", "grpo.clip_range=0.05",
+                  "rollout.num_workers=2"]  # the shipped exploration mode (units), on a tiny budget
+GRPO = DEFAULT + ["grpo.noise=iid", "grpo.reward=accuracy", "grpo.reward_batch=fixed", "grpo.cosine=false"]
 
 
 @pytest.fixture
@@ -168,7 +170,7 @@ def test_smoke_two_iterations_with_local_ray(imitation, in_tmp):
     for a in ("--init-policy", "--name"):
         p.add_argument(a)
     p.add_argument("--resume", action="store_true")
-    args = sum((["--set", s] for s in GRPO + ["grpo.iterations=2"]), [])
+    args = sum((["--set", s] for s in DEFAULT + ["grpo.iterations=2"]), [])
     assert run_main(grpo.main, p, args) == 0
     run = in_tmp / "artifacts/runs/digits_mlp-grpo"
     rewards = read_scalars(run, "rollout/reward_mean")
