@@ -233,8 +233,11 @@ def score_batch(model: nn.Module, weights: Weights, split: Split, chunk_size: in
     correct = torch.zeros(g, dtype=torch.int64)
     loss_sum = torch.zeros(g, dtype=torch.float64)
 
+    # `split` of an empty index still yields one empty chunk, which the vmapped call cannot run: when every set is
+    # non-finite (a whole share diverged) there is nothing to run at all.
+    chunks = finite.nonzero().flatten().split(chunk_size) if finite.any() else ()
     with _eval_mode(model):
-        for idx in finite.nonzero().flatten().split(chunk_size):
+        for idx in chunks:
             params = {k: v[idx] for k, v in stacked.items()}
             for i in range(0, len(split), batch_size):
                 x, y = split.x[i:i + batch_size], split.y[i:i + batch_size]

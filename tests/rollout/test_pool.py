@@ -67,6 +67,17 @@ def test_pool_returns_results_in_input_order(batch, ray_local):
         assert pool.restarts == 0
 
 
+def test_pool_scores_a_batch_whose_every_set_is_non_finite(batch, ray_local):
+    # Each worker's whole share diverged: every set scores 0 and is counted, through the object store and back.
+    stacked, _ = batch
+    broken = {k: v.clone() for k, v in stacked.items()}
+    broken["layers.0.weight"][:, 0, 0] = float("nan")
+    with RolloutPool(CFG) as pool:
+        scores = pool.score(broken)
+    assert scores.finite.tolist() == [False] * 7 and scores.num_invalid == 7
+    assert scores.correct.tolist() == [0] * 7 and torch.isinf(scores.loss).all() and pool.restarts == 0
+
+
 def score_batch_slice(scores, a, b):
     return SimpleNamespace(correct=scores.correct[a:b], finite=scores.finite[a:b], loss=scores.loss[a:b], n=scores.n)
 
