@@ -141,18 +141,17 @@ def paired_difference(base: list[float], other: list[float]) -> str:
 
 def run_generate(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> None:
     """Median test accuracy over held-out seeds: random init, SGD (the zoo's final checkpoints), each policy's mean path."""
-    import json
-
     import numpy as np
 
     from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy, score_states
+    from trainer.zoo import load_manifest
 
     cfg = cfgs[0]
     task = task_from_config(cfg.task)
     seeds = list(range(args.seed_start, args.seed_start + args.seeds))
     zoo = range(cfg.zoo.seed, cfg.zoo.seed + cfg.zoo.runs)
     assert not set(seeds) & set(zoo), f"held-out seeds {seeds[0]}..{seeds[-1]} overlap the zoo's"
-    manifest = json.loads((cfg.zoo_dir / "manifest.json").read_text())
+    manifest = load_manifest(cfg.zoo_dir)
     sgd = float(np.median([r["checkpoints"][-1]["test_accuracy"] for r in manifest["runs"]]))
     random = score_states(cfg, task, init_states(cfg, task, seeds), "test")
     rows = [("random init (PyTorch default)", "-", float(np.median(random)), "")]

@@ -62,6 +62,18 @@ def save_json(path: str | Path, obj: Any) -> Path:
     return path
 
 
+def read_json(path: str | Path) -> Any:
+    """A JSON file this project wrote (zoo.json, run.json, manifest.json, policy.json): a missing, truncated or
+    hand-edited one is a one-line CheckpointError naming the file, not a JSONDecodeError mid-run."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({_first_line(e)})") from None
+
+
 def read_metadata(path: str | Path) -> dict[str, str]:
     path = Path(path)
     try:
@@ -164,6 +176,10 @@ def save_policy(folder: str | Path, model: torch.nn.Module, spec: Mapping[str, A
     return folder / "policy.safetensors"
 
 
+# What `WeightGenerator.load` reads from policy.json; the rest (trained_steps, zoo, ...) is informational.
+POLICY_SPEC_KEYS = ("experiment", "policy", "layout", "scales", "schedule", "grid")
+
+
 def load_policy_files(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(weights, spec) of a saved policy; `path` is policy.safetensors or its folder."""
     path = Path(path)
@@ -177,4 +193,11 @@ def load_policy_files(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     weights, meta = load_weights(path)
     if meta.get("format") != "synthnet-policy-v1":
         raise CheckpointError(f"{path}: not a SynthNet policy file (format {meta.get('format')!r})")
-    return weights, json.loads(spec_path.read_text())
+    spec = read_json(spec_path)
+    missing = [k for k in POLICY_SPEC_KEYS if not isinstance(spec, dict) or k not in spec]
+    if missing:
+        raise CheckpointError(f"{spec_path}: not a policy spec (no {missing[0]!r}; expected keys "
+                              f"{', '.join(POLICY_SPEC_KEYS)})")
+    if not isinstance(spec["experiment"], dict) or not isinstance(spec["policy"], dict):
+        raise CheckpointError(f"{spec_path}: 'experiment' and 'policy' must be mappings")
+    return weights, spec
