@@ -74,6 +74,26 @@ def read_json(path: str | Path) -> Any:
         raise CheckpointError(f"{path}: not valid JSON ({_first_line(e)})") from None
 
 
+def check_writable_folder(path: str | Path, what: str = "output folder") -> None:
+    """Fail before any work if `path` cannot become a folder of new files: an existing file, a parent that is a file,
+    or a place where nothing may be created (a read-only mount, /proc). Probed with a temp file in the nearest existing
+    parent, removed at once: os.access says yes to root everywhere. Creates nothing that stays."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{what} {path}: exists and is not a folder")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CheckpointError(f"{what} {path}: {parent} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".synthnet-probe-")
+    except OSError as e:
+        raise CheckpointError(f"{what} {path}: nothing can be written in {parent} ({e.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def read_metadata(path: str | Path) -> dict[str, str]:
     path = Path(path)
     try:

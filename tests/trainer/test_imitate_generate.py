@@ -118,6 +118,14 @@ def test_resume_is_bit_identical(trained, in_tmp, monkeypatch, extra):
         assert got[tag] == want[tag], tag
 
 
+def test_overwrite_replaces_an_earlier_run_and_its_curves(trained, in_tmp):
+    assert imitate_cli() == 2  # the same name again: refused (test_hardening checks the message)
+    assert imitate_cli("--overwrite", "--set", "imitate.steps=4") == 0
+    assert len(list(trained.glob("events.out.tfevents.*"))) == 1  # the old run's curves are gone, not mixed in
+    assert [s for s, _ in all_scalars(trained)["losses/imitation"]] == [1, 2, 3, 4]
+    assert json.loads((trained / "policy.json").read_text())["trained_steps"] == 4
+
+
 @pytest.mark.parametrize("case, message", [
     ("wrong_shape", "tensor 'layers.0.weight' has shape (9, 64), expected (8, 64)"),
     ("nan", "tensor 'layers.0.weight' has non-finite values"),
