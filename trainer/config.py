@@ -155,6 +155,11 @@ class ExperimentConfig:
     """experiment name: names the zoo folder and the runs"""
     seed: int = 0
     """the one seeding point of every entry point"""
+    threads: Optional[int] = None
+    """torch threads per process (the entry point's and each Ray worker's). null or 0: $OMP_NUM_THREADS if set, else
+    the cores this process may use shared among the torch processes the command starts (the driver and its Ray
+    workers), at least 1. Set it when jobs share a machine: two jobs on 2 cores each want threads: 1 (threads beyond
+    the free cores spin instead of waiting)"""
     task: TaskConfig = field(default_factory=TaskConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -201,7 +206,7 @@ MIN_TIMEOUT_S = 10.0
 # The valid range of every numeric field outside `task`, `reference` and `env` (those: envs.spec.ENV_RANGES); a test
 # checks that no int or float field is missing. Cross-field rules follow in `config_from_dict`.
 RANGES: dict[str, Rule] = {
-    "seed": at_least(0),
+    "seed": at_least(0), "threads": optional(at_least(0)),
     "zoo.runs": at_least(1), "zoo.seed": at_least(0), "zoo.lr": above(0), "zoo.momentum": within(0, 1),
     "zoo.weight_decay": at_least(0), "zoo.batch_size": at_least(1), "zoo.epochs": at_least(1),
     "zoo.checkpoints": at_least(2, "the init and the last step"), "zoo.data_seed": optional(at_least(0)),

@@ -12,7 +12,7 @@ import torch
 
 from envs.tasks import task_from_config
 from trainer.checkpoints import CheckpointError, check_writable_folder, load_weights, save_json, save_weights
-from trainer.cli import guarded
+from trainer.cli import guarded, use_threads
 from trainer.config import DEFAULT_CONFIG, ConfigError, load_config
 from trainer.pipeline import WeightGenerator, init_states, reference_layout, score_states, unbatch
 from trainer.zoo import reference_name
@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> dict:
         raise ConfigError(f"--policy {policy_path} belongs to experiment {wg.cfg.name}, --config {args.config} is "
                           f"experiment {cfg.name}: pass a {cfg.name} policy, or drop --config")
     cfg = wg.cfg
+    use_threads(cfg.threads)
     out = Path(args.out or f"artifacts/generated/{args.name or cfg.name}")
     check_writable_folder(out, "--out")
     task = task_from_config(cfg.task)

@@ -24,7 +24,7 @@ from policy.sampling import Step, gaussian_kl, gaussian_log_prob
 from rollout.pool import RolloutPool
 from trainer.algos import clipped_policy_loss, compute_grpo_advantages
 from trainer.checkpoints import CheckpointError, load_training_state, save_training_state
-from trainer.cli import parser, run_main
+from trainer.cli import parser, run_main, use_threads
 from trainer.config import ExperimentConfig
 from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy
 from trainer.runlog import RunLogger, check_run_dir, clear_run_dir
@@ -223,6 +223,7 @@ def first_layer_grid(weight: torch.Tensor, input_shape: tuple[int, ...]) -> torc
 
 
 def main(args, cfg: ExperimentConfig) -> None:
+    use_threads(cfg.threads, 1 + cfg.rollout.num_workers, "this driver and its scoring actors")
     init_policy = Path(args.init_policy or f"artifacts/runs/{cfg.name}-imitate/policy.safetensors")
     run_dir = Path("artifacts/runs") / (args.name or f"{cfg.name}-grpo")
     if not init_policy.is_file():

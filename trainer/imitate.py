@@ -21,7 +21,7 @@ from policy.model import DenoisingPolicy
 from policy.sampling import gaussian_log_prob, walk
 from policy.tokenizer import Tokenizer, fit_scales
 from trainer.checkpoints import load_training_state, save_training_state
-from trainer.cli import parser, run_main
+from trainer.cli import parser, run_main, use_threads
 from trainer.config import ExperimentConfig
 from trainer.runlog import RunLogger, check_run_dir, clear_run_dir
 from trainer.pairs import ZooPairs
@@ -181,6 +181,7 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
 
 
 def main(args, cfg: ExperimentConfig) -> None:
+    use_threads(cfg.threads, 1, "training runs in this process alone; a zoo it builds first has its own")
     name = args.name or f"{cfg.name}-imitate"
     run_dir = train(cfg, name, resume=args.resume, overwrite=args.overwrite)
     print(f"policy: {run_dir / 'policy.safetensors'}  (TensorBoard: tensorboard --logdir {run_dir.parent})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import ray
@@ -20,9 +21,9 @@ from envs.models import reference_from_config
 from envs.scoring import evaluate
 from envs.spec import ConfigError
 from envs.tasks import task_from_config
-from rollout.cluster import init_ray
+from rollout.cluster import init_ray, torch_threads
 from trainer.checkpoints import CheckpointError, read_json, save_json, save_weights
-from trainer.cli import parser, run_main
+from trainer.cli import parser, run_main, use_threads
 from trainer.config import ExperimentConfig
 
 
@@ -42,9 +43,10 @@ def run_dir(zoo_dir: Path, run: int) -> Path:
     return zoo_dir / f"run-{run:04d}"
 
 
-def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path) -> dict:
-    """Train run `run` from seed `zoo.seed + run`, checkpointing at log-spaced steps; returns its run record."""
-    torch.set_num_threads(1)  # one Ray task per core
+def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path, threads: Optional[int] = None) -> dict:
+    """Train run `run` from seed `zoo.seed + run`, checkpointing at log-spaced steps; returns its run record.
+    `threads`: torch threads of the Ray task (None: the cores shared among `rollout.num_workers` concurrent runs)."""
+    torch.set_num_threads(threads or zoo_threads(cfg))
     zc = cfg.zoo
     task = task_from_config(cfg.task)
     seed = zc.seed + run
@@ -109,6 +111,11 @@ def _identity(spec: dict) -> dict:
             if isinstance(value, dict) else value for section, value in spec.items()}
 
 
+def zoo_threads(cfg: ExperimentConfig) -> int:
+    """Torch threads of each zoo run: `rollout.num_workers` runs train at once while the driver only waits."""
+    return torch_threads(cfg.threads, cfg.rollout.num_workers)
+
+
 def zoo_spec(cfg: ExperimentConfig) -> dict:
     """What a zoo's checkpoints depend on; a zoo folder built with another spec must not be extended."""
     return _identity(dict(experiment=cfg.name, task=dataclasses.asdict(cfg.task),
@@ -148,7 +155,8 @@ def build_zoo(cfg: ExperimentConfig, progress: bool = True) -> Path:
     if todo:
         init_ray(cfg.rollout.address, num_cpus=cfg.rollout.num_workers)
         remote = ray.remote(num_cpus=1, max_retries=2)(train_run)
-        pending = [remote.remote(cfg, r, zoo_dir.resolve()) for r in todo]
+        threads = zoo_threads(cfg)  # decided here, where the cores were counted, and handed to every task
+        pending = [remote.remote(cfg, r, zoo_dir.resolve(), threads) for r in todo]
         with tqdm(total=cfg.zoo.runs, initial=cfg.zoo.runs - len(todo), desc=f"zoo {cfg.name}", unit="run",
                   disable=not progress) as bar:
             while pending:
@@ -180,6 +188,7 @@ def load_manifest(zoo_dir: Path) -> dict:
 
 
 def main(args, cfg: ExperimentConfig) -> None:
+    use_threads(cfg.threads, cfg.rollout.num_workers, "concurrent zoo runs; the driver waits")
     zoo_dir = build_zoo(cfg)
     s = load_manifest(zoo_dir)["summary"]
     print(f"zoo {zoo_dir}: {s['runs']} runs, final test accuracy median {s['final_test_accuracy_median']:.4f} "

@@ -6,8 +6,10 @@ runs before any work, so none of these starts Ray or trains anything.
 """
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,6 +120,7 @@ CASES = [
     ("reward_size=1e5", "zoo", lambda t, p: sets("task.reward_size=100000"),
      "config key task.reward_size: expected a value in [1, 1347] (digits has 1348 training examples)"),
     ("lr=nan", "bench", lambda t, p: ["generate"] + sets("zoo.lr=.nan"), "config key zoo.lr: expected > 0, got nan"),
+    ("threads=-1", "zoo", lambda t, p: sets("threads=-1"), "config key threads: expected null or >= 0, got -1"),
     ("unknown key", "zoo", lambda t, p: sets("zoo.nope=1"), "unknown config key zoo.nope (valid: "),
     ("wrong type", "imitate", lambda t, p: sets("zoo.runs=many"), "config key zoo.runs: expected int, got 'many'"),
     ("unknown task", "zoo", lambda t, p: sets("task.name=imagenet"), "config key task.name: unknown name 'imagenet'"),
@@ -231,3 +234,72 @@ def test_an_init_that_makes_non_finite_nets_scores_zero_and_is_counted(policy, i
     assert report["summary"]["non_finite"] == 1
     assert report["samples"][0]["test_accuracy"] == report["samples"][0]["reward_accuracy"] == 0.0
     assert "warning: 1 of 1 generated nets have non-finite weights and score 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("omp, extra, line, threads", [
+    (None, [], "torch threads: 3 per process (auto: 3 cores / 1 (this process)", 3),
+    (None, ["--set", "threads=2"], "torch threads: 2 per process (threads=2;", 2),
+    ("2", [], "torch threads: 2 per process (OMP_NUM_THREADS=2;", 2),  # the environment's choice beats auto
+])
+def test_entry_point_sets_and_says_its_torch_threads(policy, in_tmp, capsys, monkeypatch, omp, extra, line, threads):
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1, 2})
+    if omp:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    else:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        assert generate.main(["--policy", str(policy), "--seeds", "0", "--mean", "--out", "out", *extra]) == 0
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)  # the rest of the suite runs on one thread (conftest)
+    assert line in capsys.readouterr().out
+
+
+def _descendants(pid):
+    """Pids of every live process below `pid` (Ray's gcs_server, raylet, agents and workers for a driver)."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_unwinds_the_run_and_takes_the_private_ray_down(tmp_path):
+    # SIGTERM used to kill the driver on the spot (Ray's own handler), leaving its Ray processes to linger.
+    repo = Path(__file__).resolve().parents[2]
+    with open(tmp_path / "stderr", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "trainer.zoo", "--set", "zoo.runs=20000", "--set",
+                                 f"zoo.out={tmp_path}/zoo"], cwd=repo, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "zoo").glob("run-*/run.json")):  # Ray is up and training
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr").read_text()[-2000:]
+            time.sleep(0.2)
+        ray_procs = _descendants(proc.pid)
+        assert len(ray_procs) >= 3
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in ray_procs) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in ray_procs if _alive(p)]
+        assert "Traceback" not in (tmp_path / "stderr").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
