@@ -41,22 +41,27 @@ def use_threads(requested: Optional[int], processes: int = 1, who: str = "this p
     return n
 
 
-def _terminate(signum: int, _frame) -> None:
-    # SIGTERM's default kills the process on the spot: no `finally`, no atexit, so Ray's raylet and agents outlive
-    # it. As an exception it unwinds like Ctrl-C: curves are flushed, actors killed, and atexit shuts Ray down.
-    raise SystemExit(128 + signum)
-
-
 def guarded(fn: Callable[[], object]) -> int:
-    """Run `fn`; a user-caused error prints one line (`error: ...`) and gives exit code 2. SIGTERM unwinds `fn`
-    (exit code 143) instead of killing the process mid-write."""
+    """Run `fn`; a user-caused error prints one line (`error: ...`) and gives exit code 2. SIGTERM unwinds `fn` like
+    Ctrl-C (exit code 143) instead of killing the process on the spot: its default skips `finally` and atexit, so curves
+    were not flushed and Ray's raylet and agents outlived the run."""
+    terminated: list[int] = []
+
+    def on_sigterm(signum: int, _frame) -> None:
+        terminated.append(signum)
+        raise SystemExit(128 + signum)
+
     main_thread = threading.current_thread() is threading.main_thread()  # signal handlers can only be set there
-    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
     try:
         fn()
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except SystemExit:
+        if terminated:  # a Ray wait turns whatever a signal handler raises into SystemExit(1)
+            raise SystemExit(128 + terminated[0]) from None
+        raise
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)

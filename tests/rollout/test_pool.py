@@ -78,25 +78,11 @@ def test_pool_scores_a_batch_whose_every_set_is_non_finite(batch, ray_local):
     assert scores.correct.tolist() == [0] * 7 and torch.isinf(scores.loss).all() and pool.restarts == 0
 
 
-@pytest.mark.parametrize("threads, expected", [(None, 1), (2, 2)])
-def test_actors_run_with_the_threads_they_are_given(ray_local, monkeypatch, threads, expected):
-    # auto: 2 cores shared by the driver and 2 actors -> 1 each, whatever Ray put in OMP_NUM_THREADS
-    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    with RolloutPool(CFG, threads=threads) as pool:
-        assert pool.threads == expected
-        assert ray.get([a.threads.remote() for a in pool._actors], timeout=60) == [expected] * 2
-
-
-def test_torch_threads_share_the_cores_among_processes(monkeypatch):
-    from rollout.cluster import torch_threads
-
-    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(6)))
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert [torch_threads(None, n) for n in (1, 2, 3, 4, 7)] == [6, 3, 2, 1, 1]
-    assert torch_threads(0, 2) == 3 and torch_threads(5, 2) == 5  # 0 means auto too; a set value is kept
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the environment's explicit choice beats auto, not a set value
-    assert torch_threads(None, 3) == 2 and torch_threads(4, 3) == 4
+def test_actors_run_with_the_threads_they_are_given(ray_local):
+    # Ray's workers start with OMP_NUM_THREADS=1: the pool's setting must win over it
+    with RolloutPool(CFG, threads=2) as pool:
+        assert pool.threads == 2
+        assert ray.get([a.threads.remote() for a in pool._actors], timeout=60) == [2, 2]
 
 
 def score_batch_slice(scores, a, b):

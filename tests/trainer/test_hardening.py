@@ -6,10 +6,8 @@ runs before any work, so none of these starts Ray or trains anything.
 """
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -254,52 +252,3 @@ def test_entry_point_sets_and_says_its_torch_threads(policy, in_tmp, capsys, mon
     finally:
         torch.set_num_threads(before)  # the rest of the suite runs on one thread (conftest)
     assert line in capsys.readouterr().out
-
-
-def _descendants(pid):
-    """Pids of every live process below `pid` (Ray's gcs_server, raylet, agents and workers for a driver)."""
-    children = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _alive(pid):
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def test_sigterm_unwinds_the_run_and_takes_the_private_ray_down(tmp_path):
-    # SIGTERM used to kill the driver on the spot (Ray's own handler), leaving its Ray processes to linger.
-    repo = Path(__file__).resolve().parents[2]
-    with open(tmp_path / "stderr", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "trainer.zoo", "--set", "zoo.runs=20000", "--set",
-                                 f"zoo.out={tmp_path}/zoo"], cwd=repo, stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        deadline = time.monotonic() + 120
-        while not list((tmp_path / "zoo").glob("run-*/run.json")):  # Ray is up and training
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr").read_text()[-2000:]
-            time.sleep(0.2)
-        ray_procs = _descendants(proc.pid)
-        assert len(ray_procs) >= 3
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
-        deadline = time.monotonic() + 30
-        while any(_alive(p) for p in ray_procs) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not [p for p in ray_procs if _alive(p)]
-        assert "Traceback" not in (tmp_path / "stderr").read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
