@@ -7,11 +7,12 @@ experiment config is composed of these sections plus its own.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import yaml
 
@@ -105,8 +106,62 @@ def check_choice(key: str, value: str, valid: typing.Iterable[str]) -> None:
         raise ConfigError(f"config key {key}: unknown {key.rsplit('.', 1)[-1]} {value!r} (valid: {', '.join(valid)})")
 
 
+# --- valid ranges of numeric fields: one table per config, checked when it loads ----------------------------------
+
+Rule = tuple[Callable[[Any], bool], str]
+"""(is the value valid?, the valid range in words, as the error message says it)"""
+
+
+def at_least(lo: float, why: str = "") -> Rule:
+    return (lambda v: v >= lo), f">= {lo}" + (f" ({why})" if why else "")
+
+
+def above(lo: float, why: str = "") -> Rule:
+    return (lambda v: v > lo), f"> {lo}" + (f" ({why})" if why else "")
+
+
+def within(lo: float, hi: float) -> Rule:
+    return (lambda v: lo <= v <= hi), f"a value in [{lo}, {hi}]"
+
+
+def optional(rule: Rule) -> Rule:
+    ok, valid = rule
+    return (lambda v: v is None or ok(v)), f"null or {valid}"
+
+
+def each(rule: Rule) -> Rule:
+    ok, valid = rule
+    return (lambda v: len(v) > 0 and all(ok(x) for x in v)), f"a non-empty list of values {valid}"
+
+
+def _lookup(root: Any, key: str) -> Any:
+    for part in key.split("."):
+        root = root[part] if isinstance(root, Mapping) else getattr(root, part)
+    return root
+
+
+def check_ranges(root: Any, rules: Mapping[str, Rule]) -> None:
+    """Check each dotted key of `root` (a config, or a mapping of sections) against its rule; NaN and infinities are
+    never valid (a YAML `.nan` passes every comparison-free check and then poisons a run)."""
+    for key, (ok, valid) in rules.items():
+        value = _lookup(root, key)
+        values = value if isinstance(value, list) else [value]
+        finite = all(not isinstance(v, float) or math.isfinite(v) for v in values)
+        if not finite or not ok(value):
+            raise ConfigError(f"config key {key}: expected {valid}, got {value!r}")
+
+
+ENV_RANGES: dict[str, Rule] = {
+    "task.reward_size": at_least(1),  # the upper bound is the task's training-set size, checked when it loads
+    "task.split_seed": at_least(0),  # numpy refuses negative seeds
+    "reference.widths": each(at_least(1)),
+    "reference.blocks_per_stage": at_least(1),
+    "env.steps": at_least(1),
+}
+
+
 def check_env_sections(task: TaskConfig, reference: ReferenceConfig, env: Optional[EnvConfig] = None) -> None:
-    """Registry names are validated when the config loads, not mid-run."""
+    """Registry names and numeric ranges are validated when the config loads, not mid-run."""
     from envs.models import REFERENCE_FAMILIES
     from envs.tasks import TASKS
 
@@ -114,10 +169,8 @@ def check_env_sections(task: TaskConfig, reference: ReferenceConfig, env: Option
     check_choice("reference.family", reference.family, REFERENCE_FAMILIES)
     if env is not None:
         check_choice("env.reward", env.reward, ("final", "improvement"))
-        if env.steps < 1:
-            raise ConfigError(f"config key env.steps: expected >= 1, got {env.steps}")
-    if not reference.widths or min(reference.widths) < 1:
-        raise ConfigError(f"config key reference.widths: expected positive widths, got {reference.widths}")
+    sections = {"task": task, "reference": reference, "env": env}
+    check_ranges(sections, {k: r for k, r in ENV_RANGES.items() if sections[k.split(".")[0]] is not None})
 
 
 def read_yaml(path: str | Path) -> dict:

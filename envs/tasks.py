@@ -15,6 +15,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from envs.spec import ConfigError
+
 
 class TaskDataError(RuntimeError):
     """Task data missing or unreadable; the message is one line saying where the files are expected."""
@@ -104,7 +106,8 @@ def load_task(name: str, root: Optional[str] = None, download: bool = False, rew
         raise ValueError(f"unknown task {name!r} (valid: {', '.join(TASKS)})")
     train_x, train_y, test_x, test_y = TASKS[name](data_root(root), download, split_seed)
     if not 0 < reward_size < len(train_y):
-        raise ValueError(f"task.reward_size {reward_size} must lie in (0, {len(train_y)})")
+        raise ConfigError(f"config key task.reward_size: expected a value in [1, {len(train_y) - 1}] ({name} has "
+                          f"{len(train_y)} training examples), got {reward_size}")
     perm = torch.from_numpy(np.random.default_rng(split_seed).permutation(len(train_y)))
     rew, tr = perm[:reward_size], perm[reward_size:]
     return Task(

@@ -11,7 +11,7 @@ import torch
 from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
 
 from envs.scoring import Scores, Weights, batch_size_of
-from rollout.cluster import init_ray
+from rollout.cluster import init_ray, torch_threads
 from rollout.worker import ScoringWorker
 
 LOST = (RayActorError, NodeDiedError, WorkerCrashedError)  # the actor is gone; its result never comes back
@@ -45,12 +45,15 @@ class RolloutPool:
     `address` None joins nothing and starts a private Ray instance ("local" forces one even when `.rollout` names a
     cluster); "auto" or "host:port" joins a running cluster. Every wait is bounded by `timeout_s`; a lost actor, or
     one that returns nothing within `timeout_s`, is replaced and its share re-run, at most `max_retries` times per share.
-    `worker_kwargs` go to every `ScoringWorker` (tests: `delay_s`). `close()` kills the actors, not Ray.
+    `threads` are each actor's torch threads (None: `cfg.threads` if set, else this machine's cores shared among the
+    actors and the driver, see `rollout.cluster.torch_threads`). `worker_kwargs` go to every `ScoringWorker` (tests:
+    `delay_s`). `close()` kills the actors, not Ray.
     """
 
     def __init__(self, cfg: Any, num_workers: Optional[int] = None, address: Optional[str] = None,
                  timeout_s: Optional[float] = None, max_retries: Optional[int] = None, split: str = "reward",
-                 chunk_size: Optional[int] = None, worker_kwargs: Optional[dict] = None):
+                 chunk_size: Optional[int] = None, worker_kwargs: Optional[dict] = None,
+                 threads: Optional[int] = None):
         self.num_workers = int(_from_config(num_workers, cfg, "num_workers", 2))
         self.timeout_s = float(_from_config(timeout_s, cfg, "timeout_s", 300.0))
         self.max_retries = int(_from_config(max_retries, cfg, "max_retries", 3))
@@ -58,7 +61,8 @@ class RolloutPool:
         address = _from_config(address, cfg, "address", None)
         init_ray(address, num_cpus=max(self.num_workers, os.cpu_count() or 1))
         self._args = (cfg.task, cfg.reference, split, int(_from_config(chunk_size, cfg, "chunk_size", 16)))
-        self._kwargs = {"num_threads": 1, **(worker_kwargs or {})}  # one torch thread per Ray CPU
+        self.threads = threads or torch_threads(getattr(cfg, "threads", None), self.num_workers + 1)
+        self._kwargs = {"num_threads": self.threads, **(worker_kwargs or {})}
         self._remote = ray.remote(num_cpus=1)(ScoringWorker)
         self.restarts = 0
         self._actors = [self._spawn() for _ in range(self.num_workers)]

@@ -59,3 +59,7 @@ class ScoringWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def threads(self) -> int:
+        """Torch threads this worker runs with (what the pool asked for)."""
+        return torch.get_num_threads()

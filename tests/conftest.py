@@ -5,6 +5,9 @@ import os
 import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Tiny models on a busy 2-core box: extra intra-op threads only spin. Set before torch loads; entry points run
+# in-process (and their Ray workers) read it as their `threads` default.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from envs.scoring import Scores, evaluate, score_batch, stack_weights
 from envs.tasks import task_from_config
 from rollout.pool import RolloutPool
 from trainer.checkpoints import save_json
-from trainer.cli import guarded
+from trainer.cli import guarded, use_threads
 from trainer.config import ConfigError, ExperimentConfig, load_config
 
 ROLLOUT_CONFIGS = ["configs/mnist_mlp.yaml", "configs/mnist_cnn.yaml"]
@@ -85,7 +85,7 @@ def bench_rollout(cfg: ExperimentConfig, groups: int, repeats: int, workers: lis
         results[method] = out if isinstance(out, list) else out.correct.tolist()
     for n in workers:
         t = time.perf_counter()
-        with RolloutPool(cfg, num_workers=n) as pool:
+        with RolloutPool(cfg, num_workers=n, threads=1) as pool:  # a rate per core: one thread per worker
             startup = time.perf_counter() - t
             pool.score({k: v[:n] for k, v in stacked.items()})  # warm-up
             seconds, out = timed(lambda: pool.score(stacked), repeats)
@@ -140,7 +140,6 @@ def rollout_table(rows: list[Row], n_examples: dict[str, int]) -> str:
 
 
 def run_rollout(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
-    torch.set_num_threads(args.threads)
     load0 = os.getloadavg()[0]
     rows, n_examples = [], {}
     for cfg in cfgs:
@@ -148,8 +147,8 @@ def run_rollout(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
         rows += bench_rollout(cfg, args.groups, args.repeats, args.workers, args.split)
         n_examples[cfg.name] = len(task_from_config(cfg.task).split(args.split))
     header = (f"Scoring throughput on the {args.split} split: G={args.groups} weight sets per batch (default inits), "
-              f"median of {args.repeats} repeats; {os.cpu_count()} CPUs, torch threads {args.threads} per process, "
-              f"1-min load average {load0:.1f} before / {os.getloadavg()[0]:.1f} after.")
+              f"median of {args.repeats} repeats; {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()} per "
+              f"process, 1-min load average {load0:.1f} before / {os.getloadavg()[0]:.1f} after.")
     table = header + "\n\n" + rollout_table(rows, n_examples)
     emit(table, args.out)
     figures = []
@@ -266,7 +265,6 @@ def run_search(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
 
     cfg = cfgs[0]
     seeds = held_out_seeds(args, cfg)
-    torch.set_num_threads(args.threads)
     task = task_from_config(cfg.task)
     policy = args.policy or default_policy(cfg)
     _, start = mean_path_accuracy(WeightGenerator.load(policy, cfg=cfg), task, seeds)
@@ -530,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=run_rollout, default_configs=ROLLOUT_CONFIGS)
     g = held_out_parser(sub, "generate", "held-out accuracy: random init vs SGD vs policies", seeds=32)
     g.add_argument("--policy", action="append", help="policy.safetensors, repeatable (default: the imitation policy)")
-    g.set_defaults(func=run_generate, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, threads=1,
+    g.set_defaults(func=run_generate, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, threads=None,
                    workers=[1])
     e = held_out_parser(sub, "search", "ES on generated nets' weights: fixed reward split vs fresh batches", seeds=2)
     e.add_argument("--policy", help="policy.safetensors whose mean path starts the search (default: the imitation "
@@ -539,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--pairs", type=int, default=256, help="mirrored pairs per net and iteration (default 256)")
     e.add_argument("--sigma", type=float, default=0.05, help="noise, in units of each tensor's RMS (default 0.05)")
     e.add_argument("--lr", type=float, default=0.3, help="Adam's step, in units of the noise (default 0.3)")
-    e.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all)")
+    e.add_argument("--threads", type=int, help="torch threads (default: the config's `threads`, auto: all cores)")
     e.set_defaults(func=run_search, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, workers=[1])
     a = held_out_parser(sub, "audit", "novelty (vs the zoo) and fidelity (vs SGD from the same inits) of "
                                       "generated nets", seeds=32)
@@ -577,10 +575,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
-    if min(args.groups, args.repeats, args.threads, *args.workers) < 1:
+    if min(args.groups, args.repeats, args.threads or 1, *args.workers) < 1:
         p.error("--groups, --repeats, --threads and --workers must be >= 1")
     paths = args.config or args.default_configs
-    return guarded(lambda: args.func(args, [load_config(path, args.overrides) for path in paths]))
+
+    def run() -> None:
+        cfgs = [load_config(path, args.overrides) for path in paths]
+        use_threads(args.threads or cfgs[0].threads)
+        args.func(args, cfgs)
+
+    return guarded(run)
 
 
 if __name__ == "__main__":

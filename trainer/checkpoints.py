@@ -62,6 +62,38 @@ def save_json(path: str | Path, obj: Any) -> Path:
     return path
 
 
+def read_json(path: str | Path) -> Any:
+    """A JSON file this project wrote (zoo.json, run.json, manifest.json, policy.json): a missing, truncated or
+    hand-edited one is a one-line CheckpointError naming the file, not a JSONDecodeError mid-run."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({_first_line(e)})") from None
+
+
+def check_writable_folder(path: str | Path, what: str = "output folder") -> None:
+    """Fail before any work if `path` cannot become a folder of new files: an existing file, a parent that is a file,
+    or a place where nothing may be created (a read-only mount, /proc). Probed with a temp file in the nearest existing
+    parent, removed at once: os.access says yes to root everywhere. Creates nothing that stays."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{what} {path}: exists and is not a folder")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CheckpointError(f"{what} {path}: {parent} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".synthnet-probe-")
+    except OSError as e:
+        raise CheckpointError(f"{what} {path}: nothing can be written in {parent} ({e.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def read_metadata(path: str | Path) -> dict[str, str]:
     path = Path(path)
     try:
@@ -164,6 +196,10 @@ def save_policy(folder: str | Path, model: torch.nn.Module, spec: Mapping[str, A
     return folder / "policy.safetensors"
 
 
+# What `WeightGenerator.load` reads from policy.json; the rest (trained_steps, zoo, ...) is informational.
+POLICY_SPEC_KEYS = ("experiment", "policy", "layout", "scales", "schedule", "grid")
+
+
 def load_policy_files(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(weights, spec) of a saved policy; `path` is policy.safetensors or its folder."""
     path = Path(path)
@@ -177,4 +213,11 @@ def load_policy_files(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     weights, meta = load_weights(path)
     if meta.get("format") != "synthnet-policy-v1":
         raise CheckpointError(f"{path}: not a SynthNet policy file (format {meta.get('format')!r})")
-    return weights, json.loads(spec_path.read_text())
+    spec = read_json(spec_path)
+    missing = [k for k in POLICY_SPEC_KEYS if not isinstance(spec, dict) or k not in spec]
+    if missing:
+        raise CheckpointError(f"{spec_path}: not a policy spec (no {missing[0]!r}; expected keys "
+                              f"{', '.join(POLICY_SPEC_KEYS)})")
+    if not isinstance(spec["experiment"], dict) or not isinstance(spec["policy"], dict):
+        raise CheckpointError(f"{spec_path}: 'experiment' and 'policy' must be mappings")
+    return weights, spec

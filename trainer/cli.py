@@ -1,13 +1,19 @@
-"""What every entry point shares: argument parsing and turning user-caused errors into one line and exit code 2."""
+"""What every entry point shares: argument parsing, torch threads, SIGTERM, and turning user-caused errors into one
+line and exit code 2."""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from typing import Callable
+import threading
+from typing import Callable, Optional
+
+import torch
 
 from envs.spec import ConfigError
 from envs.tasks import TaskDataError
+from rollout.cluster import cores, omp_threads, torch_threads
 from trainer.checkpoints import CheckpointError
 from trainer.config import ExperimentConfig, add_config_args, load_config
 
@@ -20,13 +26,45 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def use_threads(requested: Optional[int], processes: int = 1, who: str = "this process") -> int:
+    """Set this process's torch threads once, at the start of an entry point, and say so in one line. `processes`:
+    the torch processes the command runs at once, `who` names them."""
+    n = torch_threads(requested, processes)
+    torch.set_num_threads(n)
+    if requested:
+        why = f"threads={requested}"
+    elif omp_threads():
+        why = f"OMP_NUM_THREADS={omp_threads()}"
+    else:
+        why = f"auto: {cores()} cores / {processes} ({who})"
+    print(f"torch threads: {n} per process ({why}; --set threads=N to choose)", flush=True)
+    return n
+
+
 def guarded(fn: Callable[[], object]) -> int:
-    """Run `fn`; a user-caused error prints one line (`error: ...`) and gives exit code 2."""
+    """Run `fn`; a user-caused error prints one line (`error: ...`) and gives exit code 2. SIGTERM unwinds `fn` like
+    Ctrl-C (exit code 143) instead of killing the process on the spot: its default skips `finally` and atexit, so curves
+    were not flushed and Ray's raylet and agents outlived the run."""
+    terminated: list[int] = []
+
+    def on_sigterm(signum: int, _frame) -> None:
+        terminated.append(signum)
+        raise SystemExit(128 + signum)
+
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers can only be set there
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
     try:
         fn()
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except SystemExit:
+        if terminated:  # a Ray wait turns whatever a signal handler raises into SystemExit(1)
+            raise SystemExit(128 + terminated[0]) from None
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

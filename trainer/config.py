@@ -15,7 +15,8 @@ from typing import Any, Optional
 import yaml
 
 from policy.model import PolicyConfig
-from envs.spec import ConfigError, EnvConfig, ReferenceConfig, TaskConfig, check_choice, check_env_sections, from_dict, read_yaml
+from envs.spec import (ConfigError, EnvConfig, ReferenceConfig, Rule, TaskConfig, above, at_least, check_choice,
+                       check_env_sections, check_ranges, from_dict, optional, read_yaml, within)
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_config", "config_from_dict", "add_config_args"]
 
@@ -165,6 +166,11 @@ class ExperimentConfig:
     """experiment name: names the zoo folder and the runs"""
     seed: int = 0
     """the one seeding point of every entry point"""
+    threads: Optional[int] = None
+    """torch threads per process (the entry point's and each Ray worker's). null or 0: $OMP_NUM_THREADS if set, else
+    the cores this process may use shared among the torch processes the command starts (the driver and its Ray
+    workers), at least 1. Set it when jobs share a machine: two jobs on 2 cores each want threads: 1 (threads beyond
+    the free cores spin instead of waiting)"""
     task: TaskConfig = field(default_factory=TaskConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -205,9 +211,46 @@ def resolve_config_path(path: str | Path) -> Path:
     raise ConfigError(f"config file {path} not found (shipped: {shipped})")
 
 
+# Ray actors need seconds to start and load their task; a shorter bound on every ray.get fails every run.
+MIN_TIMEOUT_S = 10.0
+
+# The valid range of every numeric field outside `task`, `reference` and `env` (those: envs.spec.ENV_RANGES); a test
+# checks that no int or float field is missing. Cross-field rules follow in `config_from_dict`.
+RANGES: dict[str, Rule] = {
+    "seed": at_least(0), "threads": optional(at_least(0)),
+    "zoo.runs": at_least(1), "zoo.seed": at_least(0), "zoo.lr": above(0), "zoo.momentum": within(0, 1),
+    "zoo.weight_decay": at_least(0), "zoo.batch_size": at_least(1), "zoo.epochs": at_least(1),
+    "zoo.checkpoints": at_least(2, "the init and the last step"), "zoo.data_seed": optional(at_least(0)),
+    "rollout.num_workers": at_least(1),
+    "rollout.timeout_s": at_least(MIN_TIMEOUT_S, "scoring actors take seconds to start and load their task"),
+    "rollout.chunk_size": at_least(1), "rollout.max_retries": at_least(0),
+    "policy.dim": at_least(1), "policy.rounds": at_least(0), "policy.heads": at_least(1),
+    "policy.std_floor": above(0, "log-probs must stay finite"), "policy.std_init": above(0),
+    "policy.temperature": above(0), "policy.max_groups": at_least(1), "policy.max_tensors": at_least(1),
+    "imitate.steps": at_least(1), "imitate.batch_size": at_least(1), "imitate.lr": above(0),
+    "imitate.weight_decay": at_least(0), "imitate.grad_clip": above(0), "imitate.schedule_frac": within(0, 1),
+    "imitate.walked_frac": within(0, 1), "imitate.task_inits": at_least(0), "imitate.task_examples": at_least(1),
+    "imitate.task_weight": at_least(0), "imitate.train_runs": optional(at_least(1)), "imitate.eval_every": at_least(1),
+    "imitate.eval_seeds": at_least(1), "imitate.eval_seed_start": at_least(0), "imitate.save_every": at_least(1),
+    "imitate.log_every": at_least(1),
+    "grpo.iterations": at_least(1), "grpo.inits_per_iter": at_least(1),
+    "grpo.group_size": at_least(2, "a group of one has zero spread, so nothing is learned"),
+    "grpo.epochs": at_least(1), "grpo.minibatch_size": at_least(1), "grpo.lr": above(0), "grpo.clip_range": above(0),
+    "grpo.beta_kl": at_least(0), "grpo.temperature": above(0), "grpo.grad_clip": above(0),
+    "grpo.eval_every": at_least(1), "grpo.save_every": at_least(1), "grpo.seed_start": at_least(0),
+}
+
+
 def config_from_dict(data: dict) -> ExperimentConfig:
     cfg = from_dict(ExperimentConfig, data)
     check_env_sections(cfg.task, cfg.reference, cfg.env)
+    check_ranges(cfg, RANGES)
+    if cfg.policy.dim % cfg.policy.heads:
+        raise ConfigError(f"config key policy.heads: expected a divisor of policy.dim={cfg.policy.dim} (attention "
+                          f"splits the width into heads), got {cfg.policy.heads}")
+    if cfg.imitate.train_runs is not None and cfg.imitate.train_runs > cfg.zoo.runs:
+        raise ConfigError(f"config key imitate.train_runs: expected null or a value in [1, zoo.runs={cfg.zoo.runs}], "
+                          f"got {cfg.imitate.train_runs}")
     check_choice("zoo.optimizer", cfg.zoo.optimizer, ("sgd", "adam"))
     sched = cfg.generate.schedule
     if len(sched) < 2 or sched[0] != 0.0 or sched[-1] != 1.0 or sorted(set(sched)) != sched:

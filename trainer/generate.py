@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from envs.tasks import task_from_config
-from trainer.checkpoints import load_weights, save_json, save_weights
-from trainer.cli import guarded
+from trainer.checkpoints import CheckpointError, check_writable_folder, load_weights, save_json, save_weights
+from trainer.cli import guarded, use_threads
 from trainer.config import DEFAULT_CONFIG, ConfigError, load_config
 from trainer.pipeline import WeightGenerator, init_states, reference_layout, score_states, unbatch
 from trainer.zoo import reference_name
@@ -30,23 +30,57 @@ def parse_seeds(text: str) -> list[int]:
         raise ConfigError(f"--seeds {text!r}: expected N, A..B or A,B,C") from None
     if not seeds:
         raise ConfigError(f"--seeds {text!r}: no seeds")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:  # one file per seed: a repeat would overwrite its twin and still be counted in the report
+        raise ConfigError(f"--seeds {text!r}: seed {repeated[0]} given more than once")
     return seeds
 
 
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def load_init(path: Path, template: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A user's init file, checked against the reference model. Integer weights are an error (an int32 init would run
+    and score ~0.08 without a word); other float dtypes are cast to the model's, and the cast is said."""
+    sd, _ = load_weights(path, expected=template)
+    cast = []
+    for k, want in template.items():
+        have = sd[k].dtype
+        if not want.is_floating_point() or have == want.dtype:
+            continue
+        if not have.is_floating_point:
+            raise CheckpointError(f"{path}: tensor {k!r} has dtype {_name(have)}, expected a floating-point dtype "
+                                  f"(the model's is {_name(want.dtype)})")
+        sd[k] = sd[k].to(want.dtype)
+        if not torch.isfinite(sd[k]).all():
+            raise CheckpointError(f"{path}: tensor {k!r} overflows {_name(want.dtype)}")
+        cast.append(f"{k} {_name(have)} -> {_name(want.dtype)}")
+    if cast:
+        print(f"note: {path}: cast {', '.join(cast)}", file=sys.stderr)
+    return sd
+
+
 def run(args: argparse.Namespace) -> dict:
-    cfg = load_config(args.config, [])
+    seeds = None if args.init else parse_seeds(args.seeds)  # argument errors first, before anything loads
+    cfg = load_config(args.config or DEFAULT_CONFIG, [])
     policy_path = Path(args.policy or f"artifacts/runs/{cfg.name}-imitate/policy.safetensors")
     wg = WeightGenerator.load(policy_path, args.overrides)
+    if args.config and wg.cfg.name != cfg.name:  # the policy's stored experiment is what runs: say it, don't ignore
+        raise ConfigError(f"--policy {policy_path} belongs to experiment {wg.cfg.name}, --config {args.config} is "
+                          f"experiment {cfg.name}: pass a {cfg.name} policy, or drop --config")
     cfg = wg.cfg
+    use_threads(cfg.threads)
+    out = Path(args.out or f"artifacts/generated/{args.name or cfg.name}")
+    check_writable_folder(out, "--out")
     task = task_from_config(cfg.task)
     template, _ = reference_layout(cfg, task)
     if args.init:
         init_path = Path(args.init)
-        sd, _ = load_weights(init_path, expected=template.state_dict())
+        sd = load_init(init_path, template.state_dict())
         init = {k: v[None] for k, v in sd.items()}
         ids, sources = [init_path.stem + "-generated"], [{"init": str(init_path)}]
     else:
-        seeds = parse_seeds(args.seeds)
         zoo = range(cfg.zoo.seed, cfg.zoo.seed + cfg.zoo.runs)
         seen = [s for s in seeds if s in zoo]
         if seen:
@@ -59,7 +93,11 @@ def run(args: argparse.Namespace) -> dict:
     final, _ = wg.generate(init, mean_only=args.mean, generator=gen)
     reward_acc = score_states(cfg, task, final, "reward")
     test_acc = score_states(cfg, task, final, "test")
-    out = Path(args.out or f"artifacts/generated/{args.name or cfg.name}")
+    finite = torch.stack([v.flatten(1).isfinite().all(1) for v in final.values() if v.is_floating_point()]).all(0)
+    non_finite = int((~finite).sum())
+    if non_finite:
+        print(f"warning: {non_finite} of {len(finite)} generated nets have non-finite weights and score 0 (is the init "
+              f"far from the PyTorch default inits the policy was trained on?)", file=sys.stderr)
     samples = []
     for i, (ident, src) in enumerate(zip(ids, sources)):
         file = out / f"{ident}.safetensors"
@@ -68,8 +106,8 @@ def run(args: argparse.Namespace) -> dict:
                     **src)
         save_weights(file, unbatch(final, i), meta)
         samples.append(dict(file=str(file), **src, reward_accuracy=reward_acc[i], test_accuracy=test_acc[i]))
-    summary = dict(count=len(samples), steps=len(wg.schedule) - 1, schedule=wg.schedule, mean_path=args.mean,
-                   policy=str(policy_path), test_accuracy_median=float(np.median(test_acc)),
+    summary = dict(count=len(samples), non_finite=non_finite, steps=len(wg.schedule) - 1, schedule=wg.schedule,
+                   mean_path=args.mean, policy=str(policy_path), test_accuracy_median=float(np.median(test_acc)),
                    test_accuracy_mean=float(np.mean(test_acc)), reward_accuracy_median=float(np.median(reward_acc)))
     report = {"samples": samples, "summary": summary}
     save_json(out / "report.json", report)
@@ -84,7 +122,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Generate trained weights from fresh inits with a trained policy.")
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="experiment (names the default policy path)")
+    p.add_argument("--config", help=f"experiment (default {DEFAULT_CONFIG}): names the default policy path; the "
+                                    f"policy must belong to it")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override the policy's stored experiment config, e.g. generate.schedule=[0,0.5,1]")
     p.add_argument("--policy", help="policy.safetensors (default: artifacts/runs/<experiment>-imitate/)")

@@ -26,10 +26,10 @@ from policy.sampling import Step, gaussian_kl, gaussian_log_prob
 from rollout.pool import RolloutPool
 from trainer.algos import clipped_policy_loss, compute_grpo_advantages, learning_rate
 from trainer.checkpoints import CheckpointError, load_training_state, save_training_state
-from trainer.cli import parser, run_main
+from trainer.cli import parser, run_main, use_threads
 from trainer.config import ExperimentConfig
 from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy
-from trainer.runlog import RunLogger
+from trainer.runlog import RunLogger, check_run_dir, clear_run_dir
 
 
 @dataclass
@@ -314,23 +314,33 @@ def first_layer_grid(weight: torch.Tensor, input_shape: tuple[int, ...]) -> torc
 
 
 def main(args, cfg: ExperimentConfig) -> None:
+    use_threads(cfg.threads, 1 + cfg.rollout.num_workers, "this driver and its scoring actors")
     init_policy = Path(args.init_policy or f"artifacts/runs/{cfg.name}-imitate/policy.safetensors")
     run_dir = Path("artifacts/runs") / (args.name or f"{cfg.name}-grpo")
     if not init_policy.is_file():
         raise CheckpointError(f"{init_policy}: no imitation policy (run `python -m trainer.imitate` first, "
                               f"or pass --init-policy)")
+    check_run_dir(run_dir, args.resume, args.overwrite)
     trainer = GRPOTrainer(cfg, init_policy, run_dir)
     if args.resume:
         trainer.resume()
+    elif args.overwrite:
+        clear_run_dir(run_dir)
     m = trainer.train()
     print(f"policy: {run_dir / 'policy.safetensors'}  reward_mean {m.get('rollout/reward_mean', float('nan')):.4f}  "
           f"held-out test accuracy median {m.get('eval/accuracy_median', float('nan')):.4f}  "
           f"(python -m trainer.generate --policy {run_dir / 'policy.safetensors'})")
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> int:
     p = parser("Improve the imitation policy with GRPO (rewards: reward-split accuracy of generated nets).")
     p.add_argument("--init-policy", help="policy to start from (default: artifacts/runs/<experiment>-imitate/)")
     p.add_argument("--name", help="run name under artifacts/runs/ (default: <experiment>-grpo)")
     p.add_argument("--resume", action="store_true", help="continue from artifacts/runs/<name>/state.safetensors")
-    raise SystemExit(run_main(main, p))
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run of this name (its TensorBoard events, policy and state)")
+    return run_main(main, p, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())

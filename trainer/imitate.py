@@ -21,9 +21,9 @@ from policy.sampling import gaussian_log_prob, walk
 from policy.tokenizer import Tokenizer, fit_scales
 from trainer.algos import learning_rate
 from trainer.checkpoints import load_training_state, save_training_state
-from trainer.cli import parser, run_main
+from trainer.cli import parser, run_main, use_threads
 from trainer.config import ExperimentConfig
-from trainer.runlog import RunLogger
+from trainer.runlog import RunLogger, check_run_dir, clear_run_dir
 from trainer.pairs import ZooPairs
 from trainer.pipeline import (WeightGenerator, init_states, mean_path_accuracy, reference_layout,
                               snap_schedule)
@@ -86,9 +86,11 @@ def task_loss(wg: WeightGenerator, template: torch.nn.Module, task: Task, split:
     return F.cross_entropy(logits.flatten(0, 1), data.y[idx].repeat(inits))
 
 
-def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool = True) -> Path:
+def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool = True,
+          overwrite: bool = False) -> Path:
     im = cfg.imitate
     run_dir = Path("artifacts/runs") / name
+    check_run_dir(run_dir, resume, overwrite)
     zoo_dir = build_zoo(cfg, progress=progress)
     task = task_from_config(cfg.task)
     template, layout = reference_layout(cfg, task)
@@ -109,68 +111,80 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
     eval_seeds = list(range(im.eval_seed_start, im.eval_seed_start + im.eval_seeds))
     start, elapsed = 0, 0.0
     state_path = run_dir / "state.safetensors"
-    if resume and state_path.is_file():
+    if resume:
         info = load_training_state(state_path, policy, opt, {"pairs": gen})
         start, elapsed = info["step"], info["elapsed_s"]
-    log = RunLogger(run_dir, cfg, purge_step=start)
+    elif overwrite:
+        clear_run_dir(run_dir)
+    log = RunLogger(run_dir, cfg, purge_step=start + 1 if start else None)
     walked = walk_runs(policy, data, sched_idx, pairs.grid) if im.walked_frac > 0 else None
     sched_pos = torch.full((c,), -1, dtype=torch.long)
     sched_pos[torch.tensor(sched_idx)] = torch.arange(len(sched_idx))
     t0 = time.perf_counter() - elapsed
     last_eval = None
     bar = tqdm(range(start, im.steps), initial=start, total=im.steps, desc=f"imitate {name}", disable=not progress)
-    for step in bar:
-        policy.train()
-        ri, i, j = sample_pairs(pairs.t, sched_idx, im.batch_size, im.schedule_frac, gen)
-        x1 = {k: v[ri, i] for k, v in data.items()}
-        if walked is not None:  # some inputs at schedule points become the policy's own walked states
-            pos = sched_pos[i]
-            use = (torch.rand(len(ri), generator=gen) < im.walked_frac) & (pos >= 1)
-            for k, v in walked.items():
-                x1[k] = torch.where(use.view(-1, *[1] * (v.dim() - 2)), v[ri, pos.clamp(min=0)], x1[k])
-        x2 = {k: v[ri, j] for k, v in data.items()}
-        mean, std = policy(x1, pairs.t[ri, i], pairs.t[ri, j])
-        loss, parts = imitation_loss(mean, std, x2)
-        if im.task_inits > 0:
-            ce = task_loss(wg, template, task, im.task_split, im.task_inits, im.task_examples, gen)
-            loss = loss + im.task_weight * ce
-            parts["losses/task"] = ce.item()
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(step, im.steps, im.lr, im.cosine)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), im.grad_clip)
-        opt.step()
-        done = step + 1
-        if done % im.log_every == 0 or done == im.steps:
-            log.scalars(done, {"losses/imitation": loss.item(), **parts, "losses/grad_norm": grad_norm.item(),
-                               "charts/lr": opt.param_groups[0]["lr"],
-                               "policy/std_mean": torch.stack([s.mean() for s in std.values()]).mean().item()})
-            bar.set_postfix(loss=f"{loss.item():.4f}", eval=f"{last_eval:.3f}" if last_eval is not None else "-")
-        if done % im.eval_every == 0 or done == im.steps:
-            policy.eval()
-            accs, _ = mean_path_accuracy(wg, task, eval_seeds)
-            last_eval = float(np.mean(accs))
-            log.scalars(done, {"eval/accuracy_mean": last_eval, "eval/accuracy_median": float(np.median(accs))})
-        if done % im.save_every == 0 or done == im.steps:
-            wall = time.perf_counter() - t0
-            wg.save(run_dir, trained_steps=done, wall_s=wall, zoo=str(zoo_dir), zoo_runs=len(pairs.runs),
-                    eval_seeds=eval_seeds, eval_test_accuracy_mean=last_eval)
-            save_training_state(state_path, policy, opt, {"pairs": gen}, {"step": done, "elapsed_s": wall})
-            if walked is not None:  # refreshed from the saved policy, so a resumed run sees the same inputs
-                walked = walk_runs(policy, data, sched_idx, pairs.grid)
-    log.close()
+    try:
+        for step in bar:
+            policy.train()
+            ri, i, j = sample_pairs(pairs.t, sched_idx, im.batch_size, im.schedule_frac, gen)
+            x1 = {k: v[ri, i] for k, v in data.items()}
+            if walked is not None:  # some inputs at schedule points become the policy's own walked states
+                pos = sched_pos[i]
+                use = (torch.rand(len(ri), generator=gen) < im.walked_frac) & (pos >= 1)
+                for k, v in walked.items():
+                    x1[k] = torch.where(use.view(-1, *[1] * (v.dim() - 2)), v[ri, pos.clamp(min=0)], x1[k])
+            x2 = {k: v[ri, j] for k, v in data.items()}
+            mean, std = policy(x1, pairs.t[ri, i], pairs.t[ri, j])
+            loss, parts = imitation_loss(mean, std, x2)
+            if im.task_inits > 0:
+                ce = task_loss(wg, template, task, im.task_split, im.task_inits, im.task_examples, gen)
+                loss = loss + im.task_weight * ce
+                parts["losses/task"] = ce.item()
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(step, im.steps, im.lr, im.cosine)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), im.grad_clip)
+            opt.step()
+            done = step + 1
+            if done % im.log_every == 0 or done == im.steps:
+                log.scalars(done, {"losses/imitation": loss.item(), **parts, "losses/grad_norm": grad_norm.item(),
+                                   "charts/lr": opt.param_groups[0]["lr"],
+                                   "policy/std_mean": torch.stack([s.mean() for s in std.values()]).mean().item()})
+                bar.set_postfix(loss=f"{loss.item():.4f}", eval=f"{last_eval:.3f}" if last_eval is not None else "-")
+            if done % im.eval_every == 0 or done == im.steps:
+                policy.eval()
+                accs, _ = mean_path_accuracy(wg, task, eval_seeds)
+                last_eval = float(np.mean(accs))
+                log.scalars(done, {"eval/accuracy_mean": last_eval, "eval/accuracy_median": float(np.median(accs))})
+            if done % im.save_every == 0 or done == im.steps:
+                wall = time.perf_counter() - t0
+                wg.save(run_dir, trained_steps=done, wall_s=wall, zoo=str(zoo_dir), zoo_runs=len(pairs.runs),
+                        eval_seeds=eval_seeds, eval_test_accuracy_mean=last_eval)
+                log.flush()  # the curves up to `done` are on disk before the state a resume starts from
+                save_training_state(state_path, policy, opt, {"pairs": gen}, {"step": done, "elapsed_s": wall})
+                if walked is not None:  # refreshed from the saved policy, so a resumed run sees the same inputs
+                    walked = walk_runs(policy, data, sched_idx, pairs.grid)
+    finally:  # also on Ctrl-C or SIGTERM: the curves logged so far reach the disk
+        log.close()
     return run_dir
 
 
 def main(args, cfg: ExperimentConfig) -> None:
+    use_threads(cfg.threads, 1, "training runs in this process alone; a zoo it builds first has its own")
     name = args.name or f"{cfg.name}-imitate"
-    run_dir = train(cfg, name, resume=args.resume)
+    run_dir = train(cfg, name, resume=args.resume, overwrite=args.overwrite)
     print(f"policy: {run_dir / 'policy.safetensors'}  (TensorBoard: tensorboard --logdir {run_dir.parent})")
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> int:
     p = parser("Train the denoising policy by imitating zoo checkpoint pairs.")
     p.add_argument("--name", help="run name under artifacts/runs/ (default: <experiment>-imitate)")
     p.add_argument("--resume", action="store_true", help="continue from artifacts/runs/<name>/state.safetensors")
-    raise SystemExit(run_main(main, p))
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run of this name (its TensorBoard events, policy and state)")
+    return run_main(main, p, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())

@@ -9,6 +9,33 @@ from typing import Mapping, Optional
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from envs.spec import ConfigError
+from trainer.checkpoints import CheckpointError
+
+# What a run writes into its folder; `--overwrite` removes these and nothing else (the folder is named by the user).
+RUN_FILES = ("events.out.tfevents.*", "policy.safetensors", "policy.json", "state.safetensors")
+
+
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Before any work: `--resume` needs a saved state, and an earlier run's folder is only reused when asked (two
+    runs' curves in one folder are one unreadable TensorBoard plot, and the old policy would be silently replaced)."""
+    state = Path(run_dir) / "state.safetensors"
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in its folder, --overwrite replaces it: pass one of them")
+    if resume:
+        if not state.is_file():
+            raise CheckpointError(f"{state}: nothing to resume from")
+    elif not overwrite and any(f for pattern in RUN_FILES for f in Path(run_dir).glob(pattern)):
+        raise ConfigError(f"{run_dir}: holds an earlier run; pass --resume to continue it, --overwrite to replace it, "
+                          f"or --name to start another")
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """`--overwrite`: remove the earlier run's events, policy and state, just before the new run logs."""
+    for pattern in RUN_FILES:
+        for f in Path(run_dir).glob(pattern):
+            f.unlink()
+
 
 def _flatten(d: Mapping, prefix: str = "") -> dict:
     out = {}
@@ -24,7 +51,8 @@ class RunLogger:
     def __init__(self, run_dir: str | Path, cfg=None, purge_step: Optional[int] = None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        # purge_step drops events logged after the step a resumed run restarts from, so curves do not fork.
+        # purge_step drops events logged at or after it, so curves do not fork: a run resumed from a state saved at
+        # step N passes N + 1 (the values at N were flushed with that state).
         self.writer = SummaryWriter(str(self.run_dir), purge_step=purge_step or None)
         if cfg is not None and not purge_step:
             rows = "\n".join(f"|{k}|{v}|" for k, v in _flatten(dataclasses.asdict(cfg)).items())
@@ -42,6 +70,10 @@ class RunLogger:
         img = img.detach().float()
         img = (img - img.min()) / (img.max() - img.min() + 1e-12)
         self.writer.add_image(tag, img if img.dim() == 3 else img[None], step)
+
+    def flush(self) -> None:
+        """Called before a resumable state is saved: a run killed after it must find its curves on disk up to there."""
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()

@@ -7,9 +7,9 @@ hidden temp folder and renamed when complete, so re-running skips finished runs 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import ray
@@ -21,9 +21,9 @@ from envs.models import reference_from_config
 from envs.scoring import evaluate
 from envs.spec import ConfigError
 from envs.tasks import task_from_config
-from rollout.cluster import init_ray
-from trainer.checkpoints import save_json, save_weights
-from trainer.cli import parser, run_main
+from rollout.cluster import init_ray, torch_threads
+from trainer.checkpoints import CheckpointError, read_json, save_json, save_weights
+from trainer.cli import parser, run_main, use_threads
 from trainer.config import ExperimentConfig
 
 
@@ -43,9 +43,10 @@ def run_dir(zoo_dir: Path, run: int) -> Path:
     return zoo_dir / f"run-{run:04d}"
 
 
-def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path) -> dict:
-    """Train run `run` from seed `zoo.seed + run`, checkpointing at log-spaced steps; returns its run record."""
-    torch.set_num_threads(1)  # one Ray task per core
+def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path, threads: Optional[int] = None) -> dict:
+    """Train run `run` from seed `zoo.seed + run`, checkpointing at log-spaced steps; returns its run record.
+    `threads`: torch threads of the Ray task (None: the cores shared among `rollout.num_workers` concurrent runs)."""
+    torch.set_num_threads(threads or zoo_threads(cfg))
     zc = cfg.zoo
     task = task_from_config(cfg.task)
     seed = zc.seed + run
@@ -100,35 +101,62 @@ def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path) -> dict:
     return record
 
 
+# Fields that do not change a zoo's checkpoints: how many runs it holds, where it and the task's data live, and
+# whether the data may be downloaded. They stay out of its identity, so moving the data does not orphan a zoo.
+NOT_IDENTITY = {"zoo": ("runs", "out"), "task": ("root", "download")}
+
+
+def _identity(spec: dict) -> dict:
+    return {section: {k: v for k, v in value.items() if k not in NOT_IDENTITY.get(section, ())}
+            if isinstance(value, dict) else value for section, value in spec.items()}
+
+
+def zoo_threads(cfg: ExperimentConfig) -> int:
+    """Torch threads of each zoo run: `rollout.num_workers` runs train at once while the driver only waits."""
+    return torch_threads(cfg.threads, cfg.rollout.num_workers)
+
+
 def zoo_spec(cfg: ExperimentConfig) -> dict:
     """What a zoo's checkpoints depend on; a zoo folder built with another spec must not be extended."""
-    zoo = {k: v for k, v in dataclasses.asdict(cfg.zoo).items() if k not in ("runs", "out")}
-    return dict(experiment=cfg.name, task=dataclasses.asdict(cfg.task), reference=dataclasses.asdict(cfg.reference), zoo=zoo)
+    return _identity(dict(experiment=cfg.name, task=dataclasses.asdict(cfg.task),
+                          reference=dataclasses.asdict(cfg.reference), zoo=dataclasses.asdict(cfg.zoo)))
 
 
 def _check_spec(cfg: ExperimentConfig, zoo_dir: Path) -> None:
+    """Refuse a zoo folder built with another spec (zoo.json files of older versions held the data's location:
+    compared without it)."""
     spec, path = zoo_spec(cfg), zoo_dir / "zoo.json"
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = read_json(path)
+        if not isinstance(old, dict):
+            raise CheckpointError(f"{path}: not a zoo spec (expected a mapping)")
+        old = _identity(old)
         for section in spec:
             if old.get(section) != spec[section]:
                 raise ConfigError(f"{path}: the zoo there was built with a different `{section}` config; "
                                   f"choose another zoo.out or delete that folder")
-    else:
-        save_json(path, spec)
 
 
 def build_zoo(cfg: ExperimentConfig, progress: bool = True) -> Path:
-    """Train the runs missing from the zoo (as Ray tasks), then write the manifest. Returns the zoo folder."""
+    """Train the runs missing from the zoo (as Ray tasks), then write the manifest. Returns the zoo folder.
+
+    Everything that can fail on the user's input (another zoo's folder, a corrupt run.json, missing task data) is
+    checked before anything is written: a failed start leaves no zoo.json that would refuse the corrected rerun."""
     zoo_dir = cfg.zoo_dir
-    zoo_dir.mkdir(parents=True, exist_ok=True)
     _check_spec(cfg, zoo_dir)
-    task_from_config(cfg.task)  # fail fast (one line) on missing data, before any worker starts
+    # A finished run is one with a run.json (written last, inside the temp folder renamed into place); read each now,
+    # so a corrupt one fails here rather than after hours of training the others.
     todo = [r for r in range(cfg.zoo.runs) if not (run_dir(zoo_dir, r) / "run.json").is_file()]
+    for r in sorted(set(range(cfg.zoo.runs)) - set(todo)):
+        read_json(run_dir(zoo_dir, r) / "run.json")
+    task_from_config(cfg.task)  # fail fast (one line) on missing data, before any worker starts
+    if not (zoo_dir / "zoo.json").is_file():
+        save_json(zoo_dir / "zoo.json", zoo_spec(cfg))
     if todo:
         init_ray(cfg.rollout.address, num_cpus=cfg.rollout.num_workers)
         remote = ray.remote(num_cpus=1, max_retries=2)(train_run)
-        pending = [remote.remote(cfg, r, zoo_dir.resolve()) for r in todo]
+        threads = zoo_threads(cfg)  # decided here, where the cores were counted, and handed to every task
+        pending = [remote.remote(cfg, r, zoo_dir.resolve(), threads) for r in todo]
         with tqdm(total=cfg.zoo.runs, initial=cfg.zoo.runs - len(todo), desc=f"zoo {cfg.name}", unit="run",
                   disable=not progress) as bar:
             while pending:
@@ -143,7 +171,7 @@ def build_zoo(cfg: ExperimentConfig, progress: bool = True) -> Path:
 
 
 def write_manifest(cfg: ExperimentConfig, zoo_dir: Path) -> dict:
-    runs = [json.loads((run_dir(zoo_dir, r) / "run.json").read_text()) for r in range(cfg.zoo.runs)]
+    runs = [read_json(run_dir(zoo_dir, r) / "run.json") for r in range(cfg.zoo.runs)]
     final = [r["checkpoints"][-1]["test_accuracy"] for r in runs]
     manifest = dict(zoo_spec(cfg), runs=runs, summary=dict(
         runs=len(runs), final_test_accuracy_median=float(np.median(final)),
@@ -156,15 +184,20 @@ def load_manifest(zoo_dir: Path) -> dict:
     path = Path(zoo_dir) / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no zoo manifest (build the zoo with `python -m trainer.zoo`)")
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def main(args, cfg: ExperimentConfig) -> None:
+    use_threads(cfg.threads, cfg.rollout.num_workers, "concurrent zoo runs; the driver waits")
     zoo_dir = build_zoo(cfg)
     s = load_manifest(zoo_dir)["summary"]
     print(f"zoo {zoo_dir}: {s['runs']} runs, final test accuracy median {s['final_test_accuracy_median']:.4f} "
           f"(min {s['final_test_accuracy_min']:.4f}, max {s['final_test_accuracy_max']:.4f})")
 
 
+def cli(argv: list[str] | None = None) -> int:
+    return run_main(main, parser("Train the reference-model zoo (checkpoints along each run)."), argv)
+
+
 if __name__ == "__main__":
-    raise SystemExit(run_main(main, parser("Train the reference-model zoo (checkpoints along each run).")))
+    raise SystemExit(cli())

@@ -99,6 +99,19 @@ def test_non_finite_sets_score_zero_and_are_counted(task):
     assert scores.correct[[0, 3]].tolist() == alone.correct.tolist() and alone.correct[1] > 0
 
 
+@pytest.mark.parametrize("family", ["mlp", "resnet"])
+def test_a_batch_of_only_non_finite_sets_scores_zero_for_each(task, family):
+    # No finite set is left to run: every set must still get a score (0, loss +inf), not an error.
+    sets = weight_sets(task, family, 3)
+    for i, s in enumerate(sets):
+        key = next(k for k, v in s.items() if v.is_floating_point())
+        s[key].view(-1)[i] = float("nan") if i % 2 else float("inf")
+    scores = score_batch(make(task, family), sets, task.reward, chunk_size=2)
+    assert scores.finite.tolist() == [False] * 3 and scores.num_invalid == 3 and len(scores) == 3
+    assert scores.correct.tolist() == [0, 0, 0] and scores.accuracy.tolist() == [0.0] * 3
+    assert torch.isinf(scores.loss).all() and scores.neg_loss().tolist() == [-MAX_LOSS] * 3
+
+
 def test_overflowing_finite_weights_count_as_wrong(task):
     state = weight_sets(task, "mlp", 2)[1]
     huge = {k: v * 1e30 for k, v in state.items()}  # finite weights, but the logits overflow to inf / nan

@@ -67,6 +67,24 @@ def test_pool_returns_results_in_input_order(batch, ray_local):
         assert pool.restarts == 0
 
 
+def test_pool_scores_a_batch_whose_every_set_is_non_finite(batch, ray_local):
+    # Each worker's whole share diverged: every set scores 0 and is counted, through the object store and back.
+    stacked, _ = batch
+    broken = {k: v.clone() for k, v in stacked.items()}
+    broken["layers.0.weight"][:, 0, 0] = float("nan")
+    with RolloutPool(CFG) as pool:
+        scores = pool.score(broken)
+    assert scores.finite.tolist() == [False] * 7 and scores.num_invalid == 7
+    assert scores.correct.tolist() == [0] * 7 and torch.isinf(scores.loss).all() and pool.restarts == 0
+
+
+def test_actors_run_with_the_threads_they_are_given(ray_local):
+    # Ray's workers start with OMP_NUM_THREADS=1: the pool's setting must win over it
+    with RolloutPool(CFG, threads=2) as pool:
+        assert pool.threads == 2
+        assert ray.get([a.threads.remote() for a in pool._actors], timeout=60) == [2, 2]
+
+
 def score_batch_slice(scores, a, b):
     return SimpleNamespace(correct=scores.correct[a:b], finite=scores.finite[a:b], loss=scores.loss[a:b], n=scores.n)
 

@@ -52,3 +52,42 @@ def test_entry_point_reports_user_error_in_one_line_and_exits_2(capsys):
     err = capsys.readouterr().err
     assert rc == 2
     assert err.count("\n") == 1 and err.startswith("error: config key task.name")
+
+
+def _numeric_keys(cls, prefix=""):
+    """Dotted keys of every int, float or list-of-int field of a config dataclass, recursively."""
+    import dataclasses
+    import typing
+
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from _numeric_keys(tp, f"{prefix}{f.name}.")
+        elif any(a in (int, float, list[int], list[float]) for a in (tp, *typing.get_args(tp))):
+            yield prefix + f.name
+
+
+def test_every_numeric_field_has_a_valid_range():
+    from envs.spec import ENV_RANGES
+    from trainer.config import RANGES, ExperimentConfig
+
+    # generate.schedule is checked as a whole (increasing from 0 to 1) in config_from_dict
+    missing = set(_numeric_keys(ExperimentConfig)) - set(RANGES) - set(ENV_RANGES) - {"generate.schedule"}
+    assert not missing, f"numeric config fields without a range rule: {sorted(missing)}"
+    assert set(RANGES) | set(ENV_RANGES) <= set(_numeric_keys(ExperimentConfig))  # no stale rule
+
+
+@pytest.mark.parametrize("override, message", [
+    ("zoo.runs=0", "config key zoo.runs: expected >= 1, got 0"),
+    ("imitate.lr=-1", "config key imitate.lr: expected > 0, got -1.0"),
+    ("imitate.schedule_frac=1.5", "config key imitate.schedule_frac: expected a value in [0, 1], got 1.5"),
+    ("zoo.lr=.nan", "config key zoo.lr: expected > 0, got nan"),
+    ("reference.widths=[]", "config key reference.widths: expected a non-empty list of values >= 1, got []"),
+    ("zoo.data_seed=-1", "config key zoo.data_seed: expected null or >= 0, got -1"),
+    ("policy.heads=3", "config key policy.heads: expected a divisor of policy.dim=64"),
+    ("imitate.train_runs=100000", "config key imitate.train_runs: expected null or a value in [1, zoo.runs="),
+])
+def test_out_of_range_values_name_the_key_and_the_range(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=[override])
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)

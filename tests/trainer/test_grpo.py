@@ -10,7 +10,6 @@ from policy.sampling import gaussian_kl
 from trainer import grpo
 from rollout.pool import RolloutPool
 from trainer.checkpoints import load_weights
-from trainer.cli import parser, run_main
 from trainer.config import load_config
 from trainer.grpo import GRPOTrainer
 from trainer.pipeline import repeat_groups
@@ -166,12 +165,8 @@ def test_explore_samples_one_step_and_ties_the_others_by_kl(imitation, in_tmp, e
 
 
 def test_smoke_two_iterations_with_local_ray(imitation, in_tmp):
-    p = parser("grpo")
-    for a in ("--init-policy", "--name"):
-        p.add_argument(a)
-    p.add_argument("--resume", action="store_true")
     args = sum((["--set", s] for s in DEFAULT + ["grpo.iterations=2"]), [])
-    assert run_main(grpo.main, p, args) == 0
+    assert grpo.cli(args) == 0
     run = in_tmp / "artifacts/runs/digits_mlp-grpo"
     rewards = read_scalars(run, "rollout/reward_mean")
     assert [s for s, _ in rewards] == [8, 16] and all(0.0 <= r <= 1.0 for _, r in rewards)  # x axis: evaluations

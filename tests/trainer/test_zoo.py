@@ -99,3 +99,17 @@ def test_data_seed_shares_one_minibatch_order_between_runs(in_tmp):
     assert (seed_shared, seed_own, seed_same) == (0, 1001, 1001)
     assert all(torch.equal(own[k], same[k]) for k in own)  # null == the run's own seed
     assert not torch.equal(shared["layers.0.weight"], own["layers.0.weight"])
+
+
+def test_zoo_identity_leaves_out_where_the_data_lives(tiny_zoo):
+    cfg, zoo = tiny_zoo
+    spec = json.loads((zoo / "zoo.json").read_text())
+    assert "root" not in spec["task"] and "download" not in spec["task"] and spec["task"]["reward_size"] == 300
+    # zoo.json as older versions wrote it, with the data's location: still this zoo, and moved data finds it
+    spec["task"].update(root="/empty", download=False)
+    (zoo / "zoo.json").write_text(json.dumps(spec))
+    before = {p: p.stat().st_mtime_ns for p in zoo.glob("run-*/*")}
+    build_zoo(load_config(overrides=TINY + ["task.root=/elsewhere", "task.download=true"]), progress=False)
+    assert {p: p.stat().st_mtime_ns for p in zoo.glob("run-*/*")} == before  # nothing retrained
+    with pytest.raises(Exception, match="built with a different `task` config"):
+        build_zoo(load_config(overrides=TINY + ["task.reward_size=200"]), progress=False)

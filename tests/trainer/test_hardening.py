@@ -1,0 +1,254 @@
+"""Bad inputs a user can give the real entry points (issue 14), table-driven.
+
+Each case runs an entry point in-process with its argv and must: exit 2, print exactly one line `error: ...` naming
+the key, file or shape at fault, print no traceback, and leave every file and folder as it found them. Validation
+runs before any work, so none of these starts Ray or trains anything.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from envs.models import build_reference
+from trainer import bench, generate, grpo, imitate, zoo
+from trainer.checkpoints import save_weights
+from trainer.config import load_config
+from trainer.pipeline import WeightGenerator, init_states, reference_layout
+from trainer.zoo import zoo_spec
+
+from tests.trainer.test_imitate_generate import TINY
+
+ENTRY = {"zoo": zoo.cli, "imitate": imitate.cli, "grpo": grpo.cli, "generate": generate.main, "bench": bench.main}
+
+
+def sets(*overrides):
+    return sum((["--set", o] for o in overrides), [])
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    """An untrained digits policy saved as imitate saves one: enough for every generate case, with no zoo or Ray."""
+    from policy.model import DenoisingPolicy
+    from policy.tokenizer import Tokenizer, fit_scales
+    from envs.tasks import task_from_config
+
+    cfg = load_config(overrides=TINY)
+    task = task_from_config(cfg.task)
+    _, layout = reference_layout(cfg, task)
+    torch.manual_seed(0)
+    tok = Tokenizer(layout, fit_scales(init_states(cfg, task, range(4))))
+    grid = [0.0, 0.25, 0.5, 1.0]
+    wg = WeightGenerator(cfg, DenoisingPolicy(cfg.policy, layout), tok, [0.0, 0.5, 1.0], grid)
+    return wg.save(tmp_path_factory.mktemp("policy"))
+
+
+def snapshot(*roots):
+    """Every path under the roots with its size and content hash: what a failed command must leave untouched."""
+    out = {}
+    for root in roots:
+        for p in sorted(Path(root).rglob("*")):
+            out[str(p)] = (p.is_dir(), p.stat().st_size if p.is_file() else 0,
+                           hash(p.read_bytes()) if p.is_file() else 0)
+    return out
+
+
+def policy_copy(policy, tmp, edit_spec):
+    """A copy of the policy whose policy.json is `edit_spec(text)`."""
+    folder = tmp / "bad-policy"
+    folder.mkdir()
+    (folder / "policy.safetensors").write_bytes(policy.read_bytes())
+    (folder / "policy.json").write_text(edit_spec(policy.with_suffix(".json").read_text()))
+    return folder / "policy.safetensors"
+
+
+def without_layout(text):
+    spec = json.loads(text)
+    del spec["layout"]
+    return json.dumps(spec)
+
+
+def init_file(tmp, dtype=torch.float32, scale=1.0, name="init"):
+    sd = build_reference("mlp", [8], (1, 8, 8), 10, seed=5).state_dict()
+    return save_weights(tmp / f"{name}.safetensors", {k: (v.double() * scale).to(dtype) for k, v in sd.items()})
+
+
+def zoo_folder(tmp, zoo_json=None, run_json=None):
+    """A digits zoo folder holding a zoo.json (valid for TINY unless given) and, optionally, run-0000/run.json."""
+    folder = tmp / "artifacts/checkpoints/digits_mlp"
+    folder.mkdir(parents=True)
+    (folder / "zoo.json").write_text(zoo_json if zoo_json is not None else
+                                     json.dumps(zoo_spec(load_config(overrides=TINY))))
+    if run_json is not None:
+        (folder / "run-0000").mkdir()
+        (folder / "run-0000/run.json").write_text(run_json)
+
+
+def earlier_run(tmp, name):
+    folder = tmp / "artifacts/runs" / name
+    folder.mkdir(parents=True)
+    (folder / "events.out.tfevents.1.host").write_bytes(b"old curves")
+    (folder / "policy.safetensors").write_bytes(b"old policy")
+
+
+# (id, entry point, argv given (tmp, policy) -> list (it sets up the files the case needs), what the message says)
+CASES = [
+    # config values: every one a one-line ConfigError naming the key and the valid range
+    ("zoo.runs=0", "zoo", lambda t, p: sets("zoo.runs=0"), "config key zoo.runs: expected >= 1, got 0"),
+    ("zoo.runs=-3", "zoo", lambda t, p: sets("zoo.runs=-3"), "config key zoo.runs: expected >= 1, got -3"),
+    ("save_every=0", "imitate", lambda t, p: sets("imitate.save_every=0"),
+     "config key imitate.save_every: expected >= 1, got 0"),
+    ("batch_size=0", "imitate", lambda t, p: sets("imitate.batch_size=0"),
+     "config key imitate.batch_size: expected >= 1, got 0"),
+    ("eval_seeds=0", "imitate", lambda t, p: sets("imitate.eval_seeds=0"),
+     "config key imitate.eval_seeds: expected >= 1, got 0"),
+    ("imitate.lr=-1", "imitate", lambda t, p: sets("imitate.lr=-1"), "config key imitate.lr: expected > 0, got -1.0"),
+    ("policy.dim=0", "imitate", lambda t, p: sets("policy.dim=0"), "config key policy.dim: expected >= 1, got 0"),
+    ("inits_per_iter=0", "grpo", lambda t, p: sets("grpo.inits_per_iter=0"),
+     "config key grpo.inits_per_iter: expected >= 1, got 0"),
+    ("num_workers=0", "grpo", lambda t, p: sets("rollout.num_workers=0"),
+     "config key rollout.num_workers: expected >= 1, got 0"),
+    ("timeout_s=0.001", "grpo", lambda t, p: sets("rollout.timeout_s=0.001"),
+     "config key rollout.timeout_s: expected >= 10.0"),
+    ("reward_size=-5", "zoo", lambda t, p: sets("task.reward_size=-5"),
+     "config key task.reward_size: expected >= 1, got -5"),
+    ("reward_size=1e5", "zoo", lambda t, p: sets("task.reward_size=100000"),
+     "config key task.reward_size: expected a value in [1, 1347] (digits has 1348 training examples)"),
+    ("lr=nan", "bench", lambda t, p: ["generate"] + sets("zoo.lr=.nan"), "config key zoo.lr: expected > 0, got nan"),
+    ("threads=-1", "zoo", lambda t, p: sets("threads=-1"), "config key threads: expected null or >= 0, got -1"),
+    ("unknown key", "zoo", lambda t, p: sets("zoo.nope=1"), "unknown config key zoo.nope (valid: "),
+    ("wrong type", "imitate", lambda t, p: sets("zoo.runs=many"), "config key zoo.runs: expected int, got 'many'"),
+    ("unknown task", "zoo", lambda t, p: sets("task.name=imagenet"), "config key task.name: unknown name 'imagenet'"),
+    ("no config file", "imitate", lambda t, p: ["--config", "nowhere.yaml"], "config file nowhere.yaml not found"),
+    # runs that would do nothing and report success
+    ("imitate.steps=-1", "imitate", lambda t, p: sets("imitate.steps=-1"),
+     "config key imitate.steps: expected >= 1, got -1"),
+    ("grpo.iterations=0", "grpo", lambda t, p: sets("grpo.iterations=0"),
+     "config key grpo.iterations: expected >= 1, got 0"),
+    ("group of one", "grpo", lambda t, p: sets("grpo.group_size=1", "grpo.antithetic=false"),
+     "config key grpo.group_size: expected >= 2 (a group of one has zero spread, so nothing is learned), got 1"),
+    ("odd antithetic group", "grpo", lambda t, p: sets("grpo.group_size=5"),
+     "config key grpo.group_size: antithetic sampling pairs samples, so it must be even"),
+    ("imitate --resume, no state", "imitate", lambda t, p: ["--resume"],
+     "artifacts/runs/digits_mlp-imitate/state.safetensors: nothing to resume from"),
+    ("grpo --resume, no state", "grpo", lambda t, p: ["--resume", "--init-policy", str(p)],
+     "artifacts/runs/digits_mlp-grpo/state.safetensors: nothing to resume from"),
+    ("imitate into an earlier run", "imitate", lambda t, p: earlier_run(t, "digits_mlp-imitate") or sets(*TINY),
+     "artifacts/runs/digits_mlp-imitate: holds an earlier run; pass --resume to continue it, --overwrite"),
+    ("grpo into an earlier run", "grpo", lambda t, p: earlier_run(t, "digits_mlp-grpo") or ["--init-policy", str(p)],
+     "artifacts/runs/digits_mlp-grpo: holds an earlier run"),
+    ("--resume and --overwrite", "imitate", lambda t, p: ["--resume", "--overwrite"],
+     "--resume continues the run in its folder, --overwrite replaces it"),
+    ("grpo, no imitation policy", "grpo", lambda t, p: [],
+     "artifacts/runs/digits_mlp-imitate/policy.safetensors: no imitation policy"),
+    # files
+    ("corrupt zoo.json", "imitate", lambda t, p: zoo_folder(t, zoo_json='{"experiment": "dig') or sets(*TINY),
+     "artifacts/checkpoints/digits_mlp/zoo.json: not valid JSON"),
+    ("corrupt run.json", "imitate", lambda t, p: zoo_folder(t, run_json='{"run": 0, "che') or sets(*TINY),
+     "artifacts/checkpoints/digits_mlp/run-0000/run.json: not valid JSON"),
+    ("zoo of another config", "zoo", lambda t, p: zoo_folder(t) or sets(*TINY, "zoo.lr=0.5"),
+     "artifacts/checkpoints/digits_mlp/zoo.json: the zoo there was built with a different `zoo` config"),
+    ("truncated policy.json", "generate", lambda t, p: ["--policy", str(policy_copy(p, t, lambda s: s[:len(s) // 2]))],
+     "bad-policy/policy.json: not valid JSON"),
+    ("policy.json without layout", "generate", lambda t, p: ["--policy", str(policy_copy(p, t, without_layout))],
+     "bad-policy/policy.json: not a policy spec (no 'layout'"),
+    ("no policy", "generate", lambda t, p: ["--policy", "nowhere/policy.safetensors"],
+     "nowhere/policy.safetensors: policy file not found"),
+    ("--out is a file", "generate", lambda t, p: (t / "taken").write_text("x") and ["--policy", str(p), "--out", "taken"],
+     "--out taken: exists and is not a folder"),
+    ("--out under a file", "generate", lambda t, p: (t / "taken").write_text("x") and
+     ["--policy", str(p), "--out", "taken/nets"], "--out taken/nets: taken is not a folder"),
+    ("--out /proc/foo", "generate", lambda t, p: ["--policy", str(p), "--out", "/proc/foo"],
+     "--out /proc/foo: nothing can be written in /proc"),
+    ("policy of another experiment", "generate", lambda t, p: ["--config", "configs/mnist_mlp.yaml", "--policy", str(p)],
+     "belongs to experiment digits_mlp, --config configs/mnist_mlp.yaml is experiment mnist_mlp"),
+    ("--seeds 1,1,1", "generate", lambda t, p: ["--policy", str(p), "--seeds", "1,1,1"],
+     "--seeds '1,1,1': seed 1 given more than once"),
+    ("--seeds 5..2", "generate", lambda t, p: ["--policy", str(p), "--seeds", "5..2"], "--seeds '5..2': no seeds"),
+    ("int32 --init", "generate", lambda t, p: ["--policy", str(p), "--init", str(init_file(t, torch.int32))],
+     "init.safetensors: tensor 'layers.0.weight' has dtype int32, expected a floating-point dtype"),
+    ("float64 --init that overflows", "generate",
+     lambda t, p: ["--policy", str(p), "--init", str(init_file(t, torch.float64, scale=1e300))],
+     "init.safetensors: tensor 'layers.0.weight' overflows float32"),
+    ("--init of another model", "generate", lambda t, p: ["--policy", str(p), "--init", str(save_weights(
+        t / "wide.safetensors", build_reference("mlp", [9], (1, 8, 8), 10).state_dict()))],
+     "wide.safetensors: tensor 'layers.0.weight' has shape (9, 64), expected (8, 64)"),
+    ("bench, bad config", "bench", lambda t, p: ["generate"] + sets("imitate.eval_seeds=0"),
+     "config key imitate.eval_seeds: expected >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, policy, in_tmp, capsys):
+    _, entry, argv, message = case
+    argv = argv(in_tmp, policy)  # sets up the files the case needs, then the snapshot is taken
+    before = snapshot(in_tmp, policy.parent)
+    capsys.readouterr()
+    assert ENTRY[entry](argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert snapshot(in_tmp, policy.parent) == before
+
+
+def test_missing_task_data_leaves_no_zoo_behind(in_tmp, monkeypatch, capsys):
+    # Wrong data location: one line, and no zoo.json that would refuse the rerun with the right location.
+    monkeypatch.setenv("SYNTHNET_DATA", str(in_tmp / "empty"))
+    assert imitate.cli(["--config", "configs/mnist_mlp.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: MNIST: dataset files not found under") and err.count("\n") == 1
+    assert not list(in_tmp.rglob("*"))
+
+
+def test_cli_process_exits_2_with_one_line(in_tmp):
+    # The real `python -m` path once, for the exit status a shell sees.
+    env_cwd = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "trainer.imitate", "--set", "imitate.steps=-1"], cwd=env_cwd,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines()[-1] == "error: config key imitate.steps: expected >= 1, got -1"
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_float_inits_are_cast_and_the_cast_is_said(policy, in_tmp, capsys, dtype):
+    path = init_file(in_tmp, dtype)
+    assert generate.main(["--policy", str(policy), "--init", str(path), "--mean", "--out", "out"]) == 0
+    err = capsys.readouterr().err
+    name = str(dtype).removeprefix("torch.")
+    assert f"note: {path}: cast layers.0.weight {name} -> float32" in err
+    sample = json.loads((in_tmp / "out/report.json").read_text())["samples"][0]
+    assert 0.0 <= sample["test_accuracy"] <= 1.0
+
+
+def test_an_init_that_makes_non_finite_nets_scores_zero_and_is_counted(policy, in_tmp, capsys):
+    # What used to crash score_batch: every generated set non-finite. Now: scored 0, counted, said.
+    path = init_file(in_tmp, scale=1e30)
+    assert generate.main(["--policy", str(policy), "--init", str(path), "--out", "out"]) == 0
+    report = json.loads((in_tmp / "out/report.json").read_text())
+    assert report["summary"]["non_finite"] == 1
+    assert report["samples"][0]["test_accuracy"] == report["samples"][0]["reward_accuracy"] == 0.0
+    assert "warning: 1 of 1 generated nets have non-finite weights and score 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("omp, extra, line, threads", [
+    (None, [], "torch threads: 3 per process (auto: 3 cores / 1 (this process)", 3),
+    (None, ["--set", "threads=2"], "torch threads: 2 per process (threads=2;", 2),
+    ("2", [], "torch threads: 2 per process (OMP_NUM_THREADS=2;", 2),  # the environment's choice beats auto
+])
+def test_entry_point_sets_and_says_its_torch_threads(policy, in_tmp, capsys, monkeypatch, omp, extra, line, threads):
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1, 2})
+    if omp:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    else:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        assert generate.main(["--policy", str(policy), "--seeds", "0", "--mean", "--out", "out", *extra]) == 0
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)  # the rest of the suite runs on one thread (conftest)
+    assert line in capsys.readouterr().out
