@@ -227,6 +227,7 @@ RANGES: dict[str, Rule] = {
     "policy.dim": at_least(1), "policy.rounds": at_least(0), "policy.heads": at_least(1),
     "policy.std_floor": above(0, "log-probs must stay finite"), "policy.std_init": above(0),
     "policy.temperature": above(0), "policy.max_groups": at_least(1), "policy.max_tensors": at_least(1),
+    "policy.latent_dim": at_least(1), "policy.latent_std": above(0),
     "imitate.steps": at_least(1), "imitate.batch_size": at_least(1), "imitate.lr": above(0),
     "imitate.weight_decay": at_least(0), "imitate.grad_clip": above(0), "imitate.schedule_frac": within(0, 1),
     "imitate.walked_frac": within(0, 1), "imitate.task_inits": at_least(0), "imitate.task_examples": at_least(1),
@@ -236,7 +237,7 @@ RANGES: dict[str, Rule] = {
     "grpo.iterations": at_least(1), "grpo.inits_per_iter": at_least(1),
     "grpo.group_size": at_least(2, "a group of one has zero spread, so nothing is learned"),
     "grpo.epochs": at_least(1), "grpo.minibatch_size": at_least(1), "grpo.lr": above(0), "grpo.clip_range": above(0),
-    "grpo.beta_kl": at_least(0), "grpo.temperature": above(0), "grpo.grad_clip": above(0),
+    "grpo.beta_kl": at_least(0), "grpo.temperature": above(0), "grpo.latent_std": above(0), "grpo.grad_clip": above(0),
     "grpo.eval_every": at_least(1), "grpo.save_every": at_least(1), "grpo.seed_start": at_least(0),
 }
 
@@ -245,6 +246,9 @@ def config_from_dict(data: dict) -> ExperimentConfig:
     cfg = from_dict(ExperimentConfig, data)
     check_env_sections(cfg.task, cfg.reference, cfg.env)
     check_ranges(cfg, RANGES)
+    if cfg.policy.latent_dim > cfg.policy.dim:
+        raise ConfigError(f"config key policy.latent_dim: expected at most policy.dim={cfg.policy.dim} (the latent is a "
+                          f"subspace of the unit state), got {cfg.policy.latent_dim}")
     if cfg.policy.dim % cfg.policy.heads:
         raise ConfigError(f"config key policy.heads: expected a divisor of policy.dim={cfg.policy.dim} (attention "
                           f"splits the width into heads), got {cfg.policy.heads}")
@@ -270,8 +274,6 @@ def config_from_dict(data: dict) -> ExperimentConfig:
     check_choice("grpo.explore", gc.explore, ("all", "first", "last"))
     check_choice("grpo.noise", gc.noise, ("iid", "units"))
     check_choice("grpo.reward_batch", gc.reward_batch, ("fixed", "fresh"))
-    if not gc.latent_std > 0:
-        raise ConfigError(f"config key grpo.latent_std: must be > 0, got {gc.latent_std}")
     if gc.antithetic and gc.group_size % 2:
         raise ConfigError(f"config key grpo.group_size: antithetic sampling pairs samples, so it must be even "
                           f"(got {gc.group_size}; or set grpo.antithetic=false)")
