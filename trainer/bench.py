@@ -447,6 +447,8 @@ def run_grpo(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     checkpoints = sorted({max(1, round(args.iterations * (i + 1) / args.points)) for i in range(args.points)})
     curves: dict[str, dict[int, list[float]]] = {}
     walls: dict[str, dict[int, list[float]]] = {}
+    agreement: dict[str, list[tuple[float, float]]] = {}  # per mode, at the end of each run: (same init, across)
+    imitation_agreement = None
     with RolloutPool(cfg) as pool:
         for mode in args.modes:
             curves[mode], walls[mode] = {0: [0.0] * args.runs}, {0: [0.0] * args.runs}
@@ -463,6 +465,10 @@ def run_grpo(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                     gain = (np.asarray(mean_path_accuracy(trainer.wg, task, seeds)[0]) - base).mean() * 100
                     curves[mode].setdefault(trainer.evaluations, []).append(float(gain))
                     walls[mode].setdefault(trainer.evaluations, []).append(trainer.elapsed)
+                end = trainer.evaluate(trainer.wg)
+                agreement.setdefault(mode, []).append((end["same"], end["across"]))
+                if imitation_agreement is None:
+                    imitation_agreement = trainer.evaluate(trainer.imitation)
     lines = [f"{cfg.name}: GRPO from {policy}; held-out gain of the mean path over the imitation policy (test accuracy, "
              f"mean over seeds {seeds[0]}..{seeds[-1]}, imitation median {np.median(base):.4f}); mean +- s.e. over "
              f"{args.runs} runs", "", "| mode | evaluations | GRPO wall (s, mean) | gain (pts) | per run |",
@@ -477,6 +483,10 @@ def run_grpo(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
             lines.append(f"| {mode} | {evals} | {np.mean(walls[mode][evals]):.0f} | {g.mean():+.2f} +- {se:.2f} | "
                          f"{', '.join(f'{v:+.2f}' for v in g)} |")
         summary[mode] = (xs, ys, es)
+    lines += ["", "Diversity: the share of test predictions on which nets sampled from one init (and from different "
+              "inits) agree, at the end of each run (`diversity/*` in TensorBoard): imitation policy "
+              f"{imitation_agreement['same']:.4f} ({imitation_agreement['across']:.4f})"]
+    lines += [f"- {mode}: " + ", ".join(f"{a:.4f} ({b:.4f})" for a, b in agreement[mode]) for mode in agreement]
     table = "\n".join(lines)
     emit(table, args.out)
     figures = []

@@ -169,7 +169,8 @@ def test_smoke_two_iterations_with_local_ray(imitation, in_tmp):
     assert grpo.cli(args) == 0
     run = in_tmp / "artifacts/runs/digits_mlp-grpo"
     rewards = read_scalars(run, "rollout/reward_mean")
-    assert [s for s, _ in rewards] == [8, 16] and all(0.0 <= r <= 1.0 for _, r in rewards)  # x axis: evaluations
+    assert [s for s, _ in rewards] == [8, 16] and all(-100.0 <= r <= 0.0 for _, r in rewards)  # x axis: evaluations
+    assert all(0.0 <= a <= 1.0 for _, a in read_scalars(run, "rollout/accuracy_mean"))  # the reward is minus a loss
     assert read_scalars(run, "perf/evaluations_total") == [(8, 8.0), (16, 16.0)]
     for tag in ("rollout/frac_zero_std", "rollout/accuracy_mean", "rollout/gain_vs_imitation", "losses/policy",
                 "losses/kl", "losses/clipfrac", "losses/approx_kl", "losses/grad_norm", "policy/std_mean",
