@@ -100,9 +100,35 @@ def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path) -> dict:
     return record
 
 
+def width_name(widths: list[int]) -> str:
+    return "w" + "-".join(str(w) for w in widths)
+
+
+def zoo_variants(cfg: ExperimentConfig) -> list[ExperimentConfig]:
+    """The single-width zoos a config's zoo consists of: itself, or with `zoo.widths` one per width list, each an
+    ordinary zoo in its own subfolder (so every tool that reads one zoo reads any of them)."""
+    if not cfg.zoo.widths:
+        return [cfg]
+    return [dataclasses.replace(cfg, reference=dataclasses.replace(cfg.reference, widths=list(w)),
+                                zoo=dataclasses.replace(cfg.zoo, widths=[], out=str(cfg.zoo_dir / width_name(w))))
+            for w in cfg.zoo.widths]
+
+
+def zoo_at_width(cfg: ExperimentConfig) -> ExperimentConfig | None:
+    """The zoo (variant) trained at cfg.reference.widths, or None: the config asks for a width its zoo lacks (as a
+    policy's stored experiment does with reference.widths overridden: the zoo folder then holds other widths)."""
+    v = next((v for v in zoo_variants(cfg) if v.reference.widths == cfg.reference.widths), None)
+    built = v.zoo_dir / "zoo.json" if v is not None else None
+    if built is not None and built.is_file() and json.loads(built.read_text())["reference"] != \
+            dataclasses.asdict(cfg.reference):
+        return None
+    return v
+
+
 def zoo_spec(cfg: ExperimentConfig) -> dict:
     """What a zoo's checkpoints depend on; a zoo folder built with another spec must not be extended."""
-    zoo = {k: v for k, v in dataclasses.asdict(cfg.zoo).items() if k not in ("runs", "out")}
+    # widths: a mixed zoo is made of single-width zoos (zoo_variants), whose specs are those of any other zoo
+    zoo = {k: v for k, v in dataclasses.asdict(cfg.zoo).items() if k not in ("runs", "out", "widths")}
     return dict(experiment=cfg.name, task=dataclasses.asdict(cfg.task), reference=dataclasses.asdict(cfg.reference), zoo=zoo)
 
 
@@ -119,7 +145,12 @@ def _check_spec(cfg: ExperimentConfig, zoo_dir: Path) -> None:
 
 
 def build_zoo(cfg: ExperimentConfig, progress: bool = True) -> Path:
-    """Train the runs missing from the zoo (as Ray tasks), then write the manifest. Returns the zoo folder."""
+    """Train the runs missing from the zoo (as Ray tasks; each width of a mixed zoo in turn), then write the manifest.
+    Returns the zoo folder."""
+    if cfg.zoo.widths:
+        for v in zoo_variants(cfg):
+            build_zoo(v, progress)
+        return cfg.zoo_dir
     zoo_dir = cfg.zoo_dir
     zoo_dir.mkdir(parents=True, exist_ok=True)
     _check_spec(cfg, zoo_dir)
@@ -160,10 +191,12 @@ def load_manifest(zoo_dir: Path) -> dict:
 
 
 def main(args, cfg: ExperimentConfig) -> None:
-    zoo_dir = build_zoo(cfg)
-    s = load_manifest(zoo_dir)["summary"]
-    print(f"zoo {zoo_dir}: {s['runs']} runs, final test accuracy median {s['final_test_accuracy_median']:.4f} "
-          f"(min {s['final_test_accuracy_min']:.4f}, max {s['final_test_accuracy_max']:.4f})")
+    build_zoo(cfg)
+    for v in zoo_variants(cfg):
+        s = load_manifest(v.zoo_dir)["summary"]
+        print(f"zoo {v.zoo_dir} ({reference_name(v)}): {s['runs']} runs, final test accuracy median "
+              f"{s['final_test_accuracy_median']:.4f} (min {s['final_test_accuracy_min']:.4f}, max "
+              f"{s['final_test_accuracy_max']:.4f})")
 
 
 if __name__ == "__main__":
