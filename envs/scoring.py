@@ -4,6 +4,7 @@ and the flat float32 vector layout of a state dict that the env's observations a
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Optional, Sequence, Union
 
@@ -272,3 +273,37 @@ def predict_batch(model: nn.Module, weights: Weights, split: Split, chunk_size: 
     for idx, rows, logits in _batched_passes(model, stacked, split, chunk_size, batch_size):
         pred[idx, rows] = torch.where(logits.isfinite().all(-1), logits.argmax(-1), -1)
     return pred
+
+
+@torch.no_grad()
+def recompute_bn_stats(model: nn.Module, states: StateDict, x: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
+    """BatchNorm running statistics of G weight sets recomputed from inputs `x`, batch by batch (key -> (G, *shape)).
+
+    Each set runs in train mode over the batches with a cumulative average (momentum None), so its statistics are
+    those of its own activations on `x`, whatever the generated ones were; every other entry is returned unchanged.
+    A set with non-finite weights gets non-finite statistics and still scores 0.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert bns, "model has no BatchNorm layer"
+    saved = copy.deepcopy(model.state_dict())
+    was_training, momenta = model.training, [m.momentum for m in bns]
+    out = {k: v.clone() for k, v in states.items()}
+    keys = [k for k in out if k.endswith(("running_mean", "running_var"))]
+    try:
+        for i in range(batch_size_of(states)):
+            model.load_state_dict({k: v[i] for k, v in states.items()})
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None
+            model.train()
+            for lo in range(0, len(x), batch_size):
+                model(x[lo:lo + batch_size])
+            sd = model.state_dict()
+            for k in keys:
+                out[k][i] = sd[k]
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.load_state_dict(saved)
+        model.train(was_training)
+    return out

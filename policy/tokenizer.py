@@ -64,6 +64,20 @@ class Layout:
                     "frozen": self.frozen}
         self.shapes = {t.key: t.shape for t in self.tensors}
 
+    def structure(self) -> dict:
+        """The layout without the sizes of its hidden (not fixed) groups: what a width-agnostic policy depends on.
+        Two layouts with equal structure differ only in how many units their hidden groups hold."""
+        return {**self.raw, "groups": [dict(g, size=None) if not g["fixed"] else g for g in self.raw["groups"]]}
+
+    def fan_in(self, key: str) -> int:
+        """Incoming connections per unit of a weight tensor; for a per-unit tensor, that of the nearest weight before
+        it in the layout writing into the same group (the layer it belongs to: bias after its weight)."""
+        i = next(i for i, t in enumerate(self.tensors) if t.key == key)
+        for t in reversed(self.tensors[:i + 1]):
+            if t.kind == "weight" and t.out == self.tensors[i].out:
+                return math.prod(t.shape[1:])
+        return 1
+
     @property
     def num_values(self) -> int:
         """Dimensions the policy generates (frozen entries excluded)."""
@@ -76,6 +90,27 @@ def fit_scales(weights: Mapping[str, torch.Tensor]) -> dict[str, float]:
     for k, v in weights.items():
         std = v.double().std().item() if v.numel() > 1 else 1.0
         out[k] = float(2.0 ** round(math.log2(std))) if std > 0 and math.isfinite(std) else 1.0
+    return out
+
+
+WIDTH_SCALES = ("fan_in", "keep")
+
+
+def transfer_scales(scales: Mapping[str, float], fitted: Layout, target: Layout, rule: str) -> dict[str, float]:
+    """Per-tensor scales fitted on one width, carried to a layout of the same structure and other hidden widths.
+
+    "keep": the fitted scales as they are. "fan_in": weights and biases x sqrt(fan-in fitted / fan-in target), the
+    1/sqrt(fan-in) that PyTorch's default init gives a layer (and that SGD keeps: README, unseen widths), so a wider
+    layer's tokens stay near unit size; normalisation parameters (BN) keep theirs, they do not scale with fan-in.
+    """
+    assert rule in WIDTH_SCALES, rule
+    assert fitted.structure() == target.structure(), "layouts differ in more than their hidden widths"
+    out = {}
+    for t in target.tensors:
+        s = float(scales[t.key])
+        if rule == "fan_in" and t.kind in ("weight", "bias"):
+            s *= math.sqrt(fitted.fan_in(t.key) / target.fan_in(t.key))
+        out[t.key] = s
     return out
 
 

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import yaml
 
 from policy.model import PolicyConfig
+from policy.tokenizer import WIDTH_SCALES
 from envs.spec import (ConfigError, EnvConfig, ReferenceConfig, Rule, TaskConfig, above, at_least, check_choice,
                        check_env_sections, check_ranges, from_dict, optional, read_yaml, within)
 
@@ -46,6 +47,10 @@ class ZooConfig:
     weights depend on its init alone"""
     out: Optional[str] = None
     """zoo folder; default artifacts/checkpoints/<experiment>"""
+    widths: list[list[int]] = field(default_factory=list)
+    """[]: every run at reference.widths. A list of reference widths (e.g. [[16], [64]]): a mixed-width zoo, `runs`
+    runs at each (seeds seed .. seed + runs - 1 again), each width in its own sub-zoo <zoo>/w16, <zoo>/w64; imitation
+    draws every batch from one width. reference.widths must be one of them when imitating (its scales are fitted)"""
 
 
 @dataclass
@@ -158,6 +163,13 @@ class GRPOConfig:
 class GenerateConfig:
     schedule: list[float] = field(default_factory=lambda: [0.0, 1.0])
     """progress values the policy walks from the init (0) to trained (1); snapped to the zoo's checkpoint grid"""
+    width_scales: str = "fan_in"
+    """how the tokenizer's per-tensor scales, fitted on the zoo's reference widths, carry to other hidden widths
+    (reference.widths overridden at generate time, or the other widths of a mixed zoo): "fan_in" (weights and biases
+    x sqrt(fan-in fitted / fan-in now), as PyTorch's init scales a layer) or "keep" (as fitted)"""
+    bn_recompute_batches: int = 0
+    """0: BatchNorm running statistics are generated like every other tensor; N > 0: they are recomputed after
+    generation from N train-split batches (zoo.batch_size examples each) through the generated net. Needs BN"""
 
 
 @dataclass
@@ -239,6 +251,7 @@ RANGES: dict[str, Rule] = {
     "grpo.epochs": at_least(1), "grpo.minibatch_size": at_least(1), "grpo.lr": above(0), "grpo.clip_range": above(0),
     "grpo.beta_kl": at_least(0), "grpo.temperature": above(0), "grpo.latent_std": above(0), "grpo.grad_clip": above(0),
     "grpo.eval_every": at_least(1), "grpo.save_every": at_least(1), "grpo.seed_start": at_least(0),
+    "generate.bn_recompute_batches": at_least(0),
 }
 
 
@@ -259,6 +272,11 @@ def config_from_dict(data: dict) -> ExperimentConfig:
     sched = cfg.generate.schedule
     if len(sched) < 2 or sched[0] != 0.0 or sched[-1] != 1.0 or sorted(set(sched)) != sched:
         raise ConfigError(f"config key generate.schedule: expected increasing values from 0.0 to 1.0, got {sched}")
+    check_choice("generate.width_scales", cfg.generate.width_scales, WIDTH_SCALES)
+    for w in cfg.zoo.widths:  # a mixed zoo varies widths only: one layout structure for one policy
+        if len(w) != len(cfg.reference.widths) or min(w) < 1:
+            raise ConfigError(f"config key zoo.widths: {w} is not a width list like reference.widths "
+                              f"{cfg.reference.widths} (same length, positive)")
     im = cfg.imitate
     check_choice("imitate.task_split", im.task_split, ("train", "reward"))
     if im.eval_seed_start < cfg.zoo.seed + cfg.zoo.runs and cfg.zoo.seed < im.eval_seed_start + im.eval_seeds:

@@ -7,6 +7,7 @@ held-out init seeds, and saves policy.safetensors + policy.json; `--resume` cont
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +19,16 @@ from envs.scoring import batched_logits, weight_keys
 from envs.tasks import Task, task_from_config
 from policy.model import DenoisingPolicy
 from policy.sampling import gaussian_log_prob, walk
-from policy.tokenizer import Tokenizer, fit_scales
+from policy.tokenizer import Layout, Tokenizer, fit_scales, transfer_scales
 from trainer.algos import learning_rate
 from trainer.checkpoints import load_training_state, save_training_state
 from trainer.cli import parser, run_main, use_threads
-from trainer.config import ExperimentConfig
+from trainer.config import ConfigError, ExperimentConfig
 from trainer.runlog import RunLogger, check_run_dir, clear_run_dir
 from trainer.pairs import ZooPairs
 from trainer.pipeline import (WeightGenerator, init_states, mean_path_accuracy, reference_layout,
                               snap_schedule)
-from trainer.zoo import build_zoo
+from trainer.zoo import build_zoo, zoo_at_width, zoo_variants
 
 
 def sample_pairs(t: torch.Tensor, sched_idx: list[int], batch: int, schedule_frac: float,
@@ -61,6 +62,17 @@ def walk_runs(policy: DenoisingPolicy, data: dict, sched_idx: list[int], grid: l
     return {k: torch.cat([p[k] for p in parts]) for k in data}
 
 
+def walk_widths(policy: DenoisingPolicy, widths: list["WidthData"], sched_idx: list[int],
+                grid: list[float]) -> list[dict[str, torch.Tensor]]:
+    """`walk_runs` on every width of the zoo, each with its own layout."""
+    layout, out = policy.layout, []
+    for wd in widths:
+        policy.layout = wd.layout
+        out.append(walk_runs(policy, wd.data, sched_idx, grid))
+    policy.layout = layout
+    return out
+
+
 def imitation_loss(mean: dict, std: dict, target: dict) -> tuple[torch.Tensor, dict]:
     """Per-tensor MSE of the mean (tensors weigh equally, whatever their size) + Gaussian NLL fitting the std."""
     mse = torch.stack([((mean[k] - target[k]) ** 2).mean() for k in mean]).mean()
@@ -86,28 +98,60 @@ def task_loss(wg: WeightGenerator, template: torch.nn.Module, task: Task, split:
     return F.cross_entropy(logits.flatten(0, 1), data.y[idx].repeat(inits))
 
 
+@dataclass
+class WidthData:
+    """One width of the zoo as imitation data: its layout, and its runs' checkpoints as token blocks."""
+
+    layout: Layout
+    data: dict[str, torch.Tensor]  # key -> (runs, checkpoints, *token_shape)
+    t: torch.Tensor  # (runs, checkpoints)
+    runs: int
+
+
+def zoo_data(cfg: ExperimentConfig, task: Task) -> tuple[Tokenizer, list[WidthData], list[float]]:
+    """The tokenizer (scales fitted on the zoo at reference.widths) and every width of the zoo as token blocks (the
+    other widths scaled by generate.width_scales), with the zoo's common progress grid."""
+    im = cfg.imitate
+    base = zoo_at_width(cfg)
+    assert base is not None  # checked by train()
+    widths, tok, grid = [], None, None
+    for v in [base] + [v for v in zoo_variants(cfg) if v.reference.widths != base.reference.widths]:
+        template, layout = reference_layout(v, task)
+        pairs = ZooPairs(v.zoo_dir, range(im.train_runs or v.zoo.runs), expected=template.state_dict())
+        if tok is None:
+            tok, grid = Tokenizer(layout, fit_scales({k: pairs.weights[k] for k in layout.shapes})), pairs.grid
+        elif pairs.grid != grid:
+            raise ConfigError(f"{v.zoo_dir}: checkpoints at other progress values than {base.zoo_dir}'s")
+        vtok = Tokenizer(layout, transfer_scales(tok.scales, tok.layout, layout, cfg.generate.width_scales))
+        r, c = pairs.t.shape
+        data = {k: x.reshape(r, c, *x.shape[1:]) for k, x in vtok.encode(
+            {k: pairs.weights[k].flatten(0, 1) for k in layout.shapes}).items()}
+        widths.append(WidthData(layout, data, pairs.t, len(pairs.runs)))
+    return tok, widths, grid
+
+
 def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool = True,
           overwrite: bool = False) -> Path:
     im = cfg.imitate
     run_dir = Path("artifacts/runs") / name
     check_run_dir(run_dir, resume, overwrite)
+    if zoo_at_width(cfg) is None:
+        raise ConfigError(f"config key reference.widths: {cfg.reference.widths} is not one of zoo.widths "
+                          f"{cfg.zoo.widths}: the policy's scales are fitted on the zoo at reference.widths")
     zoo_dir = build_zoo(cfg, progress=progress)
     task = task_from_config(cfg.task)
     template, layout = reference_layout(cfg, task)
     template.eval()  # the task loss runs generated nets with their own normalisation statistics
-    pairs = ZooPairs(zoo_dir, range(im.train_runs or cfg.zoo.runs), expected=template.state_dict())
-    tok = Tokenizer(layout, fit_scales({k: pairs.weights[k] for k in layout.shapes}))
-    r, c = pairs.t.shape
-    data = {k: v.reshape(r, c, *v.shape[1:]) for k, v in tok.encode(
-        {k: pairs.weights[k].flatten(0, 1) for k in layout.shapes}).items()}
-    schedule = snap_schedule(cfg.generate.schedule, pairs.grid)
-    sched_idx = [pairs.grid.index(s) for s in schedule]
+    tok, widths, grid = zoo_data(cfg, task)
+    c = len(grid)
+    schedule = snap_schedule(cfg.generate.schedule, grid)
+    sched_idx = [grid.index(s) for s in schedule]
 
     torch.manual_seed(cfg.seed)
     policy = DenoisingPolicy(cfg.policy, layout)
     opt = torch.optim.AdamW(policy.parameters(), lr=im.lr, weight_decay=im.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
-    wg = WeightGenerator(cfg, policy, tok, schedule, pairs.grid)
+    wg = WeightGenerator(cfg, policy, tok, schedule, grid)
     eval_seeds = list(range(im.eval_seed_start, im.eval_seed_start + im.eval_seeds))
     start, elapsed = 0, 0.0
     state_path = run_dir / "state.safetensors"
@@ -117,7 +161,7 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
     elif overwrite:
         clear_run_dir(run_dir)
     log = RunLogger(run_dir, cfg, purge_step=start + 1 if start else None)
-    walked = walk_runs(policy, data, sched_idx, pairs.grid) if im.walked_frac > 0 else None
+    walked = walk_widths(policy, widths, sched_idx, grid) if im.walked_frac > 0 else None
     sched_pos = torch.full((c,), -1, dtype=torch.long)
     sched_pos[torch.tensor(sched_idx)] = torch.arange(len(sched_idx))
     t0 = time.perf_counter() - elapsed
@@ -126,15 +170,21 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
     try:
         for step in bar:
             policy.train()
-            ri, i, j = sample_pairs(pairs.t, sched_idx, im.batch_size, im.schedule_frac, gen)
-            x1 = {k: v[ri, i] for k, v in data.items()}
+            # A batch holds one width (token blocks of different widths do not stack); a single-width zoo draws
+            # nothing here, so its runs stay bit-identical to those made before mixed zoos existed.
+            w = int(torch.randint(len(widths), (1,), generator=gen)) if len(widths) > 1 else 0
+            wd = widths[w]
+            policy.layout = wd.layout  # the policy's only width-dependent state: group sizes, read from its layout
+            ri, i, j = sample_pairs(wd.t, sched_idx, im.batch_size, im.schedule_frac, gen)
+            x1 = {k: v[ri, i] for k, v in wd.data.items()}
             if walked is not None:  # some inputs at schedule points become the policy's own walked states
                 pos = sched_pos[i]
                 use = (torch.rand(len(ri), generator=gen) < im.walked_frac) & (pos >= 1)
-                for k, v in walked.items():
+                for k, v in walked[w].items():
                     x1[k] = torch.where(use.view(-1, *[1] * (v.dim() - 2)), v[ri, pos.clamp(min=0)], x1[k])
-            x2 = {k: v[ri, j] for k, v in data.items()}
-            mean, std = policy(x1, pairs.t[ri, i], pairs.t[ri, j])
+            x2 = {k: v[ri, j] for k, v in wd.data.items()}
+            mean, std = policy(x1, wd.t[ri, i], wd.t[ri, j])
+            policy.layout = layout
             loss, parts = imitation_loss(mean, std, x2)
             if im.task_inits > 0:
                 ce = task_loss(wg, template, task, im.task_split, im.task_inits, im.task_examples, gen)
@@ -159,12 +209,12 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
                 log.scalars(done, {"eval/accuracy_mean": last_eval, "eval/accuracy_median": float(np.median(accs))})
             if done % im.save_every == 0 or done == im.steps:
                 wall = time.perf_counter() - t0
-                wg.save(run_dir, trained_steps=done, wall_s=wall, zoo=str(zoo_dir), zoo_runs=len(pairs.runs),
+                wg.save(run_dir, trained_steps=done, wall_s=wall, zoo=str(zoo_dir), zoo_runs=sum(wd.runs for wd in widths),
                         eval_seeds=eval_seeds, eval_test_accuracy_mean=last_eval)
                 log.flush()  # the curves up to `done` are on disk before the state a resume starts from
                 save_training_state(state_path, policy, opt, {"pairs": gen}, {"step": done, "elapsed_s": wall})
                 if walked is not None:  # refreshed from the saved policy, so a resumed run sees the same inputs
-                    walked = walk_runs(policy, data, sched_idx, pairs.grid)
+                    walked = walk_widths(policy, widths, sched_idx, grid)
     finally:  # also on Ctrl-C or SIGTERM: the curves logged so far reach the disk
         log.close()
     return run_dir

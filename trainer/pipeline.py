@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
@@ -13,18 +13,35 @@ import numpy as np
 import torch
 
 from envs.models import reference_from_config
-from envs.scoring import score_batch
+from envs.scoring import recompute_bn_stats, score_batch
+from envs.spec import ReferenceConfig, from_dict
 from envs.tasks import Task, task_from_config
 from policy.model import DenoisingPolicy, PolicyConfig
 from policy.sampling import Step, walk
-from policy.tokenizer import Layout, Tokenizer
+from policy.tokenizer import Layout, Tokenizer, transfer_scales
 from trainer.checkpoints import CheckpointError, load_policy_files, save_policy
-from trainer.config import ExperimentConfig, apply_override, config_from_dict, config_to_dict
+from trainer.config import ConfigError, ExperimentConfig, apply_override, config_from_dict, config_to_dict
 
 
 def reference_layout(cfg: ExperimentConfig, task: Task) -> tuple[torch.nn.Module, Layout]:
-    template = reference_from_config(cfg.reference, task)
+    return layout_of(cfg.reference, task)
+
+
+def layout_of(reference: ReferenceConfig, task: Task) -> tuple[torch.nn.Module, Layout]:
+    template = reference_from_config(reference, task)
     return template, Layout(template.unit_layout(), {k: v.shape for k, v in template.state_dict().items()})
+
+
+def has_batchnorm(layout: Layout) -> bool:
+    return any(t.kind == "bn_mean" for t in layout.tensors)
+
+
+def bn_recompute_inputs(cfg: ExperimentConfig, task: Task) -> torch.Tensor:
+    """The train-split examples BatchNorm statistics are recomputed on: the first `bn_recompute_batches` x
+    `zoo.batch_size` of a permutation seeded by the experiment, the same for every net."""
+    n = min(len(task.train), cfg.generate.bn_recompute_batches * cfg.zoo.batch_size)
+    idx = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(cfg.seed))[:n]
+    return task.train.x[idx]
 
 
 def init_states(cfg: ExperimentConfig, task: Task, seeds: Iterable[int]) -> dict[str, torch.Tensor]:
@@ -71,6 +88,8 @@ class WeightGenerator:
     tokenizer: Tokenizer
     schedule: list[float]
     grid: list[float]
+    bn_inputs: Optional[torch.Tensor] = field(default=None, repr=False)
+    """examples BatchNorm statistics are recomputed on after generation (generate.bn_recompute_batches), or None"""
 
     @property
     def layout(self) -> Layout:
@@ -83,7 +102,15 @@ class WeightGenerator:
         `grad` keeps the graph from the policy's parameters to the generated weights."""
         final, steps = walk(self.policy, self.tokenizer.encode(init), self.schedule, mean_only, generator, antithetic,
                             grad)
-        return self.tokenizer.decode(final, init), steps
+        return self.finish(self.tokenizer.decode(final, init), grad), steps
+
+    def finish(self, states: dict[str, torch.Tensor], grad: bool = False) -> dict[str, torch.Tensor]:
+        """Generated state dicts as they leave the generator: with generate.bn_recompute_batches, their BatchNorm
+        statistics recomputed on task data (not under `grad`: the task loss differentiates the generated ones)."""
+        if self.bn_inputs is None or grad:
+            return states
+        template = reference_from_config(self.cfg.reference, task_from_config(self.cfg.task))
+        return recompute_bn_stats(template, states, self.bn_inputs, self.cfg.zoo.batch_size)
 
     def rollout(self, init: Mapping[str, torch.Tensor], group_size: int, generator: Optional[torch.Generator] = None,
                 antithetic: bool = False, explore: str = "all") -> tuple[dict[str, torch.Tensor], list[Step]]:
@@ -99,7 +126,7 @@ class WeightGenerator:
                               antithetic)
         sampled[0] = dataclasses.replace(sampled[0], x=tokens)
         final, after = walk(self.policy, final, self.schedule[b:], mean_only=True)
-        return self.tokenizer.decode(final, repeat_groups(init, group_size)), before + sampled + after
+        return self.finish(self.tokenizer.decode(final, repeat_groups(init, group_size))), before + sampled + after
 
     def spec(self, **extra) -> dict:
         return dict(experiment=config_to_dict(self.cfg), policy=dataclasses.asdict(self.policy.cfg),
@@ -121,9 +148,21 @@ class WeightGenerator:
             cfg = config_from_dict(data)
         task = task_from_config(cfg.task)
         template, layout = reference_layout(cfg, task)
+        scales = spec["scales"]
         if spec["layout"] != layout.raw:
-            raise CheckpointError(f"{path}: policy was made for another reference model than "
-                                  f"{cfg.reference.family}{cfg.reference.widths} on {cfg.task.name}")
+            # No policy parameter depends on a hidden group's size, so any widths of the same structure will do; the
+            # tokenizer's scales, fitted at the stored widths, carry over by generate.width_scales.
+            try:
+                _, fitted = layout_of(from_dict(ReferenceConfig, spec["experiment"]["reference"]), task)
+            except (ConfigError, KeyError, AssertionError, ValueError, RuntimeError):
+                fitted = None
+            if fitted is None or fitted.raw != spec["layout"] or fitted.structure() != layout.structure():
+                raise CheckpointError(f"{path}: policy was made for another reference model than "
+                                      f"{cfg.reference.family}{cfg.reference.widths} on {cfg.task.name}")
+            scales = transfer_scales(scales, fitted, layout, cfg.generate.width_scales)
+        if cfg.generate.bn_recompute_batches and not has_batchnorm(layout):
+            raise ConfigError(f"config key generate.bn_recompute_batches: {cfg.reference.family}"
+                              f"{cfg.reference.widths} has no BatchNorm statistics to recompute")
         policy = DenoisingPolicy(PolicyConfig(**spec["policy"]), layout)
         try:
             # Policies saved before the unit latent existed lack its (zero-initialised) mean: keep the fresh one.
@@ -136,4 +175,5 @@ class WeightGenerator:
         schedule = spec["schedule"]
         if cfg.generate.schedule != spec["experiment"]["generate"]["schedule"]:
             schedule = snap_schedule(cfg.generate.schedule, spec["grid"])
-        return cls(cfg, policy, Tokenizer(layout, spec["scales"]), schedule, spec["grid"])
+        bn_inputs = bn_recompute_inputs(cfg, task) if cfg.generate.bn_recompute_batches else None
+        return cls(cfg, policy, Tokenizer(layout, scales), schedule, spec["grid"], bn_inputs)

@@ -102,8 +102,8 @@ def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path, threads: Optional[
 
 
 # Fields that do not change a zoo's checkpoints: how many runs it holds, where it and the task's data live, and
-# whether the data may be downloaded. They stay out of its identity, so moving the data does not orphan a zoo.
-NOT_IDENTITY = {"zoo": ("runs", "out"), "task": ("root", "download")}
+# whether the data may be downloaded (and `widths`: a mixed zoo is made of single-width zoos, see zoo_variants). They stay out of its identity, so moving the data does not orphan a zoo.
+NOT_IDENTITY = {"zoo": ("runs", "out", "widths"), "task": ("root", "download")}
 
 
 def _identity(spec: dict) -> dict:
@@ -114,6 +114,31 @@ def _identity(spec: dict) -> dict:
 def zoo_threads(cfg: ExperimentConfig) -> int:
     """Torch threads of each zoo run: `rollout.num_workers` runs train at once while the driver only waits."""
     return torch_threads(cfg.threads, cfg.rollout.num_workers)
+
+
+def width_name(widths: list[int]) -> str:
+    return "w" + "-".join(str(w) for w in widths)
+
+
+def zoo_variants(cfg: ExperimentConfig) -> list[ExperimentConfig]:
+    """The single-width zoos a config's zoo consists of: itself, or with `zoo.widths` one per width list, each an
+    ordinary zoo in its own subfolder (so every tool that reads one zoo reads any of them)."""
+    if not cfg.zoo.widths:
+        return [cfg]
+    return [dataclasses.replace(cfg, reference=dataclasses.replace(cfg.reference, widths=list(w)),
+                                zoo=dataclasses.replace(cfg.zoo, widths=[], out=str(cfg.zoo_dir / width_name(w))))
+            for w in cfg.zoo.widths]
+
+
+def zoo_at_width(cfg: ExperimentConfig) -> ExperimentConfig | None:
+    """The zoo (variant) trained at cfg.reference.widths, or None: the config asks for a width its zoo lacks (as a
+    policy's stored experiment does with reference.widths overridden: the zoo folder then holds other widths)."""
+    v = next((v for v in zoo_variants(cfg) if v.reference.widths == cfg.reference.widths), None)
+    built = v.zoo_dir / "zoo.json" if v is not None else None
+    if built is not None and built.is_file() and json.loads(built.read_text())["reference"] != \
+            dataclasses.asdict(cfg.reference):
+        return None
+    return v
 
 
 def zoo_spec(cfg: ExperimentConfig) -> dict:
@@ -141,7 +166,12 @@ def build_zoo(cfg: ExperimentConfig, progress: bool = True) -> Path:
     """Train the runs missing from the zoo (as Ray tasks), then write the manifest. Returns the zoo folder.
 
     Everything that can fail on the user's input (another zoo's folder, a corrupt run.json, missing task data) is
-    checked before anything is written: a failed start leaves no zoo.json that would refuse the corrected rerun."""
+    checked before anything is written: a failed start leaves no zoo.json that would refuse the corrected rerun.
+    Each width of a mixed zoo (`zoo.widths`) is an ordinary zoo of its own, built in turn."""
+    if cfg.zoo.widths:
+        for v in zoo_variants(cfg):
+            build_zoo(v, progress)
+        return cfg.zoo_dir
     zoo_dir = cfg.zoo_dir
     _check_spec(cfg, zoo_dir)
     # A finished run is one with a run.json (written last, inside the temp folder renamed into place); read each now,
@@ -189,10 +219,12 @@ def load_manifest(zoo_dir: Path) -> dict:
 
 def main(args, cfg: ExperimentConfig) -> None:
     use_threads(cfg.threads, cfg.rollout.num_workers, "concurrent zoo runs; the driver waits")
-    zoo_dir = build_zoo(cfg)
-    s = load_manifest(zoo_dir)["summary"]
-    print(f"zoo {zoo_dir}: {s['runs']} runs, final test accuracy median {s['final_test_accuracy_median']:.4f} "
-          f"(min {s['final_test_accuracy_min']:.4f}, max {s['final_test_accuracy_max']:.4f})")
+    build_zoo(cfg)
+    for v in zoo_variants(cfg):
+        s = load_manifest(v.zoo_dir)["summary"]
+        print(f"zoo {v.zoo_dir} ({reference_name(v)}): {s['runs']} runs, final test accuracy median "
+              f"{s['final_test_accuracy_median']:.4f} (min {s['final_test_accuracy_min']:.4f}, max "
+              f"{s['final_test_accuracy_max']:.4f})")
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -1,0 +1,170 @@
+"""Beyond one MLP width: generation at widths no zoo run had, mixed-width zoos, and the CNN and ResNet chains (zoo ->
+imitate -> generate -> bench generate) through the same entry points, on tiny budgets."""
+
+import json
+
+import pytest
+import torch
+
+from envs.models import build_reference
+from policy.tokenizer import Layout, transfer_scales
+from trainer import bench, generate, imitate
+from trainer.checkpoints import load_weights
+from trainer.cli import parser, run_main
+
+TINY = ["zoo.runs=3", "reference.widths=[8]", "zoo.epochs=2", "zoo.checkpoints=4", "zoo.batch_size=16",
+        "policy.dim=16", "policy.rounds=1", "policy.heads=2", "imitate.steps=4", "imitate.eval_every=4",
+        "imitate.save_every=4", "imitate.log_every=1", "imitate.eval_seeds=2", "imitate.batch_size=4",
+        "generate.schedule=[0.0,0.5,1.0]", "rollout.num_workers=1"]
+TINY_RESNET = ["--config", "configs/digits_resnet.yaml", "--set", "reference.widths=[4,8]", "--set", "zoo.runs=2",
+               "--set", "zoo.epochs=1"]
+CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[2] / "configs"
+
+
+def imitate_cli(*extra):
+    p = parser("imitate")
+    p.add_argument("--name")
+    p.add_argument("--resume", action="store_true")
+    args = sum((["--set", s] for s in TINY), []) + [a.replace("configs/", f"{CONFIGS}/") for a in extra]
+    return run_main(imitate.main, p, args)
+
+
+def layout_of(family, widths):
+    m = build_reference(family, widths, (1, 8, 8), 10)
+    return Layout(m.unit_layout(), {k: v.shape for k, v in m.state_dict().items()})
+
+
+def test_fan_in_scales_follow_each_layers_fan_in_and_leave_normalisation_alone():
+    a, b = layout_of("mlp", [8]), layout_of("mlp", [32])
+    scales = {t.key: 0.25 for t in a.tensors}
+    keep = transfer_scales(scales, a, b, "keep")
+    fan = transfer_scales(scales, a, b, "fan_in")
+    assert keep == scales
+    # layers.0 reads the 64 fixed inputs either way; layers.1 (and its bias) reads 8 -> 32 hidden units
+    assert fan["layers.0.weight"] == fan["layers.0.bias"] == 0.25
+    assert fan["layers.1.weight"] == fan["layers.1.bias"] == pytest.approx(0.25 * 0.5)
+    ra, rb = layout_of("resnet", [4, 8]), layout_of("resnet", [8, 8])
+    fan = transfer_scales({t.key: 1.0 for t in ra.tensors}, ra, rb, "fan_in")
+    assert all(fan[t.key] == 1.0 for t in rb.tensors if t.kind.startswith("bn_"))
+    assert fan["blocks.0.conv1.weight"] == pytest.approx(0.5 ** 0.5)  # fan-in 4 x 9 -> 8 x 9
+    with pytest.raises(AssertionError):
+        transfer_scales(scales, a, layout_of("mlp", [8, 8]), "keep")  # another structure, not another width
+
+
+@pytest.fixture
+def trained(in_tmp, ray_local):
+    assert imitate_cli() == 0
+    return in_tmp / "artifacts/runs/digits_mlp-imitate"
+
+
+def test_generate_at_a_width_the_policy_never_saw(trained, in_tmp):
+    assert generate.main(["--seeds", "0..1", "--mean", "--set", "reference.widths=[13]", "--out", "w13"]) == 0
+    report = json.loads((in_tmp / "w13/report.json").read_text())
+    ref = build_reference("mlp", [13], (1, 8, 8), 10).state_dict()
+    for s in report["samples"]:
+        weights, _ = load_weights(s["file"], expected=ref)  # raises unless every tensor has width 13
+        assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_a_policy_at_an_unseen_width_stays_permutation_equivariant(trained):
+    from envs.tasks import task_from_config
+    from trainer.pipeline import WeightGenerator, init_states
+
+    wg = WeightGenerator.load(trained / "policy.safetensors", ["reference.widths=[13]"])
+    init = init_states(wg.cfg, task_from_config(wg.cfg.task), [0])
+    perm = torch.randperm(13, generator=torch.Generator().manual_seed(0))
+    permuted = {"layers.0.weight": init["layers.0.weight"][:, perm], "layers.0.bias": init["layers.0.bias"][:, perm],
+                "layers.1.weight": init["layers.1.weight"][:, :, perm], "layers.1.bias": init["layers.1.bias"]}
+    a, _ = wg.generate(init, mean_only=True)
+    b, _ = wg.generate(permuted, mean_only=True)
+    torch.testing.assert_close(b["layers.0.weight"], a["layers.0.weight"][:, perm], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b["layers.1.weight"], a["layers.1.weight"][:, :, perm], atol=1e-5, rtol=1e-5)
+
+
+def test_another_structure_is_a_one_line_error(trained, capsys):
+    assert generate.main(["--seeds", "0", "--set", "reference.widths=[8,8]"]) == 2
+    err = capsys.readouterr().err
+    assert "policy was made for another reference model than mlp[8, 8]" in err and err.count("\n") == 1
+
+
+def test_bench_generate_trains_sgd_at_a_width_no_zoo_has(trained, capsys):
+    args = ["generate", "--seeds", "2"] + sum((["--set", s] for s in TINY + ["reference.widths=[13]"]), [])
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    assert "(mlp[13])" in out and "| SGD from these 2 held-out seeds" in out
+
+
+def test_a_mixed_width_zoo_trains_one_policy_that_loads_at_other_widths(in_tmp, ray_local):
+    assert imitate_cli("--set", "zoo.widths=[[8],[12]]", "--set", "zoo.runs=2") == 0
+    zoo = in_tmp / "artifacts/checkpoints/digits_mlp"
+    assert sorted(p.name for p in zoo.iterdir()) == ["w12", "w8"]
+    assert json.loads((zoo / "w12/manifest.json").read_text())["reference"]["widths"] == [12]
+    spec = json.loads((in_tmp / "artifacts/runs/digits_mlp-imitate/policy.json").read_text())
+    assert spec["zoo_runs"] == 4
+    assert generate.main(["--seeds", "0", "--mean", "--set", "reference.widths=[20]", "--out", "w20"]) == 0
+    ref = build_reference("mlp", [20], (1, 8, 8), 10).state_dict()
+    load_weights(json.loads((in_tmp / "w20/report.json").read_text())["samples"][0]["file"], expected=ref)
+
+
+def test_imitating_a_mixed_zoo_needs_reference_widths_among_its_widths(in_tmp, capsys):
+    assert imitate_cli("--set", "zoo.widths=[[12],[16]]") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: config key reference.widths: [8] is not one of zoo.widths") and err.count("\n") == 1
+    assert not (in_tmp / "artifacts").exists()  # before any work
+
+
+def test_resnet_chain_with_generated_and_recomputed_batchnorm_statistics(in_tmp, ray_local, capsys):
+    assert imitate_cli(*TINY_RESNET) == 0
+    pol = in_tmp / "artifacts/runs/digits_resnet-imitate/policy.safetensors"
+    assert generate.main(["--policy", str(pol), "--seeds", "0", "--mean", "--out", "gen"]) == 0
+    assert generate.main(["--policy", str(pol), "--seeds", "0", "--mean", "--out", "bn",
+                          "--set", "generate.bn_recompute_batches=2"]) == 0
+    ref = build_reference("resnet", [4, 8], (1, 8, 8), 10)
+    files = [json.loads((in_tmp / d / "report.json").read_text())["samples"][0]["file"] for d in ("gen", "bn")]
+    gen, bn = (load_weights(f, expected=ref.state_dict())[0] for f in files)
+    assert all(torch.equal(gen[k], bn[k]) for k in gen if "running" not in k)  # only the statistics change
+    assert not torch.equal(gen["bn.running_var"], bn["bn.running_var"])
+    # Independently: the recomputed statistics are those of the generated net's activations on the same 2 batches.
+    from trainer.pipeline import WeightGenerator
+
+    wg = WeightGenerator.load(pol, ["generate.bn_recompute_batches=2"])
+    x = wg.bn_inputs
+    assert len(x) == 2 * wg.cfg.zoo.batch_size
+    ref.load_state_dict(gen)
+    ref.stem.register_forward_hook(lambda m, i, o: setattr(m, "out", o))
+    ref.eval()
+    ref(x)
+    torch.testing.assert_close(bn["bn.running_mean"], ref.stem.out.mean((0, 2, 3)), atol=1e-5, rtol=1e-4)
+    assert bench.main(["generate", "--seeds", "1", "--policy", str(pol), "--config", str(CONFIGS / "digits_resnet.yaml"),
+                       "--set", "reference.widths=[4,8]", "--set", "zoo.runs=2", "--set", "zoo.epochs=1"]) == 0
+    assert "SGD (2 zoo runs" in capsys.readouterr().out
+
+
+def test_cnn_chain_on_digits(in_tmp, ray_local):
+    assert imitate_cli("--set", "reference.family=cnn", "--set", "reference.widths=[4]", "--set", "zoo.runs=2") == 0
+    assert generate.main(["--seeds", "0", "--mean", "--out", "cnn", "--set", "reference.widths=[6]"]) == 0
+    ref = build_reference("cnn", [6], (1, 8, 8), 10).state_dict()
+    load_weights(json.loads((in_tmp / "cnn/report.json").read_text())["samples"][0]["file"], expected=ref)
+
+
+def test_recomputing_batchnorm_statistics_needs_batchnorm(trained, capsys):
+    assert generate.main(["--seeds", "0", "--set", "generate.bn_recompute_batches=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: config key generate.bn_recompute_batches: mlp[8] has no BatchNorm") and \
+        err.count("\n") == 1
+
+
+def test_grpo_runs_at_a_width_the_imitation_policy_never_saw(trained, in_tmp):
+    from trainer import grpo
+    from tests.trainer.test_grpo import GRPO
+
+    p = parser("grpo")
+    for a in ("--init-policy", "--name"):
+        p.add_argument(a)
+    p.add_argument("--resume", action="store_true")
+    args = sum((["--set", s] for s in GRPO + ["grpo.iterations=1", "grpo.eval_every=1", "reference.widths=[12]"]), [])
+    assert run_main(grpo.main, p, args + ["--init-policy", str(trained / "policy.safetensors")]) == 0
+    spec = json.loads((in_tmp / "artifacts/runs/digits_mlp-grpo/policy.json").read_text())
+    assert spec["experiment"]["reference"]["widths"] == [12]  # saved as a width-12 policy, its scales carried over
+    assert generate.main(["--policy", str(in_tmp / "artifacts/runs/digits_mlp-grpo/policy.safetensors"), "--seeds", "0",
+                          "--out", "g12"]) == 0
