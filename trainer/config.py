@@ -233,6 +233,8 @@ RANGES: dict[str, Rule] = {
     "zoo.runs": at_least(1), "zoo.seed": at_least(0), "zoo.lr": above(0), "zoo.momentum": within(0, 1),
     "zoo.weight_decay": at_least(0), "zoo.batch_size": at_least(1), "zoo.epochs": at_least(1),
     "zoo.checkpoints": at_least(2, "the init and the last step"), "zoo.data_seed": optional(at_least(0)),
+    "zoo.widths": (lambda v: all(w and all(isinstance(x, int) and x >= 1 for x in w) for w in v),
+                   "[] or a list of width lists of positive integers"),
     "rollout.num_workers": at_least(1),
     "rollout.timeout_s": at_least(MIN_TIMEOUT_S, "scoring actors take seconds to start and load their task"),
     "rollout.chunk_size": at_least(1), "rollout.max_retries": at_least(0),

@@ -135,7 +135,7 @@ def zoo_at_width(cfg: ExperimentConfig) -> ExperimentConfig | None:
     policy's stored experiment does with reference.widths overridden: the zoo folder then holds other widths)."""
     v = next((v for v in zoo_variants(cfg) if v.reference.widths == cfg.reference.widths), None)
     built = v.zoo_dir / "zoo.json" if v is not None else None
-    if built is not None and built.is_file() and json.loads(built.read_text())["reference"] != \
+    if built is not None and built.is_file() and read_json(built).get("reference") != \
             dataclasses.asdict(cfg.reference):
         return None
     return v

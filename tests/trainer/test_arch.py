@@ -10,7 +10,6 @@ from envs.models import build_reference
 from policy.tokenizer import Layout, transfer_scales
 from trainer import bench, generate, imitate
 from trainer.checkpoints import load_weights
-from trainer.cli import parser, run_main
 
 TINY = ["zoo.runs=3", "reference.widths=[8]", "zoo.epochs=2", "zoo.checkpoints=4", "zoo.batch_size=16",
         "policy.dim=16", "policy.rounds=1", "policy.heads=2", "imitate.steps=4", "imitate.eval_every=4",
@@ -22,11 +21,7 @@ CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[2] / "configs"
 
 
 def imitate_cli(*extra):
-    p = parser("imitate")
-    p.add_argument("--name")
-    p.add_argument("--resume", action="store_true")
-    args = sum((["--set", s] for s in TINY), []) + [a.replace("configs/", f"{CONFIGS}/") for a in extra]
-    return run_main(imitate.main, p, args)
+    return imitate.cli(sum((["--set", s] for s in TINY), []) + [a.replace("configs/", f"{CONFIGS}/") for a in extra])
 
 
 def layout_of(family, widths):
@@ -158,12 +153,8 @@ def test_grpo_runs_at_a_width_the_imitation_policy_never_saw(trained, in_tmp):
     from trainer import grpo
     from tests.trainer.test_grpo import GRPO
 
-    p = parser("grpo")
-    for a in ("--init-policy", "--name"):
-        p.add_argument(a)
-    p.add_argument("--resume", action="store_true")
     args = sum((["--set", s] for s in GRPO + ["grpo.iterations=1", "grpo.eval_every=1", "reference.widths=[12]"]), [])
-    assert run_main(grpo.main, p, args + ["--init-policy", str(trained / "policy.safetensors")]) == 0
+    assert grpo.cli(args + ["--init-policy", str(trained / "policy.safetensors")]) == 0
     spec = json.loads((in_tmp / "artifacts/runs/digits_mlp-grpo/policy.json").read_text())
     assert spec["experiment"]["reference"]["widths"] == [12]  # saved as a width-12 policy, its scales carried over
     assert generate.main(["--policy", str(in_tmp / "artifacts/runs/digits_mlp-grpo/policy.safetensors"), "--seeds", "0",
