@@ -85,6 +85,22 @@ class Step:
     heads: Optional[torch.Tensor] = None  # "units": the trunk's per-tensor head outputs (B, T, 2)
 
 
+def cat_steps(parts: Sequence[Step]) -> Step:
+    """One step of a trajectory whose rows were walked in chunks: the chunks' steps joined along the batch."""
+    first = parts[0]
+
+    def join(values):
+        if values[0] is None:
+            return None
+        if isinstance(values[0], dict):
+            return {k: torch.cat([v[k] for v in values]) for k in values[0]}
+        return torch.cat(values)
+
+    return Step(join([p.x for p in parts]), join([p.y for p in parts]), first.t1, first.t2,
+                join([p.log_prob for p in parts]), first.sampled, join([p.latent for p in parts]),
+                join([p.states for p in parts]), join([p.heads for p in parts]))
+
+
 def draw(policy, x: Mapping[str, torch.Tensor], t1: float, t2: float, mean_only: bool = False,
          generator: Optional[torch.Generator] = None, antithetic: bool = False) -> Step:
     """One step from token blocks x: the policy's Gaussian (over weights, or over the unit latent with

@@ -16,10 +16,14 @@ from envs.models import reference_from_config
 from envs.scoring import score_batch
 from envs.tasks import Task, task_from_config
 from policy.model import DenoisingPolicy, PolicyConfig
-from policy.sampling import Step, walk
+from policy.sampling import Step, cat_steps, walk
 from policy.tokenizer import Layout, Tokenizer
 from trainer.checkpoints import CheckpointError, load_policy_files, save_policy
 from trainer.config import ExperimentConfig, apply_override, config_from_dict, config_to_dict
+
+
+# Floats in the policy's widest activation per chunk of the mean path (see `WeightGenerator.generate`): 8 MB.
+ACTIVATION_BUDGET = 2**21
 
 
 def reference_layout(cfg: ExperimentConfig, task: Task) -> tuple[torch.nn.Module, Layout]:
@@ -81,9 +85,23 @@ class WeightGenerator:
                  antithetic: bool = False, grad: bool = False) -> tuple[dict[str, torch.Tensor], list[Step]]:
         """Batched inits (key -> (B, *shape)) -> generated state dicts and the trajectory's steps (token blocks);
         `grad` keeps the graph from the policy's parameters to the generated weights."""
-        final, steps = walk(self.policy, self.tokenizer.encode(init), self.schedule, mean_only, generator, antithetic,
-                            grad)
-        return self.tokenizer.decode(final, init), steps
+        tokens = self.tokenizer.encode(init)
+        b = next(iter(tokens.values())).shape[0]
+        chunk = self.nets_per_chunk()
+        if not mean_only or grad or b <= chunk:  # a draw's noise depends on the batch it is drawn for: walk it whole
+            final, steps = walk(self.policy, tokens, self.schedule, mean_only, generator, antithetic, grad)
+            return self.tokenizer.decode(final, init), steps
+        # The mean path treats rows independently: in chunks its activations stay in cache and off fresh mmaps
+        # (measured on MNIST: 64 nets at once cost 1.35x the CPU time per net of chunks of 16 to 32).
+        parts = [walk(self.policy, {k: v[i:i + chunk] for k, v in tokens.items()}, self.schedule, True)
+                 for i in range(0, b, chunk)]
+        final = {k: torch.cat([p[0][k] for p in parts]) for k in tokens}
+        return self.tokenizer.decode(final, init), [cat_steps(s) for s in zip(*(p[1] for p in parts))]
+
+    def nets_per_chunk(self) -> int:
+        """Nets whose widest activation (the node MLP's hidden layer over the largest unit group) fits the budget."""
+        widest = max(g.size for g in self.layout.groups) * 2 * self.policy.cfg.dim
+        return max(1, ACTIVATION_BUDGET // widest)
 
     def rollout(self, init: Mapping[str, torch.Tensor], group_size: int, generator: Optional[torch.Generator] = None,
                 antithetic: bool = False, explore: str = "all") -> tuple[dict[str, torch.Tensor], list[Step]]:
