@@ -206,6 +206,9 @@ def run_generate(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict
              "| weights | steps | test accuracy (median) | / SGD | per seed vs the first policy |",
              "| --- | --- | --- | --- | --- |"]
     lines += [f"| {name} | {k} | {acc:.4f} | {acc / sgd:.3f} | {paired} |" for name, k, acc, paired in rows]
+    if args.speed_seeds:
+        path, wg = next(iter(policies.items()))
+        lines += ["", speed_table(args, cfg, wg, path, task, seeds[:args.speed_seeds], float(np.median(first)))]
     table = "\n".join(lines)
     emit(table, args.out)
     figures = []
@@ -218,6 +221,82 @@ def run_generate(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict
                                     f"median {np.median(random):.3f}, off the axis)", "test accuracy",
                                     figure(args, cfg.name, "generate")))
     return dict(table=table, figures=figures)
+
+
+SPEED_BATCH = 64  # nets per call in the batched generation timing
+
+
+def stopwatch(fn: Callable[[], object], nets: int) -> tuple[float, float]:
+    """(wall, CPU) seconds per net of one call of `fn`. CPU time counts only this process, so on a shared machine it
+    tells the work apart from the waiting."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return (time.perf_counter() - wall) / nets, (time.process_time() - cpu) / nets
+
+
+def sgd_time_to_accuracy(cfg: ExperimentConfig, task, seed: int, target: float, check_every: int) -> dict:
+    """SGD with the zoo's recipe from the init of `seed` (minibatch order from the same seed, as a zoo run draws it)
+    under a stopwatch that runs only while it trains: test accuracy is checked every `check_every` steps, off the
+    clock, until it reaches `target`. Returns the steps, wall and CPU seconds, and whether it got there at all."""
+    import itertools
+
+    from trainer.zoo import sgd_steps, total_steps
+
+    model = reference_from_config(cfg.reference, task, seed=seed)
+    run = sgd_steps(cfg, model, task, seed if cfg.zoo.data_seed is None else cfg.zoo.data_seed)
+    done, wall, cpu, total = 0, 0.0, 0.0, total_steps(cfg, task)
+    while evaluate(model, task.test)[1] < target:
+        if done == total:
+            return dict(steps=done, wall_s=wall, cpu_s=cpu, reached=False)
+        w, c = stopwatch(lambda: list(itertools.islice(run, check_every)), 1)
+        done, wall, cpu = min(done + check_every, total), wall + w, cpu + c
+    return dict(steps=done, wall_s=wall, cpu_s=cpu, reached=True)
+
+
+def speed_table(args: argparse.Namespace, cfg: ExperimentConfig, wg, path: str, task, seeds: list[int],
+                target: float) -> str:
+    """Time to a trained net: the policy's mean path one net at a time and SPEED_BATCH at a time, against SGD from the
+    held-out `seeds` to the policy's median test accuracy `target`; all interleaved in this process, one repeat per
+    SGD seed, medians reported."""
+    import numpy as np
+
+    from trainer.pipeline import init_states
+    from trainer.zoo import total_steps
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        batch = init_states(cfg, task, range(args.seed_start, args.seed_start + SPEED_BATCH))
+        ones = [{k: v[i:i + 1] for k, v in batch.items()} for i in range(len(seeds))]
+        for fn in (lambda: wg.generate(ones[0], mean_only=True), lambda: wg.generate(batch, mean_only=True)):
+            fn()  # warm-up: first-call costs are not rates
+        one, many, sgd = [], [], []
+        for seed in tqdm(seeds, desc="speed: SGD to equal accuracy and generation, interleaved"):
+            sgd.append(sgd_time_to_accuracy(cfg, task, seed, target, args.check_every))
+            one.append(stopwatch(lambda: [wg.generate(o, mean_only=True) for o in ones], len(ones)))
+            many.append(stopwatch(lambda: wg.generate(batch, mean_only=True), SPEED_BATCH))
+    finally:
+        torch.set_num_threads(threads)
+    sgd_wall, sgd_cpu = (float(np.median([r[k] for r in sgd])) for k in ("wall_s", "cpu_s"))
+    reached = sum(r["reached"] for r in sgd)
+
+    def ratio(sgd_s: float, gen_s: float) -> str:
+        return f"{sgd_s / gen_s:.0f}x" if gen_s > 0 else "-"
+
+    lines = [f"Speed: {args.threads} torch thread(s), {os.cpu_count()} CPUs, 1-min load average "
+             f"{os.getloadavg()[0]:.1f}; medians of {len(seeds)} interleaved repeats. SGD: the zoo's recipe from held-out "
+             f"seeds {seeds[0]}..{seeds[-1]} until test accuracy >= {target:.4f} (the policy's median), checked every "
+             f"{args.check_every} steps off the clock; {reached}/{len(seeds)} reached it (the recipe runs "
+             f"{total_steps(cfg, task)} steps).", "",
+             "| method | nets per call | ms/net (wall) | ms/net (CPU) | SGD steps | SGD time / this (wall) | (CPU) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, n, times in ((f"policy {path} (mean path, {len(wg.schedule) - 1} steps)", 1, one),
+                           ("same, batched", SPEED_BATCH, many)):
+        w, c = (float(np.median([t[i] for t in times])) for i in (0, 1))
+        lines.append(f"| {name} | {n} | {w * 1000:.2f} | {c * 1000:.2f} | | {ratio(sgd_wall, w)} | {ratio(sgd_cpu, c)} |")
+    lines.append(f"| SGD ({cfg.zoo.optimizer}, batch {cfg.zoo.batch_size}) to equal test accuracy | 1 | "
+                 f"{sgd_wall * 1000:.1f} | {sgd_cpu * 1000:.1f} | {np.median([r['steps'] for r in sgd]):.0f} | 1x | 1x |")
+    return "\n".join(lines)
 
 
 def es_search(model: torch.nn.Module, start: dict[str, torch.Tensor], batches: Callable[[int], object],
@@ -447,8 +526,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=run_rollout, default_configs=ROLLOUT_CONFIGS)
     g = held_out_parser(sub, "generate", "held-out accuracy: random init vs SGD vs policies", seeds=32)
     g.add_argument("--policy", action="append", help="policy.safetensors, repeatable (default: the imitation policy)")
-    g.set_defaults(func=run_generate, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, threads=1,
-                   workers=[1])
+    g.add_argument("--speed-seeds", type=int, default=8,
+                   help="held-out seeds SGD runs from in the speed table: generation time vs SGD's time to the first "
+                        "policy's median accuracy (default 8; 0: no speed table)")
+    g.add_argument("--check-every", type=int, default=20, help="SGD steps between test-accuracy checks (default 20)")
+    g.add_argument("--threads", type=int, default=1, help="torch threads for the speed table (default 1)")
+    g.set_defaults(func=run_generate, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, workers=[1])
     e = held_out_parser(sub, "search", "ES on generated nets' weights: fixed reward split vs fresh batches", seeds=2)
     e.add_argument("--policy", help="policy.safetensors whose mean path starts the search (default: the imitation "
                                     "policy)")
@@ -484,8 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
-    if min(args.groups, args.repeats, args.threads, *args.workers) < 1:
-        p.error("--groups, --repeats, --threads and --workers must be >= 1")
+    if min(args.groups, args.repeats, args.threads, *args.workers, getattr(args, "check_every", 1)) < 1:
+        p.error("--groups, --repeats, --threads, --workers and --check-every must be >= 1")
     paths = args.config or args.default_configs
     return guarded(lambda: args.func(args, [load_config(path, args.overrides) for path in paths]))
 

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import ray
@@ -43,6 +44,40 @@ def run_dir(zoo_dir: Path, run: int) -> Path:
     return zoo_dir / f"run-{run:04d}"
 
 
+def total_steps(cfg: ExperimentConfig, task) -> int:
+    """Optimizer steps of one run of the zoo's recipe: whole minibatches per epoch x epochs."""
+    return len(task.train) // cfg.zoo.batch_size * cfg.zoo.epochs
+
+
+def sgd_steps(cfg: ExperimentConfig, model: torch.nn.Module, task, data_seed: int) -> Iterator[int]:
+    """The zoo's recipe (optimizer, learning-rate schedule, minibatch order drawn from `data_seed`) applied to `model`,
+    one update per iteration: yields the steps done so far, so that a caller can checkpoint, evaluate or time the run
+    between updates (an evaluation may switch the model to eval mode and back)."""
+    zc = cfg.zoo
+    gen = torch.Generator().manual_seed(data_seed)  # minibatch order
+    if zc.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=zc.lr, momentum=zc.momentum, weight_decay=zc.weight_decay)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=zc.lr, weight_decay=zc.weight_decay)
+    n = len(task.train)
+    per_epoch = n // zc.batch_size
+    total = total_steps(cfg, task)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * s / total)) if zc.cosine else 1.0)
+    step = 0
+    model.train()
+    for _ in range(zc.epochs):
+        perm = torch.randperm(n, generator=gen)
+        for b in range(per_epoch):
+            idx = perm[b * zc.batch_size:(b + 1) * zc.batch_size]
+            loss = F.cross_entropy(model(task.train.x[idx]), task.train.y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            yield step
+
+
 def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path) -> dict:
     """Train run `run` from seed `zoo.seed + run`, checkpointing at log-spaced steps; returns its run record."""
     torch.set_num_threads(1)  # one Ray task per core
@@ -51,15 +86,7 @@ def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path) -> dict:
     seed = zc.seed + run
     model = reference_from_config(cfg.reference, task, seed=seed)
     data_seed = seed if zc.data_seed is None else zc.data_seed
-    gen = torch.Generator().manual_seed(data_seed)  # minibatch order
-    if zc.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=zc.lr, momentum=zc.momentum, weight_decay=zc.weight_decay)
-    else:
-        opt = torch.optim.Adam(model.parameters(), lr=zc.lr, weight_decay=zc.weight_decay)
-    n = len(task.train)
-    per_epoch = n // zc.batch_size
-    total = per_epoch * zc.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * s / total)) if zc.cosine else 1.0)
+    total = total_steps(cfg, task)
     save_at = set(checkpoint_steps(total, zc.checkpoints))
 
     final, tmp = run_dir(zoo_dir, run), zoo_dir / f".run-{run:04d}.tmp"
@@ -78,22 +105,10 @@ def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path) -> dict:
         records.append(dict(file=f"{final.name}/{name}", step=step, t=step / total, loss=loss,
                             reward_accuracy=reward_acc, test_accuracy=test_acc))
 
-    step = 0
     save(0)
-    model.train()
-    for _ in range(zc.epochs):
-        perm = torch.randperm(n, generator=gen)
-        for b in range(per_epoch):
-            idx = perm[b * zc.batch_size:(b + 1) * zc.batch_size]
-            loss = F.cross_entropy(model(task.train.x[idx]), task.train.y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            if step in save_at:
-                save(step)
-                model.train()
+    for step in sgd_steps(cfg, model, task, data_seed):
+        if step in save_at:
+            save(step)
     record = dict(run=run, seed=seed, data_seed=data_seed, total_steps=total, checkpoints=records)
     save_json(tmp / "run.json", record)
     tmp.rename(final)
