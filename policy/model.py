@@ -238,8 +238,8 @@ class DenoisingPolicy(nn.Module):
     def latent(self, h: dict) -> tuple[dict, dict]:
         """The unit latent of the noised groups (every group but the input's), given the unit states: (mean, std),
         group -> (B, n, k) and (B,)."""
-        b = next(iter(h.values())).shape[0]
-        std = torch.full((b,), self.cfg.latent_std, dtype=next(iter(h.values())).dtype)
+        first = next(iter(h.values()))
+        std = torch.full((first.shape[0],), self.cfg.latent_std, dtype=first.dtype, device=first.device)
         return {g: self.latent_mean(h[g]) for g in self.attend}, {g: std for g in self.attend}
 
     def lift(self, h: dict, u: dict) -> dict:

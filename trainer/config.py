@@ -15,6 +15,7 @@ from typing import Any, Optional
 import yaml
 
 from policy.model import PolicyConfig
+from trainer.device import check_device
 from envs.spec import ConfigError, EnvConfig, ReferenceConfig, TaskConfig, check_choice, check_env_sections, from_dict, read_yaml
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_config", "config_from_dict", "add_config_args"]
@@ -59,6 +60,12 @@ class RolloutConfig:
     """weight sets scored per vmap call (bounds memory)"""
     max_retries: int = 3
     """times a lost actor's share is re-run on a restarted actor before giving up"""
+    gpus_per_worker: float = 0.0
+    """GPUs each Ray worker (scoring actor, zoo run) asks for when the experiment's device is CUDA; fractional shares
+    put several workers on one GPU (0.25: four). 0: workers run on the CPU. Ignored with device=cpu"""
+    precision: str = "fp32"
+    """scoring arithmetic: "fp32", or "bf16" (autocast: matmuls in bfloat16, faster on GPUs; rewards may differ
+    slightly from fp32)"""
 
 
 @dataclass
@@ -164,6 +171,9 @@ class ExperimentConfig:
     """experiment name: names the zoo folder and the runs"""
     seed: int = 0
     """the one seeding point of every entry point"""
+    device: str = "auto"
+    """where tensors live and compute runs: "auto" (CUDA when torch sees a GPU, else the CPU), "cpu", "cuda" or
+    "cuda:N". Checkpoints are device-independent: one saved on a GPU loads on a CPU-only machine and back"""
     task: TaskConfig = field(default_factory=TaskConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -208,6 +218,10 @@ def config_from_dict(data: dict) -> ExperimentConfig:
     cfg = from_dict(ExperimentConfig, data)
     check_env_sections(cfg.task, cfg.reference, cfg.env)
     check_choice("zoo.optimizer", cfg.zoo.optimizer, ("sgd", "adam"))
+    check_device(cfg.device)
+    check_choice("rollout.precision", cfg.rollout.precision, ("fp32", "bf16"))
+    if not cfg.rollout.gpus_per_worker >= 0:
+        raise ConfigError(f"config key rollout.gpus_per_worker: must be >= 0, got {cfg.rollout.gpus_per_worker}")
     sched = cfg.generate.schedule
     if len(sched) < 2 or sched[0] != 0.0 or sched[-1] != 1.0 or sorted(set(sched)) != sched:
         raise ConfigError(f"config key generate.schedule: expected increasing values from 0.0 to 1.0, got {sched}")

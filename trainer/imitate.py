@@ -23,6 +23,7 @@ from policy.tokenizer import Tokenizer, fit_scales
 from trainer.checkpoints import load_training_state, save_training_state
 from trainer.cli import parser, run_main
 from trainer.config import ExperimentConfig
+from trainer.device import resolve_device
 from trainer.runlog import RunLogger
 from trainer.pairs import ZooPairs
 from trainer.pipeline import (WeightGenerator, init_states, mean_path_accuracy, reference_layout,
@@ -90,7 +91,7 @@ def task_loss(wg: WeightGenerator, template: torch.nn.Module, task: Task, split:
     seeds = (TASK_SEED_BASE + torch.randint(10**9, (inits,), generator=gen)).tolist()
     final, _ = wg.generate(init_states(wg.cfg, task, seeds), mean_only=True, grad=True)
     params = {k: final[k] for k in weight_keys(template.state_dict())}
-    data = task.split(split)
+    data = task.split(split).to(wg.device)
     idx = torch.randint(len(data), (examples,), generator=gen)
     logits = batched_logits(template, params, data.x[idx])  # (inits, examples, classes)
     return F.cross_entropy(logits.flatten(0, 1), data.y[idx].repeat(inits))
@@ -102,7 +103,7 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
     zoo_dir = build_zoo(cfg, progress=progress)
     task = task_from_config(cfg.task)
     template, layout = reference_layout(cfg, task)
-    template.eval()  # the task loss runs generated nets with their own normalisation statistics
+    template.to(resolve_device(cfg.device)).eval()  # the task loss runs generated nets with their own BN statistics
     pairs = ZooPairs(zoo_dir, range(im.train_runs or cfg.zoo.runs), expected=template.state_dict())
     tok = Tokenizer(layout, fit_scales({k: pairs.weights[k] for k in layout.shapes}))
     r, c = pairs.t.shape
@@ -111,8 +112,10 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
     schedule = snap_schedule(cfg.generate.schedule, pairs.grid)
     sched_idx = [pairs.grid.index(s) for s in schedule]
 
+    device = resolve_device(cfg.device)
+    data = {k: v.to(device) for k, v in data.items()}
     torch.manual_seed(cfg.seed)
-    policy = DenoisingPolicy(cfg.policy, layout)
+    policy = DenoisingPolicy(cfg.policy, layout).to(device)  # initialised on the CPU: the same init on every device
     opt = torch.optim.AdamW(policy.parameters(), lr=im.lr, weight_decay=im.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     wg = WeightGenerator(cfg, policy, tok, schedule, pairs.grid)
@@ -135,11 +138,11 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
         x1 = {k: v[ri, i] for k, v in data.items()}
         if walked is not None:  # some inputs at schedule points become the policy's own walked states
             pos = sched_pos[i]
-            use = (torch.rand(len(ri), generator=gen) < im.walked_frac) & (pos >= 1)
+            use = ((torch.rand(len(ri), generator=gen) < im.walked_frac) & (pos >= 1)).to(device)
             for k, v in walked.items():
                 x1[k] = torch.where(use.view(-1, *[1] * (v.dim() - 2)), v[ri, pos.clamp(min=0)], x1[k])
         x2 = {k: v[ri, j] for k, v in data.items()}
-        mean, std = policy(x1, pairs.t[ri, i], pairs.t[ri, j])
+        mean, std = policy(x1, pairs.t[ri, i].to(device), pairs.t[ri, j].to(device))
         loss, parts = imitation_loss(mean, std, x2)
         if im.task_inits > 0:
             ce = task_loss(wg, template, task, im.task_split, im.task_inits, im.task_examples, gen)

@@ -26,6 +26,7 @@ from rollout.cluster import init_ray
 from trainer.checkpoints import save_json, save_weights
 from trainer.cli import parser, run_main
 from trainer.config import ExperimentConfig
+from trainer.device import worker_device, worker_gpus
 
 
 def checkpoint_steps(total: int, n: int) -> list[int]:
@@ -78,13 +79,14 @@ def sgd_steps(cfg: ExperimentConfig, model: torch.nn.Module, task, data_seed: in
             yield step
 
 
-def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path) -> dict:
-    """Train run `run` from seed `zoo.seed + run`, checkpointing at log-spaced steps; returns its run record."""
+def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path, device: str = "cpu") -> dict:
+    """Train run `run` from seed `zoo.seed + run` on `device`, checkpointing at log-spaced steps; returns its run
+    record. The init is drawn on the CPU, so a seed gives the same init on every device."""
     torch.set_num_threads(1)  # one Ray task per core
     zc = cfg.zoo
-    task = task_from_config(cfg.task)
+    task = task_from_config(cfg.task).to(device)
     seed = zc.seed + run
-    model = reference_from_config(cfg.reference, task, seed=seed)
+    model = reference_from_config(cfg.reference, task, seed=seed).to(device)
     data_seed = seed if zc.data_seed is None else zc.data_seed
     total = total_steps(cfg, task)
     save_at = set(checkpoint_steps(total, zc.checkpoints))
@@ -142,8 +144,9 @@ def build_zoo(cfg: ExperimentConfig, progress: bool = True) -> Path:
     todo = [r for r in range(cfg.zoo.runs) if not (run_dir(zoo_dir, r) / "run.json").is_file()]
     if todo:
         init_ray(cfg.rollout.address, num_cpus=cfg.rollout.num_workers)
-        remote = ray.remote(num_cpus=1, max_retries=2)(train_run)
-        pending = [remote.remote(cfg, r, zoo_dir.resolve()) for r in todo]
+        gpus = worker_gpus(cfg)
+        remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=2)(train_run)
+        pending = [remote.remote(cfg, r, zoo_dir.resolve(), worker_device(gpus)) for r in todo]
         with tqdm(total=cfg.zoo.runs, initial=cfg.zoo.runs - len(todo), desc=f"zoo {cfg.name}", unit="run",
                   disable=not progress) as bar:
             while pending:
