@@ -35,6 +35,12 @@ def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 ACTIVATION_BUDGET = 4 * 2**20
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's tensors live: scoring runs there, and inputs are moved there batch by batch (a no-op when
+    they are already there)."""
+    return next(iter(model.state_dict().values())).device
+
+
 @torch.no_grad()
 def _largest_activation(model: nn.Module, x: torch.Tensor) -> int:
     """Elements of the largest submodule output for one example (the model's input excluded: vmap shares it)."""
@@ -45,7 +51,7 @@ def _largest_activation(model: nn.Module, x: torch.Tensor) -> int:
 
     handles = [m.register_forward_hook(record) for m in model.modules() if not any(m.children())]
     try:
-        model(x[:1])
+        model(x[:1].to(model_device(model)))
     finally:
         for h in handles:
             h.remove()
@@ -66,11 +72,12 @@ def evaluate(model: nn.Module, split: Split, batch_size: Optional[int] = None) -
     `batch_size` None: sized by `auto_batch_size`.
     """
     batch_size = batch_size or auto_batch_size(model, split)
+    device = model_device(model)
     with _eval_mode(model):
         loss, correct = 0.0, 0
         for i in range(0, len(split), batch_size):
-            logits = model(split.x[i:i + batch_size])
-            y = split.y[i:i + batch_size]
+            logits = model(split.x[i:i + batch_size].to(device))
+            y = split.y[i:i + batch_size].to(device)
             loss += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
     return loss / len(split), correct / len(split)
@@ -224,19 +231,20 @@ def _batched_passes(model: nn.Module, stacked: Mapping[str, torch.Tensor], split
     g = batch_size_of(stacked)
     batch_size = batch_size or auto_batch_size(model, split, min(chunk_size, g))
     assert chunk_size >= 1 and batch_size >= 1, (chunk_size, batch_size)
+    device = model_device(model)
     with _eval_mode(model):
         for idx in _finite(stacked).nonzero().flatten().split(chunk_size):
             if not len(idx):  # every set non-finite: split() still yields one empty chunk
                 continue
-            params = {k: v[idx] for k, v in stacked.items()}
+            params = {k: v[idx].to(device) for k, v in stacked.items()}
             for i in range(0, len(split), batch_size):
                 rows = slice(i, min(i + batch_size, len(split)))
-                yield idx, rows, batched_logits(model, params, split.x[rows])
+                yield idx, rows, batched_logits(model, params, split.x[rows].to(device))
 
 
 def _finite(stacked: Mapping[str, torch.Tensor]) -> torch.Tensor:
     g = batch_size_of(stacked)
-    return torch.stack([v.reshape(g, -1).isfinite().all(1) for v in stacked.values()]).all(0)
+    return torch.stack([v.reshape(g, -1).isfinite().all(1) for v in stacked.values()]).all(0).cpu()
 
 
 @torch.no_grad()
@@ -245,7 +253,8 @@ def score_batch(model: nn.Module, weights: Weights, split: Split, chunk_size: in
     """Score G weight sets of `model`'s architecture on `split` with one vmapped functional call per chunk and batch.
 
     `model` supplies the architecture and the integer buffers; it is run in eval mode, so BatchNorm normalises with each
-    set's own running statistics. Memory is bounded by `chunk_size` sets x `batch_size` examples per call (None: sized
+    set's own running statistics, on its device (weights and examples are moved there; the scores come back on the
+    CPU). Memory is bounded by `chunk_size` sets x `batch_size` examples per call (None: sized
     by `auto_batch_size`). An example whose logits are not all finite (overflowing but finite weights) counts as wrong.
     """
     stacked = stack_weights(weights, model.state_dict())
@@ -254,11 +263,11 @@ def score_batch(model: nn.Module, weights: Weights, split: Split, chunk_size: in
     correct = torch.zeros(g, dtype=torch.int64)
     loss_sum = torch.zeros(g, dtype=torch.float64)
     for idx, rows, logits in _batched_passes(model, stacked, split, chunk_size, batch_size):
-        y = split.y[rows]
+        y = split.y[rows].to(logits.device)
         ok = logits.isfinite().all(-1) & (logits.argmax(-1) == y)
-        correct[idx] += ok.sum(1)
-        ce = F.cross_entropy(logits.flatten(0, 1), y.repeat(len(idx)), reduction="none")
-        loss_sum[idx] += ce.view(len(idx), -1).double().sum(1)
+        correct[idx] += ok.sum(1).cpu()
+        ce = F.cross_entropy(logits.float().flatten(0, 1), y.repeat(len(idx)), reduction="none")
+        loss_sum[idx] += ce.view(len(idx), -1).double().sum(1).cpu()
     loss = torch.where(finite, loss_sum / len(split), torch.full_like(loss_sum, float("inf")))
     return Scores(correct, loss, finite, len(split))
 
@@ -271,7 +280,7 @@ def predict_batch(model: nn.Module, weights: Weights, split: Split, chunk_size: 
     stacked = stack_weights(weights, model.state_dict())
     pred = torch.full((batch_size_of(stacked), len(split)), -1, dtype=torch.int64)
     for idx, rows, logits in _batched_passes(model, stacked, split, chunk_size, batch_size):
-        pred[idx, rows] = torch.where(logits.isfinite().all(-1), logits.argmax(-1), -1)
+        pred[idx, rows] = torch.where(logits.isfinite().all(-1), logits.argmax(-1), -1).cpu()
     return pred
 
 

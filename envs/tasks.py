@@ -6,6 +6,7 @@ from `root`, else $SYNTHNET_DATA, else ./data, and download only when asked to.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass
@@ -30,6 +31,10 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
+    def to(self, device) -> "Split":
+        """The examples on `device` (the same object when they are there already)."""
+        return self if self.x.device == torch.device(device) else Split(self.x.to(device), self.y.to(device))
+
 
 @dataclass(frozen=True)
 class Task:
@@ -41,6 +46,11 @@ class Task:
     num_classes: int
     train_index: torch.Tensor  # positions in the original training set, disjoint from reward_index
     reward_index: torch.Tensor
+
+    def to(self, device) -> "Task":
+        """Train, reward and test examples on `device`, so that training and scoring there copy nothing per batch."""
+        return dataclasses.replace(self, train=self.train.to(device), reward=self.reward.to(device),
+                                   test=self.test.to(device))
 
     def split(self, name: str) -> Split:
         if name not in ("train", "reward", "test"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -77,36 +78,103 @@ class Round(nn.Module):
         self.ff_norm = nn.LayerNorm(dim)
         self.ff = _mlp(dim, 2 * dim, dim)
 
-    def forward(self, h: dict, x: dict, layout: Layout, rest_in: dict, tensor_emb: torch.Tensor,
-                temb: torch.Tensor, attend: list[str]) -> dict:
-        fwd = {g: 0.0 for g in h}
-        bwd = {g: 0.0 for g in h}
-        for ti, t in enumerate(layout.tensors):
-            if t.kind != "weight":
-                continue
-            w = x[t.key]  # (B, O, I, R)
-            _, o, i, r = w.shape
-            u = rest_in[str(r)] + tensor_emb[ti]  # (R, d): where in the kernel / which tensor
-            to_out = torch.einsum("boir,bid->bord", w, self.fwd_value(h[t.inp]))
-            fwd[t.out] = fwd[t.out] + torch.einsum("bord,rd->bod", to_out, u) / math.sqrt(i * r)
-            to_in = torch.einsum("boir,bod->bird", w, self.bwd_value(h[t.out]))
-            bwd[t.inp] = bwd[t.inp] + torch.einsum("bird,rd->bid", to_in, u) / math.sqrt(o * r)
-        h = {g: v + self.node_mlp(self.node_norm(torch.cat(
-            [v + temb[:, None], _expand(fwd[g], v), _expand(bwd[g], v)], dim=-1))) for g, v in h.items()}
+    def forward(self, h: dict, edges: list["Edge"], temb: torch.Tensor, attend: list[str]) -> dict:
+        fwd, bwd = {}, {}
+        for e in edges:
+            # fwd[out][o] = sum_{i, r} w[o, i, r] * fwd_value(h[inp])[i] * u[r] / sqrt(I R); bwd alike, transposed.
+            _accumulate(fwd, e.out, _collapse(_mix(e.to_out, h[e.inp], self.fwd_value), e.u_out))
+            _accumulate(bwd, e.inp, _collapse(_mix(e.to_in, h[e.out], self.bwd_value), e.u_in))
+        out = dict(h)
+        for g in out.keys() - set(attend):
+            out[g] = h[g] + self.node_update(h[g], temb, fwd.get(g), bwd.get(g))
+        # The attended groups take one node update over their concatenation, which attention needs anyway (a group
+        # without a message gets zeros there): fewer, larger ops.
         nodes = torch.cat([h[g] for g in attend], dim=1)  # (B, N, d)
+        nodes = nodes + self.node_update(nodes, temb, *(_cat_messages(m, attend, h) for m in (fwd, bwd)))
         q = self.attn_norm(nodes)
         nodes = nodes + self.attn(q, q, q, need_weights=False)[0]
         nodes = nodes + self.ff(self.ff_norm(nodes))
-        out, start = dict(h), 0
-        for g in attend:
-            n = h[g].shape[1]
-            out[g] = nodes[:, start:start + n]
-            start += n
+        out.update(zip(attend, nodes.split([h[g].shape[1] for g in attend], dim=1)))
         return out
 
+    def node_update(self, v: torch.Tensor, temb: torch.Tensor, fwd: Optional[torch.Tensor],
+                    bwd: Optional[torch.Tensor]) -> torch.Tensor:
+        """node_mlp(node_norm(cat[v + temb, fwd, bwd])), a missing message counting as zeros.
 
-def _expand(m, like: torch.Tensor) -> torch.Tensor:
-    return m if isinstance(m, torch.Tensor) else torch.zeros_like(like)
+        A missing block (the input group gets no forward message) is not built: the LayerNorm is folded into the
+        first linear layer, and the zero block's normalised value, -mu / sigma on every feature, reaches it as one
+        extra column weighted by that block's summed weights. On MNIST the 784 input units are most of the policy's
+        work, and this third of their largest matmul was zeros. Same function, to float rounding."""
+        norm, lin = self.node_norm, self.node_mlp[0]
+        d = v.shape[-1]
+        blocks = (v + temb[:, None], fwd, bwd)
+        present = [k for k, p in enumerate(blocks) if p is not None]
+        missing = 3 - len(present)
+        wg = (lin.weight * norm.weight).split(d, dim=1)  # the norm's gain moved into the weights: 3 x (2d, d)
+        cols = [wg[k] for k in present] + ([sum(wg[k] for k in range(3) if k not in present).sum(1, keepdim=True)]
+                                           if missing else [])
+        z = torch.cat([blocks[k] for k in present] + ([v.new_zeros(*v.shape[:-1], 1)] if missing else []), dim=-1)
+        mu = z.sum(-1, keepdim=True) / (3 * d)
+        z = z - mu  # the extra column now holds -mu
+        var = (torch.linalg.vecdot(z, z)[..., None] + (missing * d - bool(missing)) * mu.square()) / (3 * d)
+        y = F.linear(z * torch.rsqrt(var + norm.eps), torch.cat(cols, dim=1), lin.bias + lin.weight @ norm.bias)
+        return self.node_mlp[2](self.node_mlp[1](y))
+
+
+@dataclass(frozen=True)
+class WeightLink:
+    """A weight tensor as an edge between unit groups: its key, its index among the layout's tensors, and its ends."""
+
+    key: str
+    index: int
+    out: str
+    inp: str
+
+
+@dataclass
+class Edge:
+    """A weight tensor of one forward pass, laid out for the messages along it (built once, used by every round)."""
+
+    out: str
+    inp: str
+    to_out: torch.Tensor  # (B, O R, I): w[o, i, r] at row o R + r
+    to_in: torch.Tensor  # (B, I R, O): w[o, i, r] at row i R + r
+    u_out: torch.Tensor  # (R, d): kernel-position and tensor embedding, / sqrt(I R)
+    u_in: torch.Tensor  # (R, d): the same, / sqrt(O R)
+
+
+def _cat_messages(m: dict, groups: list[str], h: dict) -> Optional[torch.Tensor]:
+    """The messages of `groups` concatenated along units, zeros for a group that got none; None if none did."""
+    if not any(g in m for g in groups):
+        return None
+    return torch.cat([m[g] if g in m else torch.zeros_like(h[g]) for g in groups], dim=1)
+
+
+def _mix(w: torch.Tensor, h: torch.Tensor, lin: nn.Linear) -> torch.Tensor:
+    """w @ lin(h) for w (B, M, N) and h (B, N, d) -> (B, M, d), associated the cheaper way: when M < N (32 hidden
+    units reading 784 inputs) mixing first and projecting after skips the projection of the N states."""
+    if w.shape[1] < w.shape[2]:
+        return F.linear(w @ h, lin.weight) + w.sum(-1, keepdim=True) * lin.bias
+    return w @ lin(h)
+
+
+def _mix_t(left: torch.Tensor, h: torch.Tensor, lin: nn.Linear) -> torch.Tensor:
+    """left @ lin(h)^T for left (B, M, d) and h (B, N, d) -> (B, M, N), associated the cheaper way (see `_mix`)."""
+    if left.shape[1] < h.shape[1]:
+        return (left @ lin.weight) @ h.transpose(1, 2) + (left @ lin.bias)[..., None]
+    return left @ lin(h).transpose(1, 2)
+
+
+def _collapse(m: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(B, n R, d) messages per kernel position, weighted by u (R, d) and summed over R -> (B, n, d)."""
+    r = u.shape[0]
+    if r == 1:
+        return m * u[0]
+    return (m.view(m.shape[0], -1, r, m.shape[-1]) * u).sum(2)
+
+
+def _accumulate(acc: dict, group: str, m: torch.Tensor) -> None:
+    acc[group] = acc[group] + m if group in acc else m
 
 
 class UnitLatent(nn.Module):
@@ -157,6 +225,7 @@ class DenoisingPolicy(nn.Module):
         # softplus(raw + std_bias) + floor == std_init before training
         self.std_bias = math.log(math.expm1(max(cfg.std_init - cfg.std_floor, 1e-6)))
         self.attend = [g.name for g in layout.groups[1:]]  # the input group is reached through messages only
+        self.links = [WeightLink(t.key, ti, t.out, t.inp) for ti, t in enumerate(layout.tensors) if t.kind == "weight"]
         self.latent_mean = UnitLatent(d, cfg.latent_dim)
 
     def forward(self, x: dict[str, torch.Tensor], t1: torch.Tensor, t2: torch.Tensor):
@@ -168,8 +237,8 @@ class DenoisingPolicy(nn.Module):
     def latent(self, h: dict) -> tuple[dict, dict]:
         """The unit latent of the noised groups (every group but the input's), given the unit states: (mean, std),
         group -> (B, n, k) and (B,)."""
-        b = next(iter(h.values())).shape[0]
-        std = torch.full((b,), self.cfg.latent_std, dtype=next(iter(h.values())).dtype)
+        first = next(iter(h.values()))
+        std = torch.full((first.shape[0],), self.cfg.latent_std, dtype=first.dtype, device=first.device)
         return {g: self.latent_mean(h[g]) for g in self.attend}, {g: std for g in self.attend}
 
     def lift(self, h: dict, u: dict) -> dict:
@@ -190,8 +259,15 @@ class DenoisingPolicy(nn.Module):
         for t in layout.tensors:
             if t.kind != "weight":
                 h[t.out] = h[t.out] + x[t.key][..., None] * self.kind_value[KINDS.index(t.kind)]
+        edges = []
+        for t in self.links:
+            w = x[t.key]  # (B, O, I, R)
+            o, i, r = w.shape[1:]
+            u = self.rest_in[str(r)] + self.tensor_emb.weight[t.index]  # (R, d): where in the kernel / which tensor
+            edges.append(Edge(t.out, t.inp, w.transpose(2, 3).reshape(b, o * r, i),
+                              w.permute(0, 2, 3, 1).reshape(b, i * r, o), u / math.sqrt(i * r), u / math.sqrt(o * r)))
         for rnd in self.rounds:
-            h = rnd(h, x, layout, self.rest_in, self.tensor_emb.weight, temb, self.attend)
+            h = rnd(h, edges, temb, self.attend)
         h = {g: self.out_norm(v) for g, v in h.items()}
         return h, self.tensor_head(self.tensor_emb.weight[: len(layout.tensors)][None] + temb[:, None])
 
@@ -202,10 +278,11 @@ class DenoisingPolicy(nn.Module):
         for ti, t in enumerate(layout.tensors):
             cur = x[t.key]
             if t.kind == "weight":
-                r = cur.shape[-1]
-                c = self.rest_out[str(r)] + self.tensor_out_emb.weight[ti]  # (R, d)
-                left = torch.einsum("bod,rd->bord", self.out_left(h[t.out]), c)
-                delta = torch.einsum("bord,bid->boir", left, self.out_right(h[t.inp])) / math.sqrt(cfg.dim)
+                b, o, i, r = cur.shape
+                c = (self.rest_out[str(r)] + self.tensor_out_emb.weight[ti]) / math.sqrt(cfg.dim)  # (R, d)
+                # delta[o, i, r] = sum_d out_left(h[out])[o, d] c[r, d] out_right(h[inp])[i, d] / sqrt(d)
+                left = (self.out_left(h[t.out])[:, :, None] * c).reshape(b, o * r, -1)  # (B, O R, d)
+                delta = _mix_t(left, h[t.inp], self.out_right).view(b, o, r, i).transpose(2, 3)
             else:
                 delta = self.unit_head(h[t.out])[..., KINDS.index(t.kind)]
             gain = heads[:, ti, 0].view(-1, *([1] * (cur.dim() - 1)))

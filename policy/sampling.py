@@ -50,6 +50,9 @@ def sample(mean: Tokens, std: Tokens, generator: Optional[torch.Generator] = Non
            antithetic: bool = False) -> dict[str, torch.Tensor]:
     """One draw x = mean + std * eps per dimension.
 
+    The noise is drawn on the CPU (from `generator`, a CPU generator) and moved to the mean's device, so a seed gives
+    the same draws on every device.
+
     antithetic: rows come in mirrored pairs (2i, 2i + 1) with noise eps and -eps (the batch must be even). Each row is
     still a draw from its Gaussian, but in a pair's contribution to a policy gradient the reward's even part in eps
     (the curvature term, which dominates the spread when there are thousands of dimensions) cancels.
@@ -58,10 +61,10 @@ def sample(mean: Tokens, std: Tokens, generator: Optional[torch.Generator] = Non
     for k, m in mean.items():
         if antithetic:
             assert m.shape[0] % 2 == 0, f"antithetic sampling needs an even batch, got {m.shape[0]}"
-            half = torch.randn((m.shape[0] // 2, *m.shape[1:]), generator=generator, dtype=m.dtype, device=m.device)
-            eps = torch.stack([half, -half], dim=1).flatten(0, 1)
+            half = torch.randn((m.shape[0] // 2, *m.shape[1:]), generator=generator, dtype=m.dtype)
+            eps = torch.stack([half, -half], dim=1).flatten(0, 1).to(m.device)
         else:
-            eps = torch.randn(m.shape, generator=generator, dtype=m.dtype, device=m.device)
+            eps = torch.randn(m.shape, generator=generator, dtype=m.dtype).to(m.device)
         out[k] = m + _std_like(std[k], m) * eps
     return out
 
@@ -85,12 +88,28 @@ class Step:
     heads: Optional[torch.Tensor] = None  # "units": the trunk's per-tensor head outputs (B, T, 2)
 
 
+def cat_steps(parts: Sequence[Step]) -> Step:
+    """One step of a trajectory whose rows were walked in chunks: the chunks' steps joined along the batch."""
+    first = parts[0]
+
+    def join(values):
+        if values[0] is None:
+            return None
+        if isinstance(values[0], dict):
+            return {k: torch.cat([v[k] for v in values]) for k in values[0]}
+        return torch.cat(values)
+
+    return Step(join([p.x for p in parts]), join([p.y for p in parts]), first.t1, first.t2,
+                join([p.log_prob for p in parts]), first.sampled, join([p.latent for p in parts]),
+                join([p.states for p in parts]), join([p.heads for p in parts]))
+
+
 def draw(policy, x: Mapping[str, torch.Tensor], t1: float, t2: float, mean_only: bool = False,
          generator: Optional[torch.Generator] = None, antithetic: bool = False) -> Step:
     """One step from token blocks x: the policy's Gaussian (over weights, or over the unit latent with
     `policy.cfg.noise == "units"`), its mean when `mean_only`, else a draw; the log-prob is that of what was drawn."""
-    b = next(iter(x.values())).shape[0]
-    t1s, t2s = torch.full((b,), float(t1)), torch.full((b,), float(t2))
+    first = next(iter(x.values()))
+    t1s, t2s = (torch.full((first.shape[0],), float(t), device=first.device) for t in (t1, t2))
     if policy.cfg.noise == "iid":
         mean, std = policy(x, t1s, t2s)
         y = dict(mean) if mean_only else sample(mean, std, generator, antithetic)

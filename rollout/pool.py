@@ -47,13 +47,15 @@ class RolloutPool:
     one that returns nothing within `timeout_s`, is replaced and its share re-run, at most `max_retries` times per share.
     `threads` are each actor's torch threads (None: `cfg.threads` if set, else this machine's cores shared among the
     actors and the driver, see `rollout.cluster.torch_threads`). `worker_kwargs` go to every `ScoringWorker` (tests:
-    `delay_s`). `close()` kills the actors, not Ray.
+    `delay_s`). `gpus_per_worker` > 0: each actor asks Ray for that share of a GPU and scores on it (the trainer passes
+    0 unless the experiment's device is CUDA); the weights travel through the object store as numpy either way.
+    `close()` kills the actors, not Ray.
     """
 
     def __init__(self, cfg: Any, num_workers: Optional[int] = None, address: Optional[str] = None,
                  timeout_s: Optional[float] = None, max_retries: Optional[int] = None, split: str = "reward",
                  chunk_size: Optional[int] = None, worker_kwargs: Optional[dict] = None,
-                 threads: Optional[int] = None):
+                 threads: Optional[int] = None, gpus_per_worker: Optional[float] = None):
         self.num_workers = int(_from_config(num_workers, cfg, "num_workers", 2))
         self.timeout_s = float(_from_config(timeout_s, cfg, "timeout_s", 300.0))
         self.max_retries = int(_from_config(max_retries, cfg, "max_retries", 3))
@@ -62,8 +64,12 @@ class RolloutPool:
         init_ray(address, num_cpus=max(self.num_workers, os.cpu_count() or 1))
         self._args = (cfg.task, cfg.reference, split, int(_from_config(chunk_size, cfg, "chunk_size", 16)))
         self.threads = threads or torch_threads(getattr(cfg, "threads", None), self.num_workers + 1)
-        self._kwargs = {"num_threads": self.threads, **(worker_kwargs or {})}
-        self._remote = ray.remote(num_cpus=1)(ScoringWorker)
+        self.gpus_per_worker = float(_from_config(gpus_per_worker, cfg, "gpus_per_worker", 0.0))
+        # An actor holding a share of a GPU scores there (Ray shows it that GPU alone, as "cuda").
+        device = "cuda" if self.gpus_per_worker > 0 else "cpu"
+        self._kwargs = {"num_threads": self.threads, "device": device,
+                        "precision": _from_config(None, cfg, "precision", "fp32"), **(worker_kwargs or {})}
+        self._remote = ray.remote(num_cpus=1, num_gpus=self.gpus_per_worker)(ScoringWorker)
         self.restarts = 0
         self._actors = [self._spawn() for _ in range(self.num_workers)]
         # Fail here, not mid-batch, if a worker cannot start (missing task data, no free CPUs on the cluster).

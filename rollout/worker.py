@@ -30,16 +30,23 @@ class ScoringWorker:
     """Scores weight sets of one reference model on one split of one task; the task is loaded once, here."""
 
     def __init__(self, task_cfg, reference_cfg, split: str = "reward", chunk_size: int = 16,
-                 num_threads: Optional[int] = None, delay_s: float = 0.0):
+                 num_threads: Optional[int] = None, delay_s: float = 0.0, device: str = "cpu",
+                 precision: str = "fp32"):
         """`num_threads` caps torch's intra-op threads (one per Ray CPU in the pool); `delay_s` sleeps before each
-        share, so tests can kill an actor while a batch is in flight."""
+        share, so tests can kill an actor while a batch is in flight. `device`: where the model and the split live
+        and the scoring runs ("cuda" in a Ray actor is the GPU Ray gave it); `precision` "bf16" scores under bfloat16
+        autocast."""
         if num_threads is not None:
             torch.set_num_threads(num_threads)
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.task = task_from_config(task_cfg)
-        self.split = self.task.split(split)
+        self.split = self.task.split(split).to(self.device)
         self.train = None  # loaded on the first request for train-split examples
-        self.model = reference_from_config(reference_cfg, self.task, seed=0)  # architecture + integer buffers
-        self.chunk_size, self.delay_s = chunk_size, delay_s
+        self.model = reference_from_config(reference_cfg, self.task, seed=0).to(self.device)  # architecture + buffers
+        self.chunk_size, self.delay_s, self.precision = chunk_size, delay_s, precision
 
     def score(self, weights: Weights, start: int = 0, stop: Optional[int] = None,
               examples: Optional[np.ndarray] = None) -> Scores:
@@ -48,13 +55,14 @@ class ScoringWorker:
         if self.delay_s:
             time.sleep(self.delay_s)
         mine = as_torch(slice_weights(weights, start, stop))
-        return score_batch(self.model, mine, self.split if examples is None else self.examples(examples),
-                           self.chunk_size)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            return score_batch(self.model, mine, self.split if examples is None else self.examples(examples),
+                               self.chunk_size)
 
     def examples(self, index: np.ndarray) -> Split:
         if self.train is None:
-            self.train = self.task.split("train")
-        idx = torch.from_numpy(np.array(index, dtype=np.int64))  # a writable copy of the object-store array
+            self.train = self.task.split("train").to(self.device)
+        idx = torch.from_numpy(np.array(index, dtype=np.int64)).to(self.device)  # a copy of the object-store array
         return Split(self.train.x[idx], self.train.y[idx])
 
     def pid(self) -> int:

@@ -12,6 +12,7 @@ Every subcommand takes `--plots DIR` to write PNG figures next to its table.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import os
 import statistics
@@ -31,6 +32,7 @@ from rollout.pool import RolloutPool
 from trainer.checkpoints import save_json
 from trainer.cli import guarded, use_threads
 from trainer.config import ConfigError, ExperimentConfig, load_config
+from trainer.device import resolve_device
 
 ROLLOUT_CONFIGS = ["configs/mnist_mlp.yaml", "configs/mnist_cnn.yaml"]
 
@@ -96,6 +98,45 @@ def bench_rollout(cfg: ExperimentConfig, groups: int, repeats: int, workers: lis
     first = next(iter(results.values()))
     bad = [m for m, r in results.items() if r != first]
     assert not bad, f"{cfg.name}: correct counts of {bad} differ from the loop's"
+    if torch.cuda.is_available() and resolve_device(cfg.device).type == "cuda":
+        rows += gpu_rows(cfg, model, stacked, data, groups, repeats, workers, first)
+    return rows
+
+
+def gpu_rows(cfg: ExperimentConfig, model: torch.nn.Module, stacked: dict, data, groups: int, repeats: int,
+             workers: list[int], expected: list[int]) -> list[Row]:
+    """The vmap path on the experiment's GPU (fp32 with TF32 matmuls, then bf16 autocast), and the Ray pool with
+    actors on GPU shares. A row's method names how its correct counts compare with the CPU loop's: TF32 and bf16 may
+    flip examples that sit on a decision boundary."""
+    device = resolve_device(cfg.device)
+    gpu_model, gpu_data = copy.deepcopy(model).to(device), data.to(device)
+
+    def agreement(correct: list[int]) -> str:
+        diff = [abs(a - b) for a, b in zip(correct, expected)]
+        return "counts = CPU" if not any(diff) else f"{sum(d > 0 for d in diff)}/{len(diff)} sets differ, max {max(diff)}"
+
+    def on_gpu(precision: str) -> Callable[[], Scores]:
+        def fn() -> Scores:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                out = score_batch(gpu_model, stacked, gpu_data, cfg.rollout.chunk_size)
+            torch.cuda.synchronize(device)
+            return out
+        return fn
+
+    rows = []
+    for precision in ("fp32", "bf16"):
+        fn = on_gpu(precision)
+        fn()  # warm-up: CUDA context, kernels
+        seconds, out = timed(fn, repeats)
+        rows.append(Row(cfg.name, f"vmap on {device} ({precision}{', TF32' if precision == 'fp32' else ''}; "
+                                  f"{agreement(out.correct.tolist())})", 0, seconds, groups))
+    share = cfg.rollout.gpus_per_worker or 1.0 / max(workers)
+    for n in workers:
+        with RolloutPool(cfg, num_workers=n, gpus_per_worker=share) as pool:
+            pool.score({k: v[:n] for k, v in stacked.items()})  # warm-up
+            seconds, out = timed(lambda: pool.score(stacked), repeats)
+        rows.append(Row(cfg.name, f"Ray pool, {n} worker(s) on {share:g} GPU each ({agreement(out.correct.tolist())})",
+                        n, seconds, groups, workers=n))
     return rows
 
 
@@ -222,6 +263,9 @@ def run_generate(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict
              "| weights | steps | test accuracy (median) | / SGD | per seed vs the first policy |",
              "| --- | --- | --- | --- | --- |"]
     lines += [f"| {name} | {k} | {acc:.4f} | {acc / sgd:.3f} | {paired} |" for name, k, acc, paired in rows]
+    if args.speed:
+        path, wg = next(iter(policies.items()))
+        lines += ["", speed_table(args, cfg, wg, path, task, seeds[:args.speed_seeds], float(np.median(first)))]
     table = "\n".join(lines)
     emit(table, args.out)
     figures = []
@@ -234,6 +278,86 @@ def run_generate(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict
                                     f"median {np.median(random):.3f}, off the axis)", "test accuracy",
                                     figure(args, cfg.name, "generate")))
     return dict(table=table, figures=figures)
+
+
+SPEED_BATCH = 64  # nets per call in the batched generation timing
+
+
+def stopwatch(fn: Callable[[], object], nets: int, device: torch.device = torch.device("cpu")) -> tuple[float, float]:
+    """(wall, CPU) seconds per net of one call of `fn`. CPU time counts only this process, so on a shared machine it
+    tells the work apart from the waiting. On CUDA the clock stops when the device has finished."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - wall) / nets, (time.process_time() - cpu) / nets
+
+
+def sgd_time_to_accuracy(cfg: ExperimentConfig, task, seed: int, target: float, check_every: int) -> dict:
+    """SGD with the zoo's recipe from the init of `seed` (minibatch order from the same seed, as a zoo run draws it)
+    under a stopwatch that runs only while it trains: test accuracy is checked every `check_every` steps, off the
+    clock, until it reaches `target`. Returns the steps, wall and CPU seconds, and whether it got there at all."""
+    import itertools
+
+    from trainer.zoo import sgd_steps, total_steps
+
+    device = resolve_device(cfg.device)
+    task = task.to(device)
+    model = reference_from_config(cfg.reference, task, seed=seed).to(device)
+    run = sgd_steps(cfg, model, task, seed if cfg.zoo.data_seed is None else cfg.zoo.data_seed)
+    done, wall, cpu, total = 0, 0.0, 0.0, total_steps(cfg, task)
+    while evaluate(model, task.test)[1] < target:
+        if done == total:
+            return dict(steps=done, wall_s=wall, cpu_s=cpu, reached=False)
+        w, c = stopwatch(lambda: list(itertools.islice(run, check_every)), 1, device)
+        done, wall, cpu = min(done + check_every, total), wall + w, cpu + c
+    return dict(steps=done, wall_s=wall, cpu_s=cpu, reached=True)
+
+
+def speed_table(args: argparse.Namespace, cfg: ExperimentConfig, wg, path: str, task, seeds: list[int],
+                target: float) -> str:
+    """Time to a trained net: the policy's mean path one net at a time and SPEED_BATCH at a time, against SGD from the
+    held-out `seeds` to the policy's median test accuracy `target`; all interleaved in this process, one repeat per
+    SGD seed, medians reported."""
+    import numpy as np
+
+    from trainer.pipeline import init_states
+    from trainer.zoo import total_steps
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or 1)  # generation and SGD both timed on one thread unless asked otherwise
+    try:
+        batch = init_states(cfg, task, range(args.seed_start, args.seed_start + SPEED_BATCH))
+        ones = [{k: v[i:i + 1] for k, v in batch.items()} for i in range(len(seeds))]
+        for fn in (lambda: wg.generate(ones[0], mean_only=True), lambda: wg.generate(batch, mean_only=True)):
+            fn()  # warm-up: first-call costs are not rates
+        one, many, sgd = [], [], []
+        for seed in tqdm(seeds, desc="speed: SGD to equal accuracy and generation, interleaved"):
+            sgd.append(sgd_time_to_accuracy(cfg, task, seed, target, args.check_every))
+            one.append(stopwatch(lambda: [wg.generate(o, mean_only=True) for o in ones], len(ones), wg.device))
+            many.append(stopwatch(lambda: wg.generate(batch, mean_only=True), SPEED_BATCH, wg.device))
+    finally:
+        torch.set_num_threads(threads)
+    sgd_wall, sgd_cpu = (float(np.median([r[k] for r in sgd])) for k in ("wall_s", "cpu_s"))
+    reached = sum(r["reached"] for r in sgd)
+
+    def ratio(sgd_s: float, gen_s: float) -> str:
+        return f"{sgd_s / gen_s:.0f}x" if gen_s > 0 else "-"
+
+    lines = [f"Speed on {wg.device}: {args.threads or 1} torch thread(s), {os.cpu_count()} CPUs, 1-min load average "
+             f"{os.getloadavg()[0]:.1f}; medians of {len(seeds)} interleaved repeats. SGD: the zoo's recipe from held-out "
+             f"seeds {seeds[0]}..{seeds[-1]} until test accuracy >= {target:.4f} (the policy's median), checked every "
+             f"{args.check_every} steps off the clock; {reached}/{len(seeds)} reached it (the recipe runs "
+             f"{total_steps(cfg, task)} steps).", "",
+             "| method | nets per call | ms/net (wall) | ms/net (CPU) | SGD steps | SGD time / this (wall) | (CPU) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, n, times in ((f"policy {path} (mean path, {len(wg.schedule) - 1} steps)", 1, one),
+                           ("same, batched", SPEED_BATCH, many)):
+        w, c = (float(np.median([t[i] for t in times])) for i in (0, 1))
+        lines.append(f"| {name} | {n} | {w * 1000:.2f} | {c * 1000:.2f} | | {ratio(sgd_wall, w)} | {ratio(sgd_cpu, c)} |")
+    lines.append(f"| SGD ({cfg.zoo.optimizer}, batch {cfg.zoo.batch_size}) to equal test accuracy | 1 | "
+                 f"{sgd_wall * 1000:.1f} | {sgd_cpu * 1000:.1f} | {np.median([r['steps'] for r in sgd]):.0f} | 1x | 1x |")
+    return "\n".join(lines)
 
 
 def es_search(model: torch.nn.Module, start: dict[str, torch.Tensor], batches: Callable[[int], object],
@@ -555,8 +679,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=run_rollout, default_configs=ROLLOUT_CONFIGS)
     g = held_out_parser(sub, "generate", "held-out accuracy: random init vs SGD vs policies", seeds=32)
     g.add_argument("--policy", action="append", help="policy.safetensors, repeatable (default: the imitation policy)")
-    g.set_defaults(func=run_generate, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, threads=None,
-                   workers=[1])
+    g.add_argument("--speed", action="store_true",
+                   help="also time it: ms/net of the first policy's mean path (1 and 64 nets per call) against SGD's "
+                        "time from held-out seeds to that policy's median test accuracy, interleaved in this process")
+    g.add_argument("--speed-seeds", type=int, default=8, help="held-out seeds SGD runs from with --speed (default 8)")
+    g.add_argument("--check-every", type=int, default=20, help="SGD steps between test-accuracy checks (default 20)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: the config's `threads`; the speed table is read per thread)")
+    g.set_defaults(func=run_generate, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, workers=[1])
     e = held_out_parser(sub, "search", "ES on generated nets' weights: fixed reward split vs fresh batches", seeds=2)
     e.add_argument("--policy", help="policy.safetensors whose mean path starts the search (default: the imitation "
                                     "policy)")
@@ -602,12 +732,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
-    if min(args.groups, args.repeats, args.threads or 1, *args.workers) < 1:
-        p.error("--groups, --repeats, --threads and --workers must be >= 1")
+    if min(args.groups, args.repeats, args.threads or 1, *args.workers, getattr(args, "check_every", 1),
+           getattr(args, "speed_seeds", 1)) < 1:
+        p.error("--groups, --repeats, --threads, --workers, --check-every and --speed-seeds must be >= 1")
     paths = args.config or args.default_configs
 
     def run() -> None:
         cfgs = [load_config(path, args.overrides) for path in paths]
+        for cfg in cfgs:
+            resolve_device(cfg.device)  # a device this machine lacks fails here, before any work
         use_threads(args.threads or cfgs[0].threads)
         args.func(args, cfgs)
 

@@ -16,6 +16,7 @@ from envs.tasks import TaskDataError
 from rollout.cluster import cores, omp_threads, torch_threads
 from trainer.checkpoints import CheckpointError
 from trainer.config import ExperimentConfig, add_config_args, load_config
+from trainer.device import resolve_device
 
 USER_ERRORS = (ConfigError, TaskDataError, CheckpointError, FileNotFoundError)
 
@@ -70,6 +71,13 @@ def guarded(fn: Callable[[], object]) -> int:
 
 def run_main(main: Callable[[argparse.Namespace, ExperimentConfig], object], p: argparse.ArgumentParser,
              argv: list[str] | None = None) -> int:
-    """Parse args, load the config and run `main(args, cfg)` under `guarded`."""
+    """Parse args, load the config, check its device against this machine (before any work) and run `main(args, cfg)`
+    under `guarded`."""
     args = p.parse_args(argv)
-    return guarded(lambda: main(args, load_config(args.config, args.overrides)))
+
+    def run() -> object:
+        cfg = load_config(args.config, args.overrides)
+        resolve_device(cfg.device)
+        return main(args, cfg)
+
+    return guarded(run)

@@ -16,6 +16,7 @@ import yaml
 
 from policy.model import PolicyConfig
 from policy.tokenizer import WIDTH_SCALES
+from trainer.device import check_device
 from envs.spec import (ConfigError, EnvConfig, ReferenceConfig, Rule, TaskConfig, above, at_least, check_choice,
                        check_env_sections, check_ranges, from_dict, optional, read_yaml, within)
 
@@ -65,6 +66,12 @@ class RolloutConfig:
     """weight sets scored per vmap call (bounds memory)"""
     max_retries: int = 3
     """times a lost actor's share is re-run on a restarted actor before giving up"""
+    gpus_per_worker: float = 0.0
+    """GPUs each Ray worker (scoring actor, zoo run) asks for when the experiment's device is CUDA; fractional shares
+    put several workers on one GPU (0.25: four). 0: workers run on the CPU. Ignored with device=cpu"""
+    precision: str = "fp32"
+    """scoring arithmetic: "fp32", or "bf16" (autocast: matmuls in bfloat16, faster on GPUs; rewards may differ
+    slightly from fp32)"""
 
 
 @dataclass
@@ -183,6 +190,9 @@ class ExperimentConfig:
     the cores this process may use shared among the torch processes the command starts (the driver and its Ray
     workers), at least 1. Set it when jobs share a machine: two jobs on 2 cores each want threads: 1 (threads beyond
     the free cores spin instead of waiting)"""
+    device: str = "auto"
+    """where tensors live and compute runs: "auto" (CUDA when torch sees a GPU, else the CPU), "cpu", "cuda" or
+    "cuda:N". Checkpoints are device-independent: one saved on a GPU loads on a CPU-only machine and back"""
     task: TaskConfig = field(default_factory=TaskConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -271,6 +281,10 @@ def config_from_dict(data: dict) -> ExperimentConfig:
         raise ConfigError(f"config key imitate.train_runs: expected null or a value in [1, zoo.runs={cfg.zoo.runs}], "
                           f"got {cfg.imitate.train_runs}")
     check_choice("zoo.optimizer", cfg.zoo.optimizer, ("sgd", "adam"))
+    check_device(cfg.device)
+    check_choice("rollout.precision", cfg.rollout.precision, ("fp32", "bf16"))
+    if not cfg.rollout.gpus_per_worker >= 0:
+        raise ConfigError(f"config key rollout.gpus_per_worker: must be >= 0, got {cfg.rollout.gpus_per_worker}")
     sched = cfg.generate.schedule
     if len(sched) < 2 or sched[0] != 0.0 or sched[-1] != 1.0 or sorted(set(sched)) != sched:
         raise ConfigError(f"config key generate.schedule: expected increasing values from 0.0 to 1.0, got {sched}")

@@ -28,6 +28,7 @@ from trainer.algos import clipped_policy_loss, compute_grpo_advantages, learning
 from trainer.checkpoints import CheckpointError, load_training_state, save_training_state
 from trainer.cli import parser, run_main, use_threads
 from trainer.config import ExperimentConfig
+from trainer.device import worker_gpus
 from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy
 from trainer.runlog import RunLogger, check_run_dir, clear_run_dir
 
@@ -129,7 +130,7 @@ class GRPOTrainer:
                 ref = self.reference.latent(h)
         else:
             x = {k: v[rows] for k, v in stored.items()}
-            t1, t2 = torch.full((len(rows),), step.t1), torch.full((len(rows),), step.t2)
+            t1, t2 = (torch.full((len(rows),), t, device=self.wg.device) for t in (step.t1, step.t2))
             dist = self.policy(x, t1, t2)
             with torch.no_grad():
                 ref = self.reference(x, t1, t2)
@@ -145,8 +146,8 @@ class GRPOTrainer:
         reference, averaged over the K steps (a mean-path step, see `grpo.explore`, adds its KL on one row per group)."""
         gc = self.cfg.grpo
         g = gc.group_size
-        adv = ro.advantages.flatten()
-        keep = torch.arange(len(adv))
+        adv = ro.advantages.flatten().to(self.wg.device)
+        keep = torch.arange(len(adv))  # indices stay on the CPU (they index tensors on any device)
         if gc.drop_zero_spread:
             keep = keep[~ro.zero_spread.repeat_interleave(g)]
         n_sampled = sum(step.sampled for step in ro.steps)
@@ -196,8 +197,8 @@ class GRPOTrainer:
         seeds = self.eval_seeds[:DIVERSITY_INITS]
         gen = torch.Generator().manual_seed(self.cfg.seed)  # its own stream: evaluating never moves training's RNG
         sampled, _ = wg.rollout(init_states(self.cfg, self.task, seeds), DIVERSITY_SAMPLES, gen, False, gc.explore)
-        pred = predict_batch(reference_from_config(self.cfg.reference, self.task), sampled, self.task.split("test"),
-                             self.cfg.rollout.chunk_size)
+        pred = predict_batch(reference_from_config(self.cfg.reference, self.task).to(wg.device), sampled,
+                             self.task.split("test").to(wg.device), self.cfg.rollout.chunk_size)
         same, across = prediction_agreement(pred, DIVERSITY_SAMPLES)
         return {"accuracy": accs, "final": final, "same": same, "across": across}
 
@@ -254,7 +255,7 @@ class GRPOTrainer:
         log = RunLogger(self.run_dir, self.cfg, purge_step=self.evaluations + 1 if self.iteration else None)
         own_pool = self.pool is None  # a pool handed in (tests, notebooks) stays open for its owner
         if own_pool:
-            self.pool = RolloutPool(self.cfg)
+            self.pool = RolloutPool(self.cfg, gpus_per_worker=worker_gpus(self.cfg))
         metrics: dict[str, float] = {}
         t0 = time.perf_counter() - self.elapsed
         bar = tqdm(total=gc.iterations, initial=self.iteration, desc=f"grpo {self.run_dir.name}", disable=not self.progress)
@@ -305,7 +306,7 @@ def prediction_agreement(pred: torch.Tensor, per_init: int) -> tuple[float, floa
 
 def first_layer_grid(weight: torch.Tensor, input_shape: tuple[int, ...]) -> torch.Tensor:
     """First-layer weights as a grid of images: MLP rows reshaped to the input image, conv kernels as they are."""
-    w = weight.detach().float()
+    w = weight.detach().float().cpu()
     if w.dim() == 2 and w.shape[1] == int(np.prod(input_shape)):
         w = w.view(-1, *input_shape)
     w = w[:, :3] if w.shape[1] in (1, 3) else w[:, :1]

@@ -24,6 +24,7 @@ from trainer.algos import learning_rate
 from trainer.checkpoints import load_training_state, save_training_state
 from trainer.cli import parser, run_main, use_threads
 from trainer.config import ConfigError, ExperimentConfig
+from trainer.device import resolve_device
 from trainer.runlog import RunLogger, check_run_dir, clear_run_dir
 from trainer.pairs import ZooPairs
 from trainer.pipeline import (WeightGenerator, init_states, mean_path_accuracy, reference_layout,
@@ -92,7 +93,7 @@ def task_loss(wg: WeightGenerator, template: torch.nn.Module, task: Task, split:
     seeds = (TASK_SEED_BASE + torch.randint(10**9, (inits,), generator=gen)).tolist()
     final, _ = wg.generate(init_states(wg.cfg, task, seeds), mean_only=True, grad=True)
     params = {k: final[k] for k in weight_keys(template.state_dict())}
-    data = task.split(split)
+    data = task.split(split).to(wg.device)
     idx = torch.randint(len(data), (examples,), generator=gen)
     logits = batched_logits(template, params, data.x[idx])  # (inits, examples, classes)
     return F.cross_entropy(logits.flatten(0, 1), data.y[idx].repeat(inits))
@@ -141,14 +142,17 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
     zoo_dir = build_zoo(cfg, progress=progress)
     task = task_from_config(cfg.task)
     template, layout = reference_layout(cfg, task)
-    template.eval()  # the task loss runs generated nets with their own normalisation statistics
+    device = resolve_device(cfg.device)
+    template.to(device).eval()  # the task loss runs generated nets with their own BN statistics
     tok, widths, grid = zoo_data(cfg, task)
+    for wd in widths:
+        wd.data = {k: v.to(device) for k, v in wd.data.items()}
     c = len(grid)
     schedule = snap_schedule(cfg.generate.schedule, grid)
     sched_idx = [grid.index(s) for s in schedule]
 
     torch.manual_seed(cfg.seed)
-    policy = DenoisingPolicy(cfg.policy, layout)
+    policy = DenoisingPolicy(cfg.policy, layout).to(device)  # initialised on the CPU: the same init on every device
     opt = torch.optim.AdamW(policy.parameters(), lr=im.lr, weight_decay=im.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     wg = WeightGenerator(cfg, policy, tok, schedule, grid)
@@ -179,11 +183,11 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
             x1 = {k: v[ri, i] for k, v in wd.data.items()}
             if walked is not None:  # some inputs at schedule points become the policy's own walked states
                 pos = sched_pos[i]
-                use = (torch.rand(len(ri), generator=gen) < im.walked_frac) & (pos >= 1)
+                use = ((torch.rand(len(ri), generator=gen) < im.walked_frac) & (pos >= 1)).to(device)
                 for k, v in walked[w].items():
                     x1[k] = torch.where(use.view(-1, *[1] * (v.dim() - 2)), v[ri, pos.clamp(min=0)], x1[k])
             x2 = {k: v[ri, j] for k, v in wd.data.items()}
-            mean, std = policy(x1, wd.t[ri, i], wd.t[ri, j])
+            mean, std = policy(x1, wd.t[ri, i].to(device), wd.t[ri, j].to(device))
             policy.layout = layout
             loss, parts = imitation_loss(mean, std, x2)
             if im.task_inits > 0:
@@ -209,8 +213,8 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
                 log.scalars(done, {"eval/accuracy_mean": last_eval, "eval/accuracy_median": float(np.median(accs))})
             if done % im.save_every == 0 or done == im.steps:
                 wall = time.perf_counter() - t0
-                wg.save(run_dir, trained_steps=done, wall_s=wall, zoo=str(zoo_dir), zoo_runs=sum(wd.runs for wd in widths),
-                        eval_seeds=eval_seeds, eval_test_accuracy_mean=last_eval)
+                wg.save(run_dir, trained_steps=done, wall_s=wall, zoo=str(zoo_dir),
+                        zoo_runs=sum(wd.runs for wd in widths), eval_seeds=eval_seeds, eval_test_accuracy_mean=last_eval)
                 log.flush()  # the curves up to `done` are on disk before the state a resume starts from
                 save_training_state(state_path, policy, opt, {"pairs": gen}, {"step": done, "elapsed_s": wall})
                 if walked is not None:  # refreshed from the saved policy, so a resumed run sees the same inputs

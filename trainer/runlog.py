@@ -63,11 +63,11 @@ class RunLogger:
             self.writer.add_scalar(k, v, step)
 
     def histogram(self, step: int, tag: str, values: torch.Tensor) -> None:
-        self.writer.add_histogram(tag, values.detach().flatten().float(), step)
+        self.writer.add_histogram(tag, values.detach().flatten().float().cpu(), step)
 
     def image(self, step: int, tag: str, img: torch.Tensor) -> None:
         """`img` is (H, W) or (C, H, W) in any range; scaled to [0, 1]."""
-        img = img.detach().float()
+        img = img.detach().float().cpu()
         img = (img - img.min()) / (img.max() - img.min() + 1e-12)
         self.writer.add_image(tag, img if img.dim() == 3 else img[None], step)
 

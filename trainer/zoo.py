@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import ray
@@ -25,6 +25,7 @@ from rollout.cluster import init_ray, torch_threads
 from trainer.checkpoints import CheckpointError, read_json, save_json, save_weights
 from trainer.cli import parser, run_main, use_threads
 from trainer.config import ExperimentConfig
+from trainer.device import worker_device, worker_gpus
 
 
 def checkpoint_steps(total: int, n: int) -> list[int]:
@@ -43,15 +44,16 @@ def run_dir(zoo_dir: Path, run: int) -> Path:
     return zoo_dir / f"run-{run:04d}"
 
 
-def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path, threads: Optional[int] = None) -> dict:
-    """Train run `run` from seed `zoo.seed + run`, checkpointing at log-spaced steps; returns its run record.
-    `threads`: torch threads of the Ray task (None: the cores shared among `rollout.num_workers` concurrent runs)."""
-    torch.set_num_threads(threads or zoo_threads(cfg))
+def total_steps(cfg: ExperimentConfig, task) -> int:
+    """Optimizer steps of one run of the zoo's recipe: whole minibatches per epoch x epochs."""
+    return len(task.train) // cfg.zoo.batch_size * cfg.zoo.epochs
+
+
+def sgd_steps(cfg: ExperimentConfig, model: torch.nn.Module, task, data_seed: int) -> Iterator[int]:
+    """The zoo's recipe (optimizer, learning-rate schedule, minibatch order drawn from `data_seed`) applied to `model`,
+    one update per iteration: yields the steps done so far, so that a caller can checkpoint, evaluate or time the run
+    between updates (an evaluation may switch the model to eval mode and back)."""
     zc = cfg.zoo
-    task = task_from_config(cfg.task)
-    seed = zc.seed + run
-    model = reference_from_config(cfg.reference, task, seed=seed)
-    data_seed = seed if zc.data_seed is None else zc.data_seed
     gen = torch.Generator().manual_seed(data_seed)  # minibatch order
     if zc.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=zc.lr, momentum=zc.momentum, weight_decay=zc.weight_decay)
@@ -59,8 +61,35 @@ def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path, threads: Optional[
         opt = torch.optim.Adam(model.parameters(), lr=zc.lr, weight_decay=zc.weight_decay)
     n = len(task.train)
     per_epoch = n // zc.batch_size
-    total = per_epoch * zc.epochs
+    total = total_steps(cfg, task)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * s / total)) if zc.cosine else 1.0)
+    step = 0
+    model.train()
+    for _ in range(zc.epochs):
+        perm = torch.randperm(n, generator=gen)
+        for b in range(per_epoch):
+            idx = perm[b * zc.batch_size:(b + 1) * zc.batch_size]
+            loss = F.cross_entropy(model(task.train.x[idx]), task.train.y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            yield step
+
+
+def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path, threads: Optional[int] = None,
+              device: str = "cpu") -> dict:
+    """Train run `run` from seed `zoo.seed + run` on `device`, checkpointing at log-spaced steps; returns its run
+    record. The init is drawn on the CPU, so a seed gives the same init on every device. `threads`: torch threads of
+    the Ray task (None: the cores shared among `rollout.num_workers` concurrent runs)."""
+    torch.set_num_threads(threads or zoo_threads(cfg))
+    zc = cfg.zoo
+    task = task_from_config(cfg.task).to(device)
+    seed = zc.seed + run
+    model = reference_from_config(cfg.reference, task, seed=seed).to(device)
+    data_seed = seed if zc.data_seed is None else zc.data_seed
+    total = total_steps(cfg, task)
     save_at = set(checkpoint_steps(total, zc.checkpoints))
 
     final, tmp = run_dir(zoo_dir, run), zoo_dir / f".run-{run:04d}.tmp"
@@ -79,30 +108,19 @@ def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path, threads: Optional[
         records.append(dict(file=f"{final.name}/{name}", step=step, t=step / total, loss=loss,
                             reward_accuracy=reward_acc, test_accuracy=test_acc))
 
-    step = 0
     save(0)
-    model.train()
-    for _ in range(zc.epochs):
-        perm = torch.randperm(n, generator=gen)
-        for b in range(per_epoch):
-            idx = perm[b * zc.batch_size:(b + 1) * zc.batch_size]
-            loss = F.cross_entropy(model(task.train.x[idx]), task.train.y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            if step in save_at:
-                save(step)
-                model.train()
+    for step in sgd_steps(cfg, model, task, data_seed):
+        if step in save_at:
+            save(step)
     record = dict(run=run, seed=seed, data_seed=data_seed, total_steps=total, checkpoints=records)
     save_json(tmp / "run.json", record)
     tmp.rename(final)
     return record
 
 
-# Fields that do not change a zoo's checkpoints: how many runs it holds, where it and the task's data live, and
-# whether the data may be downloaded (and `widths`: a mixed zoo is made of single-width zoos, see zoo_variants). They stay out of its identity, so moving the data does not orphan a zoo.
+# Fields that do not change a zoo's checkpoints: how many runs it holds, where it and the task's data live, whether
+# the data may be downloaded, and `widths` (a mixed zoo is made of single-width zoos, see zoo_variants). They stay out
+# of its identity, so moving the data does not orphan a zoo.
 NOT_IDENTITY = {"zoo": ("runs", "out", "widths"), "task": ("root", "download")}
 
 
@@ -184,9 +202,10 @@ def build_zoo(cfg: ExperimentConfig, progress: bool = True) -> Path:
         save_json(zoo_dir / "zoo.json", zoo_spec(cfg))
     if todo:
         init_ray(cfg.rollout.address, num_cpus=cfg.rollout.num_workers)
-        remote = ray.remote(num_cpus=1, max_retries=2)(train_run)
+        gpus = worker_gpus(cfg)
+        remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=2)(train_run)
         threads = zoo_threads(cfg)  # decided here, where the cores were counted, and handed to every task
-        pending = [remote.remote(cfg, r, zoo_dir.resolve(), threads) for r in todo]
+        pending = [remote.remote(cfg, r, zoo_dir.resolve(), threads, worker_device(gpus)) for r in todo]
         with tqdm(total=cfg.zoo.runs, initial=cfg.zoo.runs - len(todo), desc=f"zoo {cfg.name}", unit="run",
                   disable=not progress) as bar:
             while pending:

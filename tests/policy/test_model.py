@@ -125,3 +125,79 @@ def test_a_zero_latent_mean_leaves_the_mean_path_to_the_trunk():
         assert torch.equal(v, mean[k])
     basis = policy.latent_mean.basis
     torch.testing.assert_close(basis.T @ basis, torch.eye(SMALL.latent_dim))
+
+
+def unfused_forward(policy, x, t1, t2):
+    """The policy's function written out plainly (concatenation, LayerNorm, einsums, one group at a time): the
+    oracle for the fused and re-associated forward pass."""
+    import math
+
+    from policy.tokenizer import KINDS
+
+    layout, cfg, b = policy.layout, policy.cfg, t1.shape[0]
+    temb = policy.time(t1, t2)
+    h = {}
+    for gi, g in enumerate(layout.groups):
+        v = policy.group_emb.weight[gi].expand(b, g.size, -1)
+        h[g.name] = (v + policy.position[g.name] if g.fixed else v) + temb[:, None]
+    for t in layout.tensors:
+        if t.kind != "weight":
+            h[t.out] = h[t.out] + x[t.key][..., None] * policy.kind_value[KINDS.index(t.kind)]
+    for rnd in policy.rounds:
+        fwd = {g: torch.zeros_like(v) for g, v in h.items()}
+        bwd = {g: torch.zeros_like(v) for g, v in h.items()}
+        for ti, t in enumerate(layout.tensors):
+            if t.kind == "weight":
+                w = x[t.key]
+                _, o, i, r = w.shape
+                u = policy.rest_in[str(r)] + policy.tensor_emb.weight[ti]
+                to_out = torch.einsum("boir,bid->bord", w, rnd.fwd_value(h[t.inp]))
+                fwd[t.out] = fwd[t.out] + torch.einsum("bord,rd->bod", to_out, u) / math.sqrt(i * r)
+                to_in = torch.einsum("boir,bod->bird", w, rnd.bwd_value(h[t.out]))
+                bwd[t.inp] = bwd[t.inp] + torch.einsum("bird,rd->bid", to_in, u) / math.sqrt(o * r)
+        h = {g: v + rnd.node_mlp(rnd.node_norm(torch.cat([v + temb[:, None], fwd[g], bwd[g]], -1)))
+             for g, v in h.items()}
+        nodes = torch.cat([h[g] for g in policy.attend], dim=1)
+        q = rnd.attn_norm(nodes)
+        nodes = nodes + rnd.attn(q, q, q, need_weights=False)[0]
+        nodes = nodes + rnd.ff(rnd.ff_norm(nodes))
+        h.update(zip(policy.attend, nodes.split([h[g].shape[1] for g in policy.attend], dim=1)))
+    h = {g: policy.out_norm(v) for g, v in h.items()}
+    for g in policy.attend:  # moved by the unit latent's mean
+        h[g] = h[g] + policy.latent_mean(h[g]) @ policy.latent_mean.basis.T
+    heads = policy.tensor_head(policy.tensor_emb.weight[: len(layout.tensors)][None] + temb[:, None])
+    mean = {}
+    for ti, t in enumerate(layout.tensors):
+        cur = x[t.key]
+        if t.kind == "weight":
+            c = policy.rest_out[str(cur.shape[-1])] + policy.tensor_out_emb.weight[ti]
+            left = torch.einsum("bod,rd->bord", policy.out_left(h[t.out]), c)
+            delta = torch.einsum("bord,bid->boir", left, policy.out_right(h[t.inp])) / math.sqrt(cfg.dim)
+        else:
+            delta = policy.unit_head(h[t.out])[..., KINDS.index(t.kind)]
+        mean[t.key] = cur + delta + heads[:, ti, 0].view(-1, *([1] * (cur.dim() - 1))) * cur
+    return mean
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_forward_and_gradients_match_the_unfused_formulas(family):
+    _, layout = make(family)
+    states = batch_of(family, range(3))
+    x = Tokenizer(layout, fit_scales({k: states[k] for k in layout.shapes})).encode(states)
+    torch.manual_seed(0)
+    policy = DenoisingPolicy(SMALL, layout).eval()
+    perturb(policy)
+    t1, t2 = torch.tensor([0.0, 0.2, 0.5]), torch.tensor([1.0, 0.6, 0.7])
+    grads = []
+    for fn in (lambda: policy(x, t1, t2)[0], lambda: unfused_forward(policy, x, t1, t2)):
+        policy.zero_grad()
+        mean = fn()
+        sum((v * torch.linspace(-1, 1, v.numel()).view_as(v)).sum() for v in mean.values()).backward()
+        grads.append(({k: v.detach() for k, v in mean.items()},
+                      {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}))
+    (mean, grad), (expected, expected_grad) = grads
+    for k in mean:
+        torch.testing.assert_close(mean[k], expected[k], rtol=1e-5, atol=1e-5)
+    assert grad.keys() == expected_grad.keys()
+    for n in grad:  # imitation and GRPO train through the same forward pass
+        torch.testing.assert_close(grad[n], expected_grad[n], rtol=1e-4, atol=1e-5)

@@ -169,6 +169,19 @@ def test_bench_generate_prints_random_sgd_and_policy_side_by_side(trained, in_tm
     assert ratios[1] == 1.0 and 0.0 <= ratios[0] < 0.5
 
 
+def test_bench_generate_speed_times_generation_against_sgd_to_equal_accuracy(trained, in_tmp, capsys):
+    from trainer import bench
+
+    args = ["generate", "--seeds", "3", "--speed", "--speed-seeds", "2", "--check-every", "5"]
+    assert bench.main(args + sum((["--set", s] for s in TINY), [])) == 0
+    out = capsys.readouterr().out
+    speed = out[out.index("Speed on cpu: 1 torch thread(s)"):]
+    rows = [line.split("|")[1:-1] for line in speed.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r[1].strip() for r in rows] == ["1", "64", "1"] and rows[2][0].startswith(" SGD (sgd, batch 16)")
+    assert all(float(r[2]) >= 0 and float(r[3]) >= 0 for r in rows)  # ms/net, wall and CPU
+    assert rows[2][5].strip() == "1x" and int(rows[2][4]) % 5 == 0  # SGD steps: checked every 5
+
+
 def test_paired_difference_is_mean_se_and_share_better():
     from trainer.bench import paired_difference
 
