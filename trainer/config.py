@@ -247,7 +247,7 @@ RANGES: dict[str, Rule] = {
                    "[] or a list of width lists of positive integers"),
     "rollout.num_workers": at_least(1),
     "rollout.timeout_s": at_least(MIN_TIMEOUT_S, "scoring actors take seconds to start and load their task"),
-    "rollout.chunk_size": at_least(1), "rollout.max_retries": at_least(0),
+    "rollout.chunk_size": at_least(1), "rollout.max_retries": at_least(0), "rollout.gpus_per_worker": at_least(0),
     "policy.dim": at_least(1), "policy.rounds": at_least(0), "policy.heads": at_least(1),
     "policy.std_floor": above(0, "log-probs must stay finite"), "policy.std_init": above(0),
     "policy.temperature": above(0), "policy.max_groups": at_least(1), "policy.max_tensors": at_least(1),
@@ -283,8 +283,6 @@ def config_from_dict(data: dict) -> ExperimentConfig:
     check_choice("zoo.optimizer", cfg.zoo.optimizer, ("sgd", "adam"))
     check_device(cfg.device)
     check_choice("rollout.precision", cfg.rollout.precision, ("fp32", "bf16"))
-    if not cfg.rollout.gpus_per_worker >= 0:
-        raise ConfigError(f"config key rollout.gpus_per_worker: must be >= 0, got {cfg.rollout.gpus_per_worker}")
     sched = cfg.generate.schedule
     if len(sched) < 2 or sched[0] != 0.0 or sched[-1] != 1.0 or sorted(set(sched)) != sched:
         raise ConfigError(f"config key generate.schedule: expected increasing values from 0.0 to 1.0, got {sched}")

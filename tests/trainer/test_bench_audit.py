@@ -112,13 +112,9 @@ POLICY = ["policy.dim=16", "policy.rounds=1", "policy.heads=2", "imitate.steps=6
 def tiny_policy(tiny_zoo, in_tmp):
     """A 6-step imitation policy on the tiny zoo (already built, so no Ray starts); returns the --set arguments."""
     from trainer import imitate
-    from trainer.cli import parser, run_main
 
     sets = sum((["--set", s] for s in TINY + [f"zoo.out={tiny_zoo[0].zoo_dir}"] + POLICY), [])
-    p = parser("imitate")
-    p.add_argument("--name")
-    p.add_argument("--resume", action="store_true")
-    assert run_main(imitate.main, p, sets) == 0
+    assert imitate.cli(sets) == 0
     return sets
 
 
