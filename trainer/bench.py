@@ -555,12 +555,13 @@ def run_report(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     return report.run_report(args, cfgs)
 
 
-# The exploration modes `bench grpo` compares, as overrides of the experiment's config: "iid" is the per-weight noise
-# with the settings it was tuned with, "units" the unit latent with the config's own settings.
+# The exploration modes `bench grpo` compares, each as overrides of the experiment's config with the settings it was
+# tuned with (docs/HISTORY.md).
 GRPO_MODES = {
     "iid": ["grpo.noise=iid", "grpo.lr=3e-4", "grpo.cosine=false", "grpo.beta_kl=0.1", "grpo.reward=accuracy",
             "grpo.reward_batch=fixed"],
-    "units": ["grpo.noise=units"],
+    "units": ["grpo.noise=units", "grpo.latent_std=0.3", "grpo.lr=1e-3", "grpo.cosine=true", "grpo.beta_kl=0.01",
+              "grpo.reward=neg_loss", "grpo.reward_batch=fresh"],
 }
 
 

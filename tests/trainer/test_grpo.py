@@ -19,8 +19,9 @@ from tests.trainer.test_imitate_generate import TINY, imitate_cli
 
 DEFAULT = TINY + ["grpo.inits_per_iter=2", "grpo.group_size=4", "grpo.epochs=2", "grpo.minibatch_size=4",
                   "grpo.eval_every=2", "grpo.save_every=1", "grpo.lr=1e-3", "grpo.clip_range=0.05",
-                  "rollout.num_workers=2"]  # the shipped exploration mode (units), on a tiny budget
+                  "rollout.num_workers=2"]  # the shipped GRPO settings, on a tiny budget
 GRPO = DEFAULT + ["grpo.noise=iid", "grpo.reward=accuracy", "grpo.reward_batch=fixed", "grpo.cosine=false"]
+UNITS = ["grpo.noise=units", "grpo.reward=neg_loss", "grpo.reward_batch=fresh", "grpo.cosine=true"]
 
 
 @pytest.fixture
@@ -167,10 +168,12 @@ def test_explore_samples_one_step_and_ties_the_others_by_kl(imitation, in_tmp, e
 def test_smoke_two_iterations_with_local_ray(imitation, in_tmp):
     args = sum((["--set", s] for s in DEFAULT + ["grpo.iterations=2"]), [])
     assert grpo.cli(args) == 0
+    assert grpo.cli(args + sum((["--set", s] for s in UNITS), []) + ["--name", "units"]) == 0  # the other mode
+    assert [s for s, _ in read_scalars(in_tmp / "artifacts/runs/units", "rollout/gain_vs_imitation")] == [8, 16]
     run = in_tmp / "artifacts/runs/digits_mlp-grpo"
     rewards = read_scalars(run, "rollout/reward_mean")
-    assert [s for s, _ in rewards] == [8, 16] and all(-100.0 <= r <= 0.0 for _, r in rewards)  # x axis: evaluations
-    assert all(0.0 <= a <= 1.0 for _, a in read_scalars(run, "rollout/accuracy_mean"))  # the reward is minus a loss
+    assert [s for s, _ in rewards] == [8, 16]  # x axis: evaluations
+    assert all(0.0 <= a <= 1.0 for _, a in read_scalars(run, "rollout/accuracy_mean"))
     assert read_scalars(run, "perf/evaluations_total") == [(8, 8.0), (16, 16.0)]
     for tag in ("rollout/frac_zero_std", "rollout/accuracy_mean", "rollout/gain_vs_imitation", "losses/policy",
                 "losses/kl", "losses/clipfrac", "losses/approx_kl", "losses/grad_norm", "policy/std_mean",
