@@ -95,7 +95,8 @@ def grpo_section(cfg: ExperimentConfig, fig_dir: Path, out_dir: Path) -> list[st
     grpo = json.loads(path.read_text())
     figures = []
     for f in grpo.get("figures", []):
-        figures.append(shutil.copy(f, fig_dir / Path(f).name))
+        target = fig_dir / Path(f).name
+        figures.append(target if Path(f).resolve() == target.resolve() else shutil.copy(f, target))
     lines = ["### GRPO: held-out accuracy against the evaluation budget", "", "```bash", grpo["command"], "```", "",
              grpo["table"], ""]
     return lines + [f"![{Path(f).stem}]({Path(os.path.relpath(f, out_dir)).as_posix()})" for f in figures] + [""]
