@@ -649,6 +649,75 @@ def run_grpo(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     return dict(table=table, figures=figures)
 
 
+def run_gradient(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
+    """How well GRPO's policy-gradient estimate points, per exploration mode: the cosine between the estimate from
+    `n` iterations' rollouts (B x G evaluations each, rewards: minus the cross-entropy on a fresh train-split batch as
+    large as the reward split) and the exact gradient of the mean path's expected reward (minus the train-split
+    cross-entropy, backpropagated through the walk over `--inits` fresh inits), in the parameters each mode trains."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from envs.scoring import batched_logits
+    from envs.tasks import Split
+    from policy.sampling import gaussian_log_prob
+    from trainer.algos import compute_grpo_advantages
+    from trainer.grpo import GRPOTrainer
+    from trainer.pipeline import init_states
+
+    cfg = cfgs[0]
+    policy = args.policy or default_policy(cfg)
+    config = (args.config or args.default_configs)[0]
+    task = task_from_config(cfg.task)
+    model = reference_from_config(cfg.reference, task)
+    train, n_reward = task.split("train"), len(task.split("reward"))
+    averaged = [n for n in (1, 4, 16, 64) if n <= args.iterations]
+    lines = [f"{cfg.name}: cosine between GRPO's policy-gradient estimate and the exact gradient of the expected reward "
+             f"(minus the train-split cross-entropy of the mean path, {args.inits} fresh inits), from {policy}; "
+             f"estimates averaged over n iterations of B x G evaluations, mean over the {args.iterations} // n "
+             f"disjoint averages", "", "| mode | trained parameters | " +
+             " | ".join(f"n = {n}" for n in averaged) + " |", "| --- | --- | " + " | ".join("---" for _ in averaged) + " |"]
+    for mode in args.modes:
+        t = GRPOTrainer(load_config(config, args.overrides + GRPO_MODES[mode]), policy, Path("artifacts/bench"),
+                        progress=False)
+        params = [p for group in t.opt.param_groups for p in group["params"]]
+
+        def gradient(loss: torch.Tensor) -> torch.Tensor:
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)])
+
+        seeds = list(range(3 * 10**9, 3 * 10**9 + args.inits))  # never a zoo, held-out or GRPO seed
+        t.policy.eval()
+        final, _ = t.wg.generate(init_states(t.cfg, task, seeds), mean_only=True, grad=True)
+        ce = torch.stack([F.cross_entropy(batched_logits(model, final, train.x[i:i + 4096]).flatten(0, 1),
+                                          train.y[i:i + 4096].repeat(args.inits), reduction="sum")
+                          for i in range(0, len(train), 4096)]).sum() / (len(train) * args.inits)
+        exact = -gradient(ce)  # the ascent direction of the reward
+        gen = torch.Generator().manual_seed(cfg.seed)
+        estimates = []
+        for it in tqdm(range(args.iterations), desc=f"gradient {mode}"):
+            t.iteration = it
+            ro = t.collect_rollouts()
+            idx = torch.randperm(len(train), generator=gen)[:n_reward]
+            ro.rewards = score_batch(model, ro.final, Split(train.x[idx], train.y[idx])).neg_loss().float().view(
+                t.cfg.grpo.inits_per_iter, t.cfg.grpo.group_size)
+            adv, _ = compute_grpo_advantages(ro.rewards, t.cfg.grpo.scale_by_std)
+            rows = torch.arange(adv.numel())
+            groups, row_of = torch.unique(rows // t.cfg.grpo.group_size, return_inverse=True)
+            loss = 0.0
+            for step in ro.steps:  # GRPO's surrogate at ratio 1: minus the advantage-weighted log-prob of each draw
+                (mean, std), _, drawn = t.step_distributions(step, rows, groups, row_of)
+                if drawn is not None:
+                    loss = loss - (adv.flatten() * gaussian_log_prob(drawn, mean, std)).mean()
+            estimates.append(-gradient(loss))
+        est = torch.stack(estimates)
+        cos = [float(np.mean([F.cosine_similarity(est[i:i + n].mean(0), exact, dim=0).item()
+                              for i in range(0, len(est) - n + 1, n)])) for n in averaged]
+        lines.append(f"| {mode} | {sum(p.numel() for p in params)} | " + " | ".join(f"{c:.3f}" for c in cos) + " |")
+    table = "\n".join(lines)
+    emit(table, args.out)
+    return dict(table=table, figures=[])
+
+
 def held_out_parser(sub, name: str, help: str, seeds: int) -> argparse.ArgumentParser:
     """A subcommand measured on one experiment's held-out init seeds: --config, --set, --seeds, --seed-start, --out."""
     p = sub.add_parser(name, help=help)
@@ -713,6 +782,14 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("--iterations", type=int, default=40, help="GRPO iterations per run (default 40)")
     gr.add_argument("--points", type=int, default=4, help="budgets along each run measured on the held-out seeds")
     gr.set_defaults(func=run_grpo, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, threads=1,
+                    workers=[1])
+    gd = held_out_parser(sub, "gradient", "cosine of GRPO's policy-gradient estimate with the exact gradient, per "
+                                          "exploration mode", seeds=1)
+    gd.add_argument("--policy", help="the imitation policy (default: the experiment's)")
+    gd.add_argument("--modes", nargs="+", default=list(GRPO_MODES), choices=list(GRPO_MODES))
+    gd.add_argument("--iterations", type=int, default=16, help="GRPO iterations of rollouts (default 16)")
+    gd.add_argument("--inits", type=int, default=64, help="fresh inits for the exact gradient (default 64)")
+    gd.set_defaults(func=run_gradient, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, threads=1,
                     workers=[1])
     rep = sub.add_parser("report", help="generate + audit + rollout (+ GRPO's results if present) -> docs/RESULTS.md")
     rep.add_argument("--config", action="append", default=None,

@@ -264,3 +264,16 @@ def test_bench_grpo_measures_held_out_gain_against_evaluations(imitation, in_tmp
         gains.append((np.asarray(mean_path_accuracy(tuned, task, range(3))[0]) - base).mean() * 100)
     assert results["curves"]["units"]["gain"][-1] == pytest.approx(np.mean(gains), abs=1e-6)
     assert bench.main(["grpo", "--modes", "bogus"]) == 2
+
+
+def test_bench_gradient_compares_the_estimate_with_the_exact_gradient(imitation, in_tmp, capsys):
+    from trainer import bench
+
+    args = ["gradient", "--iterations", "4", "--inits", "4"] + sum((["--set", s] for s in GRPO), [])
+    assert bench.main(args) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| iid", "| units"))]
+    assert len(rows) == 2
+    for row in rows:  # mode, trained parameters, cosines at n = 1 and n = 4, each a real cosine
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert int(cells[1]) > 0 and all(-1.0 <= float(c) <= 1.0 for c in cells[2:]) and len(cells) == 4
+    assert int(rows[0].split("|")[2]) > int(rows[1].split("|")[2])  # iid trains the whole policy, units its latent head
