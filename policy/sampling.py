@@ -83,9 +83,8 @@ class Step:
     t2: float
     log_prob: torch.Tensor  # (B,) averaged over dimensions
     sampled: bool = True  # False: y is the mean (a deterministic step)
-    latent: Optional[dict[str, torch.Tensor]] = None  # "units": the drawn latent (B, n, d) per noised group
-    states: Optional[dict[str, torch.Tensor]] = None  # "units": the trunk's unit states (B, n, d) per noised group
-    heads: Optional[torch.Tensor] = None  # "units": the trunk's per-tensor head outputs (B, T, 2)
+    latent: Optional[dict[str, torch.Tensor]] = None  # "units": the drawn latent (B, n, k) per noised group
+    states: Optional[dict[str, torch.Tensor]] = None  # "units": the trunk's unit states (B, n, dim) per noised group
 
 
 def cat_steps(parts: Sequence[Step]) -> Step:
@@ -101,7 +100,7 @@ def cat_steps(parts: Sequence[Step]) -> Step:
 
     return Step(join([p.x for p in parts]), join([p.y for p in parts]), first.t1, first.t2,
                 join([p.log_prob for p in parts]), first.sampled, join([p.latent for p in parts]),
-                join([p.states for p in parts]), join([p.heads for p in parts]))
+                join([p.states for p in parts]))
 
 
 def draw(policy, x: Mapping[str, torch.Tensor], t1: float, t2: float, mean_only: bool = False,
@@ -119,7 +118,7 @@ def draw(policy, x: Mapping[str, torch.Tensor], t1: float, t2: float, mean_only:
     u = dict(mean) if mean_only else sample(mean, std, generator, antithetic)
     y, _ = policy.decode(x, policy.lift(h, u), heads)
     return Step(x, y, float(t1), float(t2), gaussian_log_prob(u, mean, std), not mean_only, latent=u,
-                states={g: h[g] for g in u}, heads=heads)
+                states={g: h[g] for g in u})
 
 
 def walk(policy, x0: Mapping[str, torch.Tensor], schedule: Sequence[float], mean_only: bool = False,

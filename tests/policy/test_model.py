@@ -10,6 +10,13 @@ from tests.policy.test_tokenizer import FAMILIES, batch_of, make
 SMALL = PolicyConfig(dim=16, rounds=2, heads=2)
 
 
+def encoded(family, seeds):
+    """(layout, token blocks) of default inits of a family's test model, scaled as the zoo would scale them."""
+    _, layout = make(family)
+    states = batch_of(family, seeds)
+    return layout, Tokenizer(layout, fit_scales({k: states[k] for k in layout.shapes})).encode(states)
+
+
 def perturb(policy):
     """Move every output head off its zero init so the test sees a non-trivial update."""
     torch.manual_seed(3)
@@ -20,10 +27,7 @@ def perturb(policy):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_permuting_hidden_units_permutes_the_prediction(family):
-    _, layout = make(family)
-    states = batch_of(family, range(3))
-    tok = Tokenizer(layout, fit_scales({k: states[k] for k in layout.shapes}))
-    x = tok.encode(states)
+    layout, x = encoded(family, range(3))
     torch.manual_seed(0)
     policy = DenoisingPolicy(SMALL, layout).eval()
     perturb(policy)
@@ -82,9 +86,7 @@ def test_temperature_scales_the_std_and_leaves_the_mean():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_unit_latent_draws_permute_with_the_units_and_their_noise(family):
-    _, layout = make(family)
-    states = batch_of(family, range(2))
-    x = Tokenizer(layout, fit_scales({k: states[k] for k in layout.shapes})).encode(states)
+    layout, x = encoded(family, range(2))
     torch.manual_seed(0)
     policy = DenoisingPolicy(PolicyConfig(dim=16, rounds=2, heads=2, latent_dim=4, latent_std=0.3), layout).eval()
     perturb(policy)
@@ -181,9 +183,7 @@ def unfused_forward(policy, x, t1, t2):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_forward_and_gradients_match_the_unfused_formulas(family):
-    _, layout = make(family)
-    states = batch_of(family, range(3))
-    x = Tokenizer(layout, fit_scales({k: states[k] for k in layout.shapes})).encode(states)
+    layout, x = encoded(family, range(3))
     torch.manual_seed(0)
     policy = DenoisingPolicy(SMALL, layout).eval()
     perturb(policy)
