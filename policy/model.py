@@ -198,7 +198,9 @@ class UnitLatent(nn.Module):
 class DenoisingPolicy(nn.Module):
     """forward(x, t1, t2) -> (mean, std): dicts of token blocks; std is one value per tensor and sample (B,)."""
 
-    def __init__(self, cfg: PolicyConfig, layout: Layout):
+    def __init__(self, cfg: PolicyConfig, layout: Layout, centres: Optional[list[float]] = None):
+        """`centres`: per tensor of the layout, the token value its per-unit entries are read and updated relative to
+        (`Tokenizer.centres`: BatchNorm's scale and variance start at 1, every other kind at 0); default all 0."""
         super().__init__()
         d = cfg.dim
         self.cfg, self.layout = cfg, layout
@@ -211,6 +213,10 @@ class DenoisingPolicy(nn.Module):
         rests = sorted({t.token_shape[2] for t in layout.tensors if t.kind == "weight"})
         self.rest_in = nn.ParameterDict({str(r): nn.Parameter(torch.randn(r, d)) for r in rests})
         self.rest_out = nn.ParameterDict({str(r): nn.Parameter(0.1 * torch.randn(r, d)) for r in rests})
+        # A conv kernel's positions each get their own left factor (zero at init, added to the shared one): with only
+        # the shared factor times a fixed per-position code, the R slices of one update are tied to the same d
+        # components, too few for a (out, in, 9) update between two hidden groups.
+        self.rest_left = nn.ParameterDict({str(r): nn.Parameter(torch.zeros(d, r * d)) for r in rests if r > 1})
         self.tensor_out_emb = nn.Embedding(cfg.max_tensors, d)
         nn.init.normal_(self.tensor_out_emb.weight, std=0.1)
         self.time = TimeEmbedding(d)
@@ -227,6 +233,12 @@ class DenoisingPolicy(nn.Module):
         self.attend = [g.name for g in layout.groups[1:]]  # the input group is reached through messages only
         self.links = [WeightLink(t.key, ti, t.out, t.inp) for ti, t in enumerate(layout.tensors) if t.kind == "weight"]
         self.latent_mean = UnitLatent(d, cfg.latent_dim)
+        # Per-tensor codes for the per-unit tensors, read in (encode) and written out (decode), zero at init: a group
+        # may own several tensors of one kind (a ResNet's residual stream holds the stem's BN and every block's second
+        # BN), and the kind alone would give them one input direction and one predicted update.
+        self.unit_value = nn.Parameter(torch.zeros(cfg.max_tensors, d))
+        self.unit_out = nn.Parameter(torch.zeros(cfg.max_tensors, d))
+        self.register_buffer("centre", torch.tensor(centres or [0.0] * len(layout.tensors)), persistent=False)
 
     def forward(self, x: dict[str, torch.Tensor], t1: torch.Tensor, t2: torch.Tensor):
         """The step's Gaussian over weights: its mean is the weight head at the unit latent's mean."""
@@ -256,9 +268,10 @@ class DenoisingPolicy(nn.Module):
             if g.fixed:
                 v = v + self.position[g.name]
             h[g.name] = v + temb[:, None]
-        for t in layout.tensors:
+        for ti, t in enumerate(layout.tensors):
             if t.kind != "weight":
-                h[t.out] = h[t.out] + x[t.key][..., None] * self.kind_value[KINDS.index(t.kind)]
+                code = self.kind_value[KINDS.index(t.kind)] + self.unit_value[ti]
+                h[t.out] = h[t.out] + (x[t.key] - self.centre[ti])[..., None] * code
         edges = []
         for t in self.links:
             w = x[t.key]  # (B, O, I, R)
@@ -282,10 +295,12 @@ class DenoisingPolicy(nn.Module):
                 c = (self.rest_out[str(r)] + self.tensor_out_emb.weight[ti]) / math.sqrt(cfg.dim)  # (R, d)
                 # delta[o, i, r] = sum_d out_left(h[out])[o, d] c[r, d] out_right(h[inp])[i, d] / sqrt(d)
                 left = (self.out_left(h[t.out])[:, :, None] * c).reshape(b, o * r, -1)  # (B, O R, d)
+                if r > 1:
+                    left = left + (h[t.out] @ self.rest_left[str(r)]).view(b, o * r, -1) / math.sqrt(cfg.dim)
                 delta = _mix_t(left, h[t.inp], self.out_right).view(b, o, r, i).transpose(2, 3)
             else:
-                delta = self.unit_head(h[t.out])[..., KINDS.index(t.kind)]
+                delta = self.unit_head(h[t.out])[..., KINDS.index(t.kind)] + h[t.out] @ self.unit_out[ti]
             gain = heads[:, ti, 0].view(-1, *([1] * (cur.dim() - 1)))
-            mean[t.key] = cur + delta + gain * cur
+            mean[t.key] = cur + delta + gain * (cur - self.centre[ti])
             std[t.key] = cfg.temperature * (cfg.std_floor + F.softplus(heads[:, ti, 1] + self.std_bias))
         return mean, std

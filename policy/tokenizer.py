@@ -14,6 +14,8 @@ from typing import Iterable, Mapping, Optional
 import torch
 
 KINDS = ("weight", "bias", "bn_weight", "bn_bias", "bn_mean", "bn_var")
+INIT_VALUE = {"bn_weight": 1.0, "bn_var": 1.0}
+"""the value every unit of a kind starts from, where it is not 0: BatchNorm's scale and running variance"""
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,12 @@ class Tokenizer:
     def __init__(self, layout: Layout, scales: Mapping[str, float]):
         self.layout = layout
         self.scales = {t.key: float(scales[t.key]) for t in layout.tensors}
+
+    def centres(self) -> list[float]:
+        """Per tensor, in layout order: its kind's init value in token units (0 for the kinds that start at 0). The
+        policy reads and updates a per-unit tensor relative to it: a BatchNorm scale of 1 at scale 1/32 is a token of
+        32, which would otherwise swamp the unit states it is added to."""
+        return [INIT_VALUE.get(t.kind, 0.0) / self.scales[t.key] for t in self.layout.tensors]
 
     def encode(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}

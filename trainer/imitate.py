@@ -152,7 +152,7 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
     sched_idx = [grid.index(s) for s in schedule]
 
     torch.manual_seed(cfg.seed)
-    policy = DenoisingPolicy(cfg.policy, layout).to(device)  # initialised on the CPU: the same init on every device
+    policy = DenoisingPolicy(cfg.policy, layout, tok.centres()).to(device)  # initialised on the CPU: the same init on every device
     opt = torch.optim.AdamW(policy.parameters(), lr=im.lr, weight_decay=im.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     wg = WeightGenerator(cfg, policy, tok, schedule, grid)

@@ -86,6 +86,10 @@ def mean_path_accuracy(wg: "WeightGenerator", task: Task, seeds: Sequence[int],
     return score_states(wg.cfg, task, final, split), final
 
 
+ADDED_LATER = ("latent_mean.", "unit_value", "unit_out", "rest_left.")
+"""policy parameters a policy saved before them may lack: all zero-initialised, so it loads with its old function"""
+
+
 @dataclass
 class WeightGenerator:
     """A policy with everything needed to use it: its experiment, tokenizer, schedule and the zoo's progress grid.
@@ -198,11 +202,13 @@ class WeightGenerator:
         if cfg.generate.bn_recompute_batches and not has_batchnorm(layout):
             raise ConfigError(f"config key generate.bn_recompute_batches: {cfg.reference.family}"
                               f"{cfg.reference.widths} has no BatchNorm statistics to recompute")
-        policy = DenoisingPolicy(PolicyConfig(**spec["policy"]), layout)
+        tokenizer = Tokenizer(layout, scales)
+        policy = DenoisingPolicy(PolicyConfig(**spec["policy"]), layout, tokenizer.centres())
         try:
-            # Policies saved before the unit latent existed lack its (zero-initialised) mean: keep the fresh one.
+            # Policies saved before the unit latent or the per-tensor unit codes existed lack those (zero-initialised)
+            # parameters: keep the fresh ones, which leave such a policy's function as it was.
             missing, unexpected = policy.load_state_dict(weights, strict=False)
-            if unexpected or any(not k.startswith("latent_mean.") for k in missing):
+            if unexpected or any(not k.startswith(ADDED_LATER) for k in missing):
                 policy.load_state_dict(weights)  # raises, naming the keys
         except RuntimeError as e:
             raise CheckpointError(f"{path}: policy weights do not fit its spec ({str(e).splitlines()[0]})") from None
@@ -211,4 +217,4 @@ class WeightGenerator:
         if cfg.generate.schedule != spec["experiment"]["generate"]["schedule"]:
             schedule = snap_schedule(cfg.generate.schedule, spec["grid"])
         bn_inputs = bn_recompute_inputs(cfg, task) if cfg.generate.bn_recompute_batches else None
-        return cls(cfg, policy, Tokenizer(layout, scales), schedule, spec["grid"], bn_inputs)
+        return cls(cfg, policy, tokenizer, schedule, spec["grid"], bn_inputs)

@@ -29,7 +29,8 @@ def perturb(policy):
 def test_permuting_hidden_units_permutes_the_prediction(family):
     layout, x = encoded(family, range(3))
     torch.manual_seed(0)
-    policy = DenoisingPolicy(SMALL, layout).eval()
+    centres = [0.0 if t.kind == "weight" else 0.5 + 0.25 * ti for ti, t in enumerate(layout.tensors)]
+    policy = DenoisingPolicy(SMALL, layout, centres).eval()
     perturb(policy)
     t1, t2 = torch.tensor([0.0, 0.2, 0.5]), torch.tensor([1.0, 0.6, 0.7])
     with torch.no_grad():
@@ -142,9 +143,10 @@ def unfused_forward(policy, x, t1, t2):
     for gi, g in enumerate(layout.groups):
         v = policy.group_emb.weight[gi].expand(b, g.size, -1)
         h[g.name] = (v + policy.position[g.name] if g.fixed else v) + temb[:, None]
-    for t in layout.tensors:
+    for ti, t in enumerate(layout.tensors):
         if t.kind != "weight":
-            h[t.out] = h[t.out] + x[t.key][..., None] * policy.kind_value[KINDS.index(t.kind)]
+            code = policy.kind_value[KINDS.index(t.kind)] + policy.unit_value[ti]
+            h[t.out] = h[t.out] + (x[t.key] - policy.centre[ti])[..., None] * code
     for rnd in policy.rounds:
         fwd = {g: torch.zeros_like(v) for g, v in h.items()}
         bwd = {g: torch.zeros_like(v) for g, v in h.items()}
@@ -174,10 +176,13 @@ def unfused_forward(policy, x, t1, t2):
         if t.kind == "weight":
             c = policy.rest_out[str(cur.shape[-1])] + policy.tensor_out_emb.weight[ti]
             left = torch.einsum("bod,rd->bord", policy.out_left(h[t.out]), c)
+            if cur.shape[-1] > 1:
+                per_position = policy.rest_left[str(cur.shape[-1])].view(cfg.dim, cur.shape[-1], cfg.dim)
+                left = left + torch.einsum("bod,dre->bore", h[t.out], per_position)
             delta = torch.einsum("bord,bid->boir", left, policy.out_right(h[t.inp])) / math.sqrt(cfg.dim)
         else:
-            delta = policy.unit_head(h[t.out])[..., KINDS.index(t.kind)]
-        mean[t.key] = cur + delta + heads[:, ti, 0].view(-1, *([1] * (cur.dim() - 1))) * cur
+            delta = policy.unit_head(h[t.out])[..., KINDS.index(t.kind)] + h[t.out] @ policy.unit_out[ti]
+        mean[t.key] = cur + delta + heads[:, ti, 0].view(-1, *([1] * (cur.dim() - 1))) * (cur - policy.centre[ti])
     return mean
 
 
@@ -185,7 +190,8 @@ def unfused_forward(policy, x, t1, t2):
 def test_forward_and_gradients_match_the_unfused_formulas(family):
     layout, x = encoded(family, range(3))
     torch.manual_seed(0)
-    policy = DenoisingPolicy(SMALL, layout).eval()
+    centres = [0.0 if t.kind == "weight" else 0.5 + 0.25 * ti for ti, t in enumerate(layout.tensors)]
+    policy = DenoisingPolicy(SMALL, layout, centres).eval()
     perturb(policy)
     t1, t2 = torch.tensor([0.0, 0.2, 0.5]), torch.tensor([1.0, 0.6, 0.7])
     grads = []
@@ -201,3 +207,28 @@ def test_forward_and_gradients_match_the_unfused_formulas(family):
     assert grad.keys() == expected_grad.keys()
     for n in grad:  # imitation and GRPO train through the same forward pass
         torch.testing.assert_close(grad[n], expected_grad[n], rtol=1e-4, atol=1e-5)
+
+
+def test_per_unit_tensors_of_one_kind_in_one_group_are_told_apart():
+    """A ResNet's residual stream owns the stem's BN and block 0's second BN: at init both scales are 1 everywhere, so
+    only the per-tensor codes can give them different updates (the kind alone gives both the same)."""
+    layout, x = encoded("resnet", range(2))
+    a, b = "bn.weight", "blocks.0.bn2.weight"
+    assert {t.out for t in layout.tensors if t.key in (a, b)} == {"s0"} and torch.equal(x[a], x[b])
+    policy = DenoisingPolicy(SMALL, layout).eval()
+    perturb(policy)
+    mean, _ = policy(x, torch.zeros(2), torch.ones(2))
+    assert (mean[a] - mean[b]).abs().min() > 1e-4
+    with torch.no_grad():
+        policy.unit_out.zero_()
+        policy.tensor_head[-1].weight.zero_(), policy.tensor_head[-1].bias.zero_()  # no per-tensor gain either
+    mean, _ = policy(x, torch.zeros(2), torch.ones(2))
+    assert torch.equal(mean[a], mean[b])
+
+
+def test_centres_are_the_kinds_init_values_in_token_units():
+    _, layout = make("resnet")
+    tok = Tokenizer(layout, {t.key: 2.0 ** -(ti % 4) for ti, t in enumerate(layout.tensors)})
+    for t, c in zip(layout.tensors, tok.centres()):
+        assert c == ({"bn_weight": 1.0, "bn_var": 1.0}.get(t.kind, 0.0) / tok.scales[t.key])
+    assert sum(c > 0 for c in tok.centres()) == 2 * sum(t.kind == "bn_weight" for t in layout.tensors)

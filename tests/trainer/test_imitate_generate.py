@@ -221,19 +221,21 @@ def test_bench_search_starts_from_the_mean_path_and_runs_both_reward_sources(tra
     assert float(rows[0][3]) == float(rows[5][3]) == pytest.approx(test, abs=1e-4)
 
 
-def test_a_policy_saved_before_the_unit_latent_loads_with_a_zero_latent_mean(trained, in_tmp):
+def test_a_policy_saved_before_the_unit_latent_and_unit_codes_loads_with_them_at_zero(trained, in_tmp):
     from envs.tasks import task_from_config
     from trainer.checkpoints import CheckpointError, read_metadata
-    from trainer.pipeline import WeightGenerator, init_states
+    from trainer.pipeline import ADDED_LATER, WeightGenerator, init_states
 
     weights, _ = load_weights(trained / "policy.safetensors")
     old = in_tmp / "old"
     old.mkdir()
-    save_weights(old / "policy.safetensors", {k: v for k, v in weights.items() if not k.startswith("latent_mean.")},
+    assert {k for k in weights if k.startswith(ADDED_LATER)} >= {"unit_value", "unit_out", "latent_mean.net.2.bias"}
+    save_weights(old / "policy.safetensors", {k: v for k, v in weights.items() if not k.startswith(ADDED_LATER)},
                  read_metadata(trained / "policy.safetensors"))
     (old / "policy.json").write_text((trained / "policy.json").read_text())
     wg = WeightGenerator.load(old / "policy.safetensors")
     assert all(not p.any() for p in wg.policy.latent_mean.net[-1].parameters())
+    assert not wg.policy.unit_value.any() and not wg.policy.unit_out.any()
     with torch.no_grad():
         wg.policy.latent_mean.net[-1].bias.fill_(1.0)  # a latent mean the trunk alone would not give
     init = init_states(wg.cfg, task_from_config(wg.cfg.task), [5])
