@@ -27,8 +27,8 @@ from trainer.config import ConfigError, ExperimentConfig
 from trainer.device import resolve_device
 from trainer.runlog import RunLogger, check_run_dir, clear_run_dir
 from trainer.pairs import ZooPairs
-from trainer.pipeline import (WeightGenerator, init_states, mean_path_accuracy, reference_layout,
-                              snap_schedule)
+from trainer.pipeline import (WeightGenerator, bn_recompute_inputs, init_states, mean_path_accuracy,
+                              reference_layout, snap_schedule)
 from trainer.zoo import build_zoo, zoo_at_width, zoo_variants
 
 
@@ -92,10 +92,17 @@ def task_loss(wg: WeightGenerator, template: torch.nn.Module, task: Task, split:
     split stays for reporting."""
     seeds = (TASK_SEED_BASE + torch.randint(10**9, (inits,), generator=gen)).tolist()
     final, _ = wg.generate(init_states(wg.cfg, task, seeds), mean_only=True, grad=True)
-    params = {k: final[k] for k in weight_keys(template.state_dict())}
+    # A net with BatchNorm runs in train mode here, normalising by its batch's statistics (what its generated
+    # statistics are recomputed from, generate.bn_recompute_batches): torch's batch norm has no gradient for running
+    # statistics, and generated ones need not be positive yet. They are updated on copies and learn from imitation.
+    stats = {t.key for t in wg.layout.tensors if t.kind in ("bn_mean", "bn_var")}
+    params = {k: final[k].detach().clone() if k in stats else final[k] for k in weight_keys(template.state_dict())}
+    params.update({k: template.state_dict()[k].repeat(inits) for k in wg.layout.frozen})  # step counters, on copies
     data = task.split(split).to(wg.device)
     idx = torch.randint(len(data), (examples,), generator=gen)
+    template.train(bool(stats))
     logits = batched_logits(template, params, data.x[idx])  # (inits, examples, classes)
+    template.eval()
     return F.cross_entropy(logits.flatten(0, 1), data.y[idx].repeat(inits))
 
 
@@ -143,7 +150,7 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
     task = task_from_config(cfg.task)
     template, layout = reference_layout(cfg, task)
     device = resolve_device(cfg.device)
-    template.to(device).eval()  # the task loss runs generated nets with their own BN statistics
+    template.to(device).eval()  # scored as generated nets are (the task loss switches BN nets to train mode)
     tok, widths, grid = zoo_data(cfg, task)
     for wd in widths:
         wd.data = {k: v.to(device) for k, v in wd.data.items()}
@@ -152,10 +159,13 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
     sched_idx = [grid.index(s) for s in schedule]
 
     torch.manual_seed(cfg.seed)
-    policy = DenoisingPolicy(cfg.policy, layout, tok.centres()).to(device)  # initialised on the CPU: the same init on every device
+    # initialised on the CPU: the same init on every device
+    policy = DenoisingPolicy(cfg.policy, layout, tok.centres()).to(device)
     opt = torch.optim.AdamW(policy.parameters(), lr=im.lr, weight_decay=im.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
-    wg = WeightGenerator(cfg, policy, tok, schedule, grid)
+    # the held-out evaluation sees the nets as `generate` makes them: BN statistics recomputed if so configured
+    bn_inputs = bn_recompute_inputs(cfg, task) if cfg.generate.bn_recompute_batches else None
+    wg = WeightGenerator(cfg, policy, tok, schedule, grid, bn_inputs)
     eval_seeds = list(range(im.eval_seed_start, im.eval_seed_start + im.eval_seeds))
     start, elapsed = 0, 0.0
     state_path = run_dir / "state.safetensors"

@@ -159,3 +159,46 @@ def test_grpo_runs_at_a_width_the_imitation_policy_never_saw(trained, in_tmp):
     assert spec["experiment"]["reference"]["widths"] == [12]  # saved as a width-12 policy, its scales carried over
     assert generate.main(["--policy", str(in_tmp / "artifacts/runs/digits_mlp-grpo/policy.safetensors"), "--seeds", "0",
                           "--out", "g12"]) == 0
+
+
+def test_the_task_loss_of_a_batchnorm_net_is_its_train_mode_cross_entropy():
+    """imitate.task_inits on a ResNet: the generated nets run in train mode (batch statistics; torch's batch norm has
+    no gradient for running statistics), the loss equals each net's cross-entropy computed independently, the policy
+    gets a gradient, and the template keeps its buffers and eval mode."""
+    import torch.nn.functional as F
+
+    from envs.models import reference_from_config
+    from envs.tasks import task_from_config
+    from policy.model import DenoisingPolicy
+    from policy.tokenizer import Tokenizer, fit_scales
+    from trainer.config import load_config
+    from trainer.imitate import TASK_SEED_BASE, task_loss
+    from trainer.pipeline import WeightGenerator, init_states, reference_layout
+
+    cfg = load_config(CONFIGS / "digits_resnet.yaml", ["reference.widths=[4,8]", "policy.dim=16", "policy.rounds=1",
+                                                       "policy.heads=2"])
+    task = task_from_config(cfg.task)
+    template, layout = reference_layout(cfg, task)
+    template.eval()
+    buffers = {k: v.clone() for k, v in template.state_dict().items()}
+    init = init_states(cfg, task, range(4))
+    tok = Tokenizer(layout, fit_scales({k: init[k] for k in layout.shapes}))
+    torch.manual_seed(0)
+    policy = DenoisingPolicy(cfg.policy, layout, tok.centres())
+    wg = WeightGenerator(cfg, policy, tok, [0.0, 0.5, 1.0], [0.0, 0.5, 1.0])
+    loss = task_loss(wg, template, task, "train", 2, 32, torch.Generator().manual_seed(7))
+    loss.backward()
+    assert policy.rest_left["9"].grad.abs().sum() > 0  # the conv kernels' head learns from it
+    assert not template.training and [k for k, v in template.state_dict().items() if not torch.equal(v, buffers[k])] == []
+
+    gen = torch.Generator().manual_seed(7)
+    seeds = (TASK_SEED_BASE + torch.randint(10**9, (2,), generator=gen)).tolist()
+    idx = torch.randint(len(task.train), (32,), generator=gen)
+    with torch.no_grad():
+        final, _ = wg.generate(init_states(cfg, task, seeds), mean_only=True)
+    expected = []
+    for i in range(2):
+        net = reference_from_config(cfg.reference, task)
+        net.load_state_dict({k: v[i] for k, v in final.items()})
+        expected.append(F.cross_entropy(net.train()(task.train.x[idx]), task.train.y[idx]))
+    torch.testing.assert_close(loss.detach(), torch.stack(expected).mean(), rtol=1e-5, atol=1e-6)
