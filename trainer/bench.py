@@ -718,6 +718,57 @@ def run_gradient(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict
     return dict(table=table, figures=[])
 
 
+def run_precision(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
+    """bf16 autocast against fp32 scoring, on what GRPO ranks: a group of G sampled nets from each held-out init,
+    scored on the reward split on the experiment's device. Per group: the Spearman rank correlation of the two
+    precisions' rewards (accuracy and negative loss), whether they pick the same best net, and the largest accuracy
+    difference; the table gives medians and means over the groups."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from trainer.pipeline import WeightGenerator, init_states
+
+    cfg = cfgs[0]
+    task = task_from_config(cfg.task)
+    seeds = held_out_seeds(args, cfg)
+    wg = WeightGenerator.load(args.policy or default_policy(cfg), cfg=cfg)
+    device = resolve_device(cfg.device)
+    model, split = reference_from_config(cfg.reference, task).to(device), task.split("reward").to(device)
+    gen = torch.Generator(device=wg.device).manual_seed(cfg.seed)
+    groups = []
+    for seed in tqdm(seeds, desc="bench precision", disable=not sys.stderr.isatty()):
+        states, _ = wg.rollout(init_states(cfg, task, [seed]), args.group_size, gen)
+        scores = {}
+        for precision in ("fp32", "bf16"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                scores[precision] = score_batch(model, states, split, cfg.rollout.chunk_size)
+        fp, bf = scores["fp32"], scores["bf16"]
+
+        def rho(a: torch.Tensor, b: torch.Tensor) -> float:  # nan when a group's rewards are all equal
+            return float(spearmanr(a.numpy(), b.numpy()).statistic) if a.unique().numel() > 1 else float("nan")
+
+        groups.append(dict(seed=seed, fp32_accuracy=fp.accuracy.tolist(), bf16_accuracy=bf.accuracy.tolist(),
+                           rho_accuracy=rho(fp.accuracy, bf.accuracy), rho_neg_loss=rho(-fp.loss, -bf.loss),
+                           same_best=int(fp.loss.argmin()) == int(bf.loss.argmin()),
+                           max_accuracy_diff=float((fp.accuracy - bf.accuracy).abs().max())))
+
+    def summary(key: str) -> str:
+        v = np.array([g[key] for g in groups], dtype=float)
+        v = v[~np.isnan(v)]
+        return f"{np.median(v):.4f} / {v.mean():.4f}" if len(v) else "-"
+
+    lines = [f"{cfg.name} on {device}: bf16 autocast vs fp32 scoring, {len(seeds)} groups of {args.group_size} sampled "
+             f"nets (held-out inits {seeds[0]}..{seeds[-1]}), reward split of {len(split)} examples", "",
+             "| measure (per group) | median / mean over groups |", "| --- | --- |",
+             f"| Spearman rho of accuracies | {summary('rho_accuracy')} |",
+             f"| Spearman rho of negative losses | {summary('rho_neg_loss')} |",
+             f"| same best net (lowest loss) | {sum(g['same_best'] for g in groups)}/{len(groups)} groups |",
+             f"| largest accuracy difference in the group | {summary('max_accuracy_diff')} |"]
+    table = "\n".join(lines)
+    emit(table, args.out)
+    return dict(table=table, figures=[], groups=groups)
+
+
 def held_out_parser(sub, name: str, help: str, seeds: int) -> argparse.ArgumentParser:
     """A subcommand measured on one experiment's held-out init seeds: --config, --set, --seeds, --seed-start, --out."""
     p = sub.add_parser(name, help=help)
@@ -791,6 +842,12 @@ def build_parser() -> argparse.ArgumentParser:
     gd.add_argument("--inits", type=int, default=64, help="fresh inits for the exact gradient (default 64)")
     gd.set_defaults(func=run_gradient, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, threads=1,
                     workers=[1])
+    pr = held_out_parser(sub, "precision", "bf16 autocast vs fp32 scoring: how GRPO's reward ranking in a group "
+                                           "changes", seeds=16)
+    pr.add_argument("--policy", help="the policy whose samples are scored (default: the imitation policy)")
+    pr.add_argument("--group-size", "-G", type=int, default=16, help="sampled nets per init (default 16)")
+    pr.set_defaults(func=run_precision, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, threads=None,
+                    workers=[1])
     rep = sub.add_parser("report", help="generate + audit + rollout (+ GRPO's results if present) -> docs/RESULTS.md")
     rep.add_argument("--config", action="append", default=None,
                      help="experiment YAML, repeatable: one section each (default: configs/digits_mlp.yaml)")
@@ -813,6 +870,8 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.groups, args.repeats, args.threads or 1, *args.workers, getattr(args, "check_every", 1),
            getattr(args, "speed_seeds", 1)) < 1:
         p.error("--groups, --repeats, --threads, --workers, --check-every and --speed-seeds must be >= 1")
+    if getattr(args, "group_size", 2) < 2:
+        p.error("--group-size must be >= 2: a ranking needs two nets")
     paths = args.config or args.default_configs
 
     def run() -> None:
