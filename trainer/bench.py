@@ -735,6 +735,10 @@ def run_precision(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dic
     device = resolve_device(cfg.device)
     model, split = reference_from_config(cfg.reference, task).to(device), task.split("reward").to(device)
     gen = torch.Generator(device=wg.device).manual_seed(cfg.seed)
+
+    def rho(a: torch.Tensor, b: torch.Tensor) -> float:  # nan when a group's rewards are all equal
+        return float(spearmanr(a.numpy(), b.numpy()).statistic) if a.unique().numel() > 1 else float("nan")
+
     groups = []
     for seed in tqdm(seeds, desc="bench precision", disable=not sys.stderr.isatty()):
         states, _ = wg.rollout(init_states(cfg, task, [seed]), args.group_size, gen)
@@ -743,10 +747,6 @@ def run_precision(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dic
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 scores[precision] = score_batch(model, states, split, cfg.rollout.chunk_size)
         fp, bf = scores["fp32"], scores["bf16"]
-
-        def rho(a: torch.Tensor, b: torch.Tensor) -> float:  # nan when a group's rewards are all equal
-            return float(spearmanr(a.numpy(), b.numpy()).statistic) if a.unique().numel() > 1 else float("nan")
-
         groups.append(dict(seed=seed, fp32_accuracy=fp.accuracy.tolist(), bf16_accuracy=bf.accuracy.tolist(),
                            rho_accuracy=rho(fp.accuracy, bf.accuracy), rho_neg_loss=rho(-fp.loss, -bf.loss),
                            same_best=int(fp.loss.argmin()) == int(bf.loss.argmin()),
@@ -769,9 +769,11 @@ def run_precision(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dic
     return dict(table=table, figures=[], groups=groups)
 
 
-def held_out_parser(sub, name: str, help: str, seeds: int) -> argparse.ArgumentParser:
-    """A subcommand measured on one experiment's held-out init seeds: --config, --set, --seeds, --seed-start, --out."""
+def held_out_parser(sub, name: str, help: str, seeds: int, func: Callable, **defaults) -> argparse.ArgumentParser:
+    """A subcommand measured on one experiment's held-out init seeds: --config, --set, --seeds, --seed-start, --out;
+    it runs `func` on configs/digits_mlp.yaml unless --config says otherwise (`defaults`: more parsed defaults)."""
     p = sub.add_parser(name, help=help)
+    p.set_defaults(func=func, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, workers=[1], **defaults)
     p.add_argument("--config", action="append", default=None, help="experiment YAML (default: configs/digits_mlp.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--seeds", type=int, default=seeds, help=f"held-out init seeds (default {seeds})")
@@ -798,7 +800,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="also write the table to this file")
     r.add_argument("--plots", metavar="DIR", help="also write PNG figures to this folder")
     r.set_defaults(func=run_rollout, default_configs=ROLLOUT_CONFIGS)
-    g = held_out_parser(sub, "generate", "held-out accuracy: random init vs SGD vs policies", seeds=32)
+    g = held_out_parser(sub, "generate", "held-out accuracy: random init vs SGD vs policies", seeds=32,
+                        func=run_generate)
     g.add_argument("--policy", action="append", help="policy.safetensors, repeatable (default: the imitation policy)")
     g.add_argument("--speed", action="store_true",
                    help="also time it: ms/net of the first policy's mean path (1 and 64 nets per call) against SGD's "
@@ -807,8 +810,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--check-every", type=int, default=20, help="SGD steps between test-accuracy checks (default 20)")
     g.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: the config's `threads`; the speed table is read per thread)")
-    g.set_defaults(func=run_generate, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, workers=[1])
-    e = held_out_parser(sub, "search", "ES on generated nets' weights: fixed reward split vs fresh batches", seeds=2)
+    e = held_out_parser(sub, "search", "ES on generated nets' weights: fixed reward split vs fresh batches", seeds=2,
+                        func=run_search)
     e.add_argument("--policy", help="policy.safetensors whose mean path starts the search (default: the imitation "
                                     "policy)")
     e.add_argument("--iterations", type=int, default=100)
@@ -816,38 +819,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sigma", type=float, default=0.05, help="noise, in units of each tensor's RMS (default 0.05)")
     e.add_argument("--lr", type=float, default=0.3, help="Adam's step, in units of the noise (default 0.3)")
     e.add_argument("--threads", type=int, help="torch threads (default: the config's `threads`, auto: all cores)")
-    e.set_defaults(func=run_search, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, workers=[1])
     a = held_out_parser(sub, "audit", "novelty (vs the zoo) and fidelity (vs SGD from the same inits) of "
-                                      "generated nets", seeds=32)
+                                      "generated nets", seeds=32, func=run_audit, threads=1)
     a.add_argument("--policy", help="policy.safetensors (default: the imitation policy)")
     a.add_argument("--json", help="per-net results (default: --out with .json, else artifacts/bench/<experiment>/"
                                   "audit.json)")
-    a.set_defaults(func=run_audit, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, threads=1,
-                   workers=[1])
     gr = held_out_parser(sub, "grpo", "GRPO's held-out gain over imitation against evaluations spent, per "
-                                      "exploration mode", seeds=96)
+                                      "exploration mode", seeds=96, func=run_grpo, threads=1)
     gr.add_argument("--policy", help="the imitation policy GRPO starts from (default: the experiment's)")
     gr.add_argument("--modes", nargs="+", default=list(GRPO_MODES), help=f"exploration modes (default: "
                                                                           f"{' '.join(GRPO_MODES)})")
     gr.add_argument("--runs", type=int, default=3, help="independent GRPO runs per mode (default 3)")
     gr.add_argument("--iterations", type=int, default=40, help="GRPO iterations per run (default 40)")
     gr.add_argument("--points", type=int, default=4, help="budgets along each run measured on the held-out seeds")
-    gr.set_defaults(func=run_grpo, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, threads=1,
-                    workers=[1])
     gd = held_out_parser(sub, "gradient", "cosine of GRPO's policy-gradient estimate with the exact gradient, per "
-                                          "exploration mode", seeds=1)
+                                          "exploration mode", seeds=1, func=run_gradient, threads=1)
     gd.add_argument("--policy", help="the imitation policy (default: the experiment's)")
     gd.add_argument("--modes", nargs="+", default=list(GRPO_MODES), choices=list(GRPO_MODES))
     gd.add_argument("--iterations", type=int, default=16, help="GRPO iterations of rollouts (default 16)")
     gd.add_argument("--inits", type=int, default=64, help="fresh inits for the exact gradient (default 64)")
-    gd.set_defaults(func=run_gradient, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, threads=1,
-                    workers=[1])
     pr = held_out_parser(sub, "precision", "bf16 autocast vs fp32 scoring: how GRPO's reward ranking in a group "
-                                           "changes", seeds=16)
+                                           "changes", seeds=16, func=run_precision, threads=None)
     pr.add_argument("--policy", help="the policy whose samples are scored (default: the imitation policy)")
     pr.add_argument("--group-size", "-G", type=int, default=16, help="sampled nets per init (default 16)")
-    pr.set_defaults(func=run_precision, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, threads=None,
-                    workers=[1])
     rep = sub.add_parser("report", help="generate + audit + rollout (+ GRPO's results if present) -> docs/RESULTS.md")
     rep.add_argument("--config", action="append", default=None,
                      help="experiment YAML, repeatable: one section each (default: configs/digits_mlp.yaml)")

@@ -164,8 +164,7 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
     opt = torch.optim.AdamW(policy.parameters(), lr=im.lr, weight_decay=im.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     # the held-out evaluation sees the nets as `generate` makes them: BN statistics recomputed if so configured
-    bn_inputs = bn_recompute_inputs(cfg, task) if cfg.generate.bn_recompute_batches else None
-    wg = WeightGenerator(cfg, policy, tok, schedule, grid, bn_inputs)
+    wg = WeightGenerator(cfg, policy, tok, schedule, grid, bn_recompute_inputs(cfg, task))
     eval_seeds = list(range(im.eval_seed_start, im.eval_seed_start + im.eval_seeds))
     start, elapsed = 0, 0.0
     state_path = run_dir / "state.safetensors"

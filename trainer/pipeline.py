@@ -41,9 +41,11 @@ def has_batchnorm(layout: Layout) -> bool:
     return any(t.kind == "bn_mean" for t in layout.tensors)
 
 
-def bn_recompute_inputs(cfg: ExperimentConfig, task: Task) -> torch.Tensor:
+def bn_recompute_inputs(cfg: ExperimentConfig, task: Task) -> Optional[torch.Tensor]:
     """The train-split examples BatchNorm statistics are recomputed on: the first `bn_recompute_batches` x
-    `zoo.batch_size` of a permutation seeded by the experiment, the same for every net."""
+    `zoo.batch_size` of a permutation seeded by the experiment, the same for every net (None: not recomputed)."""
+    if not cfg.generate.bn_recompute_batches:
+        return None
     n = min(len(task.train), cfg.generate.bn_recompute_batches * cfg.zoo.batch_size)
     idx = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(cfg.seed))[:n]
     return task.train.x[idx]
@@ -205,8 +207,8 @@ class WeightGenerator:
         tokenizer = Tokenizer(layout, scales)
         policy = DenoisingPolicy(PolicyConfig(**spec["policy"]), layout, tokenizer.centres())
         try:
-            # Policies saved before the unit latent or the per-tensor unit codes existed lack those (zero-initialised)
-            # parameters: keep the fresh ones, which leave such a policy's function as it was.
+            # A policy saved before the parameters in ADDED_LATER existed lacks them: keep the fresh (zero) ones, which
+            # leave its function as it was.
             missing, unexpected = policy.load_state_dict(weights, strict=False)
             if unexpected or any(not k.startswith(ADDED_LATER) for k in missing):
                 policy.load_state_dict(weights)  # raises, naming the keys
@@ -216,5 +218,4 @@ class WeightGenerator:
         schedule = spec["schedule"]
         if cfg.generate.schedule != spec["experiment"]["generate"]["schedule"]:
             schedule = snap_schedule(cfg.generate.schedule, spec["grid"])
-        bn_inputs = bn_recompute_inputs(cfg, task) if cfg.generate.bn_recompute_batches else None
-        return cls(cfg, policy, tokenizer, schedule, spec["grid"], bn_inputs)
+        return cls(cfg, policy, tokenizer, schedule, spec["grid"], bn_recompute_inputs(cfg, task))
