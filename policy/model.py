@@ -42,6 +42,11 @@ class PolicyConfig:
     """k: dimensions of each unit's latent, a fixed k-dimensional subspace of its (dim-wide) state"""
     latent_std: float = 0.1
     """std of each latent dimension in "units" mode (the unit states are layer-normalised: about 1 per dimension)"""
+    input_state: str = "messages"
+    """how the input group's unit states are formed: "messages" (like every other group's: each round updates them from
+    the backward messages along the weights they feed) or "static" (their position, group and time embeddings only: no
+    message reaches them and no round updates them, so they cost nothing per round; on a wide input, such as MNIST's
+    784 pixels, updating them is most of the policy's work)"""
     max_groups: int = 64
     """size of the group-depth embedding table"""
     max_tensors: int = 256
@@ -78,14 +83,17 @@ class Round(nn.Module):
         self.ff_norm = nn.LayerNorm(dim)
         self.ff = _mlp(dim, 2 * dim, dim)
 
-    def forward(self, h: dict, edges: list["Edge"], temb: torch.Tensor, attend: list[str]) -> dict:
+    def forward(self, h: dict, edges: list["Edge"], temb: torch.Tensor, attend: list[str],
+                static: frozenset = frozenset()) -> dict:
+        """`static`: groups whose states this round neither messages nor updates."""
         fwd, bwd = {}, {}
         for e in edges:
             # fwd[out][o] = sum_{i, r} w[o, i, r] * fwd_value(h[inp])[i] * u[r] / sqrt(I R); bwd alike, transposed.
             _accumulate(fwd, e.out, _collapse(_mix(e.to_out, h[e.inp], self.fwd_value), e.u_out))
-            _accumulate(bwd, e.inp, _collapse(_mix(e.to_in, h[e.out], self.bwd_value), e.u_in))
+            if e.inp not in static:
+                _accumulate(bwd, e.inp, _collapse(_mix(e.to_in, h[e.out], self.bwd_value), e.u_in))
         out = dict(h)
-        for g in out.keys() - set(attend):
+        for g in out.keys() - set(attend) - static:
             out[g] = h[g] + self.node_update(h[g], temb, fwd.get(g), bwd.get(g))
         # The attended groups take one node update over their concatenation, which attention needs anyway (a group
         # without a message gets zeros there): fewer, larger ops.
@@ -138,7 +146,7 @@ class Edge:
     out: str
     inp: str
     to_out: torch.Tensor  # (B, O R, I): w[o, i, r] at row o R + r
-    to_in: torch.Tensor  # (B, I R, O): w[o, i, r] at row i R + r
+    to_in: Optional[torch.Tensor]  # (B, I R, O): w[o, i, r] at row i R + r; None when no message goes to the input
     u_out: torch.Tensor  # (R, d): kernel-position and tensor embedding, / sqrt(I R)
     u_in: torch.Tensor  # (R, d): the same, / sqrt(O R)
 
@@ -231,6 +239,7 @@ class DenoisingPolicy(nn.Module):
         # softplus(raw + std_bias) + floor == std_init before training
         self.std_bias = math.log(math.expm1(max(cfg.std_init - cfg.std_floor, 1e-6)))
         self.attend = [g.name for g in layout.groups[1:]]  # the input group is reached through messages only
+        self.static = frozenset([layout.groups[0].name] if cfg.input_state == "static" else [])
         self.links = [WeightLink(t.key, ti, t.out, t.inp) for ti, t in enumerate(layout.tensors) if t.kind == "weight"]
         self.latent_mean = UnitLatent(d, cfg.latent_dim)
         # Per-tensor codes for the per-unit tensors, read in (encode) and written out (decode), zero at init: a group
@@ -264,10 +273,8 @@ class DenoisingPolicy(nn.Module):
         temb = self.time(t1, t2)  # (B, d)
         h = {}
         for gi, g in enumerate(layout.groups):
-            v = self.group_emb.weight[gi].expand(b, g.size, -1)
-            if g.fixed:
-                v = v + self.position[g.name]
-            h[g.name] = v + temb[:, None]
+            v = self.group_emb.weight[gi] + self.position[g.name] if g.fixed else self.group_emb.weight[gi][None]
+            h[g.name] = (v + temb[:, None]).expand(b, g.size, -1)
         for ti, t in enumerate(layout.tensors):
             if t.kind != "weight":
                 code = self.kind_value[KINDS.index(t.kind)] + self.unit_value[ti]
@@ -277,10 +284,11 @@ class DenoisingPolicy(nn.Module):
             w = x[t.key]  # (B, O, I, R)
             o, i, r = w.shape[1:]
             u = self.rest_in[str(r)] + self.tensor_emb.weight[t.index]  # (R, d): where in the kernel / which tensor
-            edges.append(Edge(t.out, t.inp, w.transpose(2, 3).reshape(b, o * r, i),
-                              w.permute(0, 2, 3, 1).reshape(b, i * r, o), u / math.sqrt(i * r), u / math.sqrt(o * r)))
+            to_in = None if t.inp in self.static else w.permute(0, 2, 3, 1).reshape(b, i * r, o)
+            edges.append(Edge(t.out, t.inp, w.transpose(2, 3).reshape(b, o * r, i), to_in, u / math.sqrt(i * r),
+                              u / math.sqrt(o * r)))
         for rnd in self.rounds:
-            h = rnd(h, edges, temb, self.attend)
+            h = rnd(h, edges, temb, self.attend, self.static)
         h = {g: self.out_norm(v) for g, v in h.items()}
         return h, self.tensor_head(self.tensor_emb.weight[: len(layout.tensors)][None] + temb[:, None])
 

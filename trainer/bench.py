@@ -329,13 +329,15 @@ def speed_table(args: argparse.Namespace, cfg: ExperimentConfig, wg, path: str, 
     try:
         batch = init_states(cfg, task, range(args.seed_start, args.seed_start + SPEED_BATCH))
         ones = [{k: v[i:i + 1] for k, v in batch.items()} for i in range(len(seeds))]
-        for fn in (lambda: wg.generate(ones[0], mean_only=True), lambda: wg.generate(batch, mean_only=True)):
+        for fn in (lambda: wg.generate(ones[0], mean_only=True, trajectory=False),
+                   lambda: wg.generate(batch, mean_only=True, trajectory=False)):
             fn()  # warm-up: first-call costs are not rates
         one, many, sgd = [], [], []
         for seed in tqdm(seeds, desc="speed: SGD to equal accuracy and generation, interleaved"):
             sgd.append(sgd_time_to_accuracy(cfg, task, seed, target, args.check_every))
-            one.append(stopwatch(lambda: [wg.generate(o, mean_only=True) for o in ones], len(ones), wg.device))
-            many.append(stopwatch(lambda: wg.generate(batch, mean_only=True), SPEED_BATCH, wg.device))
+            one.append(stopwatch(lambda: [wg.generate(o, mean_only=True, trajectory=False) for o in ones], len(ones),
+                                 wg.device))
+            many.append(stopwatch(lambda: wg.generate(batch, mean_only=True, trajectory=False), SPEED_BATCH, wg.device))
     finally:
         torch.set_num_threads(threads)
     sgd_wall, sgd_cpu = (float(np.median([r[k] for r in sgd])) for k in ("wall_s", "cpu_s"))
@@ -509,7 +511,7 @@ def run_audit(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     zoo = audit.zoo_finals(cfg, template.state_dict())
     t = time.perf_counter()
     inits = init_states(cfg, task, seeds)
-    generated, _ = wg.generate(inits, mean_only=True)
+    generated, _ = wg.generate(inits, mean_only=True, trajectory=False)
     print(f"audit: training SGD from {len(seeds)} held-out inits, twice (cached in {audit.sgd_cache(cfg)}) ...",
           file=sys.stderr, flush=True)
     sgd = audit.sgd_from_seeds(cfg, seeds, template.state_dict())

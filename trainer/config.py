@@ -281,6 +281,7 @@ def config_from_dict(data: dict) -> ExperimentConfig:
         raise ConfigError(f"config key imitate.train_runs: expected null or a value in [1, zoo.runs={cfg.zoo.runs}], "
                           f"got {cfg.imitate.train_runs}")
     check_choice("zoo.optimizer", cfg.zoo.optimizer, ("sgd", "adam"))
+    check_choice("policy.input_state", cfg.policy.input_state, ("messages", "static"))
     check_device(cfg.device)
     check_choice("rollout.precision", cfg.rollout.precision, ("fp32", "bf16"))
     sched = cfg.generate.schedule

@@ -89,7 +89,7 @@ class GRPOTrainer:
         init = init_states(self.cfg, self.task, seeds)
         self.policy.eval()
         final, steps = self.wg.rollout(init, gc.group_size, self.rng["sample"], gc.antithetic, gc.explore)
-        paths = [wg.generate(init, mean_only=True)[0] for wg in (self.wg, self.imitation)]
+        paths = [wg.generate(init, mean_only=True, trajectory=False)[0] for wg in (self.wg, self.imitation)]
         return Rollouts(steps, final, seeds, {k: torch.cat([p[k] for p in paths]) for k in final})
 
     def reward_examples(self) -> Optional[np.ndarray]:

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -25,12 +27,13 @@ def perturb(policy):
             p.add_(0.1 * torch.randn_like(p))
 
 
+@pytest.mark.parametrize("input_state", ["messages", "static"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_permuting_hidden_units_permutes_the_prediction(family):
+def test_permuting_hidden_units_permutes_the_prediction(family, input_state):
     layout, x = encoded(family, range(3))
     torch.manual_seed(0)
     centres = [0.0 if t.kind == "weight" else 0.5 + 0.25 * ti for ti, t in enumerate(layout.tensors)]
-    policy = DenoisingPolicy(SMALL, layout, centres).eval()
+    policy = DenoisingPolicy(replace(SMALL, input_state=input_state), layout, centres).eval()
     perturb(policy)
     t1, t2 = torch.tensor([0.0, 0.2, 0.5]), torch.tensor([1.0, 0.6, 0.7])
     with torch.no_grad():
@@ -159,7 +162,7 @@ def unfused_forward(policy, x, t1, t2):
                 fwd[t.out] = fwd[t.out] + torch.einsum("bord,rd->bod", to_out, u) / math.sqrt(i * r)
                 to_in = torch.einsum("boir,bod->bird", w, rnd.bwd_value(h[t.out]))
                 bwd[t.inp] = bwd[t.inp] + torch.einsum("bird,rd->bid", to_in, u) / math.sqrt(o * r)
-        h = {g: v + rnd.node_mlp(rnd.node_norm(torch.cat([v + temb[:, None], fwd[g], bwd[g]], -1)))
+        h = {g: v if g in policy.static else v + rnd.node_mlp(rnd.node_norm(torch.cat([v + temb[:, None], fwd[g], bwd[g]], -1)))
              for g, v in h.items()}
         nodes = torch.cat([h[g] for g in policy.attend], dim=1)
         q = rnd.attn_norm(nodes)
@@ -186,12 +189,13 @@ def unfused_forward(policy, x, t1, t2):
     return mean
 
 
+@pytest.mark.parametrize("input_state", ["messages", "static"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_forward_and_gradients_match_the_unfused_formulas(family):
+def test_forward_and_gradients_match_the_unfused_formulas(family, input_state):
     layout, x = encoded(family, range(3))
     torch.manual_seed(0)
     centres = [0.0 if t.kind == "weight" else 0.5 + 0.25 * ti for ti, t in enumerate(layout.tensors)]
-    policy = DenoisingPolicy(SMALL, layout, centres).eval()
+    policy = DenoisingPolicy(replace(SMALL, input_state=input_state), layout, centres).eval()
     perturb(policy)
     t1, t2 = torch.tensor([0.0, 0.2, 0.5]), torch.tensor([1.0, 0.6, 0.7])
     grads = []
@@ -232,3 +236,17 @@ def test_centres_are_the_kinds_init_values_in_token_units():
     for t, c in zip(layout.tensors, tok.centres()):
         assert c == ({"bn_weight": 1.0, "bn_var": 1.0}.get(t.kind, 0.0) / tok.scales[t.key])
     assert sum(c > 0 for c in tok.centres()) == 2 * sum(t.kind == "bn_weight" for t in layout.tensors)
+
+
+@pytest.mark.parametrize("input_state", ["messages", "static"])
+def test_static_input_states_see_no_weights(input_state):
+    """With `input_state: static` the input units' states are their embeddings only: two nets with different weights
+    (same t1, t2) give the input group the same states; with messages they differ. The hidden states differ in both."""
+    layout, x = encoded("mlp", range(2))
+    torch.manual_seed(0)
+    policy = DenoisingPolicy(replace(SMALL, input_state=input_state), layout).eval()
+    perturb(policy)
+    with torch.no_grad():
+        h, _ = policy.encode(x, torch.zeros(2), torch.ones(2))
+    assert not torch.allclose(h["h0"][0], h["h0"][1])
+    assert torch.equal(h["in"][0], h["in"][1]) == (input_state == "static")
