@@ -104,10 +104,13 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """CIFAR-style ResNet: Conv3x3-BN-ReLU stem, stages of basic blocks (stride 2 between stages), GAP, Linear."""
+    """CIFAR-style ResNet: Conv3x3-BN-ReLU stem, stages of basic blocks (stride 2 between stages), then global average
+    pooling (`head="pool"`) or the flattened last feature map (`head="flatten"`), then Linear."""
 
-    def __init__(self, widths: Sequence[int], input_shape: Sequence[int], num_classes: int, blocks_per_stage: int = 1, **_):
+    def __init__(self, widths: Sequence[int], input_shape: Sequence[int], num_classes: int, blocks_per_stage: int = 1,
+                 head: str = "pool", **_):
         super().__init__()
+        assert head in ("pool", "flatten"), head
         self.stem = nn.Conv2d(input_shape[0], widths[0], 3, 1, 1, bias=False)
         self.bn = nn.BatchNorm2d(widths[0])
         blocks, cin = [], widths[0]
@@ -116,15 +119,18 @@ class ResNet(nn.Module):
                 blocks.append(BasicBlock(cin, w, 2 if (s > 0 and b == 0) else 1))
                 cin = w
         self.blocks = nn.ModuleList(blocks)
-        self.fc = nn.Linear(cin, num_classes)
-        self.widths, self.blocks_per_stage = list(widths), blocks_per_stage
+        h, w = input_shape[1:]
+        for _ in widths[1:]:  # each later stage halves the map (3x3, stride 2, padding 1)
+            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        self.fc = nn.Linear(cin * (h * w if head == "flatten" else 1), num_classes)
+        self.widths, self.blocks_per_stage, self.head = list(widths), blocks_per_stage, head
         self.input_shape, self.num_classes = tuple(input_shape), num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn(self.stem(x)))
         for block in self.blocks:
             x = block(x)
-        return self.fc(x.mean(dim=(2, 3)))
+        return self.fc(x.mean(dim=(2, 3)) if self.head == "pool" else x.flatten(1))
 
     def unit_layout(self) -> dict:
         # The residual stream of each stage is one group: stem, every conv2 and shortcut write into it.
@@ -146,6 +152,7 @@ class ResNet(nn.Module):
                 frozen.append(f"{p}.shortcut.1.num_batches_tracked")
             stream = out
         groups.append({"name": "out", "size": self.num_classes, "fixed": True})
+        # With head="flatten" the classifier's input is the (channel, y, x) map: channel c owns a contiguous slice.
         tensors += [_weight("fc.weight", "out", stream), _unit("fc.bias", "bias", "out")]
         return {"groups": groups, "tensors": tensors, "frozen": frozen}
 
@@ -154,18 +161,19 @@ REFERENCE_FAMILIES: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "resne
 
 
 def build_reference(family: str, widths: Sequence[int], input_shape: Sequence[int], num_classes: int,
-                    blocks_per_stage: int = 1, seed: int | None = None) -> nn.Module:
+                    blocks_per_stage: int = 1, seed: int | None = None, head: str = "pool") -> nn.Module:
     """Build a reference model; with `seed`, its PyTorch default init is drawn from that seed (global RNG untouched)."""
     if family not in REFERENCE_FAMILIES:
         raise ValueError(f"unknown reference family {family!r} (valid: {', '.join(REFERENCE_FAMILIES)})")
     cls = REFERENCE_FAMILIES[family]
     if seed is None:
-        return cls(widths, input_shape, num_classes, blocks_per_stage=blocks_per_stage)
+        return cls(widths, input_shape, num_classes, blocks_per_stage=blocks_per_stage, head=head)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return cls(widths, input_shape, num_classes, blocks_per_stage=blocks_per_stage)
+        return cls(widths, input_shape, num_classes, blocks_per_stage=blocks_per_stage, head=head)
 
 
 def reference_from_config(cfg, task, seed: int | None = None) -> nn.Module:
     """`cfg` is an `envs.spec.ReferenceConfig`; input shape and class count come from the task."""
-    return build_reference(cfg.family, cfg.widths, task.input_shape, task.num_classes, cfg.blocks_per_stage, seed)
+    return build_reference(cfg.family, cfg.widths, task.input_shape, task.num_classes, cfg.blocks_per_stage, seed,
+                           cfg.head)

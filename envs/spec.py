@@ -43,6 +43,10 @@ class ReferenceConfig:
     """mlp: hidden widths; cnn: conv channels (one 3x3 conv + 2x2 max-pool each); resnet: stage widths"""
     blocks_per_stage: int = 1
     """resnet only: basic blocks per stage"""
+    head: str = "pool"
+    """resnet only: what feeds the linear classifier: "pool" (global average pooling of the last stage) or "flatten"
+    (the last stage's whole feature map, as in the CNN: the classifier's weights then say where in the image each
+    channel counts)"""
 
 
 @dataclass
@@ -167,6 +171,7 @@ def check_env_sections(task: TaskConfig, reference: ReferenceConfig, env: Option
 
     check_choice("task.name", task.name, TASKS)
     check_choice("reference.family", reference.family, REFERENCE_FAMILIES)
+    check_choice("reference.head", reference.head, ("pool", "flatten"))
     if env is not None:
         check_choice("env.reward", env.reward, ("final", "improvement"))
     sections = {"task": task, "reference": reference, "env": env}

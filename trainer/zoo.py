@@ -37,7 +37,8 @@ def checkpoint_steps(total: int, n: int) -> list[int]:
 
 def reference_name(cfg: ExperimentConfig) -> str:
     r = cfg.reference
-    return f"{r.family}{r.widths}" + (f"x{r.blocks_per_stage}" if r.family == "resnet" else "")
+    return f"{r.family}{r.widths}" + (f"x{r.blocks_per_stage}" + ("-flatten" if r.head == "flatten" else "")
+                                      if r.family == "resnet" else "")
 
 
 def run_dir(zoo_dir: Path, run: int) -> Path:
@@ -124,8 +125,13 @@ def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path, threads: Optional[
 NOT_IDENTITY = {"zoo": ("runs", "out", "widths"), "task": ("root", "download")}
 
 
+# Fields added after zoos were built, at the value every zoo built before them had: a zoo.json without them matches.
+ADDED_LATER = {"reference": {"head": "pool"}}
+
+
 def _identity(spec: dict) -> dict:
-    return {section: {k: v for k, v in value.items() if k not in NOT_IDENTITY.get(section, ())}
+    return {section: {k: v for k, v in {**ADDED_LATER.get(section, {}), **value}.items()
+                      if k not in NOT_IDENTITY.get(section, ())}
             if isinstance(value, dict) else value for section, value in spec.items()}
 
 
@@ -153,7 +159,7 @@ def zoo_at_width(cfg: ExperimentConfig) -> ExperimentConfig | None:
     policy's stored experiment does with reference.widths overridden: the zoo folder then holds other widths)."""
     v = next((v for v in zoo_variants(cfg) if v.reference.widths == cfg.reference.widths), None)
     built = v.zoo_dir / "zoo.json" if v is not None else None
-    if built is not None and built.is_file() and read_json(built).get("reference") != \
+    if built is not None and built.is_file() and _identity(read_json(built)).get("reference") != \
             dataclasses.asdict(cfg.reference):
         return None
     return v

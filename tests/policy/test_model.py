@@ -197,20 +197,22 @@ def test_forward_and_gradients_match_the_unfused_formulas(family, input_state):
     centres = [0.0 if t.kind == "weight" else 0.5 + 0.25 * ti for ti, t in enumerate(layout.tensors)]
     policy = DenoisingPolicy(replace(SMALL, input_state=input_state), layout, centres).eval()
     perturb(policy)
-    t1, t2 = torch.tensor([0.0, 0.2, 0.5]), torch.tensor([1.0, 0.6, 0.7])
+    policy.double()  # in float64 the two association orders agree to ~1e-12: any real difference stands out
+    x = {k: v.double() for k, v in x.items()}
+    t1, t2 = torch.tensor([0.0, 0.2, 0.5], dtype=torch.float64), torch.tensor([1.0, 0.6, 0.7], dtype=torch.float64)
     grads = []
     for fn in (lambda: policy(x, t1, t2)[0], lambda: unfused_forward(policy, x, t1, t2)):
         policy.zero_grad()
         mean = fn()
-        sum((v * torch.linspace(-1, 1, v.numel()).view_as(v)).sum() for v in mean.values()).backward()
+        sum((v * torch.linspace(-1, 1, v.numel(), dtype=v.dtype).view_as(v)).sum() for v in mean.values()).backward()
         grads.append(({k: v.detach() for k, v in mean.items()},
                       {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}))
     (mean, grad), (expected, expected_grad) = grads
     for k in mean:
-        torch.testing.assert_close(mean[k], expected[k], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mean[k], expected[k], rtol=1e-10, atol=1e-10)
     assert grad.keys() == expected_grad.keys()
     for n in grad:  # imitation and GRPO train through the same forward pass
-        torch.testing.assert_close(grad[n], expected_grad[n], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(grad[n], expected_grad[n], rtol=1e-9, atol=1e-10)
 
 
 def test_per_unit_tensors_of_one_kind_in_one_group_are_told_apart():

@@ -4,18 +4,24 @@ import torch
 from envs.models import build_reference
 from policy.tokenizer import Layout, Tokenizer, fit_scales, permute_units
 
-FAMILIES = {"mlp": ([16, 8], (1, 8, 8)), "cnn": ([4, 8], (1, 8, 8)), "resnet": ([4, 8], (3, 8, 8))}
+FAMILIES = {"mlp": ([16, 8], (1, 8, 8)), "cnn": ([4, 8], (1, 8, 8)), "resnet": ([4, 8], (3, 8, 8)),
+            "resnet-flatten": ([4, 8], (3, 8, 8))}
+"""test models: family[-head] -> (widths, input shape)"""
+
+
+def build(name, seed):
+    family, _, head = name.partition("-")
+    widths, shape = FAMILIES[name]
+    return build_reference(family, widths, shape, 10, blocks_per_stage=2, seed=seed, head=head or "pool")
 
 
 def batch_of(family, seeds):
-    widths, shape = FAMILIES[family]
-    sds = [build_reference(family, widths, shape, 10, blocks_per_stage=2, seed=s).state_dict() for s in seeds]
+    sds = [build(family, s).state_dict() for s in seeds]
     return {k: torch.stack([sd[k] for sd in sds]) for k in sds[0]}
 
 
 def make(family):
-    widths, shape = FAMILIES[family]
-    model = build_reference(family, widths, shape, 10, blocks_per_stage=2, seed=0)
+    model = build(family, 0)
     layout = Layout(model.unit_layout(), {k: v.shape for k, v in model.state_dict().items()})
     return model, layout
 
@@ -46,7 +52,7 @@ def test_permuting_a_group_keeps_the_function(family):
     tok = Tokenizer(layout, {k: 1.0 for k in layout.shapes})
     x = torch.randn(5, *FAMILIES[family][1])
     with torch.no_grad():
-        if family == "resnet":  # give BatchNorm non-trivial statistics
+        if family.startswith("resnet"):  # give BatchNorm non-trivial statistics
             for k in states:
                 if k.endswith(("running_mean", "running_var")):
                     states[k] = states[k] + torch.rand_like(states[k])
