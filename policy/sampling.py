@@ -29,12 +29,18 @@ def _std_like(std: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_log_prob(x: Tokens, mean: Tokens, std: Tokens) -> torch.Tensor:
-    """log N(x | mean, std) averaged over every dimension of every tensor -> (B,)."""
-    parts = []
+    """log N(x | mean, std) averaged over every dimension of every tensor -> (B,). Where x[k] *is* mean[k] (the mean
+    path) the squared term is zero and a per-sample std is not spread over the tensor: one value per sample."""
+    total, count = 0.0, 0
     for k in mean:
         s = _std_like(std[k], mean[k])
-        parts.append(-0.5 * ((x[k] - mean[k]) / s) ** 2 - torch.log(s) - LOG_SQRT_2PI)
-    return _per_sample_mean(parts)
+        n = mean[k][0].numel()
+        if x[k] is mean[k]:
+            total = total + (-torch.log(s) - LOG_SQRT_2PI).flatten(1).sum(1) * (n // s[0].numel())
+        else:
+            total = total + (-0.5 * ((x[k] - mean[k]) / s) ** 2 - torch.log(s) - LOG_SQRT_2PI).flatten(1).sum(1)
+        count += n
+    return total / count
 
 
 def gaussian_kl(mean_p: Tokens, std_p: Tokens, mean_q: Tokens, std_q: Tokens) -> torch.Tensor:

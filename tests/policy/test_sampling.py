@@ -19,6 +19,15 @@ def test_log_prob_matches_torch_distributions_averaged_over_dims():
     torch.testing.assert_close(got, (ref_a + ref_b) / (20 + 7))
 
 
+def test_log_prob_of_the_mean_itself_takes_the_short_path_and_agrees():
+    mean = blocks(1)
+    std = {"a": torch.tensor([0.5, 1.0, 2.0]), "b": torch.rand(3, 7) + 0.1}
+    ref = (Normal(mean["a"], std["a"].view(3, 1, 1)).log_prob(mean["a"]).flatten(1).sum(1)
+           + Normal(mean["b"], std["b"]).log_prob(mean["b"]).sum(1)) / 27
+    torch.testing.assert_close(gaussian_log_prob(dict(mean), mean, std), ref)  # the same tensors: no squared term
+    torch.testing.assert_close(gaussian_log_prob({k: v.clone() for k, v in mean.items()}, mean, std), ref)
+
+
 def test_kl_matches_torch_distributions_and_is_zero_for_equal_policies():
     mp, mq = blocks(0), blocks(1)
     sp = {"a": torch.tensor([0.5, 1.0, 2.0]), "b": torch.rand(3, 7) + 0.1}
