@@ -771,6 +771,57 @@ def run_precision(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dic
     return dict(table=table, figures=[], groups=groups)
 
 
+def run_fit(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
+    """The policy's one step from zoo runs' checkpoint `--start` straight to their end, per tensor: token-unit MSE of
+    its mean against the final checkpoint, beside the identity's (no move) and their ratio. On runs the policy was
+    imitated on it says how well it fits; on the zoo's other runs, whether what it fitted carries over."""
+    import numpy as np
+
+    from policy.sampling import walk
+    from trainer.generate import parse_seeds
+    from trainer.pairs import ZooPairs
+    from trainer.pipeline import WeightGenerator, reference_layout
+    from trainer.zoo import load_manifest
+
+    path = args.policy or default_policy(cfgs[0])
+    wg = WeightGenerator.load(path)  # its own experiment: its zoo, and the runs it was imitated on
+    cfg, tok = wg.cfg, wg.tokenizer
+    runs = parse_seeds(args.runs)
+    template, layout = reference_layout(cfg, task_from_config(cfg.task))
+    manifest = load_manifest(cfg.zoo_dir)
+    built, checkpoints = {r["run"] for r in manifest["runs"]}, len(manifest["runs"][0]["checkpoints"])
+    if not set(runs) <= built:
+        raise ConfigError(f"--runs {args.runs}: {cfg.zoo_dir} holds runs {min(built)}..{max(built)}")
+    if not 0 <= args.start < checkpoints - 1:
+        raise ConfigError(f"--start {args.start}: expected a checkpoint index in [0, {checkpoints - 2}]")
+    pairs = ZooPairs(cfg.zoo_dir, runs, expected=template.state_dict())
+    imitated = set(range(cfg.imitate.train_runs or cfg.zoo.runs))
+
+    def tokens(c: int) -> dict[str, torch.Tensor]:
+        return tok.encode({k: v[:, c].to(wg.device) for k, v in pairs.weights.items() if k in layout.shapes})
+
+    start, end = tokens(args.start), tokens(-1)
+    with torch.no_grad():
+        step, _ = walk(wg.policy, start, [pairs.grid[args.start], 1.0], mean_only=True)
+    rows = []
+    for t in layout.tensors:
+        ident = float((start[t.key] - end[t.key]).double().square().mean())
+        policy = float((step[t.key] - end[t.key]).double().square().mean())
+        rows.append(dict(key=t.key, kind=t.kind, identity=ident, policy=policy,
+                         ratio=policy / ident if ident > 0 else float("nan")))
+    lines = [f"{cfg.name}: one step of {path} from checkpoint {args.start} (t = {pairs.grid[args.start]:.3f}) to the "
+             f"end, zoo runs {args.runs} ({len(imitated & set(runs))} of {len(runs)} among the runs it was imitated "
+             f"on); token-unit MSE against the final checkpoint", "",
+             "| tensor | kind | identity (no move) | policy | policy / identity |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['key']} | {r['kind']} | {r['identity']:.4f} | {r['policy']:.4f} | {r['ratio']:.2f} |"
+              for r in rows]
+    weights = [r["ratio"] for r in rows if r["kind"] == "weight"]
+    lines.append(f"| all weight tensors | weight | | | median {np.median(weights):.2f} |")
+    table = "\n".join(lines)
+    emit(table, args.out)
+    return dict(table=table, figures=[], rows=rows)
+
+
 def held_out_parser(sub, name: str, help: str, seeds: int, func: Callable, **defaults) -> argparse.ArgumentParser:
     """A subcommand measured on one experiment's held-out init seeds: --config, --set, --seeds, --seed-start, --out;
     it runs `func` on configs/digits_mlp.yaml unless --config says otherwise (`defaults`: more parsed defaults)."""
@@ -844,6 +895,16 @@ def build_parser() -> argparse.ArgumentParser:
                                            "changes", seeds=16, func=run_precision, threads=None)
     pr.add_argument("--policy", help="the policy whose samples are scored (default: the imitation policy)")
     pr.add_argument("--group-size", "-G", type=int, default=16, help="sampled nets per init (default 16)")
+    ft = sub.add_parser("fit", help="per tensor, how well the policy's one step from zoo runs' inits reaches their "
+                                    "end: fitted (runs it imitated) or learned (the others)")
+    ft.add_argument("--config", action="append", default=None, help="experiment YAML, for the default policy")
+    ft.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ft.add_argument("--policy", help="policy.safetensors (default: the experiment's imitation policy)")
+    ft.add_argument("--runs", default="0..31", help="zoo runs, N, A..B or A,B,C (default 0..31)")
+    ft.add_argument("--start", type=int, default=0, help="checkpoint index the step starts from (default 0: the init)")
+    ft.add_argument("--out", help="also write the table to this file")
+    ft.set_defaults(func=run_fit, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, workers=[1],
+                    threads=None)
     rep = sub.add_parser("report", help="generate + audit + rollout (+ GRPO's results if present) -> docs/RESULTS.md")
     rep.add_argument("--config", action="append", default=None,
                      help="experiment YAML, repeatable: one section each (default: configs/digits_mlp.yaml)")

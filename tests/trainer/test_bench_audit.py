@@ -238,3 +238,38 @@ def test_bench_precision_compares_bf16_with_fp32_scores_of_the_same_samples(in_t
     with pytest.raises(SystemExit) as e:  # a ranking needs two nets: refused before any work
         bench.main(["precision", "-G", "1"] + sets)
     assert e.value.code == 2 and "--group-size must be >= 2" in capsys.readouterr().err
+
+
+def test_bench_fit_compares_the_policy_step_with_no_move_per_tensor(in_tmp, ray_local, capsys):
+    """The identity column is the token-unit MSE between each run's init and final checkpoint files, read here
+    directly; the policy column that of the policy's own forward pass from the inits; bad runs or start: one line."""
+    from safetensors.torch import load_file
+
+    from trainer import bench, imitate
+    from trainer.pipeline import WeightGenerator
+
+    sets = ["--set", "zoo.runs=3", "--set", "reference.widths=[8]", "--set", "zoo.epochs=2", "--set",
+            "policy.dim=16", "--set", "policy.rounds=1", "--set", "policy.heads=2", "--set", "imitate.steps=4",
+            "--set", "imitate.eval_every=4", "--set", "imitate.save_every=4", "--set", "imitate.eval_seeds=2",
+            "--set", "imitate.train_runs=2", "--set", "rollout.num_workers=1"]
+    assert imitate.cli(sets) == 0
+    assert bench.main(["fit", "--runs", "0..2"] + sets) == 0
+    out = capsys.readouterr().out
+    assert "zoo runs 0..2 (2 of 3 among the runs it was imitated on)" in out
+    cfg = load_config("configs/digits_mlp.yaml", [a for a in sets if a != "--set"])
+    args = bench.build_parser().parse_args(["fit", "--runs", "1,2"] + sets)
+    rows = {r["key"]: r for r in bench.run_fit(args, [cfg])["rows"]}
+    wg = WeightGenerator.load(bench.default_policy(cfg))
+    manifest = json.loads((cfg.zoo_dir / "manifest.json").read_text())
+    files = [[cfg.zoo_dir / r["checkpoints"][i]["file"] for r in manifest["runs"][1:]] for i in (0, -1)]
+    init, final = ({k: torch.stack([load_file(f)[k] for f in fs]) for k in rows} for fs in files)
+    x0, x1 = wg.tokenizer.encode(init), wg.tokenizer.encode(final)
+    with torch.no_grad():
+        mean, _ = wg.policy(x0, torch.zeros(2), torch.ones(2))
+    for k, r in rows.items():
+        assert r["identity"] == pytest.approx(float((x0[k] - x1[k]).double().square().mean()), rel=1e-6)
+        assert r["policy"] == pytest.approx(float((mean[k] - x1[k]).double().square().mean()), rel=1e-5)
+        assert r["ratio"] == pytest.approx(r["policy"] / r["identity"])
+    for bad, message in ((["--runs", "0..5"], "--runs 0..5: "), (["--runs", "0..2", "--start", "99"], "--start 99: expected")):
+        assert bench.main(["fit"] + bad + sets) == 2
+        assert message in capsys.readouterr().err
