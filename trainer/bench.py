@@ -822,6 +822,52 @@ def run_fit(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     return dict(table=table, figures=[], rows=rows)
 
 
+def run_sensitivity(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
+    """How SGD's trained weights depend on the init, per weight tensor: the zoo's recipe from held-out seeds, once as
+    is, once with another data order, and once per `--eps` with every weight tensor of the init moved by eps x its RMS
+    (Gaussian), the data order kept. Each is reported as |final - final as is| / |final as is - init| (the run's own
+    move), averaged over seeds. What imitation can learn is the part of the final that varies smoothly with the init;
+    where a tiny eps already moves the final as much as a new data order, little of it does."""
+    import numpy as np
+
+    from trainer.zoo import sgd_steps
+
+    cfg = cfgs[0]
+    task = task_from_config(cfg.task)
+    seeds = held_out_seeds(args, cfg)
+
+    def train(seed: int, order: int, eps: float) -> tuple[dict, dict]:
+        model = reference_from_config(cfg.reference, task, seed=seed)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() > 1 and eps:
+                    p.add_(eps * p.pow(2).mean().sqrt() * torch.randn(p.shape, generator=gen))
+        init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        for _ in sgd_steps(cfg, model, task, order):
+            pass
+        return init, model.state_dict()
+
+    columns = ["another data order"] + [f"init + {e:g} x RMS" for e in args.eps]
+    changes = []  # per seed: key -> [change per column]
+    for seed in tqdm(seeds, desc="bench sensitivity", disable=not sys.stderr.isatty()):
+        order = seed if cfg.zoo.data_seed is None else cfg.zoo.data_seed
+        init, final = train(seed, order, 0.0)
+        others = [train(seed, order + 1, 0.0)[1]] + [train(seed, order, e)[1] for e in args.eps]
+        keys = [k for k, v in init.items() if v.dim() > 1]
+        changes.append({k: [float((o[k] - final[k]).norm() / (final[k] - init[k]).norm()) for o in others]
+                        for k in keys})
+    mean = {k: np.mean([c[k] for c in changes], axis=0) for k in changes[0]}
+    lines = [f"{cfg.name} ({cfg.reference.family}{cfg.reference.widths}): |final - final| / |move| per weight tensor, "
+             f"mean over held-out seeds {seeds[0]}..{seeds[-1]}; the zoo's recipe ({cfg.zoo.optimizer}, lr {cfg.zoo.lr}, "
+             f"{cfg.zoo.epochs} epochs)", "",
+             "| tensor | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
+    lines += [f"| {k} | " + " | ".join(f"{x:.3f}" for x in v) + " |" for k, v in mean.items()]
+    table = "\n".join(lines)
+    emit(table, args.out)
+    return dict(table=table, figures=[], columns=columns, change={k: v.tolist() for k, v in mean.items()})
+
+
 def held_out_parser(sub, name: str, help: str, seeds: int, func: Callable, **defaults) -> argparse.ArgumentParser:
     """A subcommand measured on one experiment's held-out init seeds: --config, --set, --seeds, --seed-start, --out;
     it runs `func` on configs/digits_mlp.yaml unless --config says otherwise (`defaults`: more parsed defaults)."""
@@ -895,6 +941,10 @@ def build_parser() -> argparse.ArgumentParser:
                                            "changes", seeds=16, func=run_precision, threads=None)
     pr.add_argument("--policy", help="the policy whose samples are scored (default: the imitation policy)")
     pr.add_argument("--group-size", "-G", type=int, default=16, help="sampled nets per init (default 16)")
+    se = held_out_parser(sub, "sensitivity", "how SGD's trained weights move when the init moves a little, against "
+                                             "another data order", seeds=3, func=run_sensitivity, threads=1)
+    se.add_argument("--eps", type=float, nargs="+", default=[0.0001, 0.01, 0.1],
+                    help="init perturbations, in units of each weight tensor's RMS (default 0.0001 0.01 0.1)")
     ft = sub.add_parser("fit", help="per tensor, how well the policy's one step from zoo runs' inits reaches their "
                                     "end: fitted (runs it imitated) or learned (the others)")
     ft.add_argument("--config", action="append", default=None, help="experiment YAML, for the default policy")
@@ -927,6 +977,8 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.groups, args.repeats, args.threads or 1, *args.workers, getattr(args, "check_every", 1),
            getattr(args, "speed_seeds", 1)) < 1:
         p.error("--groups, --repeats, --threads, --workers, --check-every and --speed-seeds must be >= 1")
+    if min(getattr(args, "eps", [0.0])) < 0:
+        p.error("--eps must be >= 0")
     if getattr(args, "group_size", 2) < 2:
         p.error("--group-size must be >= 2: a ranking needs two nets")
     paths = args.config or args.default_configs
