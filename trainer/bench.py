@@ -786,7 +786,7 @@ def run_fit(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     path = args.policy or default_policy(cfgs[0])
     wg = WeightGenerator.load(path)  # its own experiment: its zoo, and the runs it was imitated on
     cfg, tok = wg.cfg, wg.tokenizer
-    runs = parse_seeds(args.runs)
+    runs = parse_seeds(args.runs, "--runs", "run")
     template, layout = reference_layout(cfg, task_from_config(cfg.task))
     manifest = load_manifest(cfg.zoo_dir)
     built, checkpoints = {r["run"] for r in manifest["runs"]}, len(manifest["runs"][0]["checkpoints"])

@@ -18,8 +18,8 @@ from trainer.pipeline import WeightGenerator, init_states, reference_layout, sco
 from trainer.zoo import reference_name
 
 
-def parse_seeds(text: str) -> list[int]:
-    """'3' -> [3]; '0..7' -> [0, ..., 7] (inclusive); '1,5,9' -> [1, 5, 9]."""
+def parse_seeds(text: str, flag: str = "--seeds", what: str = "seed") -> list[int]:
+    """'3' -> [3]; '0..7' -> [0, ..., 7] (inclusive); '1,5,9' -> [1, 5, 9]. Errors name `flag` and `what` it lists."""
     try:
         if ".." in text:
             a, b = text.split("..")
@@ -27,12 +27,12 @@ def parse_seeds(text: str) -> list[int]:
         else:
             seeds = [int(s) for s in text.split(",")]
     except ValueError:
-        raise ConfigError(f"--seeds {text!r}: expected N, A..B or A,B,C") from None
+        raise ConfigError(f"{flag} {text!r}: expected N, A..B or A,B,C") from None
     if not seeds:
-        raise ConfigError(f"--seeds {text!r}: no seeds")
+        raise ConfigError(f"{flag} {text!r}: no {what}s")
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     if repeated:  # one file per seed: a repeat would overwrite its twin and still be counted in the report
-        raise ConfigError(f"--seeds {text!r}: seed {repeated[0]} given more than once")
+        raise ConfigError(f"{flag} {text!r}: {what} {repeated[0]} given more than once")
     return seeds
 
 
