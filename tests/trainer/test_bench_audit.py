@@ -270,7 +270,8 @@ def test_bench_fit_compares_the_policy_step_with_no_move_per_tensor(in_tmp, ray_
         assert r["identity"] == pytest.approx(float((x0[k] - x1[k]).double().square().mean()), rel=1e-6)
         assert r["policy"] == pytest.approx(float((mean[k] - x1[k]).double().square().mean()), rel=1e-5)
         assert r["ratio"] == pytest.approx(r["policy"] / r["identity"])
-    for bad, message in ((["--runs", "0..5"], "--runs 0..5: "), (["--runs", "0..2", "--start", "99"], "--start 99: expected"),
+    for bad, message in ((["--runs", "0..5"], "--runs 0..5: "),
+                         (["--runs", "0..2", "--start", "99"], "--start 99: expected"),
                          (["--runs", "2..x"], "--runs '2..x': expected N, A..B or A,B,C")):
         assert bench.main(["fit"] + bad + sets) == 2
         assert message in capsys.readouterr().err
