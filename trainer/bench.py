@@ -859,8 +859,8 @@ def run_sensitivity(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> d
                         for k in keys})
     mean = {k: np.mean([c[k] for c in changes], axis=0) for k in changes[0]}
     lines = [f"{cfg.name} ({cfg.reference.family}{cfg.reference.widths}): |final - final| / |move| per weight tensor, "
-             f"mean over held-out seeds {seeds[0]}..{seeds[-1]}; the zoo's recipe ({cfg.zoo.optimizer}, lr {cfg.zoo.lr}, "
-             f"{cfg.zoo.epochs} epochs)", "",
+             f"mean over held-out seeds {seeds[0]}..{seeds[-1]}; the zoo's recipe ({cfg.zoo.optimizer}, "
+             f"lr {cfg.zoo.lr}, {cfg.zoo.epochs} epochs)", "",
              "| tensor | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
     lines += [f"| {k} | " + " | ".join(f"{x:.3f}" for x in v) + " |" for k, v in mean.items()]
     table = "\n".join(lines)

@@ -162,8 +162,8 @@ def unfused_forward(policy, x, t1, t2):
                 fwd[t.out] = fwd[t.out] + torch.einsum("bord,rd->bod", to_out, u) / math.sqrt(i * r)
                 to_in = torch.einsum("boir,bod->bird", w, rnd.bwd_value(h[t.out]))
                 bwd[t.inp] = bwd[t.inp] + torch.einsum("bird,rd->bid", to_in, u) / math.sqrt(o * r)
-        h = {g: v if g in policy.static else v + rnd.node_mlp(rnd.node_norm(torch.cat([v + temb[:, None], fwd[g], bwd[g]], -1)))
-             for g, v in h.items()}
+        h = {g: v if g in policy.static else
+             v + rnd.node_mlp(rnd.node_norm(torch.cat([v + temb[:, None], fwd[g], bwd[g]], -1))) for g, v in h.items()}
         nodes = torch.cat([h[g] for g in policy.attend], dim=1)
         q = rnd.attn_norm(nodes)
         nodes = nodes + rnd.attn(q, q, q, need_weights=False)[0]

@@ -34,7 +34,8 @@ def test_set_overrides_parse_yaml_values():
     ("zoo.optimizer=lbfgs", "config key zoo.optimizer: unknown optimizer 'lbfgs' (valid: sgd, adam)"),
     ("grpo.reward=f1", "config key grpo.reward: unknown reward 'f1' (valid: accuracy, neg_loss)"),
     ("grpo.explore=middle", "config key grpo.explore: unknown explore 'middle' (valid: all, first, last)"),
-    ("policy.input_state=frozen", "config key policy.input_state: unknown input_state 'frozen' (valid: messages, static)"),
+    ("policy.input_state=frozen",
+     "config key policy.input_state: unknown input_state 'frozen' (valid: messages, static)"),
     ("grpo.group_size=5", "config key grpo.group_size: antithetic sampling pairs samples, so it must be even"),
 ])
 def test_config_errors_name_the_key(override, message):
