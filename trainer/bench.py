@@ -784,7 +784,7 @@ def run_fit(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     from trainer.zoo import load_manifest
 
     path = args.policy or default_policy(cfgs[0])
-    wg = WeightGenerator.load(path)  # its own experiment: its zoo, and the runs it was imitated on
+    wg = WeightGenerator.load(path, args.overrides)  # its own experiment (its zoo, the runs it imitated), with --set
     cfg, tok = wg.cfg, wg.tokenizer
     runs = parse_seeds(args.runs, "--runs", "run")
     template, layout = reference_layout(cfg, task_from_config(cfg.task))

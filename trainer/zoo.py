@@ -37,8 +37,9 @@ def checkpoint_steps(total: int, n: int) -> list[int]:
 
 def reference_name(cfg: ExperimentConfig) -> str:
     r = cfg.reference
-    return f"{r.family}{r.widths}" + (f"x{r.blocks_per_stage}" + ("-flatten" if r.head == "flatten" else "")
-                                      if r.family == "resnet" else "")
+    if r.family != "resnet":
+        return f"{r.family}{r.widths}"
+    return f"{r.family}{r.widths}x{r.blocks_per_stage}" + ("-flatten" if r.head == "flatten" else "")
 
 
 def run_dir(zoo_dir: Path, run: int) -> Path:
