@@ -9,6 +9,7 @@ output the same way. Only fixed-order groups (input features, classes) carry pos
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -42,6 +43,13 @@ class PolicyConfig:
     """k: dimensions of each unit's latent, a fixed k-dimensional subspace of its (dim-wide) state"""
     latent_std: float = 0.1
     """std of each latent dimension in "units" mode (the unit states are layer-normalised: about 1 per dimension)"""
+    generative: bool = False
+    """a conditional latent-variable model of SGD's outcomes (imitation fits it by the ELBO): a posterior encoder that
+    sees the pair (W at t1, W at t2) infers each unit's latent, a nonlinear per-unit decoder lifts it into the unit's
+    state before the weight head, and the prior is N(latent mean, latent_std) given W at t1. Its samples are each like
+    one SGD run; with false the policy is a regressor of their average (the latent only explores, in GRPO)"""
+    posterior_rounds: int = 2
+    """message-passing rounds of the posterior encoder's own trunk over W at t2 (generative policies only)"""
     input_state: str = "messages"
     """how the input group's unit states are formed: "messages" (like every other group's: each round updates them from
     the backward messages along the weights they feed) or "static" (their position, group and time embeddings only: no
@@ -248,6 +256,15 @@ class DenoisingPolicy(nn.Module):
         self.unit_value = nn.Parameter(torch.zeros(cfg.max_tensors, d))
         self.unit_out = nn.Parameter(torch.zeros(cfg.max_tensors, d))
         self.register_buffer("centre", torch.tensor(centres or [0.0] * len(layout.tensors)), persistent=False)
+        if cfg.generative:  # built last: a regressor's parameters, and so its init, are as they always were
+            k = cfg.latent_dim
+            # The posterior's trunk over W at t2: a trunk of the same design (its weight head is never used).
+            self.posterior_trunk = DenoisingPolicy(dataclasses.replace(cfg, generative=False,
+                                                                       rounds=cfg.posterior_rounds), layout, centres)
+            self.posterior_head = _mlp(2 * d, 2 * d, 2 * k)  # cat[state at t1, state at t2] -> (mean, log std)
+            self.lift_mlp = _mlp(d + k, 2 * d, d)  # the nonlinear part of the decoder: which feature a unit becomes
+            nn.init.zeros_(self.lift_mlp[-1].weight)
+            nn.init.zeros_(self.lift_mlp[-1].bias)
 
     def forward(self, x: dict[str, torch.Tensor], t1: torch.Tensor, t2: torch.Tensor):
         """The step's Gaussian over weights: its mean is the weight head at the unit latent's mean."""
@@ -263,8 +280,23 @@ class DenoisingPolicy(nn.Module):
         return {g: self.latent_mean(h[g]) for g in self.attend}, {g: std for g in self.attend}
 
     def lift(self, h: dict, u: dict) -> dict:
-        """Unit states moved by their latent (in the latent's subspace): what the weight head reads."""
-        return {**h, **{g: h[g] + u[g] @ self.latent_mean.basis.T for g in u}}
+        """Unit states moved by their latent (in the latent's subspace, and for a generative policy through a per-unit
+        MLP of state and latent): what the weight head reads."""
+        out = {**h, **{g: h[g] + u[g] @ self.latent_mean.basis.T for g in u}}
+        if self.cfg.generative:
+            out.update({g: out[g] + self.lift_mlp(torch.cat([h[g], u[g]], dim=-1)) for g in u})
+        return out
+
+    def posterior(self, h: dict, x2: dict[str, torch.Tensor], t1: torch.Tensor, t2: torch.Tensor) -> tuple[dict, dict]:
+        """q(latent | W at t1, W at t2): per unit of every noised group, (mean, std), each (B, n, k). `h`: the unit
+        states of W at t1 (`encode`); the pair's units are the same units, so each unit's two states sit side by side
+        and permuting units permutes the posterior alike."""
+        h2, _ = self.posterior_trunk.encode(x2, t1, t2)
+        mean, std = {}, {}
+        for g in self.attend:
+            m, log_std = self.posterior_head(torch.cat([h[g], h2[g]], dim=-1)).chunk(2, dim=-1)
+            mean[g], std[g] = m, F.softplus(log_std) + self.cfg.std_floor
+        return mean, std
 
     def encode(self, x: dict[str, torch.Tensor], t1: torch.Tensor, t2: torch.Tensor) -> tuple[dict, torch.Tensor]:
         """Message passing and attention: (unit states, group -> (B, n, d); per-tensor head outputs (B, T, 2))."""

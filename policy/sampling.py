@@ -52,6 +52,16 @@ def gaussian_kl(mean_p: Tokens, std_p: Tokens, mean_q: Tokens, std_q: Tokens) ->
     return _per_sample_mean(parts)
 
 
+def latent_kl(mean_q: Tokens, std_q: Tokens, mean_p: Tokens, std_p: Tokens) -> torch.Tensor:
+    """KL(q || p) per unit latent dimension, summed over nothing: the groups' (B, n, k) blocks joined along units ->
+    (B, N, k). Stds may be full blocks or one value per sample (B,)."""
+    parts = []
+    for g in mean_q:
+        sq, sp = _std_like(std_q[g], mean_q[g]), _std_like(std_p[g], mean_p[g])
+        parts.append(torch.log(sp / sq) + (sq ** 2 + (mean_q[g] - mean_p[g]) ** 2) / (2 * sp ** 2) - 0.5)
+    return torch.cat(parts, dim=1)
+
+
 def sample(mean: Tokens, std: Tokens, generator: Optional[torch.Generator] = None,
            antithetic: bool = False) -> dict[str, torch.Tensor]:
     """One draw x = mean + std * eps per dimension.
@@ -115,7 +125,7 @@ def draw(policy, x: Mapping[str, torch.Tensor], t1: float, t2: float, mean_only:
     `policy.cfg.noise == "units"`), its mean when `mean_only`, else a draw; the log-prob is that of what was drawn."""
     first = next(iter(x.values()))
     t1s, t2s = (torch.full((first.shape[0],), float(t), device=first.device) for t in (t1, t2))
-    if policy.cfg.noise == "iid":
+    if policy.cfg.noise == "iid" and not policy.cfg.generative:  # a generative policy's randomness is its latent
         mean, std = policy(x, t1s, t2s)
         y = dict(mean) if mean_only else sample(mean, std, generator, antithetic)
         return Step(x, y, float(t1), float(t2), gaussian_log_prob(y, mean, std), not mean_only)

@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 import torch
@@ -231,7 +231,7 @@ def off_diagonal_mean(m: torch.Tensor) -> torch.Tensor:
 def audit_nets(cfg: ExperimentConfig, task: Task, layout: Layout, zoo: Mapping[str, torch.Tensor],
                inits: Mapping[str, torch.Tensor], generated: Mapping[str, torch.Tensor],
                sgd: Mapping[str, torch.Tensor], replicate: Mapping[str, torch.Tensor],
-               ks: tuple[int, ...] = (1, 4, 16)) -> dict:
+               ks: tuple[int, ...] = (1, 4, 16), second: Optional[Mapping[str, torch.Tensor]] = None) -> dict:
     """Every audit measurement of N generated nets against the zoo and against SGD from the same N inits
     (`replicate`: a second SGD run from each init, another data order). Returns per-net lists and their summaries."""
     zb = unit_blocks(zoo, layout)
@@ -275,6 +275,9 @@ def audit_nets(cfg: ExperimentConfig, task: Task, layout: Layout, zoo: Mapping[s
         sgd_to_sgd_same_init=(distance(rep_b, blocks["sgd"]) / travel).tolist(),
         sgd_to_sgd_other_init=(off_diagonal_mean(aligned_distances(rep_b, blocks["sgd"], layout)[0]) / travel).tolist())
 
+    if second is not None:  # a second draw from each init: how much two samples of one init agree
+        fidelity["agree_generated_two_draws"] = agreement(predictions(test_logits(cfg, task, second)),
+                                                          preds["generated"]).diagonal().tolist()
     n = len(acc["generated"])
     ensembles = {str(k): dict(generated=ensemble_accuracy(logits["generated"], y, k),
                               sgd=ensemble_accuracy(logits["sgd"], y, k)) for k in ks if k <= n}

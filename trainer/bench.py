@@ -219,7 +219,7 @@ def run_generate(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict
     """Median test accuracy over held-out seeds: random init, SGD (the zoo's final checkpoints), each policy's mean path."""
     import numpy as np
 
-    from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy, score_states
+    from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy, sample_accuracy, score_states
     from trainer.zoo import load_manifest, reference_name, zoo_at_width
 
     cfg = cfgs[0]
@@ -258,6 +258,11 @@ def run_generate(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict
                      "" if first is None else paired_difference(first, accs)))
         first = accs if first is None else first
         per_seed[f"{Path(path).parent.name} (mean path)"] = accs
+        sampled = sample_accuracy(wg, task, seeds, torch.Generator().manual_seed(args.sample_seed))
+        rows.append((f"policy {path} (one sample per init, sample seed {args.sample_seed}"
+                     f"{'; the default output' if wg.default_output == 'samples' else ''})",
+                     str(len(wg.schedule) - 1), float(np.median(sampled)), paired_difference(first, sampled)))
+        per_seed[f"{Path(path).parent.name} (samples)"] = sampled
     lines = [f"{cfg.name} ({reference_name(cfg)}): median test accuracy over {len(seeds)} held-out init seeds "
              f"{seeds[0]}..{seeds[-1]}", "",
              "| weights | steps | test accuracy (median) | / SGD | per seed vs the first policy |",
@@ -460,7 +465,7 @@ def audit_table(r: dict) -> str:
     nov, fid, noise = r["novelty"], r["fidelity"], r["noise_baseline"]
     zoo_median = float(np.median(nov["zoo"]["distance"]))
     seeds = r["seeds"]
-    lines = [f"{r['experiment']}: audit of the mean-path nets of {r['policy']} from {len(seeds)} held-out init seeds "
+    lines = [f"{r['experiment']}: audit of the nets ({r.get('output', 'the mean path')}) of {r['policy']} from {len(seeds)} held-out init seeds "
              f"{seeds[0]}..{seeds[-1]}, against the final checkpoints of the zoo's {r['zoo_runs']} runs and SGD with "
              f"the zoo's recipe from the same inits; {r['test_examples']} test examples. Each cell: median "
              f"[10th, 90th percentile] over nets. Distances are L2 over all weights, after aligning hidden units to "
@@ -487,7 +492,11 @@ def audit_table(r: dict) -> str:
               f"{_spread(fid['generated_to_sgd_other_init'])} |",
               f"| SGD(i) with another data order vs SGD(i) | {_spread(fid['agree_sgd_same_init'])} | "
               f"{_spread(fid['agree_sgd_other_init'])} | {_spread(fid['sgd_to_sgd_same_init'])} | "
-              f"{_spread(fid['sgd_to_sgd_other_init'])} |",
+              f"{_spread(fid['sgd_to_sgd_other_init'])} |"]
+    if "agree_generated_two_draws" in fid:
+        lines.append(f"| a second sample from init(i) vs generated(i) | {_spread(fid['agree_generated_two_draws'])} "
+                     f"| | | |")
+    lines += [
               "", f"SGD's travel from the init: {_spread(fid['sgd_travel'])} (L2).", "",
               "| ensemble of k nets (averaged softmax) | generated (mean test accuracy) | SGD, same inits | "
               "ensembles |",
@@ -511,7 +520,10 @@ def run_audit(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     zoo = audit.zoo_finals(cfg, template.state_dict())
     t = time.perf_counter()
     inits = init_states(cfg, task, seeds)
-    generated, _ = wg.generate(inits, mean_only=True, trajectory=False)
+    sampling = not args.mean and wg.default_output == "samples"
+    gen = torch.Generator().manual_seed(args.sample_seed)
+    generated, _ = wg.generate(inits, mean_only=not sampling, generator=gen, trajectory=False)
+    second = wg.generate(inits, generator=gen, trajectory=False)[0] if sampling else None
     print(f"audit: training SGD from {len(seeds)} held-out inits, twice (cached in {audit.sgd_cache(cfg)}) ...",
           file=sys.stderr, flush=True)
     sgd = audit.sgd_from_seeds(cfg, seeds, template.state_dict())
@@ -519,7 +531,8 @@ def run_audit(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     print(f"audit: aligning and scoring against {next(iter(zoo.values())).shape[0]} zoo nets ...", file=sys.stderr,
           flush=True)
     results = dict(experiment=cfg.name, policy=str(policy), seeds=seeds,
-                   **audit.audit_nets(cfg, task, layout, zoo, inits, generated, sgd, replicate))
+                   output="one sample per init" if sampling else "the mean path",
+                   **audit.audit_nets(cfg, task, layout, zoo, inits, generated, sgd, replicate, second=second))
     results["seconds"] = time.perf_counter() - t
     json_path = Path(args.json or Path(args.out or f"artifacts/bench/{cfg.name}/audit.md").with_suffix(".json"))
     save_json(json_path, results)
@@ -902,6 +915,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = held_out_parser(sub, "generate", "held-out accuracy: random init vs SGD vs policies", seeds=32,
                         func=run_generate)
     g.add_argument("--policy", action="append", help="policy.safetensors, repeatable (default: the imitation policy)")
+    g.add_argument("--sample-seed", type=int, default=0, help="seed of the policies' sampling noise (default 0)")
     g.add_argument("--speed", action="store_true",
                    help="also time it: ms/net of the first policy's mean path (1 and 64 nets per call) against SGD's "
                         "time from held-out seeds to that policy's median test accuracy, interleaved in this process")
@@ -921,6 +935,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = held_out_parser(sub, "audit", "novelty (vs the zoo) and fidelity (vs SGD from the same inits) of "
                                       "generated nets", seeds=32, func=run_audit, threads=1)
     a.add_argument("--policy", help="policy.safetensors (default: the imitation policy)")
+    a.add_argument("--mean", action="store_true", help="audit the mean path (default: what `generate` writes)")
+    a.add_argument("--sample-seed", type=int, default=0, help="seed of the policy's sampling noise (default 0)")
     a.add_argument("--json", help="per-net results (default: --out with .json, else artifacts/bench/<experiment>/"
                                   "audit.json)")
     gr = held_out_parser(sub, "grpo", "GRPO's held-out gain over imitation against evaluations spent, per "

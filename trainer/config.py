@@ -99,6 +99,12 @@ class ImitateConfig:
     """split the task loss draws from: "train" (the zoo's own data) or "reward" (the RL reward split)"""
     task_weight: float = 1.0
     """weight of the task loss next to the imitation loss"""
+    kl_weight: float = 1.0
+    """generative policies: weight of the latent's KL(posterior || prior), in nats per net spread over its weight
+    dimensions, next to the per-dimension reconstruction NLL (1: the ELBO, per dimension)"""
+    free_bits: float = 0.1
+    """generative policies: nats per latent dimension (averaged over units and the batch) the KL term does not charge,
+    so the posterior cannot collapse onto the prior (Kingma et al. 2016)"""
     train_runs: Optional[int] = None
     """use only the first N zoo runs (None: all)"""
     eval_every: int = 250
@@ -150,8 +156,9 @@ class GRPOConfig:
     policy) or "units" (a Gaussian latent on every hidden and output unit's state before the weight head; the update
     trains the latent's mean, a residual MLP on the unit states, and keeps the imitation policy's trunk and head, so
     the drawn latent alone decides the weights)"""
-    latent_std: float = 0.1
-    """std of the unit latent with noise "units" (unit states are layer-normalised: about 1 per dimension)"""
+    latent_std: Optional[float] = None
+    """std of the unit latent with noise "units" (unit states are layer-normalised: about 1 per dimension); null: the
+    policy's own (`policy.latent_std`: a generative policy's prior std, a regressor's 0.1 by default)"""
     reward_batch: str = "fixed"
     """the examples a generated net is scored on: "fixed" (the task's reward split, every iteration) or "fresh" (as
     many examples drawn anew from the train split each iteration, so the reward cannot be learned by heart)"""
@@ -252,16 +259,20 @@ RANGES: dict[str, Rule] = {
     "policy.std_floor": above(0, "log-probs must stay finite"), "policy.std_init": above(0),
     "policy.temperature": above(0), "policy.max_groups": at_least(1), "policy.max_tensors": at_least(1),
     "policy.latent_dim": at_least(1), "policy.latent_std": above(0),
+    "policy.posterior_rounds": at_least(0),
     "imitate.steps": at_least(1), "imitate.batch_size": at_least(1), "imitate.lr": above(0),
     "imitate.weight_decay": at_least(0), "imitate.grad_clip": above(0), "imitate.schedule_frac": within(0, 1),
     "imitate.walked_frac": within(0, 1), "imitate.task_inits": at_least(0), "imitate.task_examples": at_least(1),
-    "imitate.task_weight": at_least(0), "imitate.train_runs": optional(at_least(1)), "imitate.eval_every": at_least(1),
+    "imitate.task_weight": at_least(0),
+    "imitate.kl_weight": at_least(0), "imitate.free_bits": at_least(0),
+    "imitate.train_runs": optional(at_least(1)), "imitate.eval_every": at_least(1),
     "imitate.eval_seeds": at_least(1), "imitate.eval_seed_start": at_least(0), "imitate.save_every": at_least(1),
     "imitate.log_every": at_least(1),
     "grpo.iterations": at_least(1), "grpo.inits_per_iter": at_least(1),
     "grpo.group_size": at_least(2, "a group of one has zero spread, so nothing is learned"),
     "grpo.epochs": at_least(1), "grpo.minibatch_size": at_least(1), "grpo.lr": above(0), "grpo.clip_range": above(0),
-    "grpo.beta_kl": at_least(0), "grpo.temperature": above(0), "grpo.latent_std": above(0), "grpo.grad_clip": above(0),
+    "grpo.beta_kl": at_least(0), "grpo.temperature": above(0), "grpo.latent_std": optional(above(0)),
+    "grpo.grad_clip": above(0),
     "grpo.eval_every": at_least(1), "grpo.save_every": at_least(1), "grpo.seed_start": at_least(0),
     "generate.bn_recompute_batches": at_least(0),
 }

@@ -14,7 +14,10 @@ from envs.tasks import task_from_config
 from trainer.checkpoints import CheckpointError, check_writable_folder, load_weights, save_json, save_weights
 from trainer.cli import guarded, use_threads
 from trainer.config import DEFAULT_CONFIG, ConfigError, load_config
-from trainer.pipeline import WeightGenerator, init_states, reference_layout, score_states, unbatch
+from rollout.pool import RolloutPool
+from trainer.device import worker_gpus
+from trainer.pipeline import (WeightGenerator, init_states, reference_layout, repeat_groups, score_states,
+                              unbatch)
 from trainer.zoo import reference_name
 
 
@@ -61,7 +64,32 @@ def load_init(path: Path, template: dict[str, torch.Tensor]) -> dict[str, torch.
     return sd
 
 
+def output_mode(args: argparse.Namespace, wg: WeightGenerator) -> tuple[bool, int]:
+    """(sample?, draws per init): the flags, else the policy's measured default."""
+    draws = max(args.samples, args.best_of)
+    return not args.mean and (args.sample or draws > 1 or wg.default_output == "samples"), draws
+
+
+def describe(sampling: bool, draws: int, best_of: int) -> str:
+    if not sampling:
+        return "the mean path"
+    if best_of > 1:
+        return f"the best of {draws} samples per init on the reward split"
+    return f"{draws} samples per init" if draws > 1 else "one sample per init"
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    for flag, n in (("--samples", args.samples), ("--best-of", args.best_of)):
+        if n < 1:
+            raise ConfigError(f"{flag} {n}: expected at least 1")
+    if args.samples > 1 and args.best_of > 1:
+        raise ConfigError("--samples and --best-of: choose one (N nets per init, or the best of N per init)")
+    if args.mean and (args.samples > 1 or args.best_of > 1):
+        raise ConfigError("--mean: the mean path is one net per init; drop --samples / --best-of, or --mean")
+
+
 def run(args: argparse.Namespace) -> dict:
+    check_counts(args)
     seeds = None if args.init else parse_seeds(args.seeds)  # argument errors first, before anything loads
     cfg = load_config(args.config or DEFAULT_CONFIG, [])
     policy_path = Path(args.policy or f"artifacts/runs/{cfg.name}-imitate/policy.safetensors")
@@ -89,8 +117,27 @@ def run(args: argparse.Namespace) -> dict:
         init = init_states(cfg, task, seeds)
         ids, sources = [f"seed-{s:06d}" for s in seeds], [{"seed": s} for s in seeds]
 
+    sampling, draws = output_mode(args, wg)
+    asked = args.mean or args.sample or draws > 1
+    print(f"output: {describe(sampling, draws, args.best_of)} "
+          f"({'as asked' if asked else 'the policy default, measured in imitation'})", file=sys.stderr)
     gen = torch.Generator().manual_seed(args.sample_seed)
-    final, _ = wg.generate(init, mean_only=args.mean, generator=gen)
+    final, _ = wg.generate(repeat_groups(init, draws), mean_only=not sampling, generator=gen, trajectory=False)
+    chosen = None
+    if args.best_of > 1:  # score every draw on the reward split with the Ray pool, keep each init's best
+        pool = RolloutPool(cfg, gpus_per_worker=worker_gpus(cfg))
+        try:
+            candidates = pool.score(final).accuracy.view(len(ids), draws)
+        finally:
+            pool.close()
+        best = candidates.argmax(1)
+        rows = torch.arange(len(ids)) * draws + best
+        final = {k: v[rows.to(v.device)] for k, v in final.items()}
+        chosen = [dict(best_of=draws, chosen_draw=int(b), candidate_reward_accuracy=c.tolist())
+                  for b, c in zip(best, candidates)]
+    elif draws > 1:  # every draw is a net of its own
+        ids = [f"{i}-draw{d:02d}" for i in ids for d in range(draws)]
+        sources = [dict(src, draw=d) for src in sources for d in range(draws)]
     reward_acc = score_states(cfg, task, final, "reward")
     test_acc = score_states(cfg, task, final, "test")
     finite = torch.stack([v.flatten(1).isfinite().all(1) for v in final.values() if v.is_floating_point()]).all(0)
@@ -101,13 +148,15 @@ def run(args: argparse.Namespace) -> dict:
     samples = []
     for i, (ident, src) in enumerate(zip(ids, sources)):
         file = out / f"{ident}.safetensors"
+        how = dict(src, **(chosen[i] if chosen else {}))
         meta = dict(experiment=cfg.name, task=cfg.task.name, reference=reference_name(cfg), policy=str(policy_path),
-                    schedule=wg.schedule, mean_path=args.mean, reward_accuracy=reward_acc[i], test_accuracy=test_acc[i],
-                    **src)
+                    schedule=wg.schedule, mean_path=not sampling, reward_accuracy=reward_acc[i],
+                    test_accuracy=test_acc[i], **{k: v for k, v in how.items() if k != "candidate_reward_accuracy"})
         save_weights(file, unbatch(final, i), meta)
-        samples.append(dict(file=str(file), **src, reward_accuracy=reward_acc[i], test_accuracy=test_acc[i]))
+        samples.append(dict(file=str(file), **how, reward_accuracy=reward_acc[i], test_accuracy=test_acc[i]))
     summary = dict(count=len(samples), non_finite=non_finite, steps=len(wg.schedule) - 1, schedule=wg.schedule,
-                   mean_path=args.mean, policy=str(policy_path), test_accuracy_median=float(np.median(test_acc)),
+                   mean_path=not sampling, output=describe(sampling, draws, args.best_of), sample_seed=args.sample_seed,
+                   policy=str(policy_path), test_accuracy_median=float(np.median(test_acc)),
                    test_accuracy_mean=float(np.mean(test_acc)), reward_accuracy_median=float(np.median(reward_acc)))
     report = {"samples": samples, "summary": summary}
     save_json(out / "report.json", report)
@@ -130,7 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--seeds", default="0..7", help="fresh PyTorch default inits from these seeds: N, A..B or A,B,C")
     src.add_argument("--init", help="a user's own init of the reference model (safetensors)")
-    p.add_argument("--mean", action="store_true", help="deterministic mean path instead of sampling")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--mean", action="store_true", help="the deterministic mean path (default: what the policy "
+                                                          "measured better in imitation, samples or the mean path)")
+    mode.add_argument("--sample", action="store_true", help="one sample per init, whatever the policy's default")
+    p.add_argument("--samples", type=int, default=1, metavar="N", help="N sampled nets per init, each saved")
+    p.add_argument("--best-of", type=int, default=1, metavar="N",
+                   help="N samples per init scored on the reward split by the Ray pool; the best is saved")
     p.add_argument("--sample-seed", type=int, default=0, help="seed of the policy's sampling noise")
     p.add_argument("--name", help="output folder name under artifacts/generated/ (default: the experiment)")
     p.add_argument("--out", help="output folder (overrides --name)")

@@ -57,11 +57,15 @@ class GRPOTrainer:
         self.run_dir, self.progress = run_dir, progress
         self.task = task_from_config(self.cfg.task)
         self.policy = self.wg.policy
-        self.policy.cfg = dataclasses.replace(self.policy.cfg, temperature=gc.temperature, noise=gc.noise,
-                                              latent_std=gc.latent_std)
+        # A generative policy explores in its own latent, at its prior's std unless grpo.latent_std says otherwise:
+        # the draws are then nets like SGD's, and GRPO selects among them.
+        pc = self.policy.cfg
+        noise = "units" if pc.generative else gc.noise
+        self.policy.cfg = dataclasses.replace(pc, temperature=gc.temperature, noise=noise,
+                                              latent_std=pc.latent_std if gc.latent_std is None else gc.latent_std)
         self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)  # the frozen imitation policy
         self.imitation = dataclasses.replace(self.wg, policy=self.reference)
-        if gc.noise == "units":  # the latent's mean learns; trunk and weight head stay the imitation policy's
+        if noise == "units":  # the latent's mean learns; trunk and weight head stay the imitation policy's
             self.policy.requires_grad_(False)
             self.policy.latent_mean.requires_grad_(True)
         self.opt = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad], lr=gc.lr,

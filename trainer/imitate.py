@@ -18,7 +18,7 @@ from tqdm import tqdm
 from envs.scoring import batched_logits, weight_keys
 from envs.tasks import Task, task_from_config
 from policy.model import DenoisingPolicy
-from policy.sampling import gaussian_log_prob, walk
+from policy.sampling import gaussian_log_prob, latent_kl, sample, walk
 from policy.tokenizer import Layout, Tokenizer, fit_scales, transfer_scales
 from trainer.algos import learning_rate
 from trainer.checkpoints import load_training_state, save_training_state
@@ -28,7 +28,7 @@ from trainer.device import resolve_device
 from trainer.runlog import RunLogger, check_run_dir, clear_run_dir
 from trainer.pairs import ZooPairs
 from trainer.pipeline import (WeightGenerator, bn_recompute_inputs, init_states, mean_path_accuracy,
-                              reference_layout, snap_schedule)
+                              reference_layout, sample_accuracy, snap_schedule)
 from trainer.zoo import build_zoo, zoo_at_width, zoo_variants
 
 
@@ -81,6 +81,34 @@ def imitation_loss(mean: dict, std: dict, target: dict) -> tuple[torch.Tensor, d
     return mse + nll, {"losses/mse": mse.item(), "losses/nll": nll.item()}
 
 
+def elbo_loss(policy: DenoisingPolicy, x1: dict, x2: dict, t1: torch.Tensor, t2: torch.Tensor, kl_weight: float,
+              free_bits: float, gen: torch.Generator) -> tuple[torch.Tensor, dict, dict]:
+    """A generative policy's negative ELBO on pairs, per weight dimension: the posterior infers each unit's latent from
+    (W at t1, W at t2), a reparameterised draw of it is decoded, and the decoded Gaussian's NLL of W at t2 (per tensor,
+    tensors weighing equally, as the regressor's MSE does) is charged with KL(posterior || prior) in nats per net,
+    spread over the net's weight dimensions, with `free_bits` nats per latent dimension free; plus the regressor's MSE
+    of the mean path. Returns (loss, logged parts, the decoded std)."""
+    h, heads = policy.encode(x1, t1, t2)
+    q_mean, q_std = policy.posterior(h, x2, t1, t2)
+    p_mean, p_std = policy.latent(h)
+    u = sample(q_mean, q_std, gen)
+    mean, std = policy.decode(x1, policy.lift(h, u), heads)
+    nll = -torch.stack([gaussian_log_prob({k: x2[k]}, {k: mean[k]}, {k: std[k]}) for k in mean]).mean()
+    # The mean path (the decoder at the prior's mean) is held to the regressor's target, the average of SGD's
+    # outcomes: it stays the mean path a regressor would give, and the samples spread around it.
+    centre, _ = policy.decode(x1, policy.lift(h, p_mean), heads)
+    mse_centre = torch.stack([((centre[k] - x2[k]) ** 2).mean() for k in centre]).mean()
+    kl = latent_kl(q_mean, q_std, p_mean, p_std)  # (B, units, k)
+    per_dim = kl.mean(dim=(0, 1))  # nats per latent dimension, averaged over units and the batch
+    dims = sum(v[0].numel() for v in x2.values())
+    charged = kl.shape[1] * per_dim.clamp(min=free_bits).sum() / dims
+    mse = torch.stack([((mean[k] - x2[k]) ** 2).mean() for k in mean]).mean()
+    parts = {"losses/nll": nll.item(), "losses/kl_nats_per_net": kl.sum(dim=(1, 2)).mean().item(),
+             "losses/mse": mse.item(), "losses/mse_mean_path": mse_centre.item(),
+             "losses/kl_active_dims": int((per_dim > free_bits).sum())}
+    return nll + kl_weight * charged + mse_centre, parts, std
+
+
 # Seeds of the fresh inits the task loss walks from: far above the zoo, held-out and GRPO seed ranges.
 TASK_SEED_BASE = 10**9
 
@@ -91,7 +119,10 @@ def task_loss(wg: WeightGenerator, template: torch.nn.Module, task: Task, split:
     differentiable through every step of the walk (the reward-gradient route: DRaFT, Clark et al. 2023). The test
     split stays for reporting."""
     seeds = (TASK_SEED_BASE + torch.randint(10**9, (inits,), generator=gen)).tolist()
-    final, _ = wg.generate(init_states(wg.cfg, task, seeds), mean_only=True, grad=True)
+    # A generative policy is trained on its samples (reparameterised: the latent draws carry the gradient), which are
+    # what it generates; a regressor on its mean path.
+    final, _ = wg.generate(init_states(wg.cfg, task, seeds), mean_only=not wg.policy.cfg.generative, generator=gen,
+                           grad=True)
     # A net with BatchNorm runs in train mode here, normalising by its batch's statistics (what its generated
     # statistics are recomputed from, generate.bn_recompute_batches): torch's batch norm has no gradient for running
     # statistics, and generated ones need not be positive yet. They are updated on copies and learn from imitation.
@@ -196,9 +227,13 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
                 for k, v in walked[w].items():
                     x1[k] = torch.where(use.view(-1, *[1] * (v.dim() - 2)), v[ri, pos.clamp(min=0)], x1[k])
             x2 = {k: v[ri, j] for k, v in wd.data.items()}
-            mean, std = policy(x1, wd.t[ri, i].to(device), wd.t[ri, j].to(device))
+            t1, t2 = wd.t[ri, i].to(device), wd.t[ri, j].to(device)
+            if policy.cfg.generative:
+                loss, parts, std = elbo_loss(policy, x1, x2, t1, t2, im.kl_weight, im.free_bits, gen)
+            else:
+                mean, std = policy(x1, t1, t2)
+                loss, parts = imitation_loss(mean, std, x2)
             policy.layout = layout
-            loss, parts = imitation_loss(mean, std, x2)
             if im.task_inits > 0:
                 ce = task_loss(wg, template, task, im.task_split, im.task_inits, im.task_examples, gen)
                 loss = loss + im.task_weight * ce
@@ -220,6 +255,12 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
                 accs, _ = mean_path_accuracy(wg, task, eval_seeds)
                 last_eval = float(np.mean(accs))
                 log.scalars(done, {"eval/accuracy_mean": last_eval, "eval/accuracy_median": float(np.median(accs))})
+                if policy.cfg.generative:  # samples, from a fixed stream; `generate` writes the better of the two
+                    sampled = sample_accuracy(wg, task, eval_seeds, torch.Generator().manual_seed(cfg.seed))
+                    log.scalars(done, {"eval/sample_accuracy_mean": float(np.mean(sampled)),
+                                       "eval/sample_accuracy_median": float(np.median(sampled))})
+                    wg.default_output = "samples" if np.median(sampled) >= np.median(accs) else "mean"
+                    last_eval = float(np.mean(sampled if wg.default_output == "samples" else accs))
             if done % im.save_every == 0 or done == im.steps:
                 wall = time.perf_counter() - t0
                 wg.save(run_dir, trained_steps=done, wall_s=wall, zoo=str(zoo_dir),

@@ -88,6 +88,13 @@ def mean_path_accuracy(wg: "WeightGenerator", task: Task, seeds: Sequence[int],
     return score_states(wg.cfg, task, final, split), final
 
 
+def sample_accuracy(wg: "WeightGenerator", task: Task, seeds: Sequence[int], generator: torch.Generator,
+                    split: str = "test") -> list[float]:
+    """Accuracy on `split` of one sampled net per init seed (the policy's stochastic walk)."""
+    final, _ = wg.generate(init_states(wg.cfg, task, seeds), generator=generator, trajectory=False)
+    return score_states(wg.cfg, task, final, split)
+
+
 ADDED_LATER = ("latent_mean.", "unit_value", "unit_out", "rest_left.")
 """policy parameters a policy saved before them may lack: all zero-initialised, so it loads with its old function"""
 
@@ -104,6 +111,9 @@ class WeightGenerator:
     grid: list[float]
     bn_inputs: Optional[torch.Tensor] = field(default=None, repr=False)
     """examples BatchNorm statistics are recomputed on after generation (generate.bn_recompute_batches), or None"""
+    default_output: str = "mean"
+    """what `generate` writes unless told: "samples" or "mean" (the mean path), whichever imitation measured better
+    on its held-out seeds (a regressor's samples are not nets: the mean path)"""
 
     @property
     def layout(self) -> Layout:
@@ -170,7 +180,8 @@ class WeightGenerator:
 
     def spec(self, **extra) -> dict:
         return dict(experiment=config_to_dict(self.cfg), policy=dataclasses.asdict(self.policy.cfg),
-                    layout=self.layout.raw, scales=self.tokenizer.scales, schedule=self.schedule, grid=self.grid, **extra)
+                    layout=self.layout.raw, scales=self.tokenizer.scales, schedule=self.schedule, grid=self.grid,
+                    default_output=self.default_output, **extra)
 
     def save(self, folder: str | Path, **extra) -> Path:
         return save_policy(folder, self.policy, self.spec(**extra))
@@ -220,4 +231,5 @@ class WeightGenerator:
         schedule = spec["schedule"]
         if cfg.generate.schedule != spec["experiment"]["generate"]["schedule"]:
             schedule = snap_schedule(cfg.generate.schedule, spec["grid"])
-        return cls(cfg, policy, tokenizer, schedule, spec["grid"], bn_recompute_inputs(cfg, task))
+        default = spec.get("default_output", "samples" if policy.cfg.generative else "mean")
+        return cls(cfg, policy, tokenizer, schedule, spec["grid"], bn_recompute_inputs(cfg, task), default)

@@ -252,3 +252,64 @@ def test_static_input_states_see_no_weights(input_state):
         h, _ = policy.encode(x, torch.zeros(2), torch.ones(2))
     assert not torch.allclose(h["h0"][0], h["h0"][1])
     assert torch.equal(h["in"][0], h["in"][1]) == (input_state == "static")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generative_posterior_and_decoder_permute_with_the_units(family):
+    """The posterior sees the pair (W at t1, W at t2): permuting a hidden group's units in both permutes its latent
+    (mean and std) alike, and decoding permuted latents permutes the weights alike, nonlinear lift included."""
+    layout, x1 = encoded(family, range(2))
+    _, x2 = encoded(family, range(2, 4))
+    torch.manual_seed(0)
+    policy = DenoisingPolicy(replace(SMALL, generative=True, posterior_rounds=1, latent_dim=4), layout).eval()
+    perturb(policy)
+    t1, t2 = torch.zeros(2), torch.full((2,), 0.5)
+
+    def run(a, b):
+        h, heads = policy.encode(a, t1, t2)
+        q_mean, q_std = policy.posterior(h, b, t1, t2)
+        return q_mean, q_std, policy.decode(a, policy.lift(h, q_mean), heads)[0]
+
+    with torch.no_grad():
+        q_mean, q_std, y = run(x1, x2)
+        for g in layout.groups:
+            if g.fixed:
+                continue
+            perm = torch.randperm(g.size, generator=torch.Generator().manual_seed(5))
+            pm, ps, py = run(*(permute_units(x, layout, g.name, perm) for x in (x1, x2)))
+            for n in q_mean:
+                want = (lambda v: v[:, perm]) if n == g.name else (lambda v: v)
+                torch.testing.assert_close(pm[n], want(q_mean[n]), rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(ps[n], want(q_std[n]), rtol=1e-4, atol=1e-5)
+            expected = permute_units(y, layout, g.name, perm)
+            for k in y:
+                torch.testing.assert_close(py[k], expected[k], rtol=1e-4, atol=1e-5)
+
+
+def test_the_posterior_reads_the_target_and_the_lift_is_nonlinear():
+    layout, x1 = encoded("mlp", range(2))
+    _, x2 = encoded("mlp", range(2, 4))
+    torch.manual_seed(0)
+    policy = DenoisingPolicy(replace(SMALL, generative=True, latent_dim=4), layout).eval()
+    perturb(policy)
+    t1, t2 = torch.zeros(2), torch.ones(2)
+    with torch.no_grad():
+        h, heads = policy.encode(x1, t1, t2)
+        a, _ = policy.posterior(h, x2, t1, t2)
+        b, _ = policy.posterior(h, x1, t1, t2)
+        assert all(not torch.allclose(a[g], b[g]) for g in a)  # another target, another latent
+        g = policy.attend[0]
+        u = {n: torch.ones_like(v) for n, v in a.items()}
+        lifted = [policy.lift(h, {n: s * v for n, v in u.items()})[g] - h[g] for s in (1.0, 2.0)]
+        assert not torch.allclose(lifted[1], 2 * lifted[0], atol=1e-4)  # not linear in the latent
+
+
+def test_a_generative_flag_leaves_a_regressors_parameters_as_they_were():
+    layout, _ = encoded("mlp", range(1))
+    torch.manual_seed(0)
+    plain = DenoisingPolicy(SMALL, layout).state_dict()
+    torch.manual_seed(0)
+    gen = DenoisingPolicy(replace(SMALL, generative=True), layout).state_dict()
+    assert set(plain) < set(gen)
+    for k, v in plain.items():
+        assert torch.equal(gen[k], v), k

@@ -83,8 +83,13 @@ def all_scalars(run_dir):
     return {tag: read_scalars(run_dir, tag) for tag in acc.Tags()["scalars"]}
 
 
-@pytest.mark.parametrize("extra", [[], ["--set", "imitate.walked_frac=1.0"], ["--set", "imitate.task_inits=2"]],
-                         ids=["zoo-inputs", "walked-inputs", "task-loss"])
+GENERATIVE = ["policy.generative=true", "policy.posterior_rounds=1", "policy.latent_dim=4", "policy.latent_std=1.0",
+              "imitate.task_inits=2", "imitate.task_examples=32"]
+
+
+@pytest.mark.parametrize("extra", [[], ["--set", "imitate.walked_frac=1.0"], ["--set", "imitate.task_inits=2"],
+                                   sum((["--set", s] for s in GENERATIVE), [])],
+                         ids=["zoo-inputs", "walked-inputs", "task-loss", "generative"])
 def test_resume_is_bit_identical(trained, in_tmp, monkeypatch, extra):
     straight = load_weights(trained / "policy.safetensors")[0]
     straight_dir = trained

@@ -1,0 +1,75 @@
+"""The generative policy end to end on tiny budgets: the measured default output, sampling, --samples and --best-of
+(its resume is in test_imitate_generate)."""
+
+import json
+
+import pytest
+import torch
+
+from trainer import generate, imitate
+from trainer.pipeline import WeightGenerator
+
+from tests.trainer.test_imitate_generate import GENERATIVE as GENERATIVE_SETTINGS, TINY
+
+GENERATIVE = TINY + GENERATIVE_SETTINGS
+
+
+def imitate_generative(*extra):
+    return imitate.cli(sum((["--set", s] for s in GENERATIVE), []) + list(extra))
+
+
+@pytest.fixture
+def generative(in_tmp, ray_local):
+    assert imitate_generative() == 0
+    return in_tmp / "artifacts/runs/digits_mlp-imitate"
+
+
+def test_the_default_output_is_what_imitation_measured_better(generative):
+    spec = json.loads((generative / "policy.json").read_text())
+    assert spec["policy"]["generative"] and spec["default_output"] in ("samples", "mean")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(generative))
+    ea.Reload()
+    last = {t: ea.Scalars(t)[-1].value for t in ("eval/accuracy_median", "eval/sample_accuracy_median")}
+    better = "samples" if last["eval/sample_accuracy_median"] >= last["eval/accuracy_median"] else "mean"
+    assert spec["default_output"] == better
+    assert {"losses/kl_nats_per_net", "losses/mse_mean_path"} <= set(ea.Tags()["scalars"])
+
+
+def test_samples_differ_per_draw_and_the_mean_path_is_deterministic(generative):
+    from envs.tasks import load_task
+    from trainer.pipeline import init_states
+
+    wg = WeightGenerator.load(generative / "policy.safetensors")
+    init = init_states(wg.cfg, load_task("digits", reward_size=300), [0, 1])
+    a, _ = wg.generate(init, generator=torch.Generator().manual_seed(0))
+    b, _ = wg.generate(init, generator=torch.Generator().manual_seed(1))
+    c, _ = wg.generate(init, generator=torch.Generator().manual_seed(0))
+    m1, _ = wg.generate(init, mean_only=True)
+    m2, _ = wg.generate(init, mean_only=True)
+    key = "net.0.weight" if "net.0.weight" in a else next(iter(a))
+    assert not torch.equal(a[key], b[key]) and torch.equal(a[key], c[key]) and torch.equal(m1[key], m2[key])
+
+
+def test_samples_and_best_of_write_what_they_say(generative, in_tmp):
+    assert generate.main(["--seeds", "0..1", "--samples", "3", "--out", "many"]) == 0
+    report = json.loads((in_tmp / "many/report.json").read_text())
+    assert len(report["samples"]) == 6 and len(list((in_tmp / "many").glob("*.safetensors"))) == 6
+    assert [(s["seed"], s["draw"]) for s in report["samples"]] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert generate.main(["--seeds", "0..1", "--best-of", "4", "--out", "best"]) == 0
+    report = json.loads((in_tmp / "best/report.json").read_text())
+    assert report["summary"]["output"] == "the best of 4 samples per init on the reward split"
+    for s in report["samples"]:
+        cands = s["candidate_reward_accuracy"]
+        assert len(cands) == 4 and s["chosen_draw"] == max(range(4), key=lambda i: (cands[i], -i))
+        assert s["reward_accuracy"] == pytest.approx(cands[s["chosen_draw"]], abs=1e-6)  # scored again, in-process
+
+
+@pytest.mark.parametrize("argv", [["--samples", "0"], ["--best-of", "-1"], ["--samples", "2", "--best-of", "2"],
+                                  ["--mean", "--samples", "2"]])
+def test_bad_draw_counts_are_one_line_errors_before_any_work(argv, in_tmp, capsys):
+    assert generate.main(["--seeds", "0", "--out", "x", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --")
+    assert not (in_tmp / "x").exists()
