@@ -5,6 +5,7 @@
 `search`: what black-box search buys per evaluation: antithetic evolution strategies directly on the weights of a
 policy's generated nets (GRPO's signal with no policy in between), rewarded on the fixed reward split vs fresh batches.
 `audit`: are generated nets new, or copies of zoo checkpoints, and do they land where SGD from the same init lands?
+`warmstart`: SGD for B steps from the generated net against from the init, B = 1/32 .. 1 of the zoo's budget.
 `report`: generate, audit and rollout on one experiment -> docs/RESULTS.md with the tables, figures and commands.
 Every subcommand takes `--plots DIR` to write PNG figures next to its table.
 """
@@ -881,6 +882,36 @@ def run_sensitivity(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> d
     return dict(table=table, figures=[], columns=columns, change={k: v.tolist() for k, v in mean.items()})
 
 
+def run_warmstart(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
+    """SGD for B steps from the generated net against from the init (`trainer.warmstart`)."""
+    import numpy as np
+
+    from trainer import warmstart
+    from trainer.pipeline import WeightGenerator
+
+    cfg = cfgs[0]
+    seeds = held_out_seeds(args, cfg)
+    if args.fractions < 1:
+        raise ConfigError(f"--fractions {args.fractions}: expected at least 1 budget")
+    wg = WeightGenerator.load(args.policy or default_policy(cfg), cfg=cfg)
+    task = task_from_config(cfg.task)
+    fractions = [2.0 ** -k for k in range(args.fractions - 1, -1, -1)]
+    r = warmstart.warmstart(cfg, wg, task, seeds, fractions, args.sample_seed)
+    table = warmstart.table(cfg.name, seeds, r, paired_difference)
+    emit(table, args.out)
+    figures = []
+    if args.plots:
+        from trainer import plots
+
+        xs = [x["fraction"] for x in r["rows"]]
+        figures.append(plots.curves({"SGD for B steps": {
+            start: (xs, [float(np.median(x[key])) for x in r["rows"]])
+            for start, key in (("from the init", "init"), ("from the generated net", "generated"))}},
+            f"{cfg.name}: warm start", "B / zoo budget", "test accuracy (median)",
+            figure(args, cfg.name, "warmstart"), logx=True))
+    return dict(table=table, figures=figures, results=r)
+
+
 def held_out_parser(sub, name: str, help: str, seeds: int, func: Callable, **defaults) -> argparse.ArgumentParser:
     """A subcommand measured on one experiment's held-out init seeds: --config, --set, --seeds, --seed-start, --out;
     it runs `func` on configs/digits_mlp.yaml unless --config says otherwise (`defaults`: more parsed defaults)."""
@@ -932,6 +963,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sigma", type=float, default=0.05, help="noise, in units of each tensor's RMS (default 0.05)")
     e.add_argument("--lr", type=float, default=0.3, help="Adam's step, in units of the noise (default 0.3)")
     e.add_argument("--threads", type=int, help="torch threads (default: the config's `threads`, auto: all cores)")
+    w = held_out_parser(sub, "warmstart", "SGD for B steps from the generated net vs from the init", seeds=16,
+                        func=run_warmstart, threads=1)
+    w.add_argument("--policy", help="policy.safetensors (default: the imitation policy)")
+    w.add_argument("--fractions", type=int, default=6, help="budgets 1/2^(N-1) .. 1 of the zoo's (default 6)")
+    w.add_argument("--sample-seed", type=int, default=0, help="seed of the policy's sampling noise (default 0)")
     a = held_out_parser(sub, "audit", "novelty (vs the zoo) and fidelity (vs SGD from the same inits) of "
                                       "generated nets", seeds=32, func=run_audit, threads=1)
     a.add_argument("--policy", help="policy.safetensors (default: the imitation policy)")

@@ -51,10 +51,12 @@ def total_steps(cfg: ExperimentConfig, task) -> int:
     return len(task.train) // cfg.zoo.batch_size * cfg.zoo.epochs
 
 
-def sgd_steps(cfg: ExperimentConfig, model: torch.nn.Module, task, data_seed: int) -> Iterator[int]:
+def sgd_steps(cfg: ExperimentConfig, model: torch.nn.Module, task, data_seed: int,
+              budget: Optional[int] = None) -> Iterator[int]:
     """The zoo's recipe (optimizer, learning-rate schedule, minibatch order drawn from `data_seed`) applied to `model`,
     one update per iteration: yields the steps done so far, so that a caller can checkpoint, evaluate or time the run
-    between updates (an evaluation may switch the model to eval mode and back)."""
+    between updates (an evaluation may switch the model to eval mode and back). `budget`: the recipe compressed to
+    that many steps (its schedule decays over them; default: the zoo's own `total_steps`)."""
     zc = cfg.zoo
     gen = torch.Generator().manual_seed(data_seed)  # minibatch order
     if zc.optimizer == "sgd":
@@ -63,13 +65,13 @@ def sgd_steps(cfg: ExperimentConfig, model: torch.nn.Module, task, data_seed: in
         opt = torch.optim.Adam(model.parameters(), lr=zc.lr, weight_decay=zc.weight_decay)
     n = len(task.train)
     per_epoch = n // zc.batch_size
-    total = total_steps(cfg, task)
+    total = budget or total_steps(cfg, task)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * s / total)) if zc.cosine else 1.0)
     step = 0
     model.train()
-    for _ in range(zc.epochs):
+    while step < total:
         perm = torch.randperm(n, generator=gen)
-        for b in range(per_epoch):
+        for b in range(min(per_epoch, total - step)):
             idx = perm[b * zc.batch_size:(b + 1) * zc.batch_size]
             loss = F.cross_entropy(model(task.train.x[idx]), task.train.y[idx])
             opt.zero_grad(set_to_none=True)

@@ -1,0 +1,79 @@
+"""`python -m trainer.bench warmstart`: what a generated net is worth as a start for SGD.
+
+From each held-out init, SGD with the zoo's recipe compressed to B steps (its learning-rate schedule decays over the B
+steps), once from the init itself and once from the net the policy generates from it (its default output), at
+B = 1/32 ... 1 of the zoo's budget. The anchor is SGD's full-budget accuracy from the same inits: the first B at which
+the generated start reaches it is the speed-up a user gets (NiNo reports about 2x fewer steps).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from envs.models import reference_from_config
+from envs.scoring import evaluate
+from trainer.config import ExperimentConfig
+from trainer.pipeline import WeightGenerator, init_states, unbatch
+from trainer.zoo import sgd_steps, total_steps
+
+
+def sgd_from(cfg: ExperimentConfig, task, state: dict[str, torch.Tensor], seed: int, budget: int) -> float:
+    """Test accuracy after `budget` steps of the zoo's recipe from `state` (minibatch order from `seed`, as the zoo's
+    run from that init would draw it)."""
+    model = reference_from_config(cfg.reference, task)
+    model.load_state_dict(state)
+    for _ in sgd_steps(cfg, model, task, seed if cfg.zoo.data_seed is None else cfg.zoo.data_seed, budget):
+        pass
+    return evaluate(model, task.test)[1]
+
+
+def warmstart(cfg: ExperimentConfig, wg: WeightGenerator, task, seeds: list[int], fractions: list[float],
+              sample_seed: int = 0) -> dict:
+    """Per budget fraction, per seed: test accuracy of SGD from the init and from the generated net."""
+    inits = init_states(cfg, task, seeds)
+    sampling = wg.default_output == "samples"
+    generated, _ = wg.generate(inits, mean_only=not sampling, generator=torch.Generator().manual_seed(sample_seed),
+                               trajectory=False)
+    generated = {k: v.cpu() for k, v in generated.items()}
+    total = total_steps(cfg, task)
+    rows = []
+    for f in fractions:
+        budget = max(1, round(total * f))
+        rows.append(dict(fraction=f, steps=budget,
+                         init=[sgd_from(cfg, task, unbatch(inits, i), s, budget) for i, s in enumerate(seeds)],
+                         generated=[sgd_from(cfg, task, unbatch(generated, i), s, budget)
+                                    for i, s in enumerate(seeds)]))
+    start = [evaluate(_loaded(cfg, task, unbatch(generated, i)), task.test)[1] for i in range(len(seeds))]
+    return dict(total_steps=total, output="samples" if sampling else "mean path", generated_start=start, rows=rows)
+
+
+def _loaded(cfg: ExperimentConfig, task, state: dict) -> torch.nn.Module:
+    model = reference_from_config(cfg.reference, task)
+    model.load_state_dict(state)
+    return model
+
+
+def first_reaching(rows: list[dict], target: float, key: str) -> float | None:
+    """The smallest budget fraction whose median accuracy from `key` reaches `target` (None: none does)."""
+    hit = [r["fraction"] for r in rows if np.median(r[key]) >= target]
+    return min(hit) if hit else None
+
+
+def table(name: str, seeds: list[int], r: dict, paired) -> str:
+    full = next(x for x in r["rows"] if x["fraction"] == 1.0) if any(x["fraction"] == 1.0 for x in r["rows"]) else None
+    target = float(np.median(full["init"])) if full else float("nan")
+    lines = [f"{name}: SGD with the zoo's recipe compressed to B steps, from {len(seeds)} held-out inits "
+             f"({seeds[0]}..{seeds[-1]}) and from the policy's {r['output']} generated from them (test accuracy "
+             f"{np.median(r['generated_start']):.4f} before SGD); zoo budget {r['total_steps']} steps. Median test "
+             f"accuracy; per seed: generated start minus init start.", "",
+             "| B / zoo budget | steps | from the init | from the generated net | per seed |",
+             "| --- | --- | --- | --- | --- |"]
+    for x in r["rows"]:
+        lines.append(f"| 1/{round(1 / x['fraction'])} | {x['steps']} | {np.median(x['init']):.4f} | "
+                     f"{np.median(x['generated']):.4f} | {paired(x['init'], x['generated'])} |")
+    gen, init = first_reaching(r["rows"], target, "generated"), first_reaching(r["rows"], target, "init")
+    lines += ["", f"Full-budget SGD from the init: {target:.4f}. The generated start reaches it at "
+              + (f"1/{round(1 / gen)} of the budget ({1 / gen:.0f}x fewer steps)" if gen else "no budget measured")
+              + (f"; the init at 1/{round(1 / init)}." if init else ".")]
+    return "\n".join(lines)
