@@ -141,7 +141,8 @@ def slice_weights(weights: Weights, start: int, stop: Optional[int]) -> Weights:
 
 
 def stack_weights(weights: Weights, template: StateDict) -> dict[str, torch.Tensor]:
-    """Any `Weights` form -> {weight key: (G, *shape) float32}, checked against `template` (ValueError naming the key)."""
+    """Any `Weights` form -> {weight key: (G, *shape) in the template's float dtype (float32 for a default model)},
+    checked against `template` (ValueError naming the key)."""
     if len(weights) == 0 or batch_size_of(weights) == 0:
         raise ValueError("no weight sets to score")
     if isinstance(weights, torch.Tensor):
@@ -152,10 +153,11 @@ def stack_weights(weights: Weights, template: StateDict) -> dict[str, torch.Tens
     if not isinstance(weights, Mapping):
         for i, state in enumerate(weights):
             _check_keys(state, template, f"weight set {i}", lead=())
-        return {k: torch.stack([torch.as_tensor(s[k]) for s in weights]).float() for k in weight_keys(template)}
+        return {k: torch.stack([torch.as_tensor(s[k]) for s in weights]).to(template[k].dtype)
+                for k in weight_keys(template)}
     g = batch_size_of(weights)
     _check_keys(weights, template, "stacked weights", lead=(g,))
-    return {k: torch.as_tensor(weights[k]).float() for k in weight_keys(template)}
+    return {k: torch.as_tensor(weights[k]).to(template[k].dtype) for k in weight_keys(template)}
 
 
 def _check_keys(state: Mapping, template: StateDict, what: str, lead: tuple[int, ...]) -> None:
@@ -188,6 +190,9 @@ class Scores:
     loss: torch.Tensor  # (G,) float64, mean over the split's examples
     finite: torch.Tensor  # (G,) bool
     n: int  # examples in the split
+    grad: Optional[dict[str, torch.Tensor]] = None
+    """on request (`score_batch(grad=True)`): the gradient of the differentiable reward, minus the mean cross-entropy
+    over the split, with respect to every weight tensor of each set, key -> (G, *shape); zeros for non-finite sets"""
 
     @property
     def accuracy(self) -> torch.Tensor:  # (G,) float64
@@ -208,8 +213,9 @@ class Scores:
     @staticmethod
     def cat(parts: Sequence["Scores"]) -> "Scores":
         assert parts and len({p.n for p in parts}) == 1, "scores of different splits"
+        grad = None if parts[0].grad is None else {k: torch.cat([p.grad[k] for p in parts]) for k in parts[0].grad}
         return Scores(torch.cat([p.correct for p in parts]), torch.cat([p.loss for p in parts]),
-                      torch.cat([p.finite for p in parts]), parts[0].n)
+                      torch.cat([p.finite for p in parts]), parts[0].n, grad)
 
 
 def batched_logits(model: nn.Module, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -225,9 +231,11 @@ def batched_logits(model: nn.Module, params: Mapping[str, torch.Tensor], x: torc
 
 
 def _batched_passes(model: nn.Module, stacked: Mapping[str, torch.Tensor], split: Split, chunk_size: int,
-                    batch_size: Optional[int]) -> Iterator[tuple[torch.Tensor, slice, torch.Tensor]]:
-    """(set indices (c,), example slice, logits (c, b, classes)) over the finite weight sets, chunk by chunk and batch
-    by batch, in eval mode: memory is bounded by `chunk_size` sets x `batch_size` examples per call."""
+                    batch_size: Optional[int], differentiate: Sequence[str] = ()
+                    ) -> Iterator[tuple[torch.Tensor, slice, torch.Tensor, dict[str, torch.Tensor]]]:
+    """(set indices (c,), example slice, logits (c, b, classes), the chunk's weights) over the finite weight sets, chunk
+    by chunk and batch by batch, in eval mode: memory is bounded by `chunk_size` sets x `batch_size` examples per call.
+    The chunk's weights named in `differentiate` are leaves that require grad (under `torch.enable_grad`)."""
     g = batch_size_of(stacked)
     batch_size = batch_size or auto_batch_size(model, split, min(chunk_size, g))
     assert chunk_size >= 1 and batch_size >= 1, (chunk_size, batch_size)
@@ -236,10 +244,10 @@ def _batched_passes(model: nn.Module, stacked: Mapping[str, torch.Tensor], split
         for idx in _finite(stacked).nonzero().flatten().split(chunk_size):
             if not len(idx):  # every set non-finite: split() still yields one empty chunk
                 continue
-            params = {k: v[idx].to(device) for k, v in stacked.items()}
+            params = {k: v[idx].detach().to(device).requires_grad_(k in differentiate) for k, v in stacked.items()}
             for i in range(0, len(split), batch_size):
                 rows = slice(i, min(i + batch_size, len(split)))
-                yield idx, rows, batched_logits(model, params, split.x[rows].to(device))
+                yield idx, rows, batched_logits(model, params, split.x[rows].to(device)), params
 
 
 def _finite(stacked: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -247,29 +255,37 @@ def _finite(stacked: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return torch.stack([v.reshape(g, -1).isfinite().all(1) for v in stacked.values()]).all(0).cpu()
 
 
-@torch.no_grad()
 def score_batch(model: nn.Module, weights: Weights, split: Split, chunk_size: int = 16,
-                batch_size: Optional[int] = None) -> Scores:
+                batch_size: Optional[int] = None, grad: bool = False) -> Scores:
     """Score G weight sets of `model`'s architecture on `split` with one vmapped functional call per chunk and batch.
 
     `model` supplies the architecture and the integer buffers; it is run in eval mode, so BatchNorm normalises with each
     set's own running statistics, on its device (weights and examples are moved there; the scores come back on the
     CPU). Memory is bounded by `chunk_size` sets x `batch_size` examples per call (None: sized
     by `auto_batch_size`). An example whose logits are not all finite (overflowing but finite weights) counts as wrong.
+    `grad`: also the reward's gradient with respect to each set's weights (`Scores.grad`), by the same vmapped passes.
     """
     stacked = stack_weights(weights, model.state_dict())
     g = batch_size_of(stacked)
     finite = _finite(stacked)
     correct = torch.zeros(g, dtype=torch.int64)
     loss_sum = torch.zeros(g, dtype=torch.float64)
-    for idx, rows, logits in _batched_passes(model, stacked, split, chunk_size, batch_size):
-        y = split.y[rows].to(logits.device)
-        ok = logits.isfinite().all(-1) & (logits.argmax(-1) == y)
-        correct[idx] += ok.sum(1).cpu()
-        ce = F.cross_entropy(logits.float().flatten(0, 1), y.repeat(len(idx)), reduction="none")
-        loss_sum[idx] += ce.view(len(idx), -1).double().sum(1).cpu()
+    keys = weight_keys(model.state_dict()) if grad else []
+    grads = {k: torch.zeros(stacked[k].shape, dtype=stacked[k].dtype) for k in keys}
+    with torch.set_grad_enabled(grad):
+        for idx, rows, logits, params in _batched_passes(model, stacked, split, chunk_size, batch_size, keys):
+            y = split.y[rows].to(logits.device)
+            ok = logits.isfinite().all(-1) & (logits.argmax(-1) == y)
+            correct[idx] += ok.sum(1).cpu()
+            wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 autocast: the loss in fp32
+            ce = F.cross_entropy(wide.flatten(0, 1), y.repeat(len(idx)), reduction="none")
+            loss_sum[idx] += ce.view(len(idx), -1).double().sum(1).detach().cpu()
+            if grad:  # d(-mean CE)/dW: each set's loss depends on its own weights alone, so one backward serves all
+                parts = torch.autograd.grad(-ce.sum() / len(split), [params[k] for k in keys])
+                for k, d in zip(keys, parts):
+                    grads[k][idx] += d.detach().cpu()
     loss = torch.where(finite, loss_sum / len(split), torch.full_like(loss_sum, float("inf")))
-    return Scores(correct, loss, finite, len(split))
+    return Scores(correct, loss, finite, len(split), grads if grad else None)
 
 
 @torch.no_grad()
@@ -279,7 +295,7 @@ def predict_batch(model: nn.Module, weights: Weights, split: Split, chunk_size: 
     the logits are not finite (as `score_batch` counts them wrong)."""
     stacked = stack_weights(weights, model.state_dict())
     pred = torch.full((batch_size_of(stacked), len(split)), -1, dtype=torch.int64)
-    for idx, rows, logits in _batched_passes(model, stacked, split, chunk_size, batch_size):
+    for idx, rows, logits, _ in _batched_passes(model, stacked, split, chunk_size, batch_size):
         pred[idx, rows] = torch.where(logits.isfinite().all(-1), logits.argmax(-1), -1).cpu()
     return pred
 

@@ -89,14 +89,15 @@ class RolloutPool:
     def pids(self) -> list[int]:
         return ray.get([a.pid.remote() for a in self._actors], timeout=self.timeout_s)
 
-    def score(self, weights: Weights, examples: Optional[np.ndarray] = None) -> Scores:
+    def score(self, weights: Weights, examples: Optional[np.ndarray] = None, grad: bool = False) -> Scores:
         """Scores of G weight sets (any `envs.scoring.Weights` form), in input order: on the pool's split, or on the
-        train-split examples at indices `examples` when given."""
+        train-split examples at indices `examples` when given; `grad`: with each set's reward gradient
+        (`Scores.grad`), computed by the workers."""
         g = batch_size_of(weights)
         if g == 0:
             raise ValueError("no weight sets to score")
         ref = ray.put(as_numpy(weights))  # once: every actor reads the same object, and only its slice of it
-        extra = () if examples is None else (ray.put(np.asarray(examples)),)
+        extra = (None if examples is None else ray.put(np.asarray(examples)), grad)
         bounds = np.linspace(0, g, self.num_workers + 1).round().astype(int).tolist()
         shares = {i: (a, b) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])) if b > a}
         tries = dict.fromkeys(shares, 0)

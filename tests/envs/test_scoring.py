@@ -182,3 +182,26 @@ def test_auto_batch_size_keeps_activations_in_budget(task, monkeypatch):
     sets = weight_sets(task, "cnn", 5)
     scores = score_batch(cnn, sets, task.test, chunk_size=3)  # 45 calls of <= 10 examples
     assert scores.correct.tolist() == loop_scores(make(task, "cnn"), sets, task.test)[0]
+
+
+@pytest.mark.parametrize("family", ["mlp", "cnn"])
+def test_reward_gradients_equal_autograd_on_each_net_in_float64(task, family):
+    """score_batch(grad=True): per weight set, d(-mean CE over the split)/dW, computed in vmapped chunks and batches,
+    equals plain autograd of one model on the whole split, in float64; a non-finite set gets zeros."""
+    split = task.test
+    split = type(split)(split.x[:300].double(), split.y[:300])
+    models = [make(task, family, seed=s).double().eval() for s in range(3)]
+    states = [m.state_dict() for m in models]
+    states[1] = {k: v.clone() for k, v in states[1].items()}
+    first = weight_keys(states[1])[0]
+    states[1][first][0, 0] = float("nan")
+    scores = score_batch(models[0], states, split, chunk_size=2, batch_size=128, grad=True)
+    for i, m in enumerate(models):
+        if i == 1:
+            assert all((scores.grad[k][i] == 0).all() for k in scores.grad) and not scores.finite[i]
+            continue
+        loss = F.cross_entropy(m(split.x), split.y)
+        want = torch.autograd.grad(-loss, [p for _, p in m.named_parameters()])
+        for (k, _), w in zip(m.named_parameters(), want):
+            torch.testing.assert_close(scores.grad[k][i], w, rtol=1e-9, atol=1e-12)
+        assert scores.loss[i].item() == pytest.approx(loss.item(), rel=1e-9)
