@@ -159,6 +159,11 @@ class GRPOConfig:
     latent_std: Optional[float] = None
     """std of the unit latent with noise "units" (unit states are layer-normalised: about 1 per dimension); null: the
     policy's own (`policy.latent_std`: a generative policy's prior std, a regressor's 0.1 by default)"""
+    estimator: str = "score"
+    """the policy-gradient estimator: "score" (group-relative score function with the clipped ratio: GRPO) or
+    "pathwise" (the workers' gradient of the differentiable reward, minus the mean cross-entropy on the iteration's
+    examples, backpropagated through the last step's latent draw; needs noise "units" or a generative policy, and a
+    sampled last step)"""
     reward_batch: str = "fixed"
     """the examples a generated net is scored on: "fixed" (the task's reward split, every iteration) or "fresh" (as
     many examples drawn anew from the train split each iteration, so the reward cannot be learned by heart)"""
@@ -316,6 +321,10 @@ def config_from_dict(data: dict) -> ExperimentConfig:
                           f"held-out evaluation seeds")
     check_choice("grpo.reward", gc.reward, ("accuracy", "neg_loss"))
     check_choice("grpo.explore", gc.explore, ("all", "first", "last"))
+    check_choice("grpo.estimator", gc.estimator, ("score", "pathwise"))
+    if gc.estimator == "pathwise" and (gc.explore == "first" or (gc.noise != "units" and not cfg.policy.generative)):
+        raise ConfigError("config key grpo.estimator: pathwise backpropagates through the last step's unit latent: it "
+                          "needs grpo.noise=units (or a generative policy) and grpo.explore all or last")
     check_choice("grpo.noise", gc.noise, ("iid", "units"))
     check_choice("grpo.reward_batch", gc.reward_batch, ("fixed", "fresh"))
     if gc.antithetic and gc.group_size % 2:

@@ -46,6 +46,8 @@ class Rollouts:
     gain: Optional[torch.Tensor] = None  # (B,), accuracy of the policy's mean path minus the imitation policy's
     advantages: Optional[torch.Tensor] = None  # (B, G)
     zero_spread: Optional[torch.Tensor] = None  # (B,)
+    grads: Optional[dict[str, torch.Tensor]] = None  # "pathwise": d(reward)/dW of every sampled net, (N, *shape)
+    noise: Optional[dict[str, torch.Tensor]] = None  # "pathwise": the last step's standard-normal latent draws
     timing: dict[str, float] = field(default_factory=dict)
 
 
@@ -94,7 +96,13 @@ class GRPOTrainer:
         self.policy.eval()
         final, steps = self.wg.rollout(init, gc.group_size, self.rng["sample"], gc.antithetic, gc.explore)
         paths = [wg.generate(init, mean_only=True, trajectory=False)[0] for wg in (self.wg, self.imitation)]
-        return Rollouts(steps, final, seeds, {k: torch.cat([p[k] for p in paths]) for k in final})
+        ro = Rollouts(steps, final, seeds, {k: torch.cat([p[k] for p in paths]) for k in final})
+        if gc.estimator == "pathwise":  # the draws as noise, so the update can move their mean under them
+            last = steps[-1]
+            with torch.no_grad():
+                mean, std = self.policy.latent(last.states)
+            ro.noise = {g: (last.latent[g] - mean[g]) / std[g].view(-1, 1, 1) for g in mean}
+        return ro
 
     def reward_examples(self) -> Optional[np.ndarray]:
         """With `grpo.reward_batch: fresh`, this iteration's train-split example indices (as many as the reward split
@@ -108,7 +116,11 @@ class GRPOTrainer:
         """The G samples of every group, and both mean paths from the B inits, on the same reward examples."""
         gc = self.cfg.grpo
         b, n = gc.inits_per_iter, gc.inits_per_iter * gc.group_size
-        scores = self.pool.score({k: torch.cat([ro.final[k], ro.paths[k]]) for k in ro.final}, self.reward_examples())
+        pathwise = gc.estimator == "pathwise"
+        scores = self.pool.score({k: torch.cat([ro.final[k], ro.paths[k]]) for k in ro.final}, self.reward_examples(),
+                                 grad=pathwise)
+        if pathwise:
+            ro.grads = {k: v[:n].to(self.wg.device) for k, v in scores.grad.items()}
         ro.accuracy = scores.accuracy[:n].float().view(b, gc.group_size)
         ro.rewards = ro.accuracy if gc.reward == "accuracy" else scores.neg_loss()[:n].float().view_as(ro.accuracy)
         ro.gain = (scores.accuracy[n:n + b] - scores.accuracy[n + b:]).float()
@@ -145,6 +157,24 @@ class GRPOTrainer:
         drawn = step.latent if units else step.y
         return dist, ref, {k: v[mb] for k, v in drawn.items()}
 
+    def pathwise_loss(self, ro: Rollouts, mb: torch.Tensor) -> torch.Tensor:
+        """Minus the reward's first-order change, sum over weights of d(reward)/dW (from the workers) x W, for the
+        trajectories `mb`, with W the last step's output recomputed at the drawn noise under the current latent mean
+        (reparameterised: the trunk and head are frozen in "units" mode, so only the latent's mean carries a gradient).
+        Its gradient is the reward gradient through the last step (DRaFT-1, Clark et al. 2023)."""
+        step = ro.steps[-1]
+        rows = mb if len(next(iter(step.x.values()))) == len(ro.grads[next(iter(ro.grads))]) else \
+            mb // self.cfg.grpo.group_size  # a one-step walk: its input is the group's shared init
+        x = {k: v[rows] for k, v in step.x.items()}
+        t1, t2 = (torch.full((len(mb),), t, device=self.wg.device) for t in (step.t1, step.t2))
+        with torch.no_grad():
+            h, heads = self.policy.encode(x, t1, t2)
+        mean, std = self.policy.latent(h)
+        u = {g: mean[g] + std[g].view(-1, 1, 1) * ro.noise[g][mb] for g in mean}
+        y, _ = self.policy.decode(x, self.policy.lift(h, u), heads)
+        w = self.wg.tokenizer.decode(y, {k: ro.final[k][mb] for k in self.wg.layout.frozen})
+        return -sum((ro.grads[k][mb] * w[k]).flatten(1).sum(1) for k in ro.grads if k in w).mean()
+
     def update_policy(self, ro: Rollouts) -> dict[str, float]:
         """E epochs over minibatches of trajectories: clipped ratio objective per sampled step + beta * KL to the
         reference, averaged over the K steps (a mean-path step, see `grpo.explore`, adds its KL on one row per group)."""
@@ -170,7 +200,7 @@ class GRPOTrainer:
                 for step in ro.steps:
                     (mean, std), (ref_mean, ref_std), drawn = self.step_distributions(step, mb, groups, row_of)
                     kl_loss = kl_loss + gaussian_kl(mean, std, ref_mean, ref_std).mean() / len(ro.steps)
-                    if drawn is None:
+                    if drawn is None or gc.estimator == "pathwise":
                         continue
                     log_prob = gaussian_log_prob(drawn, mean, std)
                     if first:  # nothing has changed the policy since these steps were sampled
@@ -182,6 +212,8 @@ class GRPOTrainer:
                     stats["clipfrac"].append(s["clipfrac"].item())
                     stats["approx_kl"].append(s["approx_kl"].item())
                 first = False
+                if gc.estimator == "pathwise":
+                    pg_loss = self.pathwise_loss(ro, mb)
                 total = pg_loss + gc.beta_kl * kl_loss
                 self.opt.zero_grad(set_to_none=True)
                 total.backward()

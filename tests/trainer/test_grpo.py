@@ -277,3 +277,69 @@ def test_bench_gradient_compares_the_estimate_with_the_exact_gradient(imitation,
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert int(cells[1]) > 0 and all(-1.0 <= float(c) <= 1.0 for c in cells[2:]) and len(cells) == 4
     assert int(rows[0].split("|")[2]) > int(rows[1].split("|")[2])  # iid trains the whole policy, units its latent head
+
+
+@pytest.mark.parametrize("explore", ["all", "last"])
+def test_pathwise_loss_is_the_reward_gradient_through_the_last_step(imitation, in_tmp, explore):
+    """The pathwise surrogate (the workers' d(reward)/dW dotted with the last step's reparameterised output) has the
+    gradient of the true reward, minus the mean cross-entropy of the generated nets on the iteration's examples,
+    differentiated on the learner through the last step's latent draw."""
+    from envs.models import reference_from_config
+    from envs.scoring import batched_logits
+
+    t = grpo_trainer(imitation, in_tmp / "r", 1, *UNITS, "grpo.latent_std=0.2", "grpo.estimator=pathwise",
+                     f"grpo.explore={explore}")
+    t.pool = RolloutPool(t.cfg)
+    try:
+        ro = t.collect_rollouts()
+        t.score(ro)
+    finally:
+        t.pool.close()
+    mb = torch.tensor([0, 3, 5])
+    params = [p for p in t.policy.parameters() if p.requires_grad]
+    got = torch.autograd.grad(t.pathwise_loss(ro, mb), params)
+
+    step, g = ro.steps[-1], t.cfg.grpo.group_size
+    x = {k: v[mb // g] if len(v) == 2 else v[mb] for k, v in step.x.items()}
+    n = len(mb)
+    h, heads = t.policy.encode(x, torch.full((n,), step.t1), torch.full((n,), step.t2))
+    mean, std = t.policy.latent(h)
+    u = {k: mean[k] + (step.latent[k][mb] - mean[k].detach()) for k in mean}  # the drawn latent, reparameterised
+    w = t.wg.tokenizer.decode(t.policy.decode(x, t.policy.lift(h, u), heads)[0])
+    for k in w:
+        torch.testing.assert_close(w[k].detach(), ro.final[k][mb])  # the stored nets, recomputed
+    split = t.task.split("train")
+    idx = torch.as_tensor(t.reward_examples())
+    model = reference_from_config(t.cfg.reference, t.task).eval()
+    logits = batched_logits(model, w, split.x[idx])
+    reward = -torch.nn.functional.cross_entropy(logits.flatten(0, 1), split.y[idx].repeat(n), reduction="none")
+    want = torch.autograd.grad(-reward.view(n, -1).mean(1).mean(), params)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert any(a.abs().sum() > 0 for a in got)
+
+
+def test_pathwise_grpo_trains_and_resumes_bit_identically(imitation, in_tmp):
+    extra = [*UNITS, "grpo.estimator=pathwise"]
+    straight = grpo_trainer(imitation, in_tmp / "a", 2, *extra)
+    straight.train()
+    cut = grpo_trainer(imitation, in_tmp / "b", 2, *extra)
+    cut.pool = RolloutPool(cut.cfg)
+    try:
+        ro = cut.collect_rollouts()
+        cut.score(ro)
+        cut.compute_advantages(ro)
+        cut.update_policy(ro)
+        cut.iteration += 1
+        cut.checkpoint()
+    finally:
+        cut.pool.close()
+        cut.pool = None
+    resumed = grpo_trainer(imitation, in_tmp / "b", 2, *extra)
+    resumed.resume()
+    resumed.train()
+    a = load_weights(in_tmp / "a/policy.safetensors")[0]
+    b = load_weights(in_tmp / "b/policy.safetensors")[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    imitated = load_weights(imitation)[0]
+    assert any(not torch.equal(a[k], imitated[k]) for k in a)  # it moved
