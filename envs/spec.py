@@ -57,6 +57,9 @@ class EnvConfig:
     """final: reward-split accuracy of the final weights; improvement: per-step accuracy gain"""
 
 
+INT64 = 2**63
+
+
 def _check_type(value: Any, tp: Any, key: str) -> Any:
     """Return `value` checked against `tp` (an int is accepted as a float), or raise ConfigError naming `key`."""
     origin = typing.get_origin(tp)
@@ -81,6 +84,8 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
     if tp in (int, float, str, bool):
         if isinstance(value, bool) != (tp is bool) or not isinstance(value, tp):
             raise ConfigError(f"config key {key}: expected {tp.__name__}, got {value!r}")
+        if tp is int and not -INT64 <= value < INT64:  # torch seeds and sizes are 64-bit
+            raise ConfigError(f"config key {key}: {value} does not fit in a 64-bit integer")
         return value
     raise AssertionError(f"unsupported config type {tp} for {key}")
 

@@ -216,6 +216,38 @@ def sgd_from_seeds(cfg: ExperimentConfig, seeds: list[int], template: Mapping[st
     return {k: torch.stack([sd[k] for sd in sds]) for k in template}
 
 
+def sgd_checkpoints(cfg: ExperimentConfig, seeds: list[int], template: Mapping[str, torch.Tensor],
+                    progress: list[float]) -> list[dict[str, torch.Tensor]]:
+    """The cached SGD runs from held-out seeds (`sgd_from_seeds`, trained there if missing) at the zoo-grid
+    checkpoints nearest to each `progress` value: one stacked state dict (seeds, *shape) per progress value."""
+    sgd_from_seeds(cfg, seeds, template)
+    out = [[] for _ in progress]
+    for s in seeds:
+        folder = sgd_cache(cfg) / f"seed-{s:06d}"
+        ckpts = json.loads((folder / "run-0000" / "run.json").read_text())["checkpoints"]
+        for i, t in enumerate(progress):
+            c = min(ckpts, key=lambda c: abs(c["t"] - t))
+            out[i].append(load_weights(folder / c["file"], expected=template)[0])
+    return [{k: torch.stack([sd[k] for sd in sds]) for k in template} for sds in out]
+
+
+@torch.no_grad()
+def posterior_walk(wg, checkpoints: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """A generative policy's walk along its schedule from SGD runs' inits, each step decoding the latent its posterior
+    infers from the run's own checkpoint at the step's target: what the decoder makes when it is told where SGD went.
+    If these nets score like SGD's, the decoder can write SGD-like nets and any gap of the samples lies in the prior;
+    if not, in the posterior or the decoder. `checkpoints`: stacked states at the schedule's progress values."""
+    policy = wg.policy
+    x = wg.encode(checkpoints[0])
+    b = next(iter(x.values())).shape[0]
+    for (t1, t2), target in zip(zip(wg.schedule[:-1], wg.schedule[1:]), checkpoints[1:]):
+        t1s, t2s = (torch.full((b,), float(t), device=wg.device) for t in (t1, t2))
+        h, heads = policy.encode(x, t1s, t2s)
+        q_mean, _ = policy.posterior(h, wg.encode(target), t1s, t2s)
+        x, _ = policy.decode(x, policy.lift(h, q_mean), heads)
+    return wg.finish(wg.tokenizer.decode(x, {k: v.to(wg.device) for k, v in checkpoints[0].items()}))
+
+
 def summary(values) -> dict[str, float]:
     v = np.asarray(values, dtype=float)
     return dict(median=float(np.median(v)), mean=float(v.mean()), q10=float(np.quantile(v, 0.1)),

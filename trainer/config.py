@@ -285,6 +285,8 @@ RANGES: dict[str, Rule] = {
 
 def config_from_dict(data: dict) -> ExperimentConfig:
     cfg = from_dict(ExperimentConfig, data)
+    if not cfg.name or cfg.name in (".", "..") or "/" in cfg.name or "\\" in cfg.name:
+        raise ConfigError(f"config key name: {cfg.name!r} is not a folder name (it names the zoo and run folders)")
     check_env_sections(cfg.task, cfg.reference, cfg.env)
     check_ranges(cfg, RANGES)
     if cfg.policy.latent_dim > cfg.policy.dim:
@@ -315,8 +317,9 @@ def config_from_dict(data: dict) -> ExperimentConfig:
                           f"{im.eval_seed_start + im.eval_seeds - 1} overlap the zoo's seeds {cfg.zoo.seed}.."
                           f"{cfg.zoo.seed + cfg.zoo.runs - 1}")
     gc = cfg.grpo
-    if gc.seed_start < max(cfg.zoo.seed + cfg.zoo.runs, im.eval_seed_start + im.eval_seeds) and \
-            gc.seed_start + gc.iterations * gc.inits_per_iter > min(cfg.zoo.seed, im.eval_seed_start):
+    grpo_seeds = (gc.seed_start, gc.seed_start + gc.iterations * gc.inits_per_iter)
+    if any(grpo_seeds[0] < hi and lo < grpo_seeds[1] for lo, hi in
+           ((cfg.zoo.seed, cfg.zoo.seed + cfg.zoo.runs), (im.eval_seed_start, im.eval_seed_start + im.eval_seeds))):
         raise ConfigError(f"config key grpo.seed_start: GRPO init seeds from {gc.seed_start} overlap the zoo's or the "
                           f"held-out evaluation seeds")
     check_choice("grpo.reward", gc.reward, ("accuracy", "neg_loss"))

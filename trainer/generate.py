@@ -21,16 +21,23 @@ from trainer.pipeline import (WeightGenerator, init_states, reference_layout, re
 from trainer.zoo import reference_name
 
 
+MAX_SEEDS = 10**6  # one generated net, or one SGD run, per seed: a range beyond this is a typo
+
+
 def parse_seeds(text: str, flag: str = "--seeds", what: str = "seed") -> list[int]:
     """'3' -> [3]; '0..7' -> [0, ..., 7] (inclusive); '1,5,9' -> [1, 5, 9]. Errors name `flag` and `what` it lists."""
     try:
-        if ".." in text:
-            a, b = text.split("..")
-            seeds = list(range(int(a), int(b) + 1))
-        else:
-            seeds = [int(s) for s in text.split(",")]
+        ends = [int(s) for s in text.split("..")] if ".." in text else [int(s) for s in text.split(",")]
     except ValueError:
         raise ConfigError(f"{flag} {text!r}: expected N, A..B or A,B,C") from None
+    bad = [s for s in ends if not 0 <= s < 2**63]
+    if bad:  # seeds seed torch's 64-bit generators; a negative one would also name a file "seed--00003"
+        raise ConfigError(f"{flag} {text!r}: {what} {bad[0]} is not in [0, 2^63)")
+    if ".." in text and len(ends) == 2 and ends[1] - ends[0] >= MAX_SEEDS:
+        raise ConfigError(f"{flag} {text!r}: {ends[1] - ends[0] + 1} {what}s, more than {MAX_SEEDS}")
+    seeds = list(range(ends[0], ends[1] + 1)) if ".." in text and len(ends) == 2 else ends
+    if ".." in text and len(ends) != 2:
+        raise ConfigError(f"{flag} {text!r}: expected N, A..B or A,B,C")
     if not seeds:
         raise ConfigError(f"{flag} {text!r}: no {what}s")
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
@@ -79,6 +86,8 @@ def describe(sampling: bool, draws: int, best_of: int) -> str:
 
 
 def check_counts(args: argparse.Namespace) -> None:
+    if not 0 <= args.sample_seed < 2**63:
+        raise ConfigError(f"--sample-seed {args.sample_seed}: expected a value in [0, 2^63)")
     for flag, n in (("--samples", args.samples), ("--best-of", args.best_of)):
         if n < 1:
             raise ConfigError(f"{flag} {n}: expected at least 1")

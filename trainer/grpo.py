@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +28,10 @@ from rollout.pool import RolloutPool
 from trainer.algos import clipped_policy_loss, compute_grpo_advantages, learning_rate
 from trainer.checkpoints import CheckpointError, load_training_state, save_training_state
 from trainer.cli import parser, run_main, use_threads
-from trainer.config import ExperimentConfig
+from trainer.config import ConfigError, ExperimentConfig
 from trainer.device import worker_gpus
-from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy
-from trainer.runlog import RunLogger, check_run_dir, clear_run_dir
+from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy, sample_accuracy
+from trainer.runlog import RunLogger, check_run_dir, clear_run_dir, lock_run_dir
 
 
 @dataclass
@@ -236,7 +237,11 @@ class GRPOTrainer:
         pred = predict_batch(reference_from_config(self.cfg.reference, self.task).to(wg.device), sampled,
                              self.task.split("test").to(wg.device), self.cfg.rollout.chunk_size)
         same, across = prediction_agreement(pred, DIVERSITY_SAMPLES)
-        return {"accuracy": accs, "final": final, "same": same, "across": across}
+        out = {"accuracy": accs, "final": final, "same": same, "across": across}
+        if wg.policy.cfg.generative:  # what `generate` writes: one sample per init, the same noise for both policies
+            gen = torch.Generator().manual_seed(self.cfg.seed)
+            out["samples"] = sample_accuracy(wg, self.task, self.eval_seeds, gen)
+        return out
 
     def log_metrics(self, log: RunLogger, ro: Rollouts, losses: dict[str, float]) -> dict[str, float]:
         r = ro.rewards
@@ -264,6 +269,11 @@ class GRPOTrainer:
                             "diversity/agreement_across_inits": ev["across"],
                             "diversity/imitation_agreement_same_init": im["same"],
                             "diversity/imitation_agreement_across_inits": im["across"]})
+            if "samples" in ev:
+                sampled, base = np.asarray(ev["samples"]), np.asarray(im["samples"])
+                metrics.update({"eval/sample_accuracy_median": float(np.median(sampled)),
+                                "eval/imitation_sample_accuracy_median": float(np.median(base)),
+                                "eval/sample_gain_vs_imitation": float((sampled - base).mean())})
             final = ev["final"]
             first = self.wg.layout.tensors[0].key
             log.histogram(self.evaluations, f"generated/{first}", final[first])
@@ -283,8 +293,20 @@ class GRPOTrainer:
         path = self.run_dir / "state.safetensors"
         if not path.is_file():
             raise CheckpointError(f"{path}: nothing to resume from")
+        saved = self.run_dir / "policy.json"
+        if saved.is_file():  # a resumed run must be the run it continues: same GRPO settings but its length
+            was = json.loads(saved.read_text()).get("experiment", {}).get("grpo", {})
+            now = dataclasses.asdict(self.cfg.grpo)
+            changed = [k for k in now if k not in RESUMABLE and k in was and was[k] != now[k]]
+            if changed:
+                k = changed[0]
+                raise ConfigError(f"config key grpo.{k}: {now[k]!r} differs from the run being resumed ({was[k]!r}); "
+                                  f"start another run with --name")
         info = load_training_state(path, self.policy, self.opt, self.rng)
         self.iteration, self.elapsed = info["iteration"], info["elapsed_s"]
+        if self.iteration >= self.cfg.grpo.iterations:
+            raise ConfigError(f"{path}: the run finished its {self.iteration} iterations; nothing to resume (raise "
+                              f"grpo.iterations in a new run with --name to train longer)")
 
     def train(self) -> dict[str, float]:
         gc = self.cfg.grpo
@@ -326,6 +348,7 @@ class GRPOTrainer:
         return metrics
 
 
+RESUMABLE = ("iterations", "eval_every", "save_every")  # GRPO settings a resumed run may change
 DIVERSITY_INITS, DIVERSITY_SAMPLES = 8, 4  # held-out inits and nets sampled from each for the agreement measure
 
 
@@ -358,12 +381,13 @@ def main(args, cfg: ExperimentConfig) -> None:
         raise CheckpointError(f"{init_policy}: no imitation policy (run `python -m trainer.imitate` first, "
                               f"or pass --init-policy)")
     check_run_dir(run_dir, args.resume, args.overwrite)
-    trainer = GRPOTrainer(cfg, init_policy, run_dir)
-    if args.resume:
-        trainer.resume()
-    elif args.overwrite:
-        clear_run_dir(run_dir)
-    m = trainer.train()
+    with lock_run_dir(run_dir):  # one run per folder at a time
+        trainer = GRPOTrainer(cfg, init_policy, run_dir)
+        if args.resume:
+            trainer.resume()
+        elif args.overwrite:
+            clear_run_dir(run_dir)
+        m = trainer.train()
     print(f"policy: {run_dir / 'policy.safetensors'}  reward_mean {m.get('rollout/reward_mean', float('nan')):.4f}  "
           f"held-out test accuracy median {m.get('eval/accuracy_median', float('nan')):.4f}  "
           f"(python -m trainer.generate --policy {run_dir / 'policy.safetensors'})")

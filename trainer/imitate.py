@@ -25,7 +25,7 @@ from trainer.checkpoints import load_training_state, save_training_state
 from trainer.cli import parser, run_main, use_threads
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.device import resolve_device
-from trainer.runlog import RunLogger, check_run_dir, clear_run_dir
+from trainer.runlog import RunLogger, check_run_dir, clear_run_dir, lock_run_dir
 from trainer.pairs import ZooPairs
 from trainer.pipeline import (WeightGenerator, bn_recompute_inputs, init_states, mean_path_accuracy,
                               reference_layout, sample_accuracy, snap_schedule)
@@ -202,8 +202,12 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
     if resume:
         info = load_training_state(state_path, policy, opt, {"pairs": gen})
         start, elapsed = info["step"], info["elapsed_s"]
+        if start >= im.steps:
+            raise ConfigError(f"{state_path}: the run finished its {start} steps; nothing to resume (train longer in "
+                              f"a new run with --name and a larger imitate.steps)")
     elif overwrite:
         clear_run_dir(run_dir)
+    lock = lock_run_dir(run_dir)  # released in the `finally` below
     log = RunLogger(run_dir, cfg, purge_step=start + 1 if start else None)
     walked = walk_widths(policy, widths, sched_idx, grid) if im.walked_frac > 0 else None
     sched_pos = torch.full((c,), -1, dtype=torch.long)
@@ -243,6 +247,11 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), im.grad_clip)
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):  # nothing non-finite reaches a saved policy
+                saved = step - step % im.save_every
+                raise ConfigError(f"imitation diverged at step {step + 1} (loss {loss.item():.3g}, gradient norm "
+                                  f"{grad_norm.item():.3g}): lower imitate.lr ({im.lr}); "
+                                  + (f"the last saved state is step {saved}'s" if saved else "nothing was saved"))
             opt.step()
             done = step + 1
             if done % im.log_every == 0 or done == im.steps:
@@ -271,6 +280,7 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
                     walked = walk_widths(policy, widths, sched_idx, grid)
     finally:  # also on Ctrl-C or SIGTERM: the curves logged so far reach the disk
         log.close()
+        lock.close()
     return run_dir
 
 

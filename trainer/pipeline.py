@@ -58,9 +58,14 @@ def init_states(cfg: ExperimentConfig, task: Task, seeds: Iterable[int]) -> dict
 
 
 def snap_schedule(schedule: Sequence[float], grid: Sequence[float]) -> list[float]:
-    """Each schedule point moved to the nearest progress value the zoo has checkpoints at (duplicates dropped)."""
+    """Each schedule point moved to the nearest progress value the zoo has checkpoints at. Two points that snap to
+    one are an error (the walk would quietly lose a step)."""
     g = np.asarray(grid)
-    return sorted({float(g[np.abs(g - s).argmin()]) for s in schedule})
+    snapped = [float(g[np.abs(g - s).argmin()]) for s in schedule]
+    if len(set(snapped)) < len(snapped):
+        raise ConfigError(f"config key generate.schedule: {list(schedule)} snaps to {snapped} on the zoo's checkpoint "
+                          f"grid {[round(t, 4) for t in grid]}: points closer than the grid's spacing merge")
+    return snapped
 
 
 def repeat_groups(batch: Mapping[str, torch.Tensor], group_size: int) -> dict[str, torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -25,9 +26,30 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if resume:
         if not state.is_file():
             raise CheckpointError(f"{state}: nothing to resume from")
+    elif not overwrite and not any(Path(run_dir).glob(p) for p in RUN_FILES if not p.startswith("events")) and \
+            any(Path(run_dir).glob("events*")):
+        # A run that crashed before it saved anything left only its curves: nothing to resume, so no reason to refuse.
+        print(f"note: {run_dir}: removing the TensorBoard events of an earlier run that saved no state",
+              file=sys.stderr)
+        clear_run_dir(run_dir)
     elif not overwrite and any(f for pattern in RUN_FILES for f in Path(run_dir).glob(pattern)):
         raise ConfigError(f"{run_dir}: holds an earlier run; pass --resume to continue it, --overwrite to replace it, "
                           f"or --name to start another")
+
+
+def lock_run_dir(run_dir: Path):
+    """An exclusive lock on the run folder for as long as the returned file stays open (the process's life): a second
+    run started with the same --name stops here with a one-line error instead of writing into the first one's folder."""
+    import fcntl  # POSIX only; imported here so the module still imports where it is missing
+
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    handle = open(Path(run_dir) / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConfigError(f"{run_dir}: another run is writing to this folder; wait for it, or pass --name") from None
+    return handle
 
 
 def clear_run_dir(run_dir: Path) -> None:

@@ -169,9 +169,17 @@ def test_bench_generate_prints_random_sgd_and_policy_side_by_side(trained, in_tm
     assert bench.main(args) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [r.split("|")[1].split()[0] for r in rows] == ["random", "SGD", "policy"]
+    assert [r.split("|")[1].split()[0] for r in rows] == ["random", "SGD", "policy", "policy"]
+    assert "mean path" in rows[2] and "one sample per init, sample seed 0" in rows[3]
     ratios = [float(r.split("|")[4]) for r in rows]
     assert ratios[1] == 1.0 and 0.0 <= ratios[0] < 0.5
+    import numpy as np
+    from envs.tasks import load_task
+    from trainer.pipeline import WeightGenerator, sample_accuracy
+
+    wg = WeightGenerator.load(trained / "policy.safetensors", TINY)
+    want = np.median(sample_accuracy(wg, load_task("digits", reward_size=300), [0, 1, 2], torch.Generator().manual_seed(0)))
+    assert float(rows[3].split("|")[3]) == pytest.approx(want, abs=1e-4)  # the samples' median, recomputed
 
 
 def test_bench_generate_speed_times_generation_against_sgd_to_equal_accuracy(trained, in_tmp, capsys):
