@@ -176,7 +176,7 @@ def test_joins_a_ray_start_cluster(batch, tmp_path):
 
 
 def test_bench_rollout_smoke(ray_local, capsys):
-    from trainer.bench import main
+    from trainer.bench.__main__ import main
 
     argv = ["rollout", "--config", "configs/digits_mlp.yaml", "--set", "reference.widths=[8]", "-G", "3",
             "--repeats", "2", "--workers", "1"]

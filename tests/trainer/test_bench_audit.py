@@ -8,6 +8,9 @@ import torch
 from envs.tasks import task_from_config
 from policy.tokenizer import Tokenizer
 from trainer import audit
+from trainer.bench import fit, precision, rollout, sensitivity
+from trainer.bench.__main__ import build_parser, main as bench_main
+from trainer.bench.common import default_policy, figure
 from trainer.config import load_config
 from trainer.pipeline import init_states, reference_layout
 from trainer.zoo import train_run, write_manifest
@@ -119,11 +122,10 @@ def tiny_policy(tiny_zoo, in_tmp):
 
 
 def test_bench_audit_cli_writes_table_json_and_figures(tiny_zoo, tiny_policy, in_tmp, capsys):
-    from trainer import bench
     from trainer.pipeline import WeightGenerator, mean_path_accuracy
 
     cfg, task = tiny_zoo[:2]
-    assert bench.main(["audit", "--seeds", "4", "--out", "audit.md", "--plots", "figs"] + tiny_policy) == 0
+    assert bench_main(["audit", "--seeds", "4", "--out", "audit.md", "--plots", "figs"] + tiny_policy) == 0
     table = (in_tmp / "audit.md").read_text()
     assert "| generated (policy mean path) |" in table and "| k = 4 |" in table and "| k = 16 |" not in table
     r = json.loads((in_tmp / "audit.json").read_text())
@@ -149,10 +151,9 @@ def test_bench_audit_cli_writes_table_json_and_figures(tiny_zoo, tiny_policy, in
     (["--policy", "nowhere/policy.safetensors"], "nowhere/policy.safetensors: policy file not found"),
 ])
 def test_bench_audit_user_errors_are_one_line_before_any_work(tiny_zoo, in_tmp, capsys, args, message):
-    from trainer import bench
 
     sets = sum((["--set", s] for s in TINY + [f"zoo.out={tiny_zoo[0].zoo_dir}"]), [])
-    assert bench.main(["audit", *args, "--plots", "figs"] + sets) == 2
+    assert bench_main(["audit", *args, "--plots", "figs"] + sets) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
     assert not list(in_tmp.iterdir())  # nothing trained, nothing written
@@ -163,18 +164,18 @@ def test_bench_report_writes_results_with_tables_figures_and_commands_that_repro
     import re
     import shlex
 
-    from trainer import bench, plots
+    from trainer import plots
 
     def rollout_stub(args, cfgs):  # the Ray pool's start-up would dominate this test; it has its own smoke test
         return dict(table="| rollout stub |", figures=[plots.bars({"x": {"loop": 1.0}}, "t", "evals/s",
-                                                                  bench.figure(args, cfgs[0].name, "rollout"))])
+                                                                  figure(args, cfgs[0].name, "rollout"))])
 
-    monkeypatch.setattr(bench, "run_rollout", rollout_stub)
+    monkeypatch.setattr(rollout, "run", rollout_stub)
     (in_tmp / "artifacts/bench/digits_mlp").mkdir(parents=True)
     plots.bars({"x": {"a": 1.0}}, "grpo", "pts", in_tmp / "grpo-budget.png")
     (in_tmp / "artifacts/bench/digits_mlp/grpo.json").write_text(json.dumps(dict(
         command="python -m trainer.bench grpo --budget 3", table="| grpo table |", figures=["grpo-budget.png"])))
-    assert bench.main(["report", "--seeds", "4", "--out", "docs/RESULTS.md"] + tiny_policy) == 0
+    assert bench_main(["report", "--seeds", "4", "--out", "docs/RESULTS.md"] + tiny_policy) == 0
     text = (in_tmp / "docs/RESULTS.md").read_text()
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
     assert sorted(links) == ["figures/digits_mlp-audit-distance.png", "figures/digits_mlp-audit-ensembles.png",
@@ -186,18 +187,17 @@ def test_bench_report_writes_results_with_tables_figures_and_commands_that_repro
     (cmd,) = [c for c in re.findall(r"```bash\n(.*)\n```", text) if " audit " in c]
     argv = shlex.split(cmd)[3:]
     argv[argv.index("--out") + 1] = "again.md"
-    assert bench.main(argv) == 0
+    assert bench_main(argv) == 0
     assert (in_tmp / "again.md").read_text().strip() in text
 
 
 def test_bench_report_checks_every_step_before_the_first_runs(tiny_zoo, in_tmp, capsys):
-    from trainer import bench
 
     sets = sum((["--set", s] for s in TINY + [f"zoo.out={tiny_zoo[0].zoo_dir}"]), [])
-    assert bench.main(["report"] + sets) == 2  # no policy trained yet: found before generate runs
+    assert bench_main(["report"] + sets) == 2  # no policy trained yet: found before generate runs
     assert capsys.readouterr().err.startswith("error: artifacts/runs/digits_mlp-imitate/policy.safetensors: policy "
                                               "file not found")
-    assert bench.main(["report", "--config", "configs/digits_mlp.yaml", "--config", "configs/mnist_mlp.yaml",
+    assert bench_main(["report", "--config", "configs/digits_mlp.yaml", "--config", "configs/mnist_mlp.yaml",
                        "--policy", "p.safetensors"]) == 2
     assert capsys.readouterr().err == ("error: --policy applies to one experiment; with several --config each uses its "
                                        "imitation policy\n")
@@ -209,7 +209,7 @@ def test_bench_precision_compares_bf16_with_fp32_scores_of_the_same_samples(in_t
     bf16 ones an independent autocast scoring; the rank correlation is that of those two lists."""
     from scipy.stats import spearmanr
 
-    from trainer import bench, imitate
+    from trainer import imitate
     from trainer.pipeline import WeightGenerator, score_states
 
     sets = ["--set", "zoo.runs=3", "--set", "reference.widths=[8]", "--set", "zoo.epochs=2", "--set",
@@ -218,13 +218,13 @@ def test_bench_precision_compares_bf16_with_fp32_scores_of_the_same_samples(in_t
             "--set", "rollout.num_workers=1"]
     assert imitate.cli(sets) == 0
     overrides = [a for a in sets if a != "--set"]
-    assert bench.main(["precision", "--seeds", "2", "-G", "4"] + sets) == 0
+    assert bench_main(["precision", "--seeds", "2", "-G", "4"] + sets) == 0
     out = capsys.readouterr().out
     assert "2 groups of 4 sampled nets" in out and "same best net" in out
-    args = bench.build_parser().parse_args(["precision", "--seeds", "2", "-G", "4"] + sets)
+    args = build_parser().parse_args(["precision", "--seeds", "2", "-G", "4"] + sets)
     cfg = load_config("configs/digits_mlp.yaml", overrides)
-    result = bench.run_precision(args, [cfg])
-    wg = WeightGenerator.load(bench.default_policy(cfg), cfg=cfg)
+    result = precision.run(args, [cfg])
+    wg = WeightGenerator.load(default_policy(cfg), cfg=cfg)
     task = task_from_config(cfg.task)
     gen = torch.Generator().manual_seed(cfg.seed)
     for seed, group in zip((0, 1), result["groups"]):
@@ -236,7 +236,7 @@ def test_bench_precision_compares_bf16_with_fp32_scores_of_the_same_samples(in_t
             assert group["rho_accuracy"] == pytest.approx(
                 spearmanr(group["fp32_accuracy"], group["bf16_accuracy"]).statistic)
     with pytest.raises(SystemExit) as e:  # a ranking needs two nets: refused before any work
-        bench.main(["precision", "-G", "1"] + sets)
+        bench_main(["precision", "-G", "1"] + sets)
     assert e.value.code == 2 and "--group-size must be >= 2" in capsys.readouterr().err
 
 
@@ -245,7 +245,7 @@ def test_bench_fit_compares_the_policy_step_with_no_move_per_tensor(in_tmp, ray_
     directly; the policy column that of the policy's own forward pass from the inits; bad runs or start: one line."""
     from safetensors.torch import load_file
 
-    from trainer import bench, imitate
+    from trainer import imitate
     from trainer.pipeline import WeightGenerator
 
     sets = ["--set", "zoo.runs=3", "--set", "reference.widths=[8]", "--set", "zoo.epochs=2", "--set",
@@ -253,13 +253,13 @@ def test_bench_fit_compares_the_policy_step_with_no_move_per_tensor(in_tmp, ray_
             "--set", "imitate.eval_every=4", "--set", "imitate.save_every=4", "--set", "imitate.eval_seeds=2",
             "--set", "imitate.train_runs=2", "--set", "rollout.num_workers=1"]
     assert imitate.cli(sets) == 0
-    assert bench.main(["fit", "--runs", "0..2"] + sets) == 0
+    assert bench_main(["fit", "--runs", "0..2"] + sets) == 0
     out = capsys.readouterr().out
     assert "zoo runs 0..2 (2 of 3 among the runs it was imitated on)" in out
     cfg = load_config("configs/digits_mlp.yaml", [a for a in sets if a != "--set"])
-    args = bench.build_parser().parse_args(["fit", "--runs", "1,2"] + sets)
-    rows = {r["key"]: r for r in bench.run_fit(args, [cfg])["rows"]}
-    wg = WeightGenerator.load(bench.default_policy(cfg))
+    args = build_parser().parse_args(["fit", "--runs", "1,2"] + sets)
+    rows = {r["key"]: r for r in fit.run(args, [cfg])["rows"]}
+    wg = WeightGenerator.load(default_policy(cfg))
     manifest = json.loads((cfg.zoo_dir / "manifest.json").read_text())
     files = [[cfg.zoo_dir / r["checkpoints"][i]["file"] for r in manifest["runs"][1:]] for i in (0, -1)]
     init, final = ({k: torch.stack([load_file(f)[k] for f in fs]) for k in rows} for fs in files)
@@ -273,25 +273,24 @@ def test_bench_fit_compares_the_policy_step_with_no_move_per_tensor(in_tmp, ray_
     for bad, message in ((["--runs", "0..5"], "--runs 0..5: "),
                          (["--runs", "0..2", "--start", "99"], "--start 99: expected"),
                          (["--runs", "2..x"], "--runs '2..x': expected N, A..B or A,B,C")):
-        assert bench.main(["fit"] + bad + sets) == 2
+        assert bench_main(["fit"] + bad + sets) == 2
         assert message in capsys.readouterr().err
 
 
 def test_bench_sensitivity_is_zero_for_an_unmoved_init_and_refuses_negative_eps(in_tmp, capsys):
     """The zoo's recipe is deterministic: eps 0 retrains the same final exactly (0.000), while another data order
     moves it; the changes are relative to each run's own move; a negative eps is refused before any training."""
-    from trainer import bench
 
     sets = ["--set", "reference.widths=[8]", "--set", "zoo.epochs=1"]
-    args = bench.build_parser().parse_args(["sensitivity", "--seeds", "2", "--eps", "0", "0.5"] + sets)
+    args = build_parser().parse_args(["sensitivity", "--seeds", "2", "--eps", "0", "0.5"] + sets)
     cfg = load_config("configs/digits_mlp.yaml", [a for a in sets if a != "--set"])
-    result = bench.run_sensitivity(args, [cfg])
+    result = sensitivity.run(args, [cfg])
     assert result["columns"] == ["another data order", "init + 0 x RMS", "init + 0.5 x RMS"]
     assert set(result["change"]) == {"layers.0.weight", "layers.1.weight"}
     for order, same, far in result["change"].values():
         assert same == 0.0 and order > 0.01 and far > 0.01
     assert "| layers.0.weight |" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
-        bench.main(["sensitivity", "--eps", "-0.1"] + sets)
+        bench_main(["sensitivity", "--eps", "-0.1"] + sets)
     assert e.value.code == 2 and "--eps must be >= 0" in capsys.readouterr().err
     assert not list(in_tmp.iterdir())

@@ -244,11 +244,11 @@ def test_bench_grpo_measures_held_out_gain_against_evaluations(imitation, in_tmp
     import numpy as np
 
     from envs.tasks import task_from_config
-    from trainer import bench
+    from trainer.bench.__main__ import main as bench_main
     from trainer.pipeline import WeightGenerator, mean_path_accuracy
 
     args = ["grpo", "--runs", "2", "--iterations", "2", "--points", "2", "--seeds", "3", "--plots", "figs"]
-    assert bench.main(args + sum((["--set", s] for s in GRPO), [])) == 0
+    assert bench_main(args + sum((["--set", s] for s in GRPO), [])) == 0
     out = capsys.readouterr().out
     results = json.loads((in_tmp / "artifacts/bench/digits_mlp/grpo.json").read_text())
     assert results["table"] in out and (in_tmp / "figs/digits_mlp-grpo.png").stat().st_size > 0
@@ -263,14 +263,14 @@ def test_bench_grpo_measures_held_out_gain_against_evaluations(imitation, in_tmp
         tuned = WeightGenerator.load(in_tmp / f"artifacts/bench/digits_mlp/grpo-units-{run}/policy.safetensors", cfg=cfg)
         gains.append((np.asarray(mean_path_accuracy(tuned, task, range(3))[0]) - base).mean() * 100)
     assert results["curves"]["units"]["gain"][-1] == pytest.approx(np.mean(gains), abs=1e-6)
-    assert bench.main(["grpo", "--modes", "bogus"]) == 2
+    assert bench_main(["grpo", "--modes", "bogus"]) == 2
 
 
 def test_bench_gradient_compares_the_estimate_with_the_exact_gradient(imitation, in_tmp, capsys):
-    from trainer import bench
+    from trainer.bench.__main__ import main as bench_main
 
     args = ["gradient", "--iterations", "4", "--inits", "4"] + sum((["--set", s] for s in GRPO), [])
-    assert bench.main(args) == 0
+    assert bench_main(args) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| iid", "| units"))]
     assert len(rows) == 2
     for row in rows:  # mode, trained parameters, cosines at n = 1 and n = 4, each a real cosine

@@ -163,10 +163,10 @@ def test_user_init_file_is_used(trained, in_tmp):
 
 
 def test_bench_generate_prints_random_sgd_and_policy_side_by_side(trained, in_tmp, capsys):
-    from trainer import bench
+    from trainer.bench.__main__ import main as bench_main
 
     args = ["generate", "--seeds", "3"] + sum((["--set", s] for s in TINY), [])
-    assert bench.main(args) == 0
+    assert bench_main(args) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [r.split("|")[1].split()[0] for r in rows] == ["random", "SGD", "policy"]
@@ -175,10 +175,10 @@ def test_bench_generate_prints_random_sgd_and_policy_side_by_side(trained, in_tm
 
 
 def test_bench_generate_speed_times_generation_against_sgd_to_equal_accuracy(trained, in_tmp, capsys):
-    from trainer import bench
+    from trainer.bench.__main__ import main as bench_main
 
     args = ["generate", "--seeds", "3", "--speed", "--speed-seeds", "2", "--check-every", "5"]
-    assert bench.main(args + sum((["--set", s] for s in TINY), [])) == 0
+    assert bench_main(args + sum((["--set", s] for s in TINY), [])) == 0
     out = capsys.readouterr().out
     speed = out[out.index("Speed on cpu: 1 torch thread(s)"):]
     rows = [line.split("|")[1:-1] for line in speed.splitlines() if line.startswith("| ") and "---" not in line][1:]
@@ -188,7 +188,7 @@ def test_bench_generate_speed_times_generation_against_sgd_to_equal_accuracy(tra
 
 
 def test_paired_difference_is_mean_se_and_share_better():
-    from trainer.bench import paired_difference
+    from trainer.bench.common import paired_difference
 
     # differences 0.02, 0.00, 0.04 -> mean 2 pts, sd 2 pts, se 2 / sqrt(3) = 1.15; better on 2 of 3 seeds
     assert paired_difference([0.5, 0.6, 0.7], [0.52, 0.6, 0.74]) == "+2.00 +- 1.15 pts, better on 67%"
@@ -196,7 +196,7 @@ def test_paired_difference_is_mean_se_and_share_better():
 
 def test_es_search_raises_the_reward_it_searches_on():
     from envs.models import reference_from_config
-    from trainer.bench import es_search
+    from trainer.bench.search import es_search
     from trainer.pipeline import init_states
 
     cfg = load_config(overrides=TINY)
@@ -211,12 +211,12 @@ def test_es_search_raises_the_reward_it_searches_on():
 
 
 def test_bench_search_starts_from_the_mean_path_and_runs_both_reward_sources(trained, in_tmp, capsys):
-    from trainer import bench
+    from trainer.bench.__main__ import main as bench_main
     from trainer.pipeline import WeightGenerator, mean_path_accuracy
 
     args = ["search", "--seeds", "1", "--iterations", "4", "--pairs", "8", "--threads", "1"] + sum(
         (["--set", s] for s in TINY), [])
-    assert bench.main(args) == 0
+    assert bench_main(args) == 0
     rows = [r.split("|")[1:-1] for r in capsys.readouterr().out.splitlines() if r.startswith("| ") and "---" not in r]
     rows = rows[1:]
     assert [r[0].strip().split()[0] for r in rows] == ["the"] * 5 + ["fresh"] * 5
