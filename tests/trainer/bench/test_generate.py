@@ -9,7 +9,8 @@ def test_bench_generate_prints_random_sgd_and_policy_side_by_side(trained, in_tm
     assert bench_main(args) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [r.split("|")[1].split()[0] for r in rows] == ["random", "SGD", "policy"]
+    assert [r.split("|")[1].split()[0] for r in rows] == ["random", "SGD", "policy", "policy"]
+    assert "(mean path, " in rows[2] and "(one sample per init, sample seed 0" in rows[3]
     ratios = [float(r.split("|")[4]) for r in rows]
     assert ratios[1] == 1.0 and 0.0 <= ratios[0] < 0.5
 
