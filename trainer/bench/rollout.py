@@ -25,6 +25,10 @@ from trainer.device import resolve_device
 ROLLOUT_CONFIGS = ["configs/mnist_mlp.yaml", "configs/mnist_cnn.yaml"]
 
 
+class ScoringMismatch(RuntimeError):
+    """The scoring paths gave different correct counts for the same weight sets: one of them is wrong."""
+
+
 @dataclass
 class Row:
     experiment: str
@@ -58,7 +62,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def bench_rollout(cfg: ExperimentConfig, groups: int, repeats: int, workers: list[int], split: str) -> list[Row]:
-    """Time each scoring path on the same G weight sets (default inits from seeds cfg.seed + i); the paths must agree."""
+    """Time each scoring path on the same G weight sets (default inits from seeds cfg.seed + i). The paths must agree:
+    ScoringMismatch if any path's correct counts differ from the loop's."""
     task = task_from_config(cfg.task)
     data = task.split(split)
     model = reference_from_config(cfg.reference, task, seed=cfg.seed)
@@ -93,8 +98,10 @@ def bench_rollout(cfg: ExperimentConfig, groups: int, repeats: int, workers: lis
         rows.append(Row(cfg.name, method, n, seconds, groups, workers=n))
         results[method] = out.correct.tolist()
     first = next(iter(results.values()))
-    bad = [m for m, r in results.items() if r != first]
-    assert not bad, f"{cfg.name}: correct counts of {bad} differ from the loop's"
+    bad = {m: r for m, r in results.items() if r != first}
+    if bad:  # a raise, not an assert: `python -O` would time a path that scores wrongly
+        raise ScoringMismatch(f"{cfg.name}: correct counts of {list(bad)} differ from the loop's on the same "
+                              f"{groups} weight sets: loop {first}, " + ", ".join(f"{m} {r}" for m, r in bad.items()))
     if torch.cuda.is_available() and resolve_device(cfg.device).type == "cuda":
         rows += gpu_rows(cfg, model, stacked, data, groups, repeats, workers, first)
     return rows
