@@ -16,9 +16,9 @@ from typing import Any, Callable, Mapping, Optional
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A user-caused config problem; the message is one line naming the key at fault."""
+from envs.errors import ConfigError  # defined apart so that envs.tasks can raise it; importable from here as before
+from envs.models import REFERENCE_FAMILIES
+from envs.tasks import TASKS
 
 
 @dataclass
@@ -171,9 +171,6 @@ ENV_RANGES: dict[str, Rule] = {
 
 def check_env_sections(task: TaskConfig, reference: ReferenceConfig, env: Optional[EnvConfig] = None) -> None:
     """Registry names and numeric ranges are validated when the config loads, not mid-run."""
-    from envs.models import REFERENCE_FAMILIES
-    from envs.tasks import TASKS
-
     check_choice("task.name", task.name, TASKS)
     check_choice("reference.family", reference.family, REFERENCE_FAMILIES)
     check_choice("reference.head", reference.head, ("pool", "flatten"))

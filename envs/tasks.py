@@ -16,11 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from envs.spec import ConfigError
-
-
-class TaskDataError(RuntimeError):
-    """Task data missing or unreadable; the message is one line saying where the files are expected."""
+from envs.errors import ConfigError, TaskDataError  # TaskDataError: importable from here as before
 
 
 @dataclass(frozen=True)

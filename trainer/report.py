@@ -1,5 +1,6 @@
-"""`python -m trainer.bench report`: run the standard bench set (generate, audit, rollout, and GRPO's budget curve when
-its results exist) and write docs/RESULTS.md with every table, its figures and the command that reproduces it.
+"""The pieces of docs/RESULTS.md that `python -m trainer.bench report` (trainer/bench/report.py) writes: its input
+checks, one section per bench step (its command, a reading guide, the table and its figures), the audit's headline in
+numbers, and the GRPO hook.
 
 The GRPO hook: `python -m trainer.bench grpo` (built separately) is expected to leave `GRPO_RESULTS` (per experiment)
 holding {"command": "python -m trainer.bench grpo ...", "table": "<markdown>", "figures": ["<png path>", ...]}; the
@@ -11,18 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import shutil
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from trainer.bench.common import PROG, default_policy, held_out_seeds
 from trainer.checkpoints import load_policy_files
-from trainer.config import ConfigError, ExperimentConfig, load_config
+from trainer.config import ConfigError, ExperimentConfig
 from trainer.zoo import load_manifest
 
 GRPO_RESULTS = "artifacts/bench/{experiment}/grpo.json"
@@ -40,8 +38,6 @@ with SGD(i) than with SGD(j), and lies closer to SGD(i) than SGD(i) lies to its 
 
 def check_inputs(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> None:
     """Every user error the steps could hit, found before the first one runs: one line, exit 2."""
-    from trainer.bench import default_policy, held_out_seeds
-
     if args.policy and len(cfgs) > 1:
         raise ConfigError("--policy applies to one experiment; with several --config each uses its imitation policy")
     for cfg in cfgs:
@@ -51,16 +47,9 @@ def check_inputs(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> None
             load_policy_files(path)
 
 
-def run_step(argv: list[str]) -> dict:
-    """One bench subcommand in this process, exactly as `python -m trainer.bench ARGV` would run it."""
-    from trainer.bench import build_parser
-
-    args = build_parser().parse_args(argv)
-    return args.func(args, [load_config(path, args.overrides) for path in args.config or args.default_configs])
-
-
 def command(argv: list[str]) -> str:
-    return "python -m trainer.bench " + shlex.join(argv)
+    """The shell command that runs bench subcommand `argv`."""
+    return f"{PROG} " + shlex.join(argv)
 
 
 def section(title: str, argv: list[str], result: dict, out_dir: Path, guide: str = "") -> list[str]:
@@ -100,39 +89,3 @@ def grpo_section(cfg: ExperimentConfig, fig_dir: Path, out_dir: Path) -> list[st
     lines = ["### GRPO: held-out accuracy against the evaluation budget", "", "```bash", grpo["command"], "```", "",
              grpo["table"], ""]
     return lines + [f"![{Path(f).stem}]({Path(os.path.relpath(f, out_dir)).as_posix()})" for f in figures] + [""]
-
-
-def run_report(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
-    check_inputs(args, cfgs)
-    out = Path(args.out)
-    fig_dir = out.parent / "figures"
-    started = time.perf_counter()
-    paths = args.config or args.default_configs
-    sets = sum((["--set", s] for s in args.overrides), [])
-    policies = sum((["--policy", p] for p in args.policy or []), [])
-    held = ["--seeds", str(args.seeds), "--seed-start", str(args.seed_start)]
-    me = ["report", *sum((["--config", p] for p in paths), []), *sets, *held, *policies, "--out", str(out)]
-    lines = ["# Results", "", f"Written by `{command(me)}` on {platform.machine()} with {os.cpu_count()} CPUs, torch "
-             f"{torch.__version__}, 1-min load average {os.getloadavg()[0]:.1f} at the start. Every section names the "
-             "command that reproduces its table and figures (figures in `figures/`, tables also under "
-             "`artifacts/bench/`).", ""]
-    for path, cfg in zip(paths, cfgs):
-        tables = Path("artifacts/bench") / cfg.name
-        common = ["--config", path, *sets]
-        lines += [f"## {cfg.name}: {cfg.reference.family} {cfg.reference.widths} on {cfg.task.name}", ""]
-        steps = [("Held-out accuracy: random init, SGD and the policy", ["generate", *common, *held, *policies], ""),
-                 ("Novelty and fidelity audit",
-                  ["audit", *common, *held, *policies[:2], "--json", str(tables / "audit.json")], AUDIT_GUIDE),
-                 ("Scoring throughput", ["rollout", *common, "--threads", "1"], "")]
-        for title, argv, guide in steps:
-            argv = argv + ["--out", str(tables / f"{argv[0]}.md"), "--plots", str(fig_dir)]
-            print(f"report: {command(argv)}", file=sys.stderr, flush=True)
-            result = run_step(argv)
-            if argv[0] == "audit":
-                guide = guide + "\n\n" + audit_reading(result["results"])
-            lines += section(title, argv, result, out.parent, guide)
-        lines += grpo_section(cfg, fig_dir, out.parent)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines).rstrip() + "\n")
-    print(f"report: {out} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    return dict(table="\n".join(lines), figures=sorted(fig_dir.glob("*.png")))

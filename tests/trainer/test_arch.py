@@ -8,7 +8,8 @@ import torch
 
 from envs.models import build_reference
 from policy.tokenizer import Layout, transfer_scales
-from trainer import bench, generate, imitate
+from trainer import generate, imitate
+from trainer.bench.__main__ import main as bench_main
 from trainer.checkpoints import load_weights
 
 TINY = ["zoo.runs=3", "reference.widths=[8]", "zoo.epochs=2", "zoo.checkpoints=4", "zoo.batch_size=16",
@@ -84,7 +85,7 @@ def test_another_structure_is_a_one_line_error(trained, capsys):
 
 def test_bench_generate_trains_sgd_at_a_width_no_zoo_has(trained, capsys):
     args = ["generate", "--seeds", "2"] + sum((["--set", s] for s in TINY + ["reference.widths=[13]"]), [])
-    assert bench.main(args) == 0
+    assert bench_main(args) == 0
     out = capsys.readouterr().out
     assert "(mlp[13])" in out and "| SGD from these 2 held-out seeds" in out
 
@@ -131,7 +132,7 @@ def test_resnet_chain_with_generated_and_recomputed_batchnorm_statistics(in_tmp,
     ref.eval()
     ref(x)
     torch.testing.assert_close(bn["bn.running_mean"], ref.stem.out.mean((0, 2, 3)), atol=1e-5, rtol=1e-4)
-    assert bench.main(["generate", "--seeds", "1", "--policy", str(pol), "--config", str(CONFIGS / "digits_resnet.yaml"),
+    assert bench_main(["generate", "--seeds", "1", "--policy", str(pol), "--config", str(CONFIGS / "digits_resnet.yaml"),
                        "--set", "reference.widths=[4,8]", "--set", "zoo.runs=2", "--set", "zoo.epochs=1"]) == 0
     assert "SGD (2 zoo runs" in capsys.readouterr().out
 

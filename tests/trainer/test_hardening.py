@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from envs.models import build_reference
-from trainer import bench, generate, grpo, imitate, zoo
+from trainer import generate, grpo, imitate, zoo
+from trainer.bench.__main__ import main as bench_main
 from trainer.checkpoints import save_weights
 from trainer.config import load_config
 from trainer.pipeline import WeightGenerator, init_states, reference_layout
@@ -22,7 +23,7 @@ from trainer.zoo import zoo_spec
 
 from tests.trainer.test_imitate_generate import TINY
 
-ENTRY = {"zoo": zoo.cli, "imitate": imitate.cli, "grpo": grpo.cli, "generate": generate.main, "bench": bench.main}
+ENTRY = {"zoo": zoo.cli, "imitate": imitate.cli, "grpo": grpo.cli, "generate": generate.main, "bench": bench_main}
 
 
 def sets(*overrides):

@@ -6,10 +6,8 @@ import pytest
 import torch
 
 from envs.models import build_reference
-from envs.tasks import task_from_config
 from trainer import generate, imitate
 from trainer.checkpoints import load_weights, save_weights
-from trainer.config import load_config
 
 TINY = ["zoo.runs=3", "reference.widths=[8]", "zoo.epochs=2", "zoo.checkpoints=4", "zoo.batch_size=16",
         "policy.dim=16", "policy.rounds=1", "policy.heads=2", "imitate.steps=6", "imitate.eval_every=3",
@@ -160,78 +158,6 @@ def test_user_init_file_is_used(trained, in_tmp):
     assert generate.main(["--init", str(path), "--mean", "--out", "out"]) == 0
     report = json.loads((in_tmp / "out/report.json").read_text())
     assert report["samples"][0]["init"] == str(path) and (in_tmp / "out/mine-generated.safetensors").is_file()
-
-
-def test_bench_generate_prints_random_sgd_and_policy_side_by_side(trained, in_tmp, capsys):
-    from trainer import bench
-
-    args = ["generate", "--seeds", "3"] + sum((["--set", s] for s in TINY), [])
-    assert bench.main(args) == 0
-    out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [r.split("|")[1].split()[0] for r in rows] == ["random", "SGD", "policy", "policy"]
-    assert "mean path" in rows[2] and "one sample per init, sample seed 0" in rows[3]
-    ratios = [float(r.split("|")[4]) for r in rows]
-    assert ratios[1] == 1.0 and 0.0 <= ratios[0] < 0.5
-    import numpy as np
-    from envs.tasks import load_task
-    from trainer.pipeline import WeightGenerator, sample_accuracy
-
-    wg = WeightGenerator.load(trained / "policy.safetensors", TINY)
-    want = np.median(sample_accuracy(wg, load_task("digits", reward_size=300), [0, 1, 2], torch.Generator().manual_seed(0)))
-    assert float(rows[3].split("|")[3]) == pytest.approx(want, abs=1e-4)  # the samples' median, recomputed
-
-
-def test_bench_generate_speed_times_generation_against_sgd_to_equal_accuracy(trained, in_tmp, capsys):
-    from trainer import bench
-
-    args = ["generate", "--seeds", "3", "--speed", "--speed-seeds", "2", "--check-every", "5"]
-    assert bench.main(args + sum((["--set", s] for s in TINY), [])) == 0
-    out = capsys.readouterr().out
-    speed = out[out.index("Speed on cpu: 1 torch thread(s)"):]
-    rows = [line.split("|")[1:-1] for line in speed.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [r[1].strip() for r in rows] == ["1", "64", "1"] and rows[2][0].startswith(" SGD (sgd, batch 16)")
-    assert all(float(r[2]) >= 0 and float(r[3]) >= 0 for r in rows)  # ms/net, wall and CPU
-    assert rows[2][5].strip() == "1x" and int(rows[2][4]) % 5 == 0  # SGD steps: checked every 5
-
-
-def test_paired_difference_is_mean_se_and_share_better():
-    from trainer.bench import paired_difference
-
-    # differences 0.02, 0.00, 0.04 -> mean 2 pts, sd 2 pts, se 2 / sqrt(3) = 1.15; better on 2 of 3 seeds
-    assert paired_difference([0.5, 0.6, 0.7], [0.52, 0.6, 0.74]) == "+2.00 +- 1.15 pts, better on 67%"
-
-
-def test_es_search_raises_the_reward_it_searches_on():
-    from envs.models import reference_from_config
-    from trainer.bench import es_search
-    from trainer.pipeline import init_states
-
-    cfg = load_config(overrides=TINY)
-    task = task_from_config(cfg.task)
-    start = init_states(cfg, task, [0, 1])  # random inits: accuracy ~0.1
-    model = reference_from_config(cfg.reference, task)
-    reward = task.split("reward")
-    hist = es_search(model, start, lambda it: reward, {"reward": reward}, iterations=20, pairs=32, sigma=0.05, lr=1.0,
-                     seed=0, every=10)
-    assert [h["evaluations"] for h in hist] == [0, 640, 1280]
-    assert hist[0]["reward"] < 0.15 and hist[-1]["reward"] > hist[0]["reward"] + 0.05, hist
-
-
-def test_bench_search_starts_from_the_mean_path_and_runs_both_reward_sources(trained, in_tmp, capsys):
-    from trainer import bench
-    from trainer.pipeline import WeightGenerator, mean_path_accuracy
-
-    args = ["search", "--seeds", "1", "--iterations", "4", "--pairs", "8", "--threads", "1"] + sum(
-        (["--set", s] for s in TINY), [])
-    assert bench.main(args) == 0
-    rows = [r.split("|")[1:-1] for r in capsys.readouterr().out.splitlines() if r.startswith("| ") and "---" not in r]
-    rows = rows[1:]
-    assert [r[0].strip().split()[0] for r in rows] == ["the"] * 5 + ["fresh"] * 5
-    assert [int(r[1]) for r in rows[:5]] == [0, 16, 32, 48, 64]
-    wg = WeightGenerator.load(trained / "policy.safetensors")
-    test = mean_path_accuracy(wg, task_from_config(wg.cfg.task), [0])[0][0]
-    assert float(rows[0][3]) == float(rows[5][3]) == pytest.approx(test, abs=1e-4)
 
 
 def test_a_policy_saved_before_the_unit_latent_and_unit_codes_loads_with_them_at_zero(trained, in_tmp):

@@ -8,14 +8,52 @@ the generated start reaches it is the speed-up a user gets (NiNo reports about 2
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import torch
 
 from envs.models import reference_from_config
 from envs.scoring import evaluate
-from trainer.config import ExperimentConfig
+from envs.tasks import task_from_config
+from trainer.bench.common import default_policy, emit, figure, held_out_parser, held_out_seeds, paired_difference
+from trainer.config import ConfigError, ExperimentConfig
 from trainer.pipeline import WeightGenerator, init_states, unbatch
 from trainer.zoo import sgd_steps, total_steps
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    w = held_out_parser(sub, "warmstart", "SGD for B steps from the generated net vs from the init", seeds=16,
+                        func=run, threads=1)
+    w.add_argument("--policy", help="policy.safetensors (default: the imitation policy)")
+    w.add_argument("--fractions", type=int, default=6, help="budgets 1/2^(N-1) .. 1 of the zoo's (default 6)")
+    w.add_argument("--sample-seed", type=int, default=0, help="seed of the policy's sampling noise (default 0)")
+    return w
+
+
+def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
+    """SGD for B steps from the generated net against from the init, B = 1/2^(--fractions - 1) .. 1 of the zoo's."""
+    cfg = cfgs[0]
+    seeds = held_out_seeds(args, cfg)
+    if args.fractions < 1:
+        raise ConfigError(f"--fractions {args.fractions}: expected at least 1 budget")
+    wg = WeightGenerator.load(args.policy or default_policy(cfg), cfg=cfg)
+    task = task_from_config(cfg.task)
+    fractions = [2.0 ** -k for k in range(args.fractions - 1, -1, -1)]
+    r = warmstart(cfg, wg, task, seeds, fractions, args.sample_seed)
+    out = table(cfg.name, seeds, r)
+    emit(out, args.out)
+    figures = []
+    if args.plots:
+        from trainer import plots  # matplotlib: slow to import, only when figures are asked for
+
+        xs = [x["fraction"] for x in r["rows"]]
+        figures.append(plots.curves({"SGD for B steps": {
+            start: (xs, [float(np.median(x[key])) for x in r["rows"]])
+            for start, key in (("from the init", "init"), ("from the generated net", "generated"))}},
+            f"{cfg.name}: warm start", "B / zoo budget", "test accuracy (median)",
+            figure(args, cfg.name, "warmstart"), logx=True))
+    return dict(table=out, figures=figures, results=r)
 
 
 def sgd_from(cfg: ExperimentConfig, task, state: dict[str, torch.Tensor], seed: int, budget: int) -> float:
@@ -60,7 +98,8 @@ def first_reaching(rows: list[dict], target: float, key: str) -> float | None:
     return min(hit) if hit else None
 
 
-def table(name: str, seeds: list[int], r: dict, paired) -> str:
+def table(name: str, seeds: list[int], r: dict) -> str:
+    """`warmstart`'s results as markdown: per budget, median accuracy from either start and the per-seed difference."""
     full = next(x for x in r["rows"] if x["fraction"] == 1.0) if any(x["fraction"] == 1.0 for x in r["rows"]) else None
     target = float(np.median(full["init"])) if full else float("nan")
     lines = [f"{name}: SGD with the zoo's recipe compressed to B steps, from {len(seeds)} held-out inits "
@@ -71,7 +110,7 @@ def table(name: str, seeds: list[int], r: dict, paired) -> str:
              "| --- | --- | --- | --- | --- |"]
     for x in r["rows"]:
         lines.append(f"| 1/{round(1 / x['fraction'])} | {x['steps']} | {np.median(x['init']):.4f} | "
-                     f"{np.median(x['generated']):.4f} | {paired(x['init'], x['generated'])} |")
+                     f"{np.median(x['generated']):.4f} | {paired_difference(x['init'], x['generated'])} |")
     gen, init = first_reaching(r["rows"], target, "generated"), first_reaching(r["rows"], target, "init")
     lines += ["", f"Full-budget SGD from the init: {target:.4f}. The generated start reaches it at "
               + (f"1/{round(1 / gen)} of the budget ({1 / gen:.0f}x fewer steps)" if gen else "no budget measured")

@@ -1,0 +1,1 @@
+"""Tests of `python -m trainer.bench`: one module per subcommand, as in trainer/bench/."""

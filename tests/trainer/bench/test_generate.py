@@ -1,0 +1,36 @@
+"""`bench generate`: random inits, SGD and the policy side by side on held-out seeds, and its speed table."""
+
+import numpy as np
+import pytest
+import torch
+
+from envs.tasks import load_task
+from tests.trainer.test_imitate_generate import TINY, trained  # noqa: F401  (fixture)
+from trainer.bench.__main__ import main as bench_main
+from trainer.pipeline import WeightGenerator, sample_accuracy
+
+
+def test_bench_generate_prints_random_sgd_and_policy_side_by_side(trained, in_tmp, capsys):
+    args = ["generate", "--seeds", "3"] + sum((["--set", s] for s in TINY), [])
+    assert bench_main(args) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r.split("|")[1].split()[0] for r in rows] == ["random", "SGD", "policy", "policy"]
+    assert "(mean path, " in rows[2] and "(one sample per init, sample seed 0" in rows[3]
+    ratios = [float(r.split("|")[4]) for r in rows]
+    assert ratios[1] == 1.0 and 0.0 <= ratios[0] < 0.5
+    wg = WeightGenerator.load(trained / "policy.safetensors", TINY)
+    gen = torch.Generator().manual_seed(0)
+    want = np.median(sample_accuracy(wg, load_task("digits", reward_size=300), [0, 1, 2], gen))
+    assert float(rows[3].split("|")[3]) == pytest.approx(want, abs=1e-4)  # the samples' median, recomputed
+
+
+def test_bench_generate_speed_times_generation_against_sgd_to_equal_accuracy(trained, in_tmp, capsys):
+    args = ["generate", "--seeds", "3", "--speed", "--speed-seeds", "2", "--check-every", "5"]
+    assert bench_main(args + sum((["--set", s] for s in TINY), [])) == 0
+    out = capsys.readouterr().out
+    speed = out[out.index("Speed on cpu: 1 torch thread(s)"):]
+    rows = [line.split("|")[1:-1] for line in speed.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r[1].strip() for r in rows] == ["1", "64", "1"] and rows[2][0].startswith(" SGD (sgd, batch 16)")
+    assert all(float(r[2]) >= 0 and float(r[3]) >= 0 for r in rows)  # ms/net, wall and CPU
+    assert rows[2][5].strip() == "1x" and int(rows[2][4]) % 5 == 0  # SGD steps: checked every 5

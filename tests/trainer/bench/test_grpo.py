@@ -1,0 +1,44 @@
+"""`bench grpo` and `bench gradient`: GRPO's held-out gain against evaluations, and its gradient estimate against the
+exact gradient, from the tiny imitation policy of tests/trainer/test_grpo.py."""
+
+import json
+
+import numpy as np
+import pytest
+
+from envs.tasks import task_from_config
+from tests.trainer.test_grpo import GRPO, imitation  # noqa: F401  (fixture)
+from trainer.bench.__main__ import main as bench_main
+from trainer.config import load_config
+from trainer.pipeline import WeightGenerator, mean_path_accuracy
+
+
+def test_bench_grpo_measures_held_out_gain_against_evaluations(imitation, in_tmp, capsys):
+    args = ["grpo", "--runs", "2", "--iterations", "2", "--points", "2", "--seeds", "3", "--plots", "figs"]
+    assert bench_main(args + sum((["--set", s] for s in GRPO), [])) == 0
+    out = capsys.readouterr().out
+    results = json.loads((in_tmp / "artifacts/bench/digits_mlp/grpo.json").read_text())
+    assert results["table"] in out and (in_tmp / "figs/digits_mlp-grpo.png").stat().st_size > 0
+    for mode in ("iid", "units"):
+        curve = results["curves"][mode]
+        assert curve["evaluations"] == [0, 8, 16] and curve["gain"][0] == 0.0  # B x G = 8 evaluations an iteration
+    cfg = load_config(overrides=GRPO)
+    task = task_from_config(cfg.task)
+    base = mean_path_accuracy(WeightGenerator.load(imitation, cfg=cfg), task, range(3))[0]
+    gains = []
+    for run in range(2):  # the last point is each run's saved policy, measured independently
+        tuned = WeightGenerator.load(in_tmp / f"artifacts/bench/digits_mlp/grpo-units-{run}/policy.safetensors", cfg=cfg)
+        gains.append((np.asarray(mean_path_accuracy(tuned, task, range(3))[0]) - base).mean() * 100)
+    assert results["curves"]["units"]["gain"][-1] == pytest.approx(np.mean(gains), abs=1e-6)
+    assert bench_main(["grpo", "--modes", "bogus"]) == 2
+
+
+def test_bench_gradient_compares_the_estimate_with_the_exact_gradient(imitation, in_tmp, capsys):
+    args = ["gradient", "--iterations", "4", "--inits", "4"] + sum((["--set", s] for s in GRPO), [])
+    assert bench_main(args) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| iid", "| units"))]
+    assert len(rows) == 2
+    for row in rows:  # mode, trained parameters, cosines at n = 1 and n = 4, each a real cosine
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert int(cells[1]) > 0 and all(-1.0 <= float(c) <= 1.0 for c in cells[2:]) and len(cells) == 4
+    assert int(rows[0].split("|")[2]) > int(rows[1].split("|")[2])  # iid trains the whole policy, units its latent head

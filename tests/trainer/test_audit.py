@@ -1,0 +1,119 @@
+"""The audit's alignment, noise baseline and behaviour measures on a tiny digits zoo (`bench audit` end to end is in
+tests/trainer/bench/test_audit.py, which takes this module's tiny zoo and policy)."""
+
+import json
+
+import pytest
+import torch
+
+from envs.tasks import task_from_config
+from policy.tokenizer import Tokenizer
+from trainer import audit
+from trainer.config import load_config
+from trainer.pipeline import init_states, reference_layout
+from trainer.zoo import train_run, write_manifest
+
+TINY = ["zoo.runs=3", "reference.widths=[8]", "zoo.epochs=2", "zoo.checkpoints=4", "zoo.batch_size=16"]
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    """Three digits runs trained in-process (no Ray): (cfg, task, layout, stacked final checkpoints)."""
+    folder = tmp_path_factory.mktemp("zoo")
+    cfg = load_config(overrides=TINY + [f"zoo.out={folder}"])
+    for run in range(cfg.zoo.runs):
+        train_run(cfg, run, folder)
+    write_manifest(cfg, folder)
+    task = task_from_config(cfg.task)
+    template, layout = reference_layout(cfg, task)
+    return cfg, task, layout, audit.zoo_finals(cfg, template.state_dict())
+
+
+def permuted(states, layout, gen):
+    """A copy with every hidden group's units shuffled (one permutation per net)."""
+    blocks = audit.unit_blocks(states, layout)
+    n = next(iter(blocks.values())).shape[0]
+    for g in audit.hidden_groups(layout):
+        size = next(x.size for x in layout.groups if x.name == g)
+        blocks = audit.permute_blocks(blocks, layout, g, torch.stack([torch.randperm(size, generator=gen)
+                                                                      for _ in range(n)]))
+    return blocks
+
+
+def test_a_permuted_zoo_net_is_at_distance_zero_and_noise_at_zero_keeps_its_accuracy(tiny_zoo):
+    cfg, task, layout, zoo = tiny_zoo
+    zb = audit.unit_blocks(zoo, layout)
+    copy = permuted({k: v[1:2] for k, v in zoo.items()}, layout, torch.Generator().manual_seed(0))
+    d, raw = audit.aligned_distances(copy, zb, layout)
+    assert d.argmin().item() == 1 and d[0, 1].item() == pytest.approx(0.0, abs=1e-5)
+    assert raw[0, 1] > 1.0 and d[0, 0] > 1.0 and d[0, 2] > 1.0  # shuffled units are far apart until aligned
+    # The same function: the copy, decoded back to a state dict, predicts exactly what the zoo net predicts.
+    tok = Tokenizer(layout, {t.key: 1.0 for t in layout.tensors})
+    preds = audit.predictions(audit.test_logits(cfg, task, tok.decode(copy)))
+    zoo_preds = audit.predictions(audit.test_logits(cfg, task, zoo))
+    assert torch.equal(preds[0], zoo_preds[1])
+
+    noisy = audit.noise_baseline(zoo, torch.tensor([1, 1]), torch.tensor([0.0, 2.5]), seed=0)
+    assert all(torch.equal(noisy[k][0], zoo[k][1]) for k in zoo)
+    acc = (audit.predictions(audit.test_logits(cfg, task, noisy)) == task.test.y).double().mean(1)
+    manifest = json.loads((cfg.zoo_dir / "manifest.json").read_text())
+    assert acc[0].item() == manifest["runs"][1]["checkpoints"][-1]["test_accuracy"]  # evaluate()'s number, exactly
+    assert audit.distance(audit.unit_blocks({k: v[1:] for k, v in noisy.items()}, layout),
+                          {k: v[1:2] for k, v in zb.items()}).item() == pytest.approx(2.5, rel=1e-6)
+    assert acc[1] < acc[0]  # 2.5 is about the distance between zoo nets: noise that large costs accuracy
+
+
+@pytest.mark.parametrize("family, widths", [("mlp", [8, 6, 5]), ("cnn", [4, 6]), ("resnet", [4, 6])])
+def test_alignment_undoes_permutations_of_coupled_groups(family, widths):
+    """Any architecture through its unit layout: groups that share tensors (stacked layers, a residual stream) too."""
+    cfg = load_config(overrides=[f"reference.family={family}", f"reference.widths={widths}"])
+    task = task_from_config(cfg.task)
+    _, layout = reference_layout(cfg, task)
+    states = init_states(cfg, task, [0, 1])
+    copies = permuted(states, layout, torch.Generator().manual_seed(1))
+    blocks = audit.unit_blocks(states, layout)
+    assert (audit.distance(blocks, copies) > 1.0).all()
+    assert audit.distance(blocks, audit.align(blocks, copies, layout)).max().item() == pytest.approx(0.0, abs=1e-5)
+    # Scoring and the noise baseline take the family's integer buffers (BN step counts) along untouched.
+    same = audit.noise_baseline(states, torch.tensor([1]), torch.tensor([0.0]), seed=0)
+    # (one net alone vs two in one vmapped call: the same sums, maybe by another kernel)
+    torch.testing.assert_close(audit.test_logits(cfg, task, same)[0], audit.test_logits(cfg, task, states)[1])
+
+
+def test_leave_one_out_never_pairs_a_net_with_itself(tiny_zoo):
+    _, _, layout, zoo = tiny_zoo
+    zb = audit.unit_blocks(zoo, layout)
+    d, _ = audit.aligned_distances(zb, zb, layout, exclude_self=True)
+    assert torch.isinf(d.diagonal()).all() and torch.equal(d, d.T)
+    full, _ = audit.aligned_distances({k: v[:1] for k, v in zb.items()}, zb, layout)
+    assert full[0, 0] == 0.0 and d[0, 1:].tolist() == pytest.approx(full[0, 1:].tolist(), rel=1e-6)
+
+
+def test_error_iou_agreement_and_ensembles_on_hand_made_nets():
+    wrong = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    iou = audit.error_iou(wrong, wrong)
+    assert iou[0, 1].item() == pytest.approx(1 / 3) and iou[0, 2].item() == 0.0 and iou[2, 2].item() == 1.0
+    preds = torch.tensor([[0, 1, 2, 3], [0, 1, 0, 0]])
+    assert audit.agreement(preds, preds)[0, 1].item() == 0.5
+    assert audit.off_diagonal_mean(torch.tensor([[1.0, 0.2, 0.4], [0.0, 1.0, 0.0], [0.5, 0.5, 1.0]])).tolist() == \
+        pytest.approx([0.3, 0.0, 0.5])
+    # Two nets, each sure of one class on two examples: alone each gets 1 of 2 right; averaged they get both
+    # (net 0 is surer where it is right).
+    y = torch.tensor([0, 1])
+    logits = torch.tensor([[[5.0, 0.0], [5.0, 4.0]], [[0.0, 1.0], [0.0, 5.0]]])
+    assert audit.ensemble_accuracy(logits, y, 1) == [0.5, 0.5]
+    assert audit.ensemble_accuracy(logits, y, 2) == [1.0]
+
+
+POLICY = ["policy.dim=16", "policy.rounds=1", "policy.heads=2", "imitate.steps=6", "imitate.eval_every=3",
+          "imitate.save_every=3", "imitate.eval_seeds=2", "imitate.batch_size=4", "generate.schedule=[0.0,0.5,1.0]"]
+
+
+@pytest.fixture
+def tiny_policy(tiny_zoo, in_tmp):
+    """A 6-step imitation policy on the tiny zoo (already built, so no Ray starts); returns the --set arguments."""
+    from trainer import imitate
+
+    sets = sum((["--set", s] for s in TINY + [f"zoo.out={tiny_zoo[0].zoo_dir}"] + POLICY), [])
+    assert imitate.cli(sets) == 0
+    return sets

@@ -1,0 +1,62 @@
+"""`python -m trainer.bench`: measurements printed as markdown tables.
+
+`rollout`: evaluations per second of the scoring paths (a load_state_dict loop, batched vmap, the Ray pool).
+`generate`: test accuracy on held-out init seeds of random inits, the zoo's SGD runs and each given policy, side by side.
+`search`: what black-box search buys per evaluation: antithetic evolution strategies directly on the weights of a
+policy's generated nets (GRPO's signal with no policy in between), rewarded on the fixed reward split vs fresh batches.
+`warmstart`: SGD for B steps from the generated net against from the init, B = 1/32 .. 1 of the zoo's budget.
+`audit`: are generated nets new, or copies of zoo checkpoints, and do they land where SGD from the same init lands?
+`grpo`: GRPO's held-out gain over the imitation policy against the evaluations it spent, per exploration mode.
+`gradient`: the cosine of GRPO's policy-gradient estimate with the exact gradient of the expected reward, per mode.
+`precision`: bf16 autocast vs fp32 scoring: how GRPO's reward ranking within a group of sampled nets changes.
+`sensitivity`: how SGD's trained weights move when the init moves a little, against another data order.
+`fit`: per tensor, how well the policy's one step from zoo runs' inits reaches their end (imitated runs vs others).
+`report`: generate, audit and rollout on one experiment -> docs/RESULTS.md with the tables, figures and commands.
+Every subcommand but `fit` and `report` takes `--plots DIR` to write PNG figures next to its table.
+
+Each subcommand is one module of this package with `add_parser(sub)` and `run(args, cfgs)`, registered in
+`BENCHMARKS` below; what they share is in `trainer.bench.common`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from trainer.bench import (audit, common, fit, generate, gradient, grpo, precision, report, rollout, search,
+                           sensitivity, warmstart)
+from trainer.cli import guarded, use_threads
+from trainer.config import load_config
+from trainer.device import resolve_device
+
+# The subcommands, in the order `--help` lists them.
+BENCHMARKS = [rollout, generate, search, warmstart, audit, grpo, gradient, precision, sensitivity, fit, report]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return common.parser_of(BENCHMARKS, description=__doc__.splitlines()[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    if min(args.groups, args.repeats, args.threads or 1, *args.workers, getattr(args, "check_every", 1),
+           getattr(args, "speed_seeds", 1)) < 1:
+        p.error("--groups, --repeats, --threads, --workers, --check-every and --speed-seeds must be >= 1")
+    if min(getattr(args, "eps", [0.0])) < 0:
+        p.error("--eps must be >= 0")
+    if getattr(args, "group_size", 2) < 2:
+        p.error("--group-size must be >= 2: a ranking needs two nets")
+    paths = args.config or args.default_configs
+
+    def run() -> None:
+        cfgs = [load_config(path, args.overrides) for path in paths]
+        for cfg in cfgs:
+            resolve_device(cfg.device)  # a device this machine lacks fails here, before any work
+        use_threads(args.threads or cfgs[0].threads)
+        args.func(args, cfgs)
+
+    return guarded(run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

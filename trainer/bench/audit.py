@@ -1,0 +1,130 @@
+"""`python -m trainer.bench audit`: are generated nets new, or copies of zoo checkpoints, and do they land where SGD
+from the same init lands? The measures are `trainer.audit`'s; this is the subcommand and its table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from envs.tasks import task_from_config
+from trainer import audit
+from trainer.bench.common import default_policy, emit, figure, held_out_parser, held_out_seeds, paired_difference, \
+    spread
+from trainer.checkpoints import save_json
+from trainer.config import ExperimentConfig
+from trainer.pipeline import WeightGenerator, init_states, reference_layout
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    a = held_out_parser(sub, "audit", "novelty (vs the zoo) and fidelity (vs SGD from the same inits) of "
+                                      "generated nets", seeds=32, func=run, threads=1)
+    a.add_argument("--policy", help="policy.safetensors (default: the imitation policy)")
+    a.add_argument("--mean", action="store_true", help="audit the mean path (default: what `generate` writes)")
+    a.add_argument("--sample-seed", type=int, default=0, help="seed of the policy's sampling noise (default 0)")
+    a.add_argument("--json", help="per-net results (default: --out with .json, else artifacts/bench/<experiment>/"
+                                  "audit.json)")
+    return a
+
+
+def audit_table(r: dict) -> str:
+    """The audit's results (`trainer.audit.audit_nets` plus run info) as markdown."""
+    nov, fid, noise = r["novelty"], r["fidelity"], r["noise_baseline"]
+    zoo_median = float(np.median(nov["zoo"]["distance"]))
+    seeds = r["seeds"]
+    lines = [f"{r['experiment']}: audit of the nets ({r.get('output', 'the mean path')}) of {r['policy']} from {len(seeds)} held-out init seeds "
+             f"{seeds[0]}..{seeds[-1]}, against the final checkpoints of the zoo's {r['zoo_runs']} runs and SGD with "
+             f"the zoo's recipe from the same inits; {r['test_examples']} test examples. Each cell: median "
+             f"[10th, 90th percentile] over nets. Distances are L2 over all weights, after aligning hidden units to "
+             f"each zoo net by weight matching.", "",
+             "| nets | to the nearest zoo net | / zoo-to-zoo median | unaligned | max IoU of test errors with a "
+             "zoo net | test accuracy |", "| --- | --- | --- | --- | --- | --- |"]
+    for key, name, acc in (("generated", "generated (policy mean path)", "generated"),
+                           ("sgd", "SGD from the same held-out inits", "sgd"),
+                           ("zoo", "zoo nets, leave-one-out", "zoo")):
+        d = nov[key]["distance"]
+        lines.append(f"| {name} | {spread(d)} | {np.median(d) / zoo_median:.2f} | {spread(nov[key]['unaligned'])} | "
+                     f"{spread(nov[key]['max_iou'])} | {spread(r['accuracy'][acc])} |")
+    lines += ["", "| noise baseline | test accuracy | vs generated, per net |", "| --- | --- | --- |",
+              f"| generated | {spread(noise['generated'])} | |",
+              f"| its nearest zoo net + Gaussian noise at the generated net's distance | {spread(noise['noise'])} | "
+              f"{paired_difference(noise['generated'], noise['noise'])} |",
+              f"| its nearest zoo net | {spread(noise['nearest_zoo'])} | "
+              f"{paired_difference(noise['generated'], noise['nearest_zoo'])} |"]
+    lines += ["", "| fidelity to the init | prediction agreement, same init | other inits (mean) | L2 distance / "
+              "SGD(i)'s travel from init(i), same init | other inits (aligned, mean) |",
+              "| --- | --- | --- | --- | --- |",
+              f"| generated(i) vs SGD(i) | {spread(fid['agree_generated_same_init'])} | "
+              f"{spread(fid['agree_generated_other_init'])} | {spread(fid['generated_to_sgd_same_init'])} | "
+              f"{spread(fid['generated_to_sgd_other_init'])} |",
+              f"| SGD(i) with another data order vs SGD(i) | {spread(fid['agree_sgd_same_init'])} | "
+              f"{spread(fid['agree_sgd_other_init'])} | {spread(fid['sgd_to_sgd_same_init'])} | "
+              f"{spread(fid['sgd_to_sgd_other_init'])} |"]
+    if "agree_generated_two_draws" in fid:
+        lines.append(f"| a second sample from init(i) vs generated(i) | {spread(fid['agree_generated_two_draws'])} "
+                     f"| | | |")
+    lines += [
+              "", f"SGD's travel from the init: {spread(fid['sgd_travel'])} (L2).", "",
+              "| ensemble of k nets (averaged softmax) | generated (mean test accuracy) | SGD, same inits | "
+              "ensembles |",
+              "| --- | --- | --- | --- |"]
+    for k, e in r["ensembles"].items():
+        lines.append(f"| k = {k} | {np.mean(e['generated']):.4f} | {np.mean(e['sgd']):.4f} | {len(e['sgd'])} |")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
+    """Generated nets from held-out inits against the zoo (novelty) and against SGD from the same inits (fidelity)."""
+    cfg = cfgs[0]
+    seeds = held_out_seeds(args, cfg)
+    policy = args.policy or default_policy(cfg)
+    wg = WeightGenerator.load(policy, cfg=cfg)
+    task = task_from_config(cfg.task)
+    template, layout = reference_layout(cfg, task)
+    zoo = audit.zoo_finals(cfg, template.state_dict())
+    t = time.perf_counter()
+    inits = init_states(cfg, task, seeds)
+    sampling = not args.mean and wg.default_output == "samples"
+    gen = torch.Generator().manual_seed(args.sample_seed)
+    generated, _ = wg.generate(inits, mean_only=not sampling, generator=gen, trajectory=False)
+    second = wg.generate(inits, generator=gen, trajectory=False)[0] if sampling else None
+    print(f"audit: training SGD from {len(seeds)} held-out inits, twice (cached in {audit.sgd_cache(cfg)}) ...",
+          file=sys.stderr, flush=True)
+    sgd = audit.sgd_from_seeds(cfg, seeds, template.state_dict())
+    replicate = audit.sgd_from_seeds(cfg, seeds, template.state_dict(), replicate=True)
+    print(f"audit: aligning and scoring against {next(iter(zoo.values())).shape[0]} zoo nets ...", file=sys.stderr,
+          flush=True)
+    results = dict(experiment=cfg.name, policy=str(policy), seeds=seeds,
+                   output="one sample per init" if sampling else "the mean path",
+                   **audit.audit_nets(cfg, task, layout, zoo, inits, generated, sgd, replicate, second=second))
+    results["seconds"] = time.perf_counter() - t
+    json_path = Path(args.json or Path(args.out or f"artifacts/bench/{cfg.name}/audit.md").with_suffix(".json"))
+    save_json(json_path, results)
+    table = audit_table(results)
+    emit(table, args.out)
+    print(f"audit: {results['seconds']:.0f} s; per-net numbers in {json_path}", file=sys.stderr)
+    figures = []
+    if args.plots:
+        from trainer import plots  # matplotlib: slow to import, only when figures are asked for
+
+        nov = results["novelty"]
+        rows = {"generated -> nearest zoo net": "generated", "SGD, held-out inits -> nearest zoo net": "sgd",
+                "zoo net -> nearest other zoo net": "zoo"}
+        figures.append(plots.histograms({k: nov[v]["distance"] for k, v in rows.items()},
+                                        f"{cfg.name}: novelty in weights (hidden units aligned)", "L2 distance",
+                                        figure(args, cfg.name, "audit-distance")))
+        figures.append(plots.histograms({k: nov[v]["max_iou"] for k, v in rows.items()},
+                                        f"{cfg.name}: novelty in behaviour",
+                                        "highest IoU of test errors with a zoo net",
+                                        figure(args, cfg.name, "audit-iou")))
+        ens = results["ensembles"]
+        ks = [int(k) for k in ens]
+        figures.append(plots.curves({"averaged softmax of k nets": {
+            name: (ks, [float(np.mean(ens[str(k)][key])) for k in ks])
+            for name, key in (("generated", "generated"), ("SGD, same inits", "sgd"))}},
+            f"{cfg.name}: ensembles", "k nets", "test accuracy", figure(args, cfg.name, "audit-ensembles"), logx=True))
+    return dict(table=table, figures=figures, results=results)

@@ -1,0 +1,102 @@
+"""What the bench subcommands share: result output (`emit`, `figure`), the held-out seeds and their parser,
+the default policy, timing and the summary statistics printed in their tables."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from trainer.config import ConfigError, ExperimentConfig
+
+PROG = "python -m trainer.bench"
+
+
+def parser_of(benchmarks: Iterable[ModuleType], description: str | None = None) -> argparse.ArgumentParser:
+    """`python -m trainer.bench` with the subcommands of `benchmarks`: modules whose `add_parser(sub)` registers one."""
+    p = argparse.ArgumentParser(prog=PROG, description=description)
+    sub = p.add_subparsers(dest="command", required=True)
+    for bench in benchmarks:
+        bench.add_parser(sub)
+    return p
+
+
+def held_out_parser(sub, name: str, help: str, seeds: int, func: Callable, **defaults) -> argparse.ArgumentParser:
+    """A subcommand measured on one experiment's held-out init seeds: --config, --set, --seeds, --seed-start, --out;
+    it runs `func` on configs/digits_mlp.yaml unless --config says otherwise (`defaults`: more parsed defaults)."""
+    p = sub.add_parser(name, help=help)
+    p.set_defaults(func=func, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, workers=[1], **defaults)
+    p.add_argument("--config", action="append", default=None, help="experiment YAML (default: configs/digits_mlp.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--seeds", type=int, default=seeds, help=f"held-out init seeds (default {seeds})")
+    p.add_argument("--seed-start", type=int, default=0, help="first held-out seed (default 0)")
+    p.add_argument("--out", help="also write the table to this file")
+    p.add_argument("--plots", metavar="DIR", help="also write PNG figures to this folder")
+    return p
+
+
+def emit(table: str, out: str | None) -> None:
+    """Print a result table, and write it to `out` too when given."""
+    print(table)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(table + "\n")
+
+
+def figure(args: argparse.Namespace, experiment: str, name: str) -> Path:
+    """Where a subcommand's figure goes: <--plots>/<experiment>-<name>.png, so experiments share one folder."""
+    return Path(args.plots) / f"{experiment}-{name}.png"
+
+
+def held_out_seeds(args: argparse.Namespace, cfg: ExperimentConfig) -> list[int]:
+    """--seed-start .. + --seeds, checked to be held out: no zoo run started from any of them."""
+    seeds = list(range(args.seed_start, args.seed_start + args.seeds))
+    zoo = range(cfg.zoo.seed, cfg.zoo.seed + cfg.zoo.runs)
+    if not seeds:
+        raise ConfigError(f"--seeds {args.seeds}: need at least one held-out seed")
+    if set(seeds) & set(zoo):
+        raise ConfigError(f"held-out seeds {seeds[0]}..{seeds[-1]} overlap the zoo's seeds {zoo[0]}..{zoo[-1]} "
+                          f"(choose another --seed-start)")
+    return seeds
+
+
+def default_policy(cfg: ExperimentConfig) -> str:
+    return f"artifacts/runs/{cfg.name}-imitate/policy.safetensors"
+
+
+def timed(fn: Callable[[], object], repeats: int) -> tuple[list[float], object]:
+    """Wall seconds of each of `repeats` calls of `fn`, and what the last call returned."""
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return times, out
+
+
+def stopwatch(fn: Callable[[], object], nets: int, device: torch.device = torch.device("cpu")) -> tuple[float, float]:
+    """(wall, CPU) seconds per net of one call of `fn`. CPU time counts only this process, so on a shared machine it
+    tells the work apart from the waiting. On CUDA the clock stops when the device has finished."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - wall) / nets, (time.process_time() - cpu) / nets
+
+
+def paired_difference(base: list[float], other: list[float]) -> str:
+    """Per-seed comparison of two policies on the same seeds: mean difference in points with its standard error, and
+    the share of seeds where `other` is better, e.g. "+2.05 +- 0.16 pts, better on 94%"."""
+    d = (np.asarray(other) - np.asarray(base)) * 100
+    se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return f"{d.mean():+.2f} +- {se:.2f} pts, better on {(d > 0).mean():.0%}"
+
+
+def spread(values) -> str:
+    """median [10th percentile, 90th percentile]"""
+    return f"{np.median(values):.3f} [{np.quantile(values, 0.1):.3f}, {np.quantile(values, 0.9):.3f}]"

@@ -1,0 +1,166 @@
+"""`python -m trainer.bench generate`: test accuracy on held-out init seeds of random inits, the zoo's SGD runs and
+each given policy, side by side; with `--speed`, also the time to a trained net against SGD's."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from envs.models import reference_from_config
+from envs.scoring import evaluate
+from envs.tasks import task_from_config
+from trainer.audit import sgd_cache, sgd_from_seeds
+from trainer.bench.common import default_policy, emit, figure, held_out_parser, held_out_seeds, paired_difference, \
+    stopwatch
+from trainer.config import ExperimentConfig
+from trainer.device import resolve_device
+from trainer.pipeline import (WeightGenerator, init_states, mean_path_accuracy, reference_layout, sample_accuracy,
+                              score_states)
+from trainer.zoo import load_manifest, reference_name, sgd_steps, total_steps, zoo_at_width
+
+SPEED_BATCH = 64  # nets per call in the batched generation timing
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    g = held_out_parser(sub, "generate", "held-out accuracy: random init vs SGD vs policies", seeds=32, func=run)
+    g.add_argument("--policy", action="append", help="policy.safetensors, repeatable (default: the imitation policy)")
+    g.add_argument("--sample-seed", type=int, default=0, help="seed of the policies' sampling noise (default 0)")
+    g.add_argument("--speed", action="store_true",
+                   help="also time it: ms/net of the first policy's mean path (1 and 64 nets per call) against SGD's "
+                        "time from held-out seeds to that policy's median test accuracy, interleaved in this process")
+    g.add_argument("--speed-seeds", type=int, default=8, help="held-out seeds SGD runs from with --speed (default 8)")
+    g.add_argument("--check-every", type=int, default=20, help="SGD steps between test-accuracy checks (default 20)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: the config's `threads`; the speed table is read per thread)")
+    return g
+
+
+def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
+    """Median test accuracy over held-out seeds: random init, SGD (the zoo's final checkpoints), each policy's mean path."""
+    cfg = cfgs[0]
+    seeds = held_out_seeds(args, cfg)
+    zoo = zoo_at_width(cfg)
+    manifest = load_manifest(zoo.zoo_dir) if zoo is not None else None
+    policies = {path: WeightGenerator.load(path, cfg=cfg) for path in args.policy or [default_policy(cfg)]}
+    task = task_from_config(cfg.task)
+    random = score_states(cfg, task, init_states(cfg, task, seeds), "test")
+    rows = [("random init (PyTorch default)", "-", float(np.median(random)), "")]
+    if manifest is not None:
+        zoo_accs = [r["checkpoints"][-1]["test_accuracy"] for r in manifest["runs"]]
+        rows.append((f"SGD ({len(manifest['runs'])} zoo runs, final checkpoint)", "-", float(np.median(zoo_accs)), ""))
+        per_seed = {"SGD (zoo runs)": zoo_accs}
+    else:  # a width no zoo run has: SGD with the zoo's recipe from the held-out seeds themselves (cached)
+        print(f"bench: no zoo at {reference_name(cfg)}; training SGD from the {len(seeds)} held-out seeds "
+              f"(cached in {sgd_cache(cfg)}) ...", file=sys.stderr, flush=True)
+        t = time.perf_counter()
+        one = dataclasses.replace(cfg, zoo=dataclasses.replace(cfg.zoo, widths=[]))
+        sgd_nets = sgd_from_seeds(one, seeds, reference_layout(cfg, task)[0].state_dict())
+        zoo_accs = score_states(cfg, task, sgd_nets, "test")
+        rows.append((f"SGD from these {len(seeds)} held-out seeds (zoo recipe, trained here; "
+                     f"{time.perf_counter() - t:.0f} s)", "-", float(np.median(zoo_accs)), ""))
+        per_seed = {"SGD (held-out seeds)": zoo_accs}
+    sgd = rows[-1][2]
+    first = None
+    for path, wg in policies.items():
+        t = time.perf_counter()
+        accs, _ = mean_path_accuracy(wg, task, seeds)
+        seconds = time.perf_counter() - t
+        rows.append((f"policy {path} (mean path, {seconds / len(seeds) * 1000:.0f} ms/net to generate and score)",
+                     str(len(wg.schedule) - 1), float(np.median(accs)),
+                     "" if first is None else paired_difference(first, accs)))
+        first = accs if first is None else first
+        per_seed[f"{Path(path).parent.name} (mean path)"] = accs
+        sampled = sample_accuracy(wg, task, seeds, torch.Generator().manual_seed(args.sample_seed))
+        rows.append((f"policy {path} (one sample per init, sample seed {args.sample_seed}"
+                     f"{'; the default output' if wg.default_output == 'samples' else ''})",
+                     str(len(wg.schedule) - 1), float(np.median(sampled)), paired_difference(first, sampled)))
+        per_seed[f"{Path(path).parent.name} (samples)"] = sampled
+    lines = [f"{cfg.name} ({reference_name(cfg)}): median test accuracy over {len(seeds)} held-out init seeds "
+             f"{seeds[0]}..{seeds[-1]}", "",
+             "| weights | steps | test accuracy (median) | / SGD | per seed vs the first policy |",
+             "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {name} | {k} | {acc:.4f} | {acc / sgd:.3f} | {paired} |" for name, k, acc, paired in rows]
+    if args.speed:
+        path, wg = next(iter(policies.items()))
+        lines += ["", speed_table(args, cfg, wg, path, task, seeds[:args.speed_seeds], float(np.median(first)))]
+    table = "\n".join(lines)
+    emit(table, args.out)
+    figures = []
+    if args.plots:
+        from trainer import plots  # matplotlib: slow to import, only when figures are asked for
+
+        # Random inits sit near 0.1, far left of the rest: on the axis they would squash the trained nets together.
+        figures.append(plots.strips(per_seed, f"{cfg.name}: test accuracy per net; policies from held-out seeds "
+                                    f"{seeds[0]}..{seeds[-1]}, SGD: the zoo's runs\n(random inits from those seeds: "
+                                    f"median {np.median(random):.3f}, off the axis)", "test accuracy",
+                                    figure(args, cfg.name, "generate")))
+    return dict(table=table, figures=figures)
+
+
+def sgd_time_to_accuracy(cfg: ExperimentConfig, task, seed: int, target: float, check_every: int) -> dict:
+    """SGD with the zoo's recipe from the init of `seed` (minibatch order from the same seed, as a zoo run draws it)
+    under a stopwatch that runs only while it trains: test accuracy is checked every `check_every` steps, off the
+    clock, until it reaches `target`. Returns the steps, wall and CPU seconds, and whether it got there at all."""
+    device = resolve_device(cfg.device)
+    task = task.to(device)
+    model = reference_from_config(cfg.reference, task, seed=seed).to(device)
+    training = sgd_steps(cfg, model, task, seed if cfg.zoo.data_seed is None else cfg.zoo.data_seed)
+    done, wall, cpu, total = 0, 0.0, 0.0, total_steps(cfg, task)
+    while evaluate(model, task.test)[1] < target:
+        if done == total:
+            return dict(steps=done, wall_s=wall, cpu_s=cpu, reached=False)
+        w, c = stopwatch(lambda: list(itertools.islice(training, check_every)), 1, device)
+        done, wall, cpu = min(done + check_every, total), wall + w, cpu + c
+    return dict(steps=done, wall_s=wall, cpu_s=cpu, reached=True)
+
+
+def speed_table(args: argparse.Namespace, cfg: ExperimentConfig, wg, path: str, task, seeds: list[int],
+                target: float) -> str:
+    """Time to a trained net: the policy's mean path one net at a time and SPEED_BATCH at a time, against SGD from the
+    held-out `seeds` to the policy's median test accuracy `target`; all interleaved in this process, one repeat per
+    SGD seed, medians reported."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or 1)  # generation and SGD both timed on one thread unless asked otherwise
+    try:
+        batch = init_states(cfg, task, range(args.seed_start, args.seed_start + SPEED_BATCH))
+        ones = [{k: v[i:i + 1] for k, v in batch.items()} for i in range(len(seeds))]
+        for fn in (lambda: wg.generate(ones[0], mean_only=True, trajectory=False),
+                   lambda: wg.generate(batch, mean_only=True, trajectory=False)):
+            fn()  # warm-up: first-call costs are not rates
+        one, many, sgd = [], [], []
+        for seed in tqdm(seeds, desc="speed: SGD to equal accuracy and generation, interleaved"):
+            sgd.append(sgd_time_to_accuracy(cfg, task, seed, target, args.check_every))
+            one.append(stopwatch(lambda: [wg.generate(o, mean_only=True, trajectory=False) for o in ones], len(ones),
+                                 wg.device))
+            many.append(stopwatch(lambda: wg.generate(batch, mean_only=True, trajectory=False), SPEED_BATCH, wg.device))
+    finally:
+        torch.set_num_threads(threads)
+    sgd_wall, sgd_cpu = (float(np.median([r[k] for r in sgd])) for k in ("wall_s", "cpu_s"))
+    reached = sum(r["reached"] for r in sgd)
+
+    def ratio(sgd_s: float, gen_s: float) -> str:
+        return f"{sgd_s / gen_s:.0f}x" if gen_s > 0 else "-"
+
+    lines = [f"Speed on {wg.device}: {args.threads or 1} torch thread(s), {os.cpu_count()} CPUs, 1-min load average "
+             f"{os.getloadavg()[0]:.1f}; medians of {len(seeds)} interleaved repeats. SGD: the zoo's recipe from held-out "
+             f"seeds {seeds[0]}..{seeds[-1]} until test accuracy >= {target:.4f} (the policy's median), checked every "
+             f"{args.check_every} steps off the clock; {reached}/{len(seeds)} reached it (the recipe runs "
+             f"{total_steps(cfg, task)} steps).", "",
+             "| method | nets per call | ms/net (wall) | ms/net (CPU) | SGD steps | SGD time / this (wall) | (CPU) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, n, times in ((f"policy {path} (mean path, {len(wg.schedule) - 1} steps)", 1, one),
+                           ("same, batched", SPEED_BATCH, many)):
+        w, c = (float(np.median([t[i] for t in times])) for i in (0, 1))
+        lines.append(f"| {name} | {n} | {w * 1000:.2f} | {c * 1000:.2f} | | {ratio(sgd_wall, w)} | {ratio(sgd_cpu, c)} |")
+    lines.append(f"| SGD ({cfg.zoo.optimizer}, batch {cfg.zoo.batch_size}) to equal test accuracy | 1 | "
+                 f"{sgd_wall * 1000:.1f} | {sgd_cpu * 1000:.1f} | {np.median([r['steps'] for r in sgd]):.0f} | 1x | 1x |")
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""`python -m trainer.bench report`: run the standard bench set (generate, audit, rollout, and GRPO's budget curve when
+its results exist) on each experiment and write docs/RESULTS.md with every table, its figures and the command that
+reproduces it. The document's pieces (sections, the audit's reading, the GRPO hook) are `trainer.report`'s."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from trainer.bench import audit, generate, rollout
+from trainer.bench.common import parser_of
+from trainer.config import ExperimentConfig, load_config
+from trainer.report import AUDIT_GUIDE, audit_reading, check_inputs, command, grpo_section, section
+
+STEPS = (generate, audit, rollout)  # the subcommands a report runs, each from its command line
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    rep = sub.add_parser("report", help="generate + audit + rollout (+ GRPO's results if present) -> docs/RESULTS.md")
+    rep.add_argument("--config", action="append", default=None,
+                     help="experiment YAML, repeatable: one section each (default: configs/digits_mlp.yaml)")
+    rep.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    rep.add_argument("--policy", action="append",
+                     help="policy.safetensors, repeatable (generate compares them; audit takes the first; default: "
+                          "the imitation policy)")
+    rep.add_argument("--seeds", type=int, default=32, help="held-out init seeds for generate and audit (default 32)")
+    rep.add_argument("--seed-start", type=int, default=0, help="first held-out seed (default 0)")
+    rep.add_argument("--out", default="docs/RESULTS.md", help="the report; figures go to figures/ beside it "
+                                                              "(default docs/RESULTS.md)")
+    rep.set_defaults(func=run, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, threads=1,
+                     workers=[1])
+    return rep
+
+
+def run_step(argv: list[str]) -> dict:
+    """One bench subcommand in this process, exactly as `python -m trainer.bench ARGV` would run it."""
+    args = parser_of(STEPS).parse_args(argv)
+    return args.func(args, [load_config(path, args.overrides) for path in args.config or args.default_configs])
+
+
+def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
+    check_inputs(args, cfgs)
+    out = Path(args.out)
+    fig_dir = out.parent / "figures"
+    started = time.perf_counter()
+    paths = args.config or args.default_configs
+    sets = sum((["--set", s] for s in args.overrides), [])
+    policies = sum((["--policy", p] for p in args.policy or []), [])
+    held = ["--seeds", str(args.seeds), "--seed-start", str(args.seed_start)]
+    me = ["report", *sum((["--config", p] for p in paths), []), *sets, *held, *policies, "--out", str(out)]
+    lines = ["# Results", "", f"Written by `{command(me)}` on {platform.machine()} with {os.cpu_count()} CPUs, torch "
+             f"{torch.__version__}, 1-min load average {os.getloadavg()[0]:.1f} at the start. Every section names the "
+             "command that reproduces its table and figures (figures in `figures/`, tables also under "
+             "`artifacts/bench/`).", ""]
+    for path, cfg in zip(paths, cfgs):
+        tables = Path("artifacts/bench") / cfg.name
+        common = ["--config", path, *sets]
+        lines += [f"## {cfg.name}: {cfg.reference.family} {cfg.reference.widths} on {cfg.task.name}", ""]
+        steps = [("Held-out accuracy: random init, SGD and the policy", ["generate", *common, *held, *policies], ""),
+                 ("Novelty and fidelity audit",
+                  ["audit", *common, *held, *policies[:2], "--json", str(tables / "audit.json")], AUDIT_GUIDE),
+                 ("Scoring throughput", ["rollout", *common, "--threads", "1"], "")]
+        for title, argv, guide in steps:
+            argv = argv + ["--out", str(tables / f"{argv[0]}.md"), "--plots", str(fig_dir)]
+            print(f"report: {command(argv)}", file=sys.stderr, flush=True)
+            result = run_step(argv)
+            if argv[0] == "audit":
+                guide = guide + "\n\n" + audit_reading(result["results"])
+            lines += section(title, argv, result, out.parent, guide)
+        lines += grpo_section(cfg, fig_dir, out.parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines).rstrip() + "\n")
+    print(f"report: {out} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return dict(table="\n".join(lines), figures=sorted(fig_dir.glob("*.png")))
