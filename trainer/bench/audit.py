@@ -17,7 +17,7 @@ from trainer.bench.common import default_policy, emit, figure, held_out_parser, 
     spread
 from trainer.checkpoints import save_json
 from trainer.config import ExperimentConfig
-from trainer.pipeline import WeightGenerator, init_states, reference_layout
+from trainer.pipeline import WeightGenerator, init_states, reference_layout, score_states
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -43,7 +43,7 @@ def audit_table(r: dict) -> str:
              f"each zoo net by weight matching.", "",
              "| nets | to the nearest zoo net | / zoo-to-zoo median | unaligned | max IoU of test errors with a "
              "zoo net | test accuracy |", "| --- | --- | --- | --- | --- | --- |"]
-    for key, name, acc in (("generated", "generated (policy mean path)", "generated"),
+    for key, name, acc in (("generated", f"generated ({r.get('output', 'the mean path')})", "generated"),
                            ("sgd", "SGD from the same held-out inits", "sgd"),
                            ("zoo", "zoo nets, leave-one-out", "zoo")):
         d = nov[key]["distance"]
@@ -67,6 +67,14 @@ def audit_table(r: dict) -> str:
     if "agree_generated_two_draws" in fid:
         lines.append(f"| a second sample from init(i) vs generated(i) | {spread(fid['agree_generated_two_draws'])} "
                      f"| | | |")
+    if "posterior_walk" in r:
+        lines += ["", "| where the samples' gap sits | test accuracy |", "| --- | --- |",
+                  f"| SGD from the same inits | {spread(r['accuracy']['sgd'])} |",
+                  f"| posterior walk: each step decodes the latent the posterior infers from SGD(i)'s own checkpoint "
+                  f"| {spread(r['posterior_walk'])} |",
+                  f"| generated ({r['output']}: latents from the prior) | {spread(r['accuracy']['generated'])} |",
+                  "", "If the posterior walk scores like SGD, the decoder can write SGD's nets and the gap lies in "
+                  "the prior; if not, in the posterior or the decoder."]
     lines += [
               "", f"SGD's travel from the init: {spread(fid['sgd_travel'])} (L2).", "",
               "| ensemble of k nets (averaged softmax) | generated (mean test accuracy) | SGD, same inits | "
@@ -101,6 +109,10 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     results = dict(experiment=cfg.name, policy=str(policy), seeds=seeds,
                    output="one sample per init" if sampling else "the mean path",
                    **audit.audit_nets(cfg, task, layout, zoo, inits, generated, sgd, replicate, second=second))
+    if wg.policy.cfg.generative:  # the decoder told where SGD went: is the gap in the prior, or in the decoder?
+        ckpts = audit.sgd_checkpoints(cfg, seeds, template.state_dict(), wg.schedule)
+        walked = audit.posterior_walk(wg, ckpts)
+        results["posterior_walk"] = score_states(cfg, task, walked, "test")
     results["seconds"] = time.perf_counter() - t
     json_path = Path(args.json or Path(args.out or f"artifacts/bench/{cfg.name}/audit.md").with_suffix(".json"))
     save_json(json_path, results)

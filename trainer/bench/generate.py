@@ -69,7 +69,7 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                      f"{time.perf_counter() - t:.0f} s)", "-", float(np.median(zoo_accs)), ""))
         per_seed = {"SGD (held-out seeds)": zoo_accs}
     sgd = rows[-1][2]
-    first = None
+    first, first_sampled = None, None
     for path, wg in policies.items():
         t = time.perf_counter()
         accs, _ = mean_path_accuracy(wg, task, seeds)
@@ -79,10 +79,14 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                      "" if first is None else paired_difference(first, accs)))
         first = accs if first is None else first
         per_seed[f"{Path(path).parent.name} (mean path)"] = accs
+        # The same noise for every policy (one generator seed, same shapes): paired draws, the first one's the base.
         sampled = sample_accuracy(wg, task, seeds, torch.Generator().manual_seed(args.sample_seed))
         rows.append((f"policy {path} (one sample per init, sample seed {args.sample_seed}"
-                     f"{'; the default output' if wg.default_output == 'samples' else ''})",
-                     str(len(wg.schedule) - 1), float(np.median(sampled)), paired_difference(first, sampled)))
+                     f"{'; the default output' if wg.default_output == 'samples' else ''}; per seed vs "
+                     f"{'its mean path' if first_sampled is None else 'the first policy' + chr(39) + 's samples'})",
+                     str(len(wg.schedule) - 1), float(np.median(sampled)),
+                     paired_difference(accs if first_sampled is None else first_sampled, sampled)))
+        first_sampled = sampled if first_sampled is None else first_sampled
         per_seed[f"{Path(path).parent.name} (samples)"] = sampled
     lines = [f"{cfg.name} ({reference_name(cfg)}): median test accuracy over {len(seeds)} held-out init seeds "
              f"{seeds[0]}..{seeds[-1]}", "",
