@@ -308,8 +308,11 @@ class GRPOTrainer:
             raise ConfigError(f"{path}: the run finished its {self.iteration} iterations; nothing to resume (raise "
                               f"grpo.iterations in a new run with --name to train longer)")
 
-    def train(self) -> dict[str, float]:
+    def train(self, until: Optional[int] = None) -> dict[str, float]:
+        """Iterations up to `until` (default and at most `grpo.iterations`): a run measured at checkpoints calls this
+        repeatedly, and its learning-rate schedule is the one run's (it follows `grpo.iterations`, never `until`)."""
         gc = self.cfg.grpo
+        stop = gc.iterations if until is None else min(until, gc.iterations)
         log = RunLogger(self.run_dir, self.cfg, purge_step=self.evaluations + 1 if self.iteration else None)
         own_pool = self.pool is None  # a pool handed in (tests, notebooks) stays open for its owner
         if own_pool:
@@ -318,7 +321,7 @@ class GRPOTrainer:
         t0 = time.perf_counter() - self.elapsed
         bar = tqdm(total=gc.iterations, initial=self.iteration, desc=f"grpo {self.run_dir.name}", disable=not self.progress)
         try:
-            while self.iteration < gc.iterations:
+            while self.iteration < stop:
                 timing = {}
                 t = time.perf_counter()
                 ro = self.collect_rollouts()
@@ -334,7 +337,7 @@ class GRPOTrainer:
                 self.iteration += 1
                 metrics = self.log_metrics(log, ro, losses)
                 self.elapsed = time.perf_counter() - t0
-                if self.iteration % gc.save_every == 0 or self.iteration == gc.iterations:
+                if self.iteration % gc.save_every == 0 or self.iteration == stop:
                     self.checkpoint()
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}",

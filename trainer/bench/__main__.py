@@ -39,13 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
-    if min(args.groups, args.repeats, args.threads or 1, *args.workers, getattr(args, "check_every", 1),
-           getattr(args, "speed_seeds", 1)) < 1:
-        p.error("--groups, --repeats, --threads, --workers, --check-every and --speed-seeds must be >= 1")
-    if min(getattr(args, "eps", [0.0])) < 0:
-        p.error("--eps must be >= 0")
-    if getattr(args, "group_size", 2) < 2:
-        p.error("--group-size must be >= 2: a ranking needs two nets")
     paths = args.config or args.default_configs
 
     def run() -> None:

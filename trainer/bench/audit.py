@@ -36,7 +36,8 @@ def audit_table(r: dict) -> str:
     nov, fid, noise = r["novelty"], r["fidelity"], r["noise_baseline"]
     zoo_median = float(np.median(nov["zoo"]["distance"]))
     seeds = r["seeds"]
-    lines = [f"{r['experiment']}: audit of the nets ({r.get('output', 'the mean path')}) of {r['policy']} from {len(seeds)} held-out init seeds "
+    lines = [f"{r['experiment']}: audit of the nets ({r.get('output', 'the mean path')}) of {r['policy']} from "
+             f"{len(seeds)} held-out init seeds "
              f"{seeds[0]}..{seeds[-1]}, against the final checkpoints of the zoo's {r['zoo_runs']} runs and SGD with "
              f"the zoo's recipe from the same inits; {r['test_examples']} test examples. Each cell: median "
              f"[10th, 90th percentile] over nets. Distances are L2 over all weights, after aligning hidden units to "

@@ -12,7 +12,39 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+import math
+
 from trainer.config import ConfigError, ExperimentConfig
+
+
+# argparse types: a count or a scale out of range is refused where the flag is read, naming it (a zero count would
+# otherwise print a table of nothing).
+def count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a count >= 1, got {value}")
+    return value
+
+
+def pair_count(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected >= 2 (a ranking needs two nets), got {value}")
+    return value
+
+
+def positive(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite value > 0, got {text}")
+    return value
+
+
+def non_negative(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite value >= 0, got {text}")
+    return value
 
 PROG = "python -m trainer.bench"
 

@@ -19,8 +19,8 @@ from envs.models import reference_from_config
 from envs.scoring import evaluate
 from envs.tasks import task_from_config
 from trainer.audit import sgd_cache, sgd_from_seeds
-from trainer.bench.common import default_policy, emit, figure, held_out_parser, held_out_seeds, paired_difference, \
-    stopwatch
+from trainer.bench.common import (count, default_policy, emit, figure, held_out_parser, held_out_seeds,
+                                  paired_difference, stopwatch)
 from trainer.config import ExperimentConfig
 from trainer.device import resolve_device
 from trainer.pipeline import (WeightGenerator, init_states, mean_path_accuracy, reference_layout, sample_accuracy,
@@ -37,9 +37,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--speed", action="store_true",
                    help="also time it: ms/net of the first policy's mean path (1 and 64 nets per call) against SGD's "
                         "time from held-out seeds to that policy's median test accuracy, interleaved in this process")
-    g.add_argument("--speed-seeds", type=int, default=8, help="held-out seeds SGD runs from with --speed (default 8)")
-    g.add_argument("--check-every", type=int, default=20, help="SGD steps between test-accuracy checks (default 20)")
-    g.add_argument("--threads", type=int, default=None,
+    g.add_argument("--speed-seeds", type=count, default=8, help="held-out seeds SGD runs from with --speed (default 8)")
+    g.add_argument("--check-every", type=count, default=20, help="SGD steps between test-accuracy checks (default 20)")
+    g.add_argument("--threads", type=count, default=None,
                    help="torch threads (default: the config's `threads`; the speed table is read per thread)")
     return g
 

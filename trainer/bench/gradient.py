@@ -16,8 +16,10 @@ from envs.scoring import batched_logits, score_batch
 from envs.tasks import Split, task_from_config
 from policy.sampling import gaussian_log_prob
 from trainer.algos import compute_grpo_advantages
-from trainer.bench.common import default_policy, emit, held_out_parser
+from trainer.bench.common import count, default_policy, emit, held_out_parser
 from trainer.bench.grpo import GRPO_MODES
+
+SCORE_MODES = ("iid", "units")  # the modes whose estimate is the score function's (pathwise is exact by construction)
 from trainer.config import ExperimentConfig, load_config
 from trainer.pipeline import init_states
 
@@ -26,9 +28,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     gd = held_out_parser(sub, "gradient", "cosine of GRPO's policy-gradient estimate with the exact gradient, per "
                                           "exploration mode", seeds=1, func=run, threads=1)
     gd.add_argument("--policy", help="the imitation policy (default: the experiment's)")
-    gd.add_argument("--modes", nargs="+", default=list(GRPO_MODES), choices=list(GRPO_MODES))
-    gd.add_argument("--iterations", type=int, default=16, help="GRPO iterations of rollouts (default 16)")
-    gd.add_argument("--inits", type=int, default=64, help="fresh inits for the exact gradient (default 64)")
+    gd.add_argument("--modes", nargs="+", default=list(SCORE_MODES), choices=list(SCORE_MODES),
+                    help="the score-function estimator's exploration modes")
+    gd.add_argument("--iterations", type=count, default=16, help="GRPO iterations of rollouts (default 16)")
+    gd.add_argument("--inits", type=count, default=64, help="fresh inits for the exact gradient (default 64)")
     return gd
 
 

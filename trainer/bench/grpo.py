@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from envs.tasks import task_from_config
 from rollout.pool import RolloutPool
-from trainer.bench.common import default_policy, emit, figure, held_out_parser, held_out_seeds
+from trainer.bench.common import count, default_policy, emit, figure, held_out_parser, held_out_seeds
 from trainer.config import ConfigError, ExperimentConfig, load_config
 from trainer.pipeline import WeightGenerator, mean_path_accuracy
 
@@ -24,18 +24,25 @@ GRPO_MODES = {
             "grpo.reward_batch=fixed"],
     "units": ["grpo.noise=units", "grpo.latent_std=0.3", "grpo.lr=1e-3", "grpo.cosine=true", "grpo.beta_kl=0.01",
               "grpo.reward=neg_loss", "grpo.reward_batch=fresh"],
+    # the workers' reward gradients through the last step's latent, with the units settings
+    "pathwise": ["grpo.noise=units", "grpo.latent_std=0.3", "grpo.lr=1e-3", "grpo.cosine=true", "grpo.beta_kl=0.01",
+                 "grpo.reward=neg_loss", "grpo.reward_batch=fresh", "grpo.estimator=pathwise"],
+    # the experiment's own GRPO settings, with each estimator (a generative policy explores at its prior's std)
+    "config": [],
+    "config-pathwise": ["grpo.estimator=pathwise"],
 }
+DEFAULT_MODES = ("iid", "units", "pathwise")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     gr = held_out_parser(sub, "grpo", "GRPO's held-out gain over imitation against evaluations spent, per "
                                       "exploration mode", seeds=96, func=run, threads=1)
     gr.add_argument("--policy", help="the imitation policy GRPO starts from (default: the experiment's)")
-    gr.add_argument("--modes", nargs="+", default=list(GRPO_MODES), help=f"exploration modes (default: "
-                                                                          f"{' '.join(GRPO_MODES)})")
-    gr.add_argument("--runs", type=int, default=3, help="independent GRPO runs per mode (default 3)")
-    gr.add_argument("--iterations", type=int, default=40, help="GRPO iterations per run (default 40)")
-    gr.add_argument("--points", type=int, default=4, help="budgets along each run measured on the held-out seeds")
+    gr.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES),
+                    help=f"modes among {', '.join(GRPO_MODES)} (default: {' '.join(DEFAULT_MODES)})")
+    gr.add_argument("--runs", type=count, default=3, help="independent GRPO runs per mode (default 3)")
+    gr.add_argument("--iterations", type=count, default=40, help="GRPO iterations per run (default 40)")
+    gr.add_argument("--points", type=count, default=4, help="budgets along each run measured on the held-out seeds")
     return gr
 
 
@@ -70,8 +77,7 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                 trainer = GRPOTrainer(run_cfg, policy, run_dir, progress=False)
                 trainer.pool = pool
                 for it in tqdm(checkpoints, desc=f"grpo {mode} run {r}"):
-                    trainer.cfg.grpo.iterations = it
-                    trainer.train()
+                    trainer.train(until=it)  # one run, measured along the way: its schedule is untouched
                     gain = (np.asarray(mean_path_accuracy(trainer.wg, task, seeds)[0]) - base).mean() * 100
                     curves[mode].setdefault(trainer.evaluations, []).append(float(gain))
                     walls[mode].setdefault(trainer.evaluations, []).append(trainer.elapsed)

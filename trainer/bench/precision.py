@@ -14,7 +14,7 @@ from tqdm import tqdm
 from envs.models import reference_from_config
 from envs.scoring import score_batch
 from envs.tasks import task_from_config
-from trainer.bench.common import default_policy, emit, held_out_parser, held_out_seeds
+from trainer.bench.common import default_policy, emit, held_out_parser, held_out_seeds, pair_count
 from trainer.config import ExperimentConfig
 from trainer.device import resolve_device
 from trainer.pipeline import WeightGenerator, init_states
@@ -24,7 +24,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     pr = held_out_parser(sub, "precision", "bf16 autocast vs fp32 scoring: how GRPO's reward ranking in a group "
                                            "changes", seeds=16, func=run, threads=None)
     pr.add_argument("--policy", help="the policy whose samples are scored (default: the imitation policy)")
-    pr.add_argument("--group-size", "-G", type=int, default=16, help="sampled nets per init (default 16)")
+    pr.add_argument("--group-size", "-G", type=pair_count, default=16, help="sampled nets per init (default 16)")
     return pr
 
 

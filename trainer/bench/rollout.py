@@ -18,7 +18,7 @@ from envs.models import reference_from_config
 from envs.scoring import Scores, evaluate, score_batch, stack_weights
 from envs.tasks import task_from_config
 from rollout.pool import RolloutPool
-from trainer.bench.common import emit, figure, timed
+from trainer.bench.common import count, emit, figure, timed
 from trainer.config import ExperimentConfig
 from trainer.device import resolve_device
 
@@ -49,11 +49,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help=f"experiment YAML, repeatable (default: {' and '.join(ROLLOUT_CONFIGS)})")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value in every experiment (repeatable)")
-    r.add_argument("--groups", "-G", type=int, default=16, help="weight sets per batch (default 16)")
-    r.add_argument("--repeats", type=int, default=3, help="timed repeats per path; the table shows the median")
-    r.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray pool sizes to time (default 1 2)")
+    r.add_argument("--groups", "-G", type=count, default=16, help="weight sets per batch (default 16)")
+    r.add_argument("--repeats", type=count, default=3, help="timed repeats per path; the table shows the median")
+    r.add_argument("--workers", type=count, nargs="+", default=[1, 2], help="Ray pool sizes to time (default 1 2)")
     r.add_argument("--split", default="reward", choices=("reward", "test", "train"))
-    r.add_argument("--threads", type=int, default=1,
+    r.add_argument("--threads", type=count, default=1,
                    help="torch threads of this process (loop, vmap); pool workers always use 1 each")
     r.add_argument("--out", help="also write the table to this file")
     r.add_argument("--plots", metavar="DIR", help="also write PNG figures to this folder")

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from envs.models import reference_from_config
 from envs.scoring import score_batch
 from envs.tasks import Split, task_from_config
-from trainer.bench.common import default_policy, emit, figure, held_out_parser, held_out_seeds
+from trainer.bench.common import count, default_policy, emit, figure, held_out_parser, held_out_seeds, positive
 from trainer.config import ExperimentConfig
 from trainer.pipeline import WeightGenerator, mean_path_accuracy
 
@@ -26,11 +26,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         func=run)
     e.add_argument("--policy", help="policy.safetensors whose mean path starts the search (default: the imitation "
                                     "policy)")
-    e.add_argument("--iterations", type=int, default=100)
-    e.add_argument("--pairs", type=int, default=256, help="mirrored pairs per net and iteration (default 256)")
-    e.add_argument("--sigma", type=float, default=0.05, help="noise, in units of each tensor's RMS (default 0.05)")
+    e.add_argument("--iterations", type=count, default=100)
+    e.add_argument("--pairs", type=count, default=256, help="mirrored pairs per net and iteration (default 256)")
+    e.add_argument("--sigma", type=positive, default=0.05, help="noise, in units of each tensor's RMS (default 0.05)")
     e.add_argument("--lr", type=float, default=0.3, help="Adam's step, in units of the noise (default 0.3)")
-    e.add_argument("--threads", type=int, help="torch threads (default: the config's `threads`, auto: all cores)")
+    e.add_argument("--threads", type=count, help="torch threads (default: the config's `threads`, auto: all cores)")
     return e
 
 

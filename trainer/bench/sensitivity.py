@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from envs.models import reference_from_config
 from envs.tasks import task_from_config
-from trainer.bench.common import emit, held_out_parser, held_out_seeds
+from trainer.bench.common import emit, held_out_parser, held_out_seeds, non_negative
 from trainer.config import ExperimentConfig
 from trainer.zoo import sgd_steps
 
@@ -20,7 +20,7 @@ from trainer.zoo import sgd_steps
 def add_parser(sub) -> argparse.ArgumentParser:
     se = held_out_parser(sub, "sensitivity", "how SGD's trained weights move when the init moves a little, against "
                                              "another data order", seeds=3, func=run, threads=1)
-    se.add_argument("--eps", type=float, nargs="+", default=[0.0001, 0.01, 0.1],
+    se.add_argument("--eps", type=non_negative, nargs="+", default=[0.0001, 0.01, 0.1],
                     help="init perturbations, in units of each weight tensor's RMS (default 0.0001 0.01 0.1)")
     return se
 
