@@ -93,3 +93,14 @@ def test_out_of_range_values_name_the_key_and_the_range(override, message):
     with pytest.raises(ConfigError) as e:
         load_config(overrides=[override])
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_seed_ranges_are_checked_as_intervals():
+    """GRPO's init seeds are refused only where they meet the zoo's or the held-out ones (issue 26: a zoo above
+    GRPO's range was refused)."""
+    from trainer.config import ConfigError, load_config
+
+    assert load_config(overrides=["zoo.seed=200000"]).zoo.seed == 200000  # GRPO 100000..100319, zoo 200000..200255
+    for bad in (["zoo.seed=100100"], ["grpo.seed_start=1100"], ["grpo.seed_start=5"]):
+        with pytest.raises(ConfigError, match="grpo.seed_start"):
+            load_config(overrides=bad)
