@@ -40,12 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     paths = args.config or args.default_configs
+    threads = getattr(args, "threads", None)  # None (no --threads, no default): the config's `threads`
 
     def run() -> None:
         cfgs = [load_config(path, args.overrides) for path in paths]
         for cfg in cfgs:
             resolve_device(cfg.device)  # a device this machine lacks fails here, before any work
-        use_threads(args.threads or cfgs[0].threads)
+        use_threads(threads or cfgs[0].threads)
         args.func(args, cfgs)
 
     return guarded(run)

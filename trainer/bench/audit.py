@@ -24,7 +24,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     a = held_out_parser(sub, "audit", "novelty (vs the zoo) and fidelity (vs SGD from the same inits) of "
                                       "generated nets", seeds=32, func=run, threads=1)
     a.add_argument("--policy", help="policy.safetensors (default: the imitation policy)")
-    a.add_argument("--mean", action="store_true", help="audit the mean path (default: what `generate` writes)")
+    out = a.add_mutually_exclusive_group()
+    out.add_argument("--mean", action="store_true", help="audit the mean path (default: what `generate` writes)")
+    out.add_argument("--sample", action="store_true", help="audit one sample per init (and a second one's agreement)")
     a.add_argument("--sample-seed", type=int, default=0, help="seed of the policy's sampling noise (default 0)")
     a.add_argument("--json", help="per-net results (default: --out with .json, else artifacts/bench/<experiment>/"
                                   "audit.json)")
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     zoo = audit.zoo_finals(cfg, template.state_dict())
     t = time.perf_counter()
     inits = init_states(cfg, task, seeds)
-    sampling = not args.mean and wg.default_output == "samples"
+    sampling = args.sample or (not args.mean and wg.default_output == "samples")
     gen = torch.Generator().manual_seed(args.sample_seed)
     generated, _ = wg.generate(inits, mean_only=not sampling, generator=gen, trajectory=False)
     second = wg.generate(inits, generator=gen, trajectory=False)[0] if sampling else None

@@ -62,7 +62,7 @@ def held_out_parser(sub, name: str, help: str, seeds: int, func: Callable, **def
     """A subcommand measured on one experiment's held-out init seeds: --config, --set, --seeds, --seed-start, --out;
     it runs `func` on configs/digits_mlp.yaml unless --config says otherwise (`defaults`: more parsed defaults)."""
     p = sub.add_parser(name, help=help)
-    p.set_defaults(func=func, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, workers=[1], **defaults)
+    p.set_defaults(func=func, default_configs=["configs/digits_mlp.yaml"], **defaults)
     p.add_argument("--config", action="append", default=None, help="experiment YAML (default: configs/digits_mlp.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--seeds", type=int, default=seeds, help=f"held-out init seeds (default {seeds})")

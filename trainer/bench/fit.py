@@ -27,8 +27,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     ft.add_argument("--runs", default="0..31", help="zoo runs, N, A..B or A,B,C (default 0..31)")
     ft.add_argument("--start", type=int, default=0, help="checkpoint index the step starts from (default 0: the init)")
     ft.add_argument("--out", help="also write the table to this file")
-    ft.set_defaults(func=run, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, workers=[1],
-                    threads=None)
+    ft.set_defaults(func=run, default_configs=["configs/digits_mlp.yaml"], threads=None)
     return ft
 
 

@@ -33,8 +33,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     rep.add_argument("--seed-start", type=int, default=0, help="first held-out seed (default 0)")
     rep.add_argument("--out", default="docs/RESULTS.md", help="the report; figures go to figures/ beside it "
                                                               "(default docs/RESULTS.md)")
-    rep.set_defaults(func=run, default_configs=["configs/digits_mlp.yaml"], groups=1, repeats=1, threads=1,
-                     workers=[1])
+    rep.set_defaults(func=run, default_configs=["configs/digits_mlp.yaml"], threads=1)
     return rep
 
 

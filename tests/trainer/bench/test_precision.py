@@ -41,4 +41,4 @@ def test_bench_precision_compares_bf16_with_fp32_scores_of_the_same_samples(in_t
                 spearmanr(group["fp32_accuracy"], group["bf16_accuracy"]).statistic)
     with pytest.raises(SystemExit) as e:  # a ranking needs two nets: refused before any work
         bench_main(["precision", "-G", "1"] + sets)
-    assert e.value.code == 2 and "--group-size must be >= 2" in capsys.readouterr().err
+    assert e.value.code == 2 and "argument --group-size/-G: expected >= 2 (a ranking needs two nets), got 1" in capsys.readouterr().err

@@ -21,5 +21,5 @@ def test_bench_sensitivity_is_zero_for_an_unmoved_init_and_refuses_negative_eps(
     assert "| layers.0.weight |" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
         bench_main(["sensitivity", "--eps", "-0.1"] + sets)
-    assert e.value.code == 2 and "--eps must be >= 0" in capsys.readouterr().err
+    assert e.value.code == 2 and "argument --eps: expected a finite value >= 0, got -0.1" in capsys.readouterr().err
     assert not list(in_tmp.iterdir())

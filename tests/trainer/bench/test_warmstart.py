@@ -1,5 +1,7 @@
 """`bench warmstart`: SGD for B steps from the generated net against from the init."""
 
+import pytest
+
 from tests.trainer.test_audit import TINY, tiny_policy, tiny_zoo  # noqa: F401  (fixtures)
 from trainer.bench.__main__ import main as bench_main
 from trainer.bench.warmstart import first_reaching, table
@@ -26,5 +28,6 @@ def test_bench_warmstart_end_to_end_and_a_bad_budget_count(tiny_zoo, tiny_policy
     assert [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| 1/")] == ["1/2", "1/1"]
     assert (in_tmp / "figs/digits_mlp-warmstart.png").stat().st_size > 0
     capsys.readouterr()
-    assert bench_main(["warmstart", "--fractions", "0"] + tiny_policy) == 2
-    assert capsys.readouterr().err == "error: --fractions 0: expected at least 1 budget\n"
+    with pytest.raises(SystemExit) as e:
+        bench_main(["warmstart", "--fractions", "0"] + tiny_policy)
+    assert e.value.code == 2 and "argument --fractions: expected a count >= 1, got 0" in capsys.readouterr().err
