@@ -224,7 +224,8 @@ class GRPOTrainer:
                 stats["policy"].append(pg_loss.item())
                 stats["kl"].append(kl_loss.item())
         return {**{f"losses/{k}": float(np.mean(v)) if v else 0.0 for k, v in stats.items()},
-                "policy/std_mean": float(np.mean(stds)) if stds else 0.0}
+                "policy/std_mean": float(np.mean(stds)) if stds else 0.0,
+                "charts/learning_rate": self.opt.param_groups[0]["lr"]}
 
     def evaluate(self, wg: WeightGenerator) -> dict[str, object]:
         """Held-out numbers of one policy: test accuracy of its mean path per eval seed, and how much nets sampled

@@ -302,3 +302,7 @@ def test_pathwise_grpo_trains_and_resumes_bit_identically(imitation, in_tmp):
     assert all(torch.equal(a[k], b[k]) for k in a)
     imitated = load_weights(imitation)[0]
     assert any(not torch.equal(a[k], imitated[k]) for k in a)  # it moved
+    from trainer.algos import learning_rate
+
+    lr = [learning_rate(i, 2, 1e-3, True) for i in range(2)]  # the one run's cosine schedule, logged per iteration
+    assert read_scalars(in_tmp / "a", "charts/learning_rate") == [(8, pytest.approx(lr[0])), (16, pytest.approx(lr[1]))]
