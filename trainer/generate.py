@@ -77,6 +77,12 @@ def output_mode(args: argparse.Namespace, wg: WeightGenerator) -> tuple[bool, in
     return not args.mean and (args.sample or draws > 1 or wg.default_output == "samples"), draws
 
 
+def why_default(wg: WeightGenerator) -> str:
+    if wg.policy.cfg.generative:
+        return "the policy's default: the better of samples and mean path in imitation's last evaluation"
+    return "a regressor's default: its samples are per-weight noise around the mean, not nets"
+
+
 def describe(sampling: bool, draws: int, best_of: int) -> str:
     if not sampling:
         return "the mean path"
@@ -129,7 +135,7 @@ def run(args: argparse.Namespace) -> dict:
     sampling, draws = output_mode(args, wg)
     asked = args.mean or args.sample or draws > 1
     print(f"output: {describe(sampling, draws, args.best_of)} "
-          f"({'as asked' if asked else 'the policy default, measured in imitation'})", file=sys.stderr)
+          f"({'as asked' if asked else why_default(wg)})", file=sys.stderr)
     gen = torch.Generator().manual_seed(args.sample_seed)
     final, _ = wg.generate(repeat_groups(init, draws), mean_only=not sampling, generator=gen, trajectory=False)
     chosen = None
