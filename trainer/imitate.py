@@ -74,9 +74,14 @@ def walk_widths(policy: DenoisingPolicy, widths: list["WidthData"], sched_idx: l
     return out
 
 
+def tensor_mse(mean: dict, target: dict) -> torch.Tensor:
+    """MSE per tensor, averaged over tensors: every tensor weighs equally, whatever its size."""
+    return torch.stack([((mean[k] - target[k]) ** 2).mean() for k in mean]).mean()
+
+
 def imitation_loss(mean: dict, std: dict, target: dict) -> tuple[torch.Tensor, dict]:
-    """Per-tensor MSE of the mean (tensors weigh equally, whatever their size) + Gaussian NLL fitting the std."""
-    mse = torch.stack([((mean[k] - target[k]) ** 2).mean() for k in mean]).mean()
+    """Per-tensor MSE of the mean (`tensor_mse`) + Gaussian NLL fitting the std."""
+    mse = tensor_mse(mean, target)
     nll = -gaussian_log_prob(target, {k: v.detach() for k, v in mean.items()}, std).mean()
     return mse + nll, {"losses/mse": mse.item(), "losses/nll": nll.item()}
 
@@ -97,12 +102,12 @@ def elbo_loss(policy: DenoisingPolicy, x1: dict, x2: dict, t1: torch.Tensor, t2:
     # The mean path (the decoder at the prior's mean) is held to the regressor's target, the average of SGD's
     # outcomes: it stays the mean path a regressor would give, and the samples spread around it.
     centre, _ = policy.decode(x1, policy.lift(h, p_mean), heads)
-    mse_centre = torch.stack([((centre[k] - x2[k]) ** 2).mean() for k in centre]).mean()
+    mse_centre = tensor_mse(centre, x2)
     kl = latent_kl(q_mean, q_std, p_mean, p_std)  # (B, units, k)
     per_dim = kl.mean(dim=(0, 1))  # nats per latent dimension, averaged over units and the batch
     dims = sum(v[0].numel() for v in x2.values())
     charged = kl.shape[1] * per_dim.clamp(min=free_bits).sum() / dims
-    mse = torch.stack([((mean[k] - x2[k]) ** 2).mean() for k in mean]).mean()
+    mse = tensor_mse(mean, x2)
     parts = {"losses/nll": nll.item(), "losses/kl_nats_per_net": kl.sum(dim=(1, 2)).mean().item(),
              "losses/mse": mse.item(), "losses/mse_mean_path": mse_centre.item(),
              "losses/kl_active_dims": int((per_dim > free_bits).sum())}
