@@ -26,18 +26,19 @@ MAX_SEEDS = 10**6  # one generated net, or one SGD run, per seed: a range beyond
 
 def parse_seeds(text: str, flag: str = "--seeds", what: str = "seed") -> list[int]:
     """'3' -> [3]; '0..7' -> [0, ..., 7] (inclusive); '1,5,9' -> [1, 5, 9]. Errors name `flag` and `what` it lists."""
+    span = ".." in text
     try:
-        ends = [int(s) for s in text.split("..")] if ".." in text else [int(s) for s in text.split(",")]
+        values = [int(s) for s in text.split("..")] if span else [int(s) for s in text.split(",")]
     except ValueError:
-        raise ConfigError(f"{flag} {text!r}: expected N, A..B or A,B,C") from None
-    bad = [s for s in ends if not 0 <= s < 2**63]
+        values = []
+    if not values or (span and len(values) != 2):
+        raise ConfigError(f"{flag} {text!r}: expected N, A..B or A,B,C")
+    bad = [s for s in values if not 0 <= s < 2**63]
     if bad:  # seeds seed torch's 64-bit generators; a negative one would also name a file "seed--00003"
         raise ConfigError(f"{flag} {text!r}: {what} {bad[0]} is not in [0, 2^63)")
-    if ".." in text and len(ends) == 2 and ends[1] - ends[0] >= MAX_SEEDS:
-        raise ConfigError(f"{flag} {text!r}: {ends[1] - ends[0] + 1} {what}s, more than {MAX_SEEDS}")
-    seeds = list(range(ends[0], ends[1] + 1)) if ".." in text and len(ends) == 2 else ends
-    if ".." in text and len(ends) != 2:
-        raise ConfigError(f"{flag} {text!r}: expected N, A..B or A,B,C")
+    if span and values[1] - values[0] >= MAX_SEEDS:  # checked before the range is built
+        raise ConfigError(f"{flag} {text!r}: {values[1] - values[0] + 1} {what}s, more than {MAX_SEEDS}")
+    seeds = list(range(values[0], values[1] + 1)) if span else values
     if not seeds:
         raise ConfigError(f"{flag} {text!r}: no {what}s")
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
