@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from envs.models import reference_from_config
-from envs.scoring import flat_dim, flatten_state, score_batch, unflatten_state
+from envs.objectives import Objective, score_objective
+from envs.scoring import flat_dim, flatten_state, unflatten_state
 from envs.spec import EnvConfig, ReferenceConfig, TaskConfig, check_env_sections, from_dict, read_yaml
 from envs.tasks import task_from_config
 
@@ -58,7 +59,10 @@ class WeightEvalEnv(gym.Env):
     ## Rewards
 
     The reward accuracy is the accuracy on the task's reward split (carved from its training set; the test split only
-    reports, as `info["test_accuracy"]`). With `env.reward: final` the reward is 0 until the last step and then the
+    reports, as `info["test_accuracy"]`) of the weights as `env.objective` deploys them (`envs.objectives`): as they
+    are ("plain"), quantised to `env.bits` bits, pruned to `env.sparsity`, or on inputs with Gaussian noise of std
+    `env.noise_std` (drawn from the episode's init seed). With an objective other than plain, `info["plain_accuracy"]`
+    is the reward-split accuracy of the weights as they are. With `env.reward: final` the reward is 0 until the last step and then the
     reward accuracy of the final weights; with `env.reward: improvement` each step earns the gain in reward accuracy
     over the previous weights, so an episode's return is the same final accuracy minus the init's. A non-finite action
     is rejected: reward 0, `info["invalid"] = True`, and the weights stay as they were.
@@ -89,6 +93,8 @@ class WeightEvalEnv(gym.Env):
         self.task = task_from_config(self.task_cfg)
         self.model = reference_from_config(self.reference_cfg, self.task, seed=0)  # architecture + integer buffers
         self.template = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.objective = Objective.of(self.env_cfg)
+        self._noise_seed = 0
         self.dim = flat_dim(self.template)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self.dim,), np.float32)
         self.action_space = gym.spaces.Box(-np.inf, np.inf, (self.dim,), np.float32)
@@ -99,6 +105,7 @@ class WeightEvalEnv(gym.Env):
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         init_seed = int(self.np_random.integers(0, 2**31 - 1))
+        self._noise_seed = init_seed
         init = reference_from_config(self.reference_cfg, self.task, seed=init_seed)
         self._weights = flatten_state(init.state_dict()).numpy()
         self._k = 0
@@ -120,6 +127,8 @@ class WeightEvalEnv(gym.Env):
             self._weights = action.copy()
             acc = self._accuracy(self._weights, "reward")
             info.update(reward_accuracy=acc, test_accuracy=self._accuracy(self._weights, "test"))
+            if not self.objective.plain:
+                info["plain_accuracy"] = self._accuracy(self._weights, "reward", plain=True)
             if self.env_cfg.reward == "final":
                 reward = acc if self._k == steps else 0.0
             else:
@@ -139,6 +148,7 @@ class WeightEvalEnv(gym.Env):
         if action.dtype != np.float32:
             raise ValueError(f"action has dtype {action.dtype}, expected float32 (shape ({self.dim},))")
 
-    def _accuracy(self, weights: np.ndarray, split: str) -> float:
-        scores = score_batch(self.model, torch.from_numpy(weights)[None], self.task.split(split))
+    def _accuracy(self, weights: np.ndarray, split: str, plain: bool = False) -> float:
+        scores = score_objective(self.model, torch.from_numpy(weights)[None], self.task.split(split),
+                                 None if plain else self.objective, self._noise_seed)
         return float(scores.accuracy[0])

@@ -18,6 +18,7 @@ import yaml
 
 from envs.errors import ConfigError  # defined apart so that envs.tasks can raise it; importable from here as before
 from envs.models import REFERENCE_FAMILIES
+from envs.objectives import OBJECTIVES
 from envs.tasks import TASKS
 
 
@@ -55,6 +56,16 @@ class EnvConfig:
     """K: policy steps per episode of the weight-evaluation env"""
     reward: str = "final"
     """final: reward-split accuracy of the final weights; improvement: per-step accuracy gain"""
+    objective: str = "plain"
+    """what a net is judged on (envs/objectives.py): plain (as generated), quantized (each weight matrix and kernel
+    quantised to env.bits bits, one symmetric scale per tensor), pruned (global magnitude pruning of the weight
+    matrices and kernels to env.sparsity), noisy (inputs plus Gaussian noise of std env.noise_std)"""
+    bits: int = 4
+    """quantized: bits per weight"""
+    sparsity: float = 0.9
+    """pruned: the share of weight-matrix and kernel entries set to zero"""
+    noise_std: float = 1.0
+    """noisy: std of the Gaussian noise added to the (normalised) inputs, drawn afresh for each scoring round"""
 
 
 INT64 = 2**63
@@ -166,6 +177,9 @@ ENV_RANGES: dict[str, Rule] = {
     "reference.widths": each(at_least(1)),
     "reference.blocks_per_stage": at_least(1),
     "env.steps": at_least(1),
+    "env.bits": within(2, 16),
+    "env.sparsity": within(0.0, 0.999),
+    "env.noise_std": at_least(0.0),
 }
 
 
@@ -176,6 +190,7 @@ def check_env_sections(task: TaskConfig, reference: ReferenceConfig, env: Option
     check_choice("reference.head", reference.head, ("pool", "flatten"))
     if env is not None:
         check_choice("env.reward", env.reward, ("final", "improvement"))
+        check_choice("env.objective", env.objective, OBJECTIVES)
     sections = {"task": task, "reference": reference, "env": env}
     check_ranges(sections, {k: r for k, r in ENV_RANGES.items() if sections[k.split(".")[0]] is not None})
 

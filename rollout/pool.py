@@ -10,6 +10,7 @@ import ray
 import torch
 from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
 
+from envs.objectives import Objective
 from envs.scoring import Scores, Weights, batch_size_of
 from rollout.cluster import init_ray, torch_threads
 from rollout.worker import ScoringWorker
@@ -89,15 +90,17 @@ class RolloutPool:
     def pids(self) -> list[int]:
         return ray.get([a.pid.remote() for a in self._actors], timeout=self.timeout_s)
 
-    def score(self, weights: Weights, examples: Optional[np.ndarray] = None, grad: bool = False) -> Scores:
+    def score(self, weights: Weights, examples: Optional[np.ndarray] = None, grad: bool = False,
+              objective: Optional[Objective] = None, noise_seed: int = 0) -> Scores:
         """Scores of G weight sets (any `envs.scoring.Weights` form), in input order: on the pool's split, or on the
         train-split examples at indices `examples` when given; `grad`: with each set's reward gradient
-        (`Scores.grad`), computed by the workers."""
+        (`Scores.grad`), computed by the workers; `objective`: the nets scored as deployed (None: plain), with input
+        noise drawn from `noise_seed` (the same on every worker)."""
         g = batch_size_of(weights)
         if g == 0:
             raise ValueError("no weight sets to score")
         ref = ray.put(as_numpy(weights))  # once: every actor reads the same object, and only its slice of it
-        extra = (None if examples is None else ray.put(np.asarray(examples)), grad)
+        extra = (None if examples is None else ray.put(np.asarray(examples)), grad, objective, noise_seed)
         bounds = np.linspace(0, g, self.num_workers + 1).round().astype(int).tolist()
         shares = {i: (a, b) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])) if b > a}
         tries = dict.fromkeys(shares, 0)

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from envs.models import reference_from_config
-from envs.scoring import Scores, Weights, score_batch, slice_weights
+from envs.objectives import Objective, score_objective
+from envs.scoring import Scores, Weights, slice_weights
 from envs.tasks import Split, task_from_config
 
 
@@ -49,16 +50,18 @@ class ScoringWorker:
         self.chunk_size, self.delay_s, self.precision = chunk_size, delay_s, precision
 
     def score(self, weights: Weights, start: int = 0, stop: Optional[int] = None,
-              examples: Optional[np.ndarray] = None, grad: bool = False) -> Scores:
+              examples: Optional[np.ndarray] = None, grad: bool = False, objective: Optional[Objective] = None,
+              noise_seed: int = 0) -> Scores:
         """Scores of weight sets [start, stop) of `weights` (any `envs.scoring.Weights` form, torch or numpy), on the
         worker's split, or on the train-split examples at indices `examples` when given (fresh reward batches).
-        `grad`: with the gradient of the differentiable reward (minus the mean cross-entropy) per set."""
+        `grad`: with the gradient of the differentiable reward (minus the mean cross-entropy) per set. `objective`:
+        scored as deployed (`envs.objectives`; None: plain), input noise drawn from `noise_seed`."""
         if self.delay_s:
             time.sleep(self.delay_s)
         mine = as_torch(slice_weights(weights, start, stop))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            return score_batch(self.model, mine, self.split if examples is None else self.examples(examples),
-                               self.chunk_size, grad=grad)
+            return score_objective(self.model, mine, self.split if examples is None else self.examples(examples),
+                                   objective, noise_seed, self.chunk_size, grad=grad)
 
     def examples(self, index: np.ndarray) -> Split:
         if self.train is None:

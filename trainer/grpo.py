@@ -1,8 +1,10 @@
-"""`python -m trainer.grpo`: improve the imitation policy with GRPO, rewarded by the accuracy of the nets it generates.
+"""`python -m trainer.grpo`: improve the imitation policy with GRPO, rewarded by how well the nets it generates do on
+the experiment's objective (`env.objective`: plain accuracy, or accuracy at 4-bit weights, at 90% sparsity, on noisy
+inputs; see `envs/objectives.py`).
 
 Each iteration is a short chain of named steps: collect_rollouts -> score -> compute_advantages -> update_policy ->
-log_metrics (-> checkpoint). Rewards are reward-split accuracies from the Ray rollout pool; the policy stays tied to
-the frozen imitation policy by a closed-form KL. `--resume` continues so that logged numbers match an unstopped run.
+log_metrics (-> checkpoint). Rewards come from the Ray rollout pool; the policy stays tied to the frozen imitation
+policy by a closed-form KL. `--resume` continues so that logged numbers match an unstopped run.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torchvision
 from tqdm import tqdm
 
 from envs.models import reference_from_config
+from envs.objectives import Objective
 from envs.scoring import predict_batch
 from envs.tasks import task_from_config
 from policy.sampling import Step, gaussian_kl, gaussian_log_prob
@@ -30,7 +33,7 @@ from trainer.checkpoints import CheckpointError, load_training_state, save_train
 from trainer.cli import parser, run_main, use_threads
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.device import worker_gpus
-from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy, sample_accuracy
+from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy, sample_accuracy, score_states
 from trainer.runlog import RunLogger, check_run_dir, clear_run_dir, lock_run_dir
 
 
@@ -42,9 +45,10 @@ class Rollouts:
     final: dict[str, torch.Tensor]  # generated state dicts, (N, *shape)
     seeds: list[int]  # the B init seeds
     paths: dict[str, torch.Tensor]  # mean paths from the B inits: the policy's, then the imitation policy's, (2B, *shape)
-    rewards: Optional[torch.Tensor] = None  # (B, G), what `grpo.reward` says
-    accuracy: Optional[torch.Tensor] = None  # (B, G), accuracy on the iteration's reward examples
+    rewards: Optional[torch.Tensor] = None  # (B, G), what `grpo.reward` says, on the objective
+    accuracy: Optional[torch.Tensor] = None  # (B, G), accuracy on the iteration's reward examples, on the objective
     gain: Optional[torch.Tensor] = None  # (B,), accuracy of the policy's mean path minus the imitation policy's
+    plain: Optional[torch.Tensor] = None  # (B,), the policy's mean path's plain accuracy (an objective other than plain)
     advantages: Optional[torch.Tensor] = None  # (B, G)
     zero_spread: Optional[torch.Tensor] = None  # (B,)
     grads: Optional[dict[str, torch.Tensor]] = None  # "pathwise": d(reward)/dW of every sampled net, (N, *shape)
@@ -59,6 +63,7 @@ class GRPOTrainer:
         gc = self.cfg.grpo
         self.run_dir, self.progress = run_dir, progress
         self.task = task_from_config(self.cfg.task)
+        self.objective = Objective.of(self.cfg.env)
         self.policy = self.wg.policy
         # A generative policy explores in its own latent, at its prior's std unless grpo.latent_std says otherwise:
         # the draws are then nets like SGD's, and GRPO selects among them.
@@ -114,17 +119,25 @@ class GRPOTrainer:
         return torch.randperm(len(self.task.train), generator=gen)[:len(self.task.reward)].numpy()
 
     def score(self, ro: Rollouts) -> None:
-        """The G samples of every group, and both mean paths from the B inits, on the same reward examples."""
+        """The G samples of every group, and both mean paths from the B inits, on the same reward examples, as the
+        objective deploys them (with an objective other than plain, the policy's mean paths also as they are)."""
         gc = self.cfg.grpo
         b, n = gc.inits_per_iter, gc.inits_per_iter * gc.group_size
         pathwise = gc.estimator == "pathwise"
-        scores = self.pool.score({k: torch.cat([ro.final[k], ro.paths[k]]) for k in ro.final}, self.reward_examples(),
-                                 grad=pathwise)
+        examples = self.reward_examples()
+        scores = self.pool.score({k: torch.cat([ro.final[k], ro.paths[k]]) for k in ro.final}, examples,
+                                 grad=pathwise, objective=self.objective, noise_seed=self.noise_seed())
+        if not self.objective.plain:
+            ro.plain = self.pool.score({k: v[:b] for k, v in ro.paths.items()}, examples).accuracy.float()
         if pathwise:
             ro.grads = {k: v[:n].to(self.wg.device) for k, v in scores.grad.items()}
         ro.accuracy = scores.accuracy[:n].float().view(b, gc.group_size)
         ro.rewards = ro.accuracy if gc.reward == "accuracy" else scores.neg_loss()[:n].float().view_as(ro.accuracy)
         ro.gain = (scores.accuracy[n:n + b] - scores.accuracy[n + b:]).float()
+
+    def noise_seed(self) -> int:
+        """The seed of this iteration's input noise (objective "noisy"): new every iteration, the same on resume."""
+        return self.cfg.seed * 1_000_003 + self.iteration + 1
 
     def compute_advantages(self, ro: Rollouts) -> None:
         ro.advantages, ro.zero_spread = compute_grpo_advantages(ro.rewards, self.cfg.grpo.scale_by_std)
@@ -228,10 +241,11 @@ class GRPOTrainer:
                 "charts/learning_rate": self.opt.param_groups[0]["lr"]}
 
     def evaluate(self, wg: WeightGenerator) -> dict[str, object]:
-        """Held-out numbers of one policy: test accuracy of its mean path per eval seed, and how much nets sampled
-        (as GRPO samples) from one init, and from different inits, agree in their test predictions."""
+        """Held-out numbers of one policy: test accuracy of its mean path per eval seed on the objective (and plain,
+        for an objective other than plain), and how much nets sampled (as GRPO samples) from one init, and from
+        different inits, agree in their test predictions."""
         gc = self.cfg.grpo
-        accs, final = mean_path_accuracy(wg, self.task, self.eval_seeds)
+        accs, final = mean_path_accuracy(wg, self.task, self.eval_seeds, objective=self.objective)
         seeds = self.eval_seeds[:DIVERSITY_INITS]
         gen = torch.Generator().manual_seed(self.cfg.seed)  # its own stream: evaluating never moves training's RNG
         sampled, _ = wg.rollout(init_states(self.cfg, self.task, seeds), DIVERSITY_SAMPLES, gen, False, gc.explore)
@@ -239,9 +253,11 @@ class GRPOTrainer:
                              self.task.split("test").to(wg.device), self.cfg.rollout.chunk_size)
         same, across = prediction_agreement(pred, DIVERSITY_SAMPLES)
         out = {"accuracy": accs, "final": final, "same": same, "across": across}
+        if not self.objective.plain:
+            out["plain"] = score_states(self.cfg, self.task, final, "test")
         if wg.policy.cfg.generative:  # what `generate` writes: one sample per init, the same noise for both policies
             gen = torch.Generator().manual_seed(self.cfg.seed)
-            out["samples"] = sample_accuracy(wg, self.task, self.eval_seeds, gen)
+            out["samples"] = sample_accuracy(wg, self.task, self.eval_seeds, gen, objective=self.objective)
         return out
 
     def log_metrics(self, log: RunLogger, ro: Rollouts, losses: dict[str, float]) -> dict[str, float]:
@@ -252,6 +268,7 @@ class GRPOTrainer:
                    "rollout/frac_zero_std": ro.zero_spread.float().mean().item(),
                    "rollout/accuracy_mean": ro.accuracy.mean().item(),
                    "rollout/gain_vs_imitation": ro.gain.mean().item(), **losses,
+                   **({} if ro.plain is None else {"rollout/plain_accuracy_mean_path": ro.plain.mean().item()}),
                    "perf/evals_per_s": n / max(ro.timing["score"], 1e-9),
                    "perf/evaluations_total": self.evaluations, "perf/iteration": self.iteration,
                    **{f"timing_s/{k}": v for k, v in ro.timing.items()}}
@@ -270,6 +287,9 @@ class GRPOTrainer:
                             "diversity/agreement_across_inits": ev["across"],
                             "diversity/imitation_agreement_same_init": im["same"],
                             "diversity/imitation_agreement_across_inits": im["across"]})
+            if "plain" in ev:  # what the objective costs in plain accuracy
+                metrics.update({"eval/plain_accuracy_median": float(np.median(ev["plain"])),
+                                "eval/imitation_plain_accuracy_median": float(np.median(im["plain"]))})
             if "samples" in ev:
                 sampled, base = np.asarray(ev["samples"]), np.asarray(im["samples"])
                 metrics.update({"eval/sample_accuracy_median": float(np.median(sampled)),
@@ -296,13 +316,14 @@ class GRPOTrainer:
             raise CheckpointError(f"{path}: nothing to resume from")
         saved = self.run_dir / "policy.json"
         if saved.is_file():  # a resumed run must be the run it continues: same GRPO settings but its length
-            was = json.loads(saved.read_text()).get("experiment", {}).get("grpo", {})
-            now = dataclasses.asdict(self.cfg.grpo)
-            changed = [k for k in now if k not in RESUMABLE and k in was and was[k] != now[k]]
-            if changed:
-                k = changed[0]
-                raise ConfigError(f"config key grpo.{k}: {now[k]!r} differs from the run being resumed ({was[k]!r}); "
-                                  f"start another run with --name")
+            stored = json.loads(saved.read_text()).get("experiment", {})
+            for section in ("grpo", "env"):  # the env's objective is the reward
+                was, now = stored.get(section, {}), dataclasses.asdict(getattr(self.cfg, section))
+                changed = [k for k in now if k not in RESUMABLE and k in was and was[k] != now[k]]
+                if changed:
+                    k = changed[0]
+                    raise ConfigError(f"config key {section}.{k}: {now[k]!r} differs from the run being resumed "
+                                      f"({was[k]!r}); start another run with --name")
         info = load_training_state(path, self.policy, self.opt, self.rng)
         self.iteration, self.elapsed = info["iteration"], info["elapsed_s"]
         if self.iteration >= self.cfg.grpo.iterations:
@@ -393,7 +414,7 @@ def main(args, cfg: ExperimentConfig) -> None:
             clear_run_dir(run_dir)
         m = trainer.train()
     print(f"policy: {run_dir / 'policy.safetensors'}  reward_mean {m.get('rollout/reward_mean', float('nan')):.4f}  "
-          f"held-out test accuracy median {m.get('eval/accuracy_median', float('nan')):.4f}  "
+          f"held-out test {Objective.of(cfg.env).describe()} median {m.get('eval/accuracy_median', float('nan')):.4f}  "
           f"(python -m trainer.generate --policy {run_dir / 'policy.safetensors'})")
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from envs.models import reference_from_config
-from envs.scoring import recompute_bn_stats, score_batch
+from envs.objectives import Objective, score_objective
+from envs.scoring import recompute_bn_stats
 from envs.spec import ReferenceConfig, from_dict
 from envs.tasks import Task, task_from_config
 from policy.model import DenoisingPolicy, PolicyConfig
@@ -77,27 +78,30 @@ def unbatch(states: Mapping[str, torch.Tensor], i: int) -> dict[str, torch.Tenso
     return {k: v[i] for k, v in states.items()}
 
 
-def score_states(cfg: ExperimentConfig, task: Task, states: Mapping[str, torch.Tensor], split: str) -> list[float]:
+def score_states(cfg: ExperimentConfig, task: Task, states: Mapping[str, torch.Tensor], split: str,
+                 objective: Optional[Objective] = None) -> list[float]:
     """Accuracy of every weight set in a batch on a split (batched vmap scoring, on the device the weights are on);
-    non-finite sets score 0."""
+    non-finite sets score 0. `objective`: the nets as it deploys them (None: plain), input noise from the experiment's
+    seed (the same for every net: paired)."""
     device = next(iter(states.values())).device
     model = reference_from_config(cfg.reference, task).to(device)
-    return score_batch(model, states, task.split(split).to(device), cfg.rollout.chunk_size).accuracy.tolist()
+    return score_objective(model, states, task.split(split).to(device), objective, cfg.seed,
+                           cfg.rollout.chunk_size).accuracy.tolist()
 
 
-def mean_path_accuracy(wg: "WeightGenerator", task: Task, seeds: Sequence[int],
-                       split: str = "test") -> tuple[list[float], dict[str, torch.Tensor]]:
-    """The held-out measure: fresh inits from `seeds`, the policy's deterministic mean path, accuracy on `split`.
-    Returns (accuracy per seed, the generated state dicts)."""
+def mean_path_accuracy(wg: "WeightGenerator", task: Task, seeds: Sequence[int], split: str = "test",
+                       objective: Optional[Objective] = None) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """The held-out measure: fresh inits from `seeds`, the policy's deterministic mean path, accuracy on `split`
+    (of the nets as `objective` deploys them; None: plain). Returns (accuracy per seed, the generated state dicts)."""
     final, _ = wg.generate(init_states(wg.cfg, task, seeds), mean_only=True, trajectory=False)
-    return score_states(wg.cfg, task, final, split), final
+    return score_states(wg.cfg, task, final, split, objective), final
 
 
 def sample_accuracy(wg: "WeightGenerator", task: Task, seeds: Sequence[int], generator: torch.Generator,
-                    split: str = "test") -> list[float]:
-    """Accuracy on `split` of one sampled net per init seed (the policy's stochastic walk)."""
+                    split: str = "test", objective: Optional[Objective] = None) -> list[float]:
+    """Accuracy on `split` of one sampled net per init seed (the policy's stochastic walk), as `objective` deploys it."""
     final, _ = wg.generate(init_states(wg.cfg, task, seeds), generator=generator, trajectory=False)
-    return score_states(wg.cfg, task, final, split)
+    return score_states(wg.cfg, task, final, split, objective)
 
 
 ADDED_LATER = ("latent_mean.", "unit_value", "unit_out", "rest_left.")

@@ -69,12 +69,16 @@ def test_temperature_tempers_policy_and_reference_and_is_saved(imitation, in_tmp
     assert WeightGenerator.load(in_tmp / "r/policy.safetensors").policy.cfg.temperature == 0.3
 
 
-@pytest.mark.parametrize("reward,batch", [("accuracy", "fixed"), ("neg_loss", "fixed"), ("accuracy", "fresh")])
-def test_rewards_equal_an_independent_evaluation(imitation, in_tmp, reward, batch):
+@pytest.mark.parametrize("reward,batch,objective", [
+    ("accuracy", "fixed", "plain"), ("neg_loss", "fixed", "plain"), ("accuracy", "fresh", "plain"),
+    ("neg_loss", "fixed", "quantized"), ("accuracy", "fresh", "pruned"), ("neg_loss", "fresh", "noisy")])
+def test_rewards_equal_an_independent_evaluation(imitation, in_tmp, reward, batch, objective):
     from envs.models import reference_from_config
+    from envs.objectives import noisy_inputs, prune, quantize
     from envs.scoring import evaluate
     from envs.tasks import Split, task_from_config
-    t = grpo_trainer(imitation, in_tmp / "r", 1, f"grpo.reward={reward}", f"grpo.reward_batch={batch}")
+    t = grpo_trainer(imitation, in_tmp / "r", 1, f"grpo.reward={reward}", f"grpo.reward_batch={batch}",
+                     f"env.objective={objective}", "env.bits=3", "env.sparsity=0.7", "env.noise_std=0.5")
     ro = t.collect_rollouts()
     t.pool = RolloutPool(t.cfg)
     try:
@@ -89,11 +93,19 @@ def test_rewards_equal_an_independent_evaluation(imitation, in_tmp, reward, batc
         t.iteration += 1
         assert not torch.equal(idx, torch.from_numpy(t.reward_examples()))
         examples = Split(task.train.x[idx], task.train.y[idx])
+        t.iteration -= 1
+    plain_examples = examples
+    if objective == "noisy":  # one noise draw per iteration, for every net
+        examples = Split(noisy_inputs(examples.x, 0.5, t.noise_seed()), examples.y)
     model = reference_from_config(t.cfg.reference, task)
 
-    def independent(state):
+    def independent(state, deployed=True):
+        if deployed and objective == "quantized":
+            state = {k: quantize(v[None], 3)[0] if v.dim() >= 2 else v for k, v in state.items()}
+        if deployed and objective == "pruned":
+            state = {k: v[0] for k, v in prune({k: v[None] for k, v in state.items()}, 0.7).items()}
         model.load_state_dict(state)
-        return evaluate(model, examples)
+        return evaluate(model, examples if deployed else plain_examples)
 
     for i in range(len(ro.seeds) * t.cfg.grpo.group_size):
         loss, acc = independent({k: v[i] for k, v in ro.final.items()})
@@ -104,6 +116,11 @@ def test_rewards_equal_an_independent_evaluation(imitation, in_tmp, reward, batc
         mine = independent({k: v[b] for k, v in ro.paths.items()})[1]
         theirs = independent({k: v[len(ro.seeds) + b] for k, v in ro.paths.items()})[1]
         assert ro.gain[b].item() == pytest.approx(mine - theirs, abs=1e-6)
+        if objective == "plain":
+            assert ro.plain is None
+        else:  # beside the objective, the policy's mean path as it is
+            plain = independent({k: v[b] for k, v in ro.paths.items()}, deployed=False)[1]
+            assert ro.plain[b].item() == pytest.approx(plain, abs=1e-6) and plain != mine
 
 
 @pytest.mark.parametrize("explore", ["all", "first"])
@@ -168,8 +185,14 @@ def test_explore_samples_one_step_and_ties_the_others_by_kl(imitation, in_tmp, e
 def test_smoke_two_iterations_with_local_ray(imitation, in_tmp):
     args = sum((["--set", s] for s in DEFAULT + ["grpo.iterations=2"]), [])
     assert grpo.cli(args) == 0
-    assert grpo.cli(args + sum((["--set", s] for s in UNITS), []) + ["--name", "units"]) == 0  # the other mode
-    assert [s for s, _ in read_scalars(in_tmp / "artifacts/runs/units", "rollout/gain_vs_imitation")] == [8, 16]
+    # The other mode, on an objective: its reward curve with the plain accuracy beside it.
+    assert grpo.cli(args + sum((["--set", s] for s in UNITS + ["env.objective=pruned"]), []) + ["--name", "units"]) == 0
+    units = in_tmp / "artifacts/runs/units"
+    assert [s for s, _ in read_scalars(units, "rollout/gain_vs_imitation")] == [8, 16]
+    assert [s for s, _ in read_scalars(units, "rollout/plain_accuracy_mean_path")] == [8, 16]
+    for tag in ("eval/plain_accuracy_median", "eval/imitation_plain_accuracy_median"):
+        assert [s for s, _ in read_scalars(units, tag)] == [16], tag
+    assert read_scalars(units, "eval/accuracy_median") != read_scalars(units, "eval/plain_accuracy_median")
     run = in_tmp / "artifacts/runs/digits_mlp-grpo"
     rewards = read_scalars(run, "rollout/reward_mean")
     assert [s for s, _ in rewards] == [8, 16]  # x axis: evaluations

@@ -1,0 +1,116 @@
+"""What a generated net is judged on: the net as generated ("plain"), or the net as it will be deployed.
+
+An objective is data (`Objective`: a name and its parameters, from the `env` section); what it does is three small
+pure functions on stacked weight sets (key -> (G, *shape)) or on inputs:
+
+- `quantize`: per-tensor symmetric uniform quantisation of each weight matrix or kernel to `bits` bits;
+- `prune`: global magnitude pruning of the weight matrices and kernels to a `sparsity`, per net;
+- `noisy_inputs`: the inputs plus Gaussian noise of std `noise_std`, drawn from a seed.
+
+Only weight matrices and kernels (tensors of two or more dimensions per net) are quantised or pruned. Biases and
+BatchNorm parameters and statistics stay in float, as deployed int kernels keep biases at 32 bits and fold BatchNorm.
+
+`score_objective` scores G nets on one objective: the transformed nets on the (maybe noised) split. The env, the
+scoring workers and the trainer's held-out evaluations all call it. Its reward gradient (`grad=True`) is taken at the
+transformed weights and passed straight through the transform (the straight-through estimator of quantisation-aware
+training; for pruning it reaches the pruned weights too, so they can grow back).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+import torch
+from torch import nn
+
+from envs.scoring import Scores, Weights, score_batch, stack_weights
+from envs.tasks import Split
+
+OBJECTIVES = ("plain", "quantized", "pruned", "noisy")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """An objective and its parameters; `of(env_cfg)` reads them from an experiment's `env` section."""
+
+    name: str = "plain"
+    bits: int = 4
+    sparsity: float = 0.9
+    noise_std: float = 1.0
+
+    @classmethod
+    def of(cls, env_cfg) -> "Objective":
+        return cls(env_cfg.objective, env_cfg.bits, env_cfg.sparsity, env_cfg.noise_std)
+
+    @property
+    def plain(self) -> bool:
+        return self.name == "plain"
+
+    def describe(self) -> str:
+        return {"plain": "plain accuracy", "quantized": f"accuracy at {self.bits}-bit weights",
+                "pruned": f"accuracy at {self.sparsity:.0%} sparsity",
+                "noisy": f"accuracy on inputs + N(0, {self.noise_std}^2) noise"}[self.name]
+
+    def weights(self, stacked: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The deployed form of G stacked nets (key -> (G, *shape))."""
+        if self.name == "quantized":
+            return {k: quantize(v, self.bits) if transformed(v) else v for k, v in stacked.items()}
+        if self.name == "pruned":
+            return prune(stacked, self.sparsity)
+        return dict(stacked)
+
+    def inputs(self, split: Split, seed: int) -> Split:
+        """The split the nets are scored on: with noise drawn from `seed` for "noisy", else `split` itself."""
+        if self.name != "noisy":
+            return split
+        return Split(noisy_inputs(split.x, self.noise_std, seed), split.y)
+
+
+def transformed(v: torch.Tensor) -> bool:
+    """Whether a stacked entry (G, *shape) is a weight matrix or kernel: quantised and pruned. Biases, BatchNorm
+    parameters and statistics (one dimension per net) and integer buffers are left as they are."""
+    return v.is_floating_point() and v.dim() >= 3
+
+
+def quantize(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric uniform quantisation of each of G tensors (G, *shape) to `bits` bits, one scale per tensor:
+    w -> round(w / s) * s with s = max|w| / (2^(bits-1) - 1), so the levels are -L..L for L = 2^(bits-1) - 1. An
+    all-zero tensor stays zero."""
+    levels = 2 ** (bits - 1) - 1
+    scale = w.detach().abs().flatten(1).amax(1).clamp_min(torch.finfo(w.dtype).tiny) / levels
+    scale = scale.view(-1, *[1] * (w.dim() - 1))
+    return torch.round(w / scale).clamp(-levels, levels) * scale
+
+
+def prune(stacked: Mapping[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
+    """Global magnitude pruning of each of G nets: the round(sparsity x P) smallest-magnitude entries of its P
+    weight-matrix and kernel entries (over all such tensors together) set to zero; ties broken by position."""
+    keys = [k for k, v in stacked.items() if transformed(v)]
+    flat = torch.cat([stacked[k].detach().flatten(1) for k in keys], 1)  # (G, P)
+    drop = round(sparsity * flat.shape[1])
+    keep = torch.ones_like(flat, dtype=torch.bool)
+    if drop:
+        keep.scatter_(1, flat.abs().argsort(dim=1, stable=True)[:, :drop], False)
+    out, offset = dict(stacked), 0
+    for k in keys:
+        n = stacked[k][0].numel()
+        out[k] = stacked[k] * keep[:, offset:offset + n].view_as(stacked[k])
+        offset += n
+    return out
+
+
+def noisy_inputs(x: torch.Tensor, std: float, seed: int) -> torch.Tensor:
+    """`x` plus Gaussian noise of std `std`, drawn on the CPU from `seed` (the same on every device and worker)."""
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)) * std
+    return x + noise.to(x.device, x.dtype)
+
+
+def score_objective(model: nn.Module, weights: Weights, split: Split, objective: Optional[Objective] = None,
+                    noise_seed: int = 0, chunk_size: int = 16, grad: bool = False) -> Scores:
+    """`envs.scoring.score_batch` of the nets' deployed form on the objective's split (None: plain). With `grad`,
+    the reward gradient at the deployed weights, passed straight through the transform."""
+    if objective is None or objective.plain:
+        return score_batch(model, weights, split, chunk_size, grad=grad)
+    stacked = stack_weights(weights, model.state_dict())
+    return score_batch(model, objective.weights(stacked), objective.inputs(split, noise_seed), chunk_size, grad=grad)

@@ -1,0 +1,123 @@
+"""The objectives (envs/objectives.py): each transform against an independent numpy computation, scoring against
+a model evaluated by hand, the straight-through reward gradient, the env's reward and config checks."""
+
+import numpy as np
+import pytest
+import torch
+
+from envs import WeightEvalEnv
+from envs.models import build_reference
+from envs.objectives import Objective, noisy_inputs, prune, quantize, score_objective
+from envs.scoring import evaluate, score_batch
+from envs.spec import ConfigError, EnvConfig, ReferenceConfig, TaskConfig, check_env_sections
+from envs.tasks import Split, task_from_config
+
+
+def nets(g: int = 3, seed: int = 0) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    task = task_from_config(TaskConfig())
+    model = build_reference("mlp", [32], task.input_shape, task.num_classes, seed=0)
+    sds = [build_reference("mlp", [32], task.input_shape, task.num_classes, seed=seed + i).state_dict()
+           for i in range(g)]
+    return model, {k: torch.stack([sd[k] for sd in sds]) for k in sds[0]}
+
+
+def quantize_numpy(w: np.ndarray, bits: int) -> np.ndarray:
+    levels = 2 ** (bits - 1) - 1
+    scale = np.abs(w).max() / levels
+    return np.clip(np.round(w / scale), -levels, levels) * scale
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_quantize_is_per_tensor_symmetric_uniform(bits):
+    _, stacked = nets()
+    w = next(v for v in stacked.values() if v.dim() == 3)
+    q = quantize(w, bits)
+    for i in range(len(w)):  # each net's tensor has its own scale
+        expected = quantize_numpy(w[i].double().numpy(), bits)
+        np.testing.assert_allclose(q[i].double().numpy(), expected, rtol=0, atol=1e-6)
+        assert len(torch.unique(q[i])) <= 2 ** bits - 1
+        assert q[i].abs().max() == pytest.approx(w[i].abs().max().item(), rel=1e-6)  # the largest weight is a level
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9])
+def test_prune_is_global_magnitude_per_net(sparsity):
+    _, stacked = nets()
+    pruned = prune(stacked, sparsity)
+    matrices = [k for k, v in stacked.items() if v.dim() >= 3]
+    assert matrices and all(torch.equal(pruned[k], stacked[k]) for k in stacked if k not in matrices)  # biases kept
+    for i in range(len(next(iter(stacked.values())))):
+        before = np.concatenate([stacked[k][i].flatten().numpy() for k in matrices])
+        after = np.concatenate([pruned[k][i].flatten().numpy() for k in matrices])
+        drop = round(sparsity * len(before))
+        assert (after == 0).sum() == drop  # no weight of a fresh init is exactly 0
+        kept = after != 0
+        np.testing.assert_array_equal(after[kept], before[kept])
+        if drop:  # global, over all matrices together: every dropped weight is no larger than every kept one
+            assert np.abs(before[~kept]).max() <= np.abs(before[kept]).min()
+
+
+def test_noise_is_seeded_and_has_its_std():
+    x = torch.zeros(2000, 1, 8, 8)
+    a, b, c = noisy_inputs(x, 0.5, 3), noisy_inputs(x, 0.5, 3), noisy_inputs(x, 0.5, 4)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.std().item() == pytest.approx(0.5, rel=0.01)
+
+
+@pytest.mark.parametrize("objective", [Objective("quantized", bits=3), Objective("pruned", sparsity=0.8),
+                                       Objective("noisy", noise_std=0.7)])
+def test_scores_equal_a_model_evaluated_by_hand(objective):
+    model, stacked = nets()
+    split = task_from_config(TaskConfig()).reward
+    scores = score_objective(model, stacked, split, objective, noise_seed=5)
+    matrices = [k for k, v in stacked.items() if v.dim() >= 3]
+    for i in range(len(scores)):
+        sd = {k: v[i].clone() for k, v in stacked.items()}
+        if objective.name == "quantized":
+            sd.update({k: torch.from_numpy(quantize_numpy(sd[k].double().numpy(), 3)).float() for k in matrices})
+        if objective.name == "pruned":
+            flat = torch.cat([sd[k].flatten() for k in matrices]).abs()
+            cut = flat.sort().values[round(0.8 * len(flat)) - 1]
+            sd.update({k: torch.where(sd[k].abs() <= cut, 0.0, sd[k]) for k in matrices})
+        model.load_state_dict(sd)
+        x = split.x
+        if objective.name == "noisy":
+            x = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(5)) * 0.7
+        loss, acc = evaluate(model, Split(x, split.y))
+        assert scores.accuracy[i].item() == pytest.approx(acc, abs=1e-9)
+        assert scores.loss[i].item() == pytest.approx(loss, rel=1e-5)
+    plain = score_objective(model, stacked, split, Objective(), noise_seed=5)
+    assert not torch.equal(plain.loss, scores.loss)  # the objective changes the score
+
+
+def test_reward_gradient_is_straight_through_the_quantiser():
+    model, stacked = nets()
+    split = task_from_config(TaskConfig()).reward
+    objective = Objective("quantized", bits=4)
+    ste = score_objective(model, stacked, split, objective, grad=True).grad
+    at_deployed = score_batch(model, objective.weights(stacked), split, grad=True).grad
+    for k in ste:
+        torch.testing.assert_close(ste[k], at_deployed[k])
+        assert ste[k].abs().sum() > 0
+
+
+def test_env_rewards_the_objective_and_reports_plain_accuracy():
+    task, ref = TaskConfig(reward_size=200), ReferenceConfig(widths=[16])
+    env = WeightEvalEnv(type("C", (), {"task": task, "reference": ref,
+                                       "env": EnvConfig(steps=1, objective="quantized", bits=2)})())
+    plain_env = WeightEvalEnv(type("C", (), {"task": task, "reference": ref, "env": EnvConfig(steps=1)})())
+    obs, _ = env.reset(seed=1)
+    _, reward, done, _, info = env.step(obs)
+    plain_env.reset(seed=1)
+    _, plain_reward, _, _, _ = plain_env.step(obs)
+    assert done and info["plain_accuracy"] == plain_reward
+    sd = env.state_dict_of(obs)
+    model = env.model
+    model.load_state_dict({k: quantize(v[None], 2)[0] if v.dim() >= 2 else v for k, v in sd.items()})
+    assert reward == pytest.approx(evaluate(model, env.task.reward)[1], abs=1e-9)
+
+
+@pytest.mark.parametrize("key,value", [("objective", "int4"), ("bits", 1), ("bits", 17), ("sparsity", 1.0),
+                                       ("sparsity", -0.1), ("noise_std", -1.0)])
+def test_bad_objective_settings_are_config_errors(key, value):
+    with pytest.raises(ConfigError, match=f"env.{key}"):
+        check_env_sections(TaskConfig(), ReferenceConfig(), EnvConfig(**{key: value}))
