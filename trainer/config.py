@@ -164,6 +164,10 @@ class GRPOConfig:
     "pathwise" (the workers' gradient of the differentiable reward, minus the mean cross-entropy on the iteration's
     examples, backpropagated through the last step's latent draw; needs noise "units" or a generative policy, and a
     sampled last step)"""
+    trainable: str = "latent"
+    """what the update trains with noise "units": "latent" (the latent's mean alone, the trunk and weight head stay the
+    imitation policy's) or "policy" (every parameter: the reward gradient reaches the trunk and the weight head
+    through the last step, as DRaFT fine-tunes a whole diffusion model; needs estimator "pathwise")"""
     reward_batch: str = "fixed"
     """the examples a generated net is scored on: "fixed" (the task's reward split, every iteration) or "fresh" (as
     many examples drawn anew from the train split each iteration, so the reward cannot be learned by heart)"""
@@ -325,6 +329,10 @@ def config_from_dict(data: dict) -> ExperimentConfig:
     check_choice("grpo.reward", gc.reward, ("accuracy", "neg_loss"))
     check_choice("grpo.explore", gc.explore, ("all", "first", "last"))
     check_choice("grpo.estimator", gc.estimator, ("score", "pathwise"))
+    check_choice("grpo.trainable", gc.trainable, ("latent", "policy"))
+    if gc.trainable == "policy" and gc.estimator != "pathwise":
+        raise ConfigError("config key grpo.trainable: policy trains the trunk and head through the reward gradient: it "
+                          "needs grpo.estimator=pathwise")
     if gc.estimator == "pathwise" and (gc.explore == "first" or (gc.noise != "units" and not cfg.policy.generative)):
         raise ConfigError("config key grpo.estimator: pathwise backpropagates through the last step's unit latent: it "
                           "needs grpo.noise=units (or a generative policy) and grpo.explore all or last")

@@ -73,7 +73,7 @@ class GRPOTrainer:
                                               latent_std=pc.latent_std if gc.latent_std is None else gc.latent_std)
         self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)  # the frozen imitation policy
         self.imitation = dataclasses.replace(self.wg, policy=self.reference)
-        if noise == "units":  # the latent's mean learns; trunk and weight head stay the imitation policy's
+        if noise == "units" and gc.trainable == "latent":  # trunk and weight head stay the imitation policy's
             self.policy.requires_grad_(False)
             self.policy.latent_mean.requires_grad_(True)
         self.opt = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad], lr=gc.lr,
@@ -174,14 +174,15 @@ class GRPOTrainer:
     def pathwise_loss(self, ro: Rollouts, mb: torch.Tensor) -> torch.Tensor:
         """Minus the reward's first-order change, sum over weights of d(reward)/dW (from the workers) x W, for the
         trajectories `mb`, with W the last step's output recomputed at the drawn noise under the current latent mean
-        (reparameterised: the trunk and head are frozen in "units" mode, so only the latent's mean carries a gradient).
-        Its gradient is the reward gradient through the last step (DRaFT-1, Clark et al. 2023)."""
+        (reparameterised). With `grpo.trainable` "latent" only the latent's mean carries a gradient; with "policy" the
+        trunk and weight head do too. Its gradient is the reward gradient through the last step (DRaFT-1, Clark et al.
+        2023)."""
         step = ro.steps[-1]
         rows = mb if len(next(iter(step.x.values()))) == len(ro.grads[next(iter(ro.grads))]) else \
             mb // self.cfg.grpo.group_size  # a one-step walk: its input is the group's shared init
         x = {k: v[rows] for k, v in step.x.items()}
         t1, t2 = (torch.full((len(mb),), t, device=self.wg.device) for t in (step.t1, step.t2))
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.cfg.grpo.trainable == "policy"):
             h, heads = self.policy.encode(x, t1, t2)
         mean, std = self.policy.latent(h)
         u = {g: mean[g] + std[g].view(-1, 1, 1) * ro.noise[g][mb] for g in mean}

@@ -261,8 +261,8 @@ def test_a_killed_worker_does_not_stop_training(imitation, in_tmp, noise):
     t.pool.close()
 
 
-@pytest.mark.parametrize("explore", ["all", "last"])
-def test_pathwise_loss_is_the_reward_gradient_through_the_last_step(imitation, in_tmp, explore):
+@pytest.mark.parametrize("explore,trainable", [("all", "latent"), ("last", "latent"), ("last", "policy")])
+def test_pathwise_loss_is_the_reward_gradient_through_the_last_step(imitation, in_tmp, explore, trainable):
     """The pathwise surrogate (the workers' d(reward)/dW dotted with the last step's reparameterised output) has the
     gradient of the true reward, minus the mean cross-entropy of the generated nets on the iteration's examples,
     differentiated on the learner through the last step's latent draw."""
@@ -270,7 +270,7 @@ def test_pathwise_loss_is_the_reward_gradient_through_the_last_step(imitation, i
     from envs.scoring import batched_logits
 
     t = grpo_trainer(imitation, in_tmp / "r", 1, *UNITS, "grpo.latent_std=0.2", "grpo.estimator=pathwise",
-                     f"grpo.explore={explore}")
+                     f"grpo.explore={explore}", f"grpo.trainable={trainable}")
     t.pool = RolloutPool(t.cfg)
     try:
         ro = t.collect_rollouts()
@@ -299,6 +299,10 @@ def test_pathwise_loss_is_the_reward_gradient_through_the_last_step(imitation, i
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert any(a.abs().sum() > 0 for a in got)
+    trunk = [p is t.policy.out_left.weight for p in params]  # the trunk learns only with trainable "policy"
+    assert any(trunk) == (trainable == "policy")
+    if trainable == "policy":
+        assert got[trunk.index(True)].abs().sum() > 0
 
 
 def test_pathwise_grpo_trains_and_resumes_bit_identically(imitation, in_tmp):

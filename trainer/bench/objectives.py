@@ -102,7 +102,7 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                 tuned[k][i] = state[k]
         tune_s = (time.perf_counter() - t) / len(seeds)
         rows = {"SGD, then " + DEPLOY[name]: sgd,
-                f"SGD, then {FINETUNE[name]} ({args.finetune_epochs} epoch, {tune_s:.1f} s/net)": tuned,
+                f"SGD, then {FINETUNE[name]} ({args.finetune_epochs} epoch, {tune_s * 1000:.0f} ms/net)": tuned,
                 "imitation policy": imitated}
         if name in policies:
             wg, wall = policies[name]
