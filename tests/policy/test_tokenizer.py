@@ -65,4 +65,4 @@ def test_permuting_a_group_keeps_the_function(family):
             permuted = tok.decode(permute_units(tok.encode(states), layout, g.name, perm), states)
             assert not torch.equal(permuted[layout.tensors[0].key], states[layout.tensors[0].key]) or g.name != layout.tensors[0].out
             model.load_state_dict({k: v[0] for k, v in permuted.items()})
-            torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5), g.name
+            torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5, msg=lambda m: f"group {g.name}: {m}")
