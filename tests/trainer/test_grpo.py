@@ -18,10 +18,12 @@ from trainer.runlog import read_scalars
 from tests.trainer.test_imitate_generate import TINY, imitate_cli
 
 DEFAULT = TINY + ["grpo.inits_per_iter=2", "grpo.group_size=4", "grpo.epochs=2", "grpo.minibatch_size=4",
-                  "grpo.eval_every=2", "grpo.save_every=1", "grpo.lr=1e-3", "grpo.clip_range=0.05",
+                  "grpo.eval_every=2", "grpo.save_every=1", "grpo.clip_range=0.05",
                   "rollout.num_workers=2"]  # the shipped GRPO settings, on a tiny budget
-GRPO = DEFAULT + ["grpo.noise=iid", "grpo.reward=accuracy", "grpo.reward_batch=fixed", "grpo.cosine=false"]
-UNITS = ["grpo.noise=units", "grpo.reward=neg_loss", "grpo.reward_batch=fresh", "grpo.cosine=true"]
+GRPO = DEFAULT + ["grpo.noise=iid", "grpo.estimator=score", "grpo.trainable=latent", "grpo.lr=1e-3",
+                  "grpo.reward=accuracy", "grpo.reward_batch=fixed", "grpo.cosine=false"]
+UNITS = ["grpo.noise=units", "grpo.estimator=score", "grpo.trainable=latent", "grpo.lr=1e-3", "grpo.reward=neg_loss",
+         "grpo.reward_batch=fresh", "grpo.cosine=true"]
 
 
 @pytest.fixture

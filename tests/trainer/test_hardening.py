@@ -202,8 +202,12 @@ CASES = [
     ("--samples 0", "generate", lambda t, p: ["--policy", str(p), "--samples", "0"], "--samples 0: expected at least 1"),
     ("--samples with --best-of", "generate", lambda t, p: ["--policy", str(p), "--samples", "2", "--best-of", "2"],
      "--samples and --best-of: choose one"),
-    ("pathwise without a latent", "grpo", lambda t, p: ["--init-policy", str(p)] + sets("grpo.estimator=pathwise"),
+    ("pathwise without a latent", "grpo",
+     lambda t, p: ["--init-policy", str(p)] + sets("grpo.noise=iid", "grpo.trainable=latent"),
      "config key grpo.estimator: pathwise backpropagates through the last step's unit latent"),
+    ("the whole policy by the score function", "grpo", lambda t, p: ["--init-policy", str(p)] + sets("grpo.estimator=score"),
+     "config key grpo.trainable: policy trains the trunk and head through the reward gradient: it needs "
+     "grpo.estimator=pathwise"),
 ]
 
 

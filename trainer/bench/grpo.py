@@ -20,18 +20,22 @@ from trainer.pipeline import WeightGenerator, mean_path_accuracy
 # The exploration modes `bench grpo` compares, each as overrides of the experiment's config with the settings it was
 # tuned with (docs/HISTORY.md).
 GRPO_MODES = {
-    "iid": ["grpo.noise=iid", "grpo.lr=3e-4", "grpo.cosine=false", "grpo.beta_kl=0.1", "grpo.reward=accuracy",
+    "iid": ["grpo.noise=iid", "grpo.estimator=score", "grpo.trainable=latent", "grpo.lr=3e-4", "grpo.cosine=false", "grpo.beta_kl=0.1", "grpo.reward=accuracy",
             "grpo.reward_batch=fixed"],
-    "units": ["grpo.noise=units", "grpo.latent_std=0.3", "grpo.lr=1e-3", "grpo.cosine=true", "grpo.beta_kl=0.01",
+    "units": ["grpo.noise=units", "grpo.estimator=score", "grpo.trainable=latent", "grpo.latent_std=0.3", "grpo.lr=1e-3", "grpo.cosine=true", "grpo.beta_kl=0.01",
               "grpo.reward=neg_loss", "grpo.reward_batch=fresh"],
     # the workers' reward gradients through the last step's latent, with the units settings
     "pathwise": ["grpo.noise=units", "grpo.latent_std=0.3", "grpo.lr=1e-3", "grpo.cosine=true", "grpo.beta_kl=0.01",
-                 "grpo.reward=neg_loss", "grpo.reward_batch=fresh", "grpo.estimator=pathwise"],
+                 "grpo.reward=neg_loss", "grpo.reward_batch=fresh", "grpo.estimator=pathwise", "grpo.trainable=latent"],
+    # the same reward gradients into the whole policy (trunk and weight head), at the rate that suits it
+    "pathwise-policy": ["grpo.noise=units", "grpo.latent_std=0.3", "grpo.lr=3e-5", "grpo.cosine=true",
+                        "grpo.beta_kl=0.01", "grpo.reward=neg_loss", "grpo.reward_batch=fresh",
+                        "grpo.estimator=pathwise", "grpo.trainable=policy"],
     # the experiment's own GRPO settings, with each estimator (a generative policy explores at its prior's std)
     "config": [],
     "config-pathwise": ["grpo.estimator=pathwise"],
 }
-DEFAULT_MODES = ("iid", "units", "pathwise")
+DEFAULT_MODES = ("iid", "units", "pathwise", "pathwise-policy")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
