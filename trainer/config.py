@@ -175,6 +175,9 @@ class GRPOConfig:
     """sample each group as mirrored pairs (noise eps, -eps; needs an even group_size): the curvature part of the
     reward cancels from the policy gradient of the mean"""
     grad_clip: float = 1.0
+    gain_every: int = 1
+    """iterations between the paired gain over the imitation policy (`rollout/gain_vs_imitation`: both mean paths from
+    the iteration's B inits, 2B more nets scored, 1/G of the rollouts' scoring); 1: every iteration"""
     eval_every: int = 5
     """iterations between held-out evaluations (mean path, test split), weight histograms and images"""
     save_every: int = 5
@@ -282,7 +285,7 @@ RANGES: dict[str, Rule] = {
     "grpo.epochs": at_least(1), "grpo.minibatch_size": at_least(1), "grpo.lr": above(0), "grpo.clip_range": above(0),
     "grpo.beta_kl": at_least(0), "grpo.temperature": above(0), "grpo.latent_std": optional(above(0)),
     "grpo.grad_clip": above(0),
-    "grpo.eval_every": at_least(1), "grpo.save_every": at_least(1), "grpo.seed_start": at_least(0),
+    "grpo.eval_every": at_least(1), "grpo.save_every": at_least(1), "grpo.gain_every": at_least(1), "grpo.seed_start": at_least(0),
     "generate.bn_recompute_batches": at_least(0),
 }
 

@@ -44,7 +44,8 @@ class Rollouts:
     steps: list[Step]  # K steps: (N, ...) token blocks and old log-probs (N,); (B, ...) inputs where a group shares them
     final: dict[str, torch.Tensor]  # generated state dicts, (N, *shape)
     seeds: list[int]  # the B init seeds
-    paths: dict[str, torch.Tensor]  # mean paths from the B inits: the policy's, then the imitation policy's, (2B, *shape)
+    paths: Optional[dict[str, torch.Tensor]]  # mean paths from the B inits: the policy's, then the imitation policy's,
+    # (2B, *shape); None on iterations `grpo.gain_every` skips
     rewards: Optional[torch.Tensor] = None  # (B, G), what `grpo.reward` says, on the objective
     accuracy: Optional[torch.Tensor] = None  # (B, G), accuracy on the iteration's reward examples, on the objective
     gain: Optional[torch.Tensor] = None  # (B,), accuracy of the policy's mean path minus the imitation policy's
@@ -101,8 +102,10 @@ class GRPOTrainer:
         init = init_states(self.cfg, self.task, seeds)
         self.policy.eval()
         final, steps = self.wg.rollout(init, gc.group_size, self.rng["sample"], gc.antithetic, gc.explore)
-        paths = [wg.generate(init, mean_only=True, trajectory=False)[0] for wg in (self.wg, self.imitation)]
-        ro = Rollouts(steps, final, seeds, {k: torch.cat([p[k] for p in paths]) for k in final})
+        ro = Rollouts(steps, final, seeds, None)
+        if self.iteration % gc.gain_every == 0:  # the paired gain curve, at its cadence
+            paths = [wg.generate(init, mean_only=True, trajectory=False)[0] for wg in (self.wg, self.imitation)]
+            ro.paths = {k: torch.cat([p[k] for p in paths]) for k in final}
         if gc.estimator == "pathwise":  # the draws as noise, so the update can move their mean under them
             last = steps[-1]
             with torch.no_grad():
@@ -125,15 +128,16 @@ class GRPOTrainer:
         b, n = gc.inits_per_iter, gc.inits_per_iter * gc.group_size
         pathwise = gc.estimator == "pathwise"
         examples = self.reward_examples()
-        scores = self.pool.score({k: torch.cat([ro.final[k], ro.paths[k]]) for k in ro.final}, examples,
-                                 grad=pathwise, objective=self.objective, noise_seed=self.noise_seed())
-        if not self.objective.plain:
+        nets = ro.final if ro.paths is None else {k: torch.cat([ro.final[k], ro.paths[k]]) for k in ro.final}
+        scores = self.pool.score(nets, examples, grad=pathwise, objective=self.objective, noise_seed=self.noise_seed())
+        if ro.paths is not None and not self.objective.plain:
             ro.plain = self.pool.score({k: v[:b] for k, v in ro.paths.items()}, examples).accuracy.float()
         if pathwise:
             ro.grads = {k: v[:n].to(self.wg.device) for k, v in scores.grad.items()}
         ro.accuracy = scores.accuracy[:n].float().view(b, gc.group_size)
         ro.rewards = ro.accuracy if gc.reward == "accuracy" else scores.neg_loss()[:n].float().view_as(ro.accuracy)
-        ro.gain = (scores.accuracy[n:n + b] - scores.accuracy[n + b:]).float()
+        if ro.paths is not None:
+            ro.gain = (scores.accuracy[n:n + b] - scores.accuracy[n + b:]).float()
 
     def noise_seed(self) -> int:
         """The seed of this iteration's input noise (objective "noisy"): new every iteration, the same on resume."""
@@ -268,7 +272,7 @@ class GRPOTrainer:
                    "rollout/reward_max": r.max().item(), "rollout/reward_min": r.min().item(),
                    "rollout/frac_zero_std": ro.zero_spread.float().mean().item(),
                    "rollout/accuracy_mean": ro.accuracy.mean().item(),
-                   "rollout/gain_vs_imitation": ro.gain.mean().item(), **losses,
+                   **({} if ro.gain is None else {"rollout/gain_vs_imitation": ro.gain.mean().item()}), **losses,
                    **({} if ro.plain is None else {"rollout/plain_accuracy_mean_path": ro.plain.mean().item()}),
                    "perf/evals_per_s": n / max(ro.timing["score"], 1e-9),
                    "perf/evaluations_total": self.evaluations, "perf/iteration": self.iteration,
@@ -363,8 +367,9 @@ class GRPOTrainer:
                 if self.iteration % gc.save_every == 0 or self.iteration == stop:
                     self.checkpoint()
                 bar.update(1)
-                bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}",
-                                gain=f"{metrics['rollout/gain_vs_imitation'] * 100:+.2f}pts")
+                if "rollout/gain_vs_imitation" in metrics:
+                    bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}",
+                                    gain=f"{metrics['rollout/gain_vs_imitation'] * 100:+.2f}pts")
         finally:
             bar.close()
             log.close()
@@ -374,7 +379,7 @@ class GRPOTrainer:
         return metrics
 
 
-RESUMABLE = ("iterations", "eval_every", "save_every")  # GRPO settings a resumed run may change
+RESUMABLE = ("iterations", "eval_every", "save_every", "gain_every")  # GRPO settings a resumed run may change
 DIVERSITY_INITS, DIVERSITY_SAMPLES = 8, 4  # held-out inits and nets sampled from each for the agreement measure
 
 
