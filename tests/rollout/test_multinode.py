@@ -19,6 +19,7 @@ from tests.rollout.test_pool import CFG, assert_same, batch  # noqa: F401 (a fix
 from tests.trainer.test_grpo import grpo_trainer
 from tests.trainer.test_imitate_generate import imitate_cli
 from trainer.checkpoints import load_weights, read_json
+from trainer.cli import guarded
 from trainer.config import load_config
 from trainer.zoo import build_zoo
 
@@ -77,18 +78,19 @@ def test_a_node_lost_mid_grpo_leaves_the_policy_bit_identical(cluster, in_tmp):
     assert imitate_cli() == 0  # its zoo runs on the cluster's nodes too
     policy = in_tmp / "artifacts/runs/digits_mlp-imitate/policy.safetensors"
     straight = grpo_trainer(policy, in_tmp / "straight", 2)
-    straight.train()
     disturbed = grpo_trainer(policy, in_tmp / "disturbed", 2)
-    disturbed.pool = RolloutPool(disturbed.cfg)
+    straight.pool = disturbed.pool = pool = RolloutPool(straight.cfg)  # one pool: its actors start once
     try:
+        straight.train()
         disturbed.train(until=1)
-        lost = disturbed.pool.nodes()[0]
+        lost = pool.nodes()[0]
         fresh = replace_node(cluster, lost)  # actor 0 dies with its node between iterations 1 and 2
+        assert pool.restarts == 0
         disturbed.train()
-        assert disturbed.iteration == 2 and disturbed.pool.restarts == 1
-        assert disturbed.pool.nodes()[0] == fresh  # its share re-ran on a new actor, on the fresh node
+        assert disturbed.iteration == 2 and pool.restarts == 1
+        assert pool.nodes()[0] == fresh  # its share re-ran on a new actor, on the fresh node
     finally:
-        disturbed.pool.close()
+        pool.close()
     a, b = straight.policy.state_dict(), disturbed.policy.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     imitated = load_weights(policy)[0]
@@ -96,7 +98,7 @@ def test_a_node_lost_mid_grpo_leaves_the_policy_bit_identical(cluster, in_tmp):
 
 
 def test_a_node_lost_mid_zoo_loses_no_run(cluster, in_tmp):
-    cfg = load_config(overrides=["zoo.runs=3", "reference.widths=[8]", "zoo.epochs=6", "zoo.checkpoints=3",
+    cfg = load_config(overrides=["zoo.runs=2", "reference.widths=[8]", "zoo.epochs=4", "zoo.checkpoints=3",
                                  "zoo.batch_size=16", "rollout.num_workers=2"])
     out = {}
     zoo = threading.Thread(target=lambda: out.update(zoo=build_zoo(cfg, progress=False)))
@@ -112,21 +114,20 @@ def test_a_node_lost_mid_zoo_loses_no_run(cluster, in_tmp):
     zoo.join(timeout=90)
     assert not zoo.is_alive() and out.get("zoo") == cfg.zoo_dir, "the zoo did not finish after losing a node"
     manifest = read_json(cfg.zoo_dir / "manifest.json")
-    assert [r["run"] for r in manifest["runs"]] == [0, 1, 2]
+    assert [r["run"] for r in manifest["runs"]] == [0, 1]
     for r in manifest["runs"]:
         assert read_json(cfg.zoo_dir / f"run-{r['run']:04d}/run.json") == r
         assert all((cfg.zoo_dir / c["file"]).is_file() for c in r["checkpoints"])
     assert not list(cfg.zoo_dir.glob(".run-*"))
 
 
-def test_a_gpu_request_on_a_cpu_cluster_fails_at_once(cluster):
+def test_a_gpu_request_on_a_cpu_cluster_fails_at_once(cluster, capsys):
     t = time.perf_counter()
-    with pytest.raises(PlacementError) as e:
-        RolloutPool(CFG, gpus_per_worker=1)
-    assert str(e.value) == ("scoring actors cannot be placed: each asks for 1 CPU and 1 GPU, but no node of the Ray "
-                            "cluster has that much (it has 3 nodes, 2 CPUs, 0 GPUs); add such a node or lower "
-                            "rollout.gpus_per_worker")
+    assert guarded(lambda: RolloutPool(CFG, gpus_per_worker=1)) == 2  # what an entry point does with it
     assert time.perf_counter() - t < 5
+    assert capsys.readouterr().err == ("error: scoring actors cannot be placed: each asks for 1 CPU and 1 GPU, but no "
+                                       "node of the Ray cluster has that much (it has 3 nodes, 2 CPUs, 0 GPUs); add "
+                                       "such a node or lower rollout.gpus_per_worker\n")
 
 
 def test_cpus_held_by_another_job_fail_at_the_deadline(cluster):
