@@ -1,14 +1,22 @@
-"""Joining Ray: a private local instance by default, or a running cluster (`address: auto` or `host:port`); and how
-many torch threads each process of a command may use."""
+"""Joining Ray: a private local instance by default, or a running cluster (`address: auto` or `host:port`); what the
+cluster holds and whether it can place a command's workers; and how many torch threads each process may use."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from typing import Optional
 
 import ray
+
+from envs.spec import ConfigError
+
+
+class PlacementError(ConfigError):
+    """The Ray cluster cannot start the workers a command asks for; the message is one line naming the request and
+    what the cluster has."""
 
 
 def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
@@ -30,6 +38,41 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> N
     # entry point set (trainer.cli: unwind, then atexit's ray.shutdown).
     if callable(handler) and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
+    if not local:  # which cluster the run's workers will run on, before they start
+        print(f"ray: joined the cluster at {ray.get_runtime_context().gcs_address}: {describe_cluster()}",
+              file=sys.stderr)
+
+
+def _alive_nodes() -> list[dict]:
+    return [n["Resources"] for n in ray.nodes() if n["Alive"]]
+
+
+def _count(n: float, what: str) -> str:
+    return f"{n:g} {what}" + ("" if n == 1 else "s")
+
+
+def describe_cluster(free: bool = False) -> str:
+    """'3 nodes, 4 CPUs, 0 GPUs' (alive nodes, total resources); `free`: with what is not held now, '(1 free)'."""
+    nodes = _alive_nodes()
+    avail = ray.available_resources() if free else {}
+    parts = [_count(len(nodes), "node")]
+    for key in ("CPU", "GPU"):
+        part = _count(sum(r.get(key, 0.0) for r in nodes), key)
+        parts.append(part + (f" ({avail.get(key, 0.0):g} free)" if free else ""))
+    return ", ".join(parts)
+
+
+def describe_request(cpus: float, gpus: float) -> str:
+    return f"{_count(cpus, 'CPU')} and {_count(gpus, 'GPU')}"
+
+
+def check_placeable(what: str, cpus: float, gpus: float) -> None:
+    """Fail at once, naming the request, if no alive node has `cpus` CPUs and `gpus` GPUs: Ray would keep such a
+    worker pending forever (it waits for an autoscaler to add a node that fits)."""
+    if not any(r.get("CPU", 0.0) >= cpus and r.get("GPU", 0.0) >= gpus for r in _alive_nodes()):
+        raise PlacementError(f"{what} cannot be placed: each asks for {describe_request(cpus, gpus)}, but no node "
+                             f"of the Ray cluster has that much (it has {describe_cluster()}); add such a node or "
+                             f"lower rollout.gpus_per_worker")
 
 
 def cores() -> int:

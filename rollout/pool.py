@@ -12,7 +12,7 @@ from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
 
 from envs.objectives import Objective
 from envs.scoring import Scores, Weights, batch_size_of
-from rollout.cluster import init_ray, torch_threads
+from rollout.cluster import PlacementError, check_placeable, describe_cluster, describe_request, init_ray, torch_threads
 from rollout.worker import ScoringWorker
 
 LOST = (RayActorError, NodeDiedError, WorkerCrashedError)  # the actor is gone; its result never comes back
@@ -44,8 +44,10 @@ class RolloutPool:
 
     `cfg` is duck-typed: `.task`, `.reference` and optionally `.rollout` (whose fields fill any argument left None).
     `address` None joins nothing and starts a private Ray instance ("local" forces one even when `.rollout` names a
-    cluster); "auto" or "host:port" joins a running cluster. Every wait is bounded by `timeout_s`; a lost actor, or
-    one that returns nothing within `timeout_s`, is replaced and its share re-run, at most `max_retries` times per share.
+    cluster); "auto" or "host:port" joins a running cluster. Every wait is bounded by `timeout_s`, the actors' start
+    included: a request no node can hold fails at once, actors still unplaced after `timeout_s` (other jobs hold the
+    CPUs) fail then, both with a one-line `PlacementError`. A lost actor (its node died, say), or one that returns
+    nothing within `timeout_s`, is replaced and its share re-run, at most `max_retries` times per share.
     `threads` are each actor's torch threads (None: `cfg.threads` if set, else this machine's cores shared among the
     actors and the driver, see `rollout.cluster.torch_threads`). `worker_kwargs` go to every `ScoringWorker` (tests:
     `delay_s`). `gpus_per_worker` > 0: each actor asks Ray for that share of a GPU and scores on it (the trainer passes
@@ -72,9 +74,24 @@ class RolloutPool:
                         "precision": _from_config(None, cfg, "precision", "fp32"), **(worker_kwargs or {})}
         self._remote = ray.remote(num_cpus=1, num_gpus=self.gpus_per_worker)(ScoringWorker)
         self.restarts = 0
+        check_placeable("scoring actors", 1, self.gpus_per_worker)
         self._actors = [self._spawn() for _ in range(self.num_workers)]
-        # Fail here, not mid-batch, if a worker cannot start (missing task data, no free CPUs on the cluster).
-        ray.get([a.pid.remote() for a in self._actors], timeout=self.timeout_s)
+        self._wait_started()
+
+    def _wait_started(self) -> None:
+        """Fail here, not mid-batch, if a worker cannot start (missing task data, no free CPUs on the cluster)."""
+        pings = [a.pid.remote() for a in self._actors]
+        ready, waiting = ray.wait(pings, num_returns=len(pings), timeout=self.timeout_s)
+        try:
+            ray.get(ready, timeout=self.timeout_s)  # an actor that failed to start raises its error here
+            if waiting:
+                raise PlacementError(
+                    f"{len(waiting)} of {len(pings)} scoring actors not started within rollout.timeout_s="
+                    f"{self.timeout_s:g}s: each asks for {describe_request(1, self.gpus_per_worker)}; the Ray cluster "
+                    f"has {describe_cluster(free=True)}")
+        except BaseException:
+            self.close()  # a pending actor would otherwise take its CPU whenever one frees up
+            raise
 
     def _spawn(self):
         return self._remote.remote(*self._args, **self._kwargs)
@@ -89,6 +106,10 @@ class RolloutPool:
 
     def pids(self) -> list[int]:
         return ray.get([a.pid.remote() for a in self._actors], timeout=self.timeout_s)
+
+    def nodes(self) -> list[str]:
+        """The Ray node id each actor runs on."""
+        return ray.get([a.node.remote() for a in self._actors], timeout=self.timeout_s)
 
     def score(self, weights: Weights, examples: Optional[np.ndarray] = None, grad: bool = False,
               objective: Optional[Objective] = None, noise_seed: int = 0) -> Scores:

@@ -72,6 +72,12 @@ class ScoringWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def node(self) -> str:
+        """The Ray node this worker runs on (a Ray actor only)."""
+        import ray  # here: the worker stays a plain class, usable without Ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def threads(self) -> int:
         """Torch threads this worker runs with (what the pool asked for)."""
         return torch.get_num_threads()

@@ -61,7 +61,8 @@ class RolloutConfig:
     num_workers: int = 2
     """Ray actors for scoring; concurrent Ray tasks for the zoo"""
     timeout_s: float = 300.0
-    """bound on every ray.get"""
+    """bound on every Ray wait: a batch share, a zoo run, the scoring actors' start (scoring actors still unplaced
+    after it, e.g. because other jobs hold the cluster's CPUs, fail in one line)"""
     chunk_size: int = 16
     """weight sets scored per vmap call (bounds memory)"""
     max_retries: int = 3

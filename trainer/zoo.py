@@ -21,7 +21,7 @@ from envs.models import reference_from_config
 from envs.scoring import evaluate
 from envs.spec import ConfigError
 from envs.tasks import task_from_config
-from rollout.cluster import init_ray, torch_threads
+from rollout.cluster import check_placeable, init_ray, torch_threads
 from trainer.checkpoints import CheckpointError, read_json, save_json, save_weights
 from trainer.cli import parser, run_main, use_threads
 from trainer.config import ExperimentConfig
@@ -86,7 +86,12 @@ def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path, threads: Optional[
               device: str = "cpu") -> dict:
     """Train run `run` from seed `zoo.seed + run` on `device`, checkpointing at log-spaced steps; returns its run
     record. The init is drawn on the CPU, so a seed gives the same init on every device. `threads`: torch threads of
-    the Ray task (None: the cores shared among `rollout.num_workers` concurrent runs)."""
+    the Ray task (None: the cores shared among `rollout.num_workers` concurrent runs). A run already complete is not
+    trained again: Ray re-runs a task whose node died after the run was renamed into place but before its result got
+    back, and renaming onto the finished run would fail the zoo."""
+    final, tmp = run_dir(zoo_dir, run), zoo_dir / f".run-{run:04d}.tmp"
+    if (final / "run.json").is_file():
+        return read_json(final / "run.json")
     torch.set_num_threads(threads or zoo_threads(cfg))
     zc = cfg.zoo
     task = task_from_config(cfg.task).to(device)
@@ -96,7 +101,6 @@ def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path, threads: Optional[
     total = total_steps(cfg, task)
     save_at = set(checkpoint_steps(total, zc.checkpoints))
 
-    final, tmp = run_dir(zoo_dir, run), zoo_dir / f".run-{run:04d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     records = []
@@ -212,6 +216,8 @@ def build_zoo(cfg: ExperimentConfig, progress: bool = True) -> Path:
     if todo:
         init_ray(cfg.rollout.address, num_cpus=cfg.rollout.num_workers)
         gpus = worker_gpus(cfg)
+        check_placeable("zoo runs", 1, gpus)
+        # A run lost with its node (or worker process) is re-run elsewhere, up to twice; train_run starts it afresh.
         remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=2)(train_run)
         threads = zoo_threads(cfg)  # decided here, where the cores were counted, and handed to every task
         pending = [remote.remote(cfg, r, zoo_dir.resolve(), threads, worker_device(gpus)) for r in todo]

@@ -113,3 +113,13 @@ def test_zoo_identity_leaves_out_where_the_data_lives(tiny_zoo):
     assert {p: p.stat().st_mtime_ns for p in zoo.glob("run-*/*")} == before  # nothing retrained
     with pytest.raises(Exception, match="built with a different `task` config"):
         build_zoo(load_config(overrides=TINY + ["task.reward_size=200"]), progress=False)
+
+
+def test_a_finished_run_is_not_trained_again(in_tmp):
+    # Ray re-runs a zoo task whose node died after the run was renamed into place but before its result got back.
+    cfg = load_config(overrides=TINY + ["zoo.epochs=1"])
+    rec = train_run(cfg, 0, in_tmp)
+    files = {p: p.stat().st_mtime_ns for p in (in_tmp / "run-0000").iterdir()}
+    assert train_run(cfg, 0, in_tmp) == rec
+    assert {p: p.stat().st_mtime_ns for p in (in_tmp / "run-0000").iterdir()} == files
+    assert not list(in_tmp.glob(".run-*"))
