@@ -201,6 +201,8 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {p} not found")
     try:
         data = yaml.safe_load(p.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a text file (a YAML config is UTF-8 text)") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):

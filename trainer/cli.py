@@ -15,10 +15,17 @@ from envs.spec import ConfigError
 from envs.tasks import TaskDataError
 from rollout.cluster import cores, omp_threads, torch_threads
 from trainer.checkpoints import CheckpointError
-from trainer.config import ExperimentConfig, add_config_args, load_config
+from trainer.config import ExperimentConfig, add_config_args, is_folder_name, load_config
 from trainer.device import resolve_device
 
 USER_ERRORS = (ConfigError, TaskDataError, CheckpointError, FileNotFoundError)
+
+
+def folder_name(text: str) -> str:
+    """argparse type of --name: one folder under artifacts/, never a path out of it."""
+    if not is_folder_name(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder name (no '/', not '.' or '..')")
+    return text
 
 
 def parser(description: str) -> argparse.ArgumentParser:

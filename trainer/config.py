@@ -291,9 +291,14 @@ RANGES: dict[str, Rule] = {
 }
 
 
+def is_folder_name(name: str) -> bool:
+    """A single folder name: not empty, not . or .., no path separator (experiment and run names)."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
+
+
 def config_from_dict(data: dict) -> ExperimentConfig:
     cfg = from_dict(ExperimentConfig, data)
-    if not cfg.name or cfg.name in (".", "..") or "/" in cfg.name or "\\" in cfg.name:
+    if not is_folder_name(cfg.name):
         raise ConfigError(f"config key name: {cfg.name!r} is not a folder name (it names the zoo and run folders)")
     check_env_sections(cfg.task, cfg.reference, cfg.env)
     check_ranges(cfg, RANGES)

@@ -12,7 +12,7 @@ import torch
 
 from envs.tasks import task_from_config
 from trainer.checkpoints import CheckpointError, check_writable_folder, load_weights, save_json, save_weights
-from trainer.cli import guarded, use_threads
+from trainer.cli import folder_name, guarded, use_threads
 from trainer.config import DEFAULT_CONFIG, ConfigError, load_config
 from rollout.pool import RolloutPool
 from trainer.device import worker_gpus
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--best-of", type=int, default=1, metavar="N",
                    help="N samples per init scored on the reward split by the Ray pool; the best is saved")
     p.add_argument("--sample-seed", type=int, default=0, help="seed of the policy's sampling noise")
-    p.add_argument("--name", help="output folder name under artifacts/generated/ (default: the experiment)")
+    p.add_argument("--name", type=folder_name, help="output folder name under artifacts/generated/ (default: the experiment)")
     p.add_argument("--out", help="output folder (overrides --name)")
     args = p.parse_args(argv)
     return guarded(lambda: run(args))

@@ -11,7 +11,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from envs.spec import ConfigError
-from trainer.checkpoints import CheckpointError
+from trainer.checkpoints import CheckpointError, check_writable_folder
 
 # What a run writes into its folder; `--overwrite` removes these and nothing else (the folder is named by the user).
 RUN_FILES = ("events.out.tfevents.*", "policy.safetensors", "policy.json", "state.safetensors")
@@ -21,6 +21,7 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Before any work: `--resume` needs a saved state, and an earlier run's folder is only reused when asked (two
     runs' curves in one folder are one unreadable TensorBoard plot, and the old policy would be silently replaced)."""
     state = Path(run_dir) / "state.safetensors"
+    check_writable_folder(run_dir, "run folder")
     if resume and overwrite:
         raise ConfigError("--resume continues the run in its folder, --overwrite replaces it: pass one of them")
     if resume:

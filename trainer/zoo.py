@@ -22,7 +22,7 @@ from envs.scoring import evaluate
 from envs.spec import ConfigError
 from envs.tasks import task_from_config
 from rollout.cluster import check_placeable, init_ray, torch_threads
-from trainer.checkpoints import CheckpointError, read_json, save_json, save_weights
+from trainer.checkpoints import CheckpointError, check_writable_folder, read_json, save_json, save_weights
 from trainer.cli import parser, run_main, use_threads
 from trainer.config import ExperimentConfig
 from trainer.device import worker_device, worker_gpus
@@ -204,13 +204,18 @@ def build_zoo(cfg: ExperimentConfig, progress: bool = True) -> Path:
             build_zoo(v, progress)
         return cfg.zoo_dir
     zoo_dir = cfg.zoo_dir
+    check_writable_folder(zoo_dir, "zoo folder (zoo.out)")
     _check_spec(cfg, zoo_dir)
     # A finished run is one with a run.json (written last, inside the temp folder renamed into place); read each now,
     # so a corrupt one fails here rather than after hours of training the others.
     todo = [r for r in range(cfg.zoo.runs) if not (run_dir(zoo_dir, r) / "run.json").is_file()]
     for r in sorted(set(range(cfg.zoo.runs)) - set(todo)):
         read_json(run_dir(zoo_dir, r) / "run.json")
-    task_from_config(cfg.task)  # fail fast (one line) on missing data, before any worker starts
+    task = task_from_config(cfg.task)  # fail fast (one line) on missing data, before any worker starts
+    if total_steps(cfg, task) < 1:
+        raise ConfigError(f"config key zoo.batch_size: {cfg.zoo.batch_size} leaves no SGD step: the train split holds "
+                          f"{len(task.train)} examples ({task.name} less task.reward_size={cfg.task.reward_size}); "
+                          f"use a batch of at most {len(task.train)}")
     if not (zoo_dir / "zoo.json").is_file():
         save_json(zoo_dir / "zoo.json", zoo_spec(cfg))
     if todo:

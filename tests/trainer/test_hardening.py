@@ -47,6 +47,13 @@ def policy(tmp_path_factory):
     return wg.save(tmp_path_factory.mktemp("policy"))
 
 
+def written(path: Path, data: bytes = b"x") -> bool:
+    """A file at `path` (parents made); True, so a case's argv can follow it with `and`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return True
+
+
 def snapshot(*roots):
     """Every path under the roots with its size and content hash: what a failed command must leave untouched."""
     out = {}
@@ -145,6 +152,14 @@ CASES = [
      "--resume continues the run in its folder, --overwrite replaces it"),
     ("grpo, no imitation policy", "grpo", lambda t, p: [],
      "artifacts/runs/digits_mlp-imitate/policy.safetensors: no imitation policy"),
+    ("a zoo of zero SGD steps", "zoo", lambda t, p: sets("zoo.batch_size=100000"),
+     "config key zoo.batch_size: 100000 leaves no SGD step: the train split holds 1048 examples"),
+    ("zoo.out is a file", "zoo", lambda t, p: written(t / "f") and sets(f"zoo.out={t / 'f'}"),
+     "zoo folder (zoo.out) "),
+    ("a run folder that is a file", "imitate", lambda t, p: written(t / "artifacts/runs/x") and ["--name", "x"],
+     "run folder artifacts/runs/x: exists and is not a folder"),
+    ("a binary config", "zoo", lambda t, p: written(t / "c.yaml", b"\x00\xd0\xff") and ["--config", str(t / "c.yaml")],
+     "c.yaml: not a text file (a YAML config is UTF-8 text)"),
     # files
     ("corrupt zoo.json", "imitate", lambda t, p: zoo_folder(t, zoo_json='{"experiment": "dig') or sets(*TINY),
      "artifacts/checkpoints/digits_mlp/zoo.json: not valid JSON"),
