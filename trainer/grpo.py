@@ -241,6 +241,11 @@ class GRPOTrainer:
                 self.opt.step()
                 stats["policy"].append(pg_loss.item())
                 stats["kl"].append(kl_loss.item())
+        if not all(torch.isfinite(p).all() for p in params):  # nothing non-finite reaches a saved policy
+            saved = self.iteration - self.iteration % gc.save_every
+            raise ConfigError(f"GRPO diverged at iteration {self.iteration + 1}: the policy's parameters are no longer "
+                              f"finite; lower grpo.lr ({gc.lr}); " +
+                              (f"the last saved policy is iteration {saved}'s" if saved else "nothing was saved"))
         return {**{f"losses/{k}": float(np.mean(v)) if v else 0.0 for k, v in stats.items()},
                 "policy/std_mean": float(np.mean(stds)) if stds else 0.0,
                 "charts/learning_rate": self.opt.param_groups[0]["lr"]}

@@ -17,6 +17,10 @@ from trainer.checkpoints import CheckpointError, check_writable_folder
 RUN_FILES = ("events.out.tfevents.*", "policy.safetensors", "policy.json", "state.safetensors")
 
 
+def _has(folder: Path, pattern: str) -> bool:
+    return next(Path(folder).glob(pattern), None) is not None
+
+
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Before any work: `--resume` needs a saved state, and an earlier run's folder is only reused when asked (two
     runs' curves in one folder are one unreadable TensorBoard plot, and the old policy would be silently replaced)."""
@@ -27,8 +31,8 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if resume:
         if not state.is_file():
             raise CheckpointError(f"{state}: nothing to resume from")
-    elif not overwrite and not any(Path(run_dir).glob(p) for p in RUN_FILES if not p.startswith("events")) and \
-            any(Path(run_dir).glob("events*")):
+    elif not overwrite and not any(_has(run_dir, p) for p in RUN_FILES if not p.startswith("events")) and \
+            _has(run_dir, "events*"):
         # A run that crashed before it saved anything left only its curves: nothing to resume, so no reason to refuse.
         print(f"note: {run_dir}: removing the TensorBoard events of an earlier run that saved no state",
               file=sys.stderr)

@@ -342,3 +342,13 @@ def test_pathwise_grpo_trains_and_resumes_bit_identically(imitation, in_tmp):
 
     lr = [learning_rate(i, 2, 1e-3, True) for i in range(2)]  # the one run's cosine schedule, logged per iteration
     assert read_scalars(in_tmp / "a", "charts/learning_rate") == [(8, pytest.approx(lr[0])), (16, pytest.approx(lr[1]))]
+
+
+def test_a_diverged_update_is_a_one_line_error_and_saves_nothing(imitation, in_tmp):
+    from trainer.config import ConfigError
+    t = grpo_trainer(imitation, in_tmp / "r", 2, "grpo.lr=1e30", "grpo.save_every=1")
+    with pytest.raises(ConfigError, match=r"GRPO diverged at iteration 1: the policy's parameters are no longer "
+                                          r"finite; lower grpo.lr \(1e\+30\); nothing was saved"):
+        t.train()
+    assert not (in_tmp / "r/policy.safetensors").exists() and not (in_tmp / "r/state.safetensors").exists()
+
