@@ -46,7 +46,8 @@ def strips(groups: Mapping[str, Sequence[float]], title: str, xlabel: str, path:
 def bars(panels: Mapping[str, Mapping[str, float]], title: str, xlabel: str, path: str | Path) -> Path:
     """Horizontal bars, one panel per key of `panels` (e.g. per experiment), each bar labelled with its value."""
     rows = max(len(v) for v in panels.values())
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7, (0.45 * rows + 0.9) * len(panels)), squeeze=False)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, (0.45 * rows + 1.3) * len(panels)), squeeze=False,
+                             layout="constrained")  # each panel's title clear of the x label above it
     for ax, (name, values) in zip(axes[:, 0], panels.items()):
         labels, v = list(values), list(values.values())
         ax.barh(range(len(v)), v, color=COLORS[:len(v)])
