@@ -46,8 +46,8 @@ def test_imitate_generate_and_grpo_on_the_gpu_and_the_policy_loads_on_the_cpu(in
 
     assert imitate_cli("--set", "device=cuda") == 0
     path = in_tmp / "artifacts/runs/digits_mlp-imitate/policy.safetensors"
-    assert generate.main(["--seeds", "0..2", "--mean", "--set", "device=cuda", "--name", "gpu"]) == 0
-    assert generate.main(["--seeds", "0..2", "--mean", "--set", "device=cpu", "--name", "cpu"]) == 0
+    assert generate.cli(["--seeds", "0..2", "--mean", "--set", "device=cuda", "--name", "gpu"]) == 0
+    assert generate.cli(["--seeds", "0..2", "--mean", "--set", "device=cpu", "--name", "cpu"]) == 0
     on_cpu = WeightGenerator.load(path, ["device=cpu"])
     assert on_cpu.device.type == "cpu"
     cfg = load_config(overrides=GRPO + ["grpo.iterations=1", "device=cuda", "rollout.gpus_per_worker=0.5"])

@@ -121,3 +121,14 @@ def test_a_cycle_through_a_function_level_import_is_found(tmp_path):
     graph = import_graph(tmp_path, ["pkg"])
     assert graph["pkg.a"] == {"pkg.sub", "pkg.sub.b"} and graph["pkg.d"] == {"pkg.a"}
     assert cycles(graph) == [["pkg.a", "pkg.sub.b", "pkg.c", "pkg.a"]]
+
+
+def test_console_scripts_name_one_entry_function_per_command():
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {f"synthnet-{c}" for c in ("zoo", "imitate", "grpo", "generate", "bench")}
+    for target in scripts.values():
+        module, func = target.split(":")
+        assert func == "cli" and callable(getattr(importlib.import_module(module), func)), target

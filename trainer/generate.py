@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
+def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Generate trained weights from fresh inits with a trained policy.")
     p.add_argument("--config", help=f"experiment (default {DEFAULT_CONFIG}): names the default policy path; the "
                                     f"policy must belong to it")
@@ -210,4 +210,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli())

@@ -9,7 +9,7 @@ import torch
 from envs.models import build_reference
 from policy.tokenizer import Layout, transfer_scales
 from trainer import generate, imitate
-from trainer.bench.__main__ import main as bench_main
+from trainer.bench.__main__ import cli as bench_main
 from trainer.checkpoints import load_weights
 
 TINY = ["zoo.runs=3", "reference.widths=[8]", "zoo.epochs=2", "zoo.checkpoints=4", "zoo.batch_size=16",
@@ -54,7 +54,7 @@ def trained(in_tmp, ray_local):
 
 
 def test_generate_at_a_width_the_policy_never_saw(trained, in_tmp):
-    assert generate.main(["--seeds", "0..1", "--mean", "--set", "reference.widths=[13]", "--out", "w13"]) == 0
+    assert generate.cli(["--seeds", "0..1", "--mean", "--set", "reference.widths=[13]", "--out", "w13"]) == 0
     report = json.loads((in_tmp / "w13/report.json").read_text())
     ref = build_reference("mlp", [13], (1, 8, 8), 10).state_dict()
     for s in report["samples"]:
@@ -78,7 +78,7 @@ def test_a_policy_at_an_unseen_width_stays_permutation_equivariant(trained):
 
 
 def test_another_structure_is_a_one_line_error(trained, capsys):
-    assert generate.main(["--seeds", "0", "--set", "reference.widths=[8,8]"]) == 2
+    assert generate.cli(["--seeds", "0", "--set", "reference.widths=[8,8]"]) == 2
     err = capsys.readouterr().err
     assert "policy was made for another reference model than mlp[8, 8]" in err and err.count("\n") == 1
 
@@ -97,7 +97,7 @@ def test_a_mixed_width_zoo_trains_one_policy_that_loads_at_other_widths(in_tmp, 
     assert json.loads((zoo / "w12/manifest.json").read_text())["reference"]["widths"] == [12]
     spec = json.loads((in_tmp / "artifacts/runs/digits_mlp-imitate/policy.json").read_text())
     assert spec["zoo_runs"] == 4
-    assert generate.main(["--seeds", "0", "--mean", "--set", "reference.widths=[20]", "--out", "w20"]) == 0
+    assert generate.cli(["--seeds", "0", "--mean", "--set", "reference.widths=[20]", "--out", "w20"]) == 0
     ref = build_reference("mlp", [20], (1, 8, 8), 10).state_dict()
     load_weights(json.loads((in_tmp / "w20/report.json").read_text())["samples"][0]["file"], expected=ref)
 
@@ -112,9 +112,9 @@ def test_imitating_a_mixed_zoo_needs_reference_widths_among_its_widths(in_tmp, c
 def test_resnet_chain_with_generated_and_recomputed_batchnorm_statistics(in_tmp, ray_local, capsys):
     assert imitate_cli(*TINY_RESNET) == 0
     pol = in_tmp / "artifacts/runs/digits_resnet-imitate/policy.safetensors"
-    assert generate.main(["--policy", str(pol), "--seeds", "0", "--mean", "--out", "gen",
+    assert generate.cli(["--policy", str(pol), "--seeds", "0", "--mean", "--out", "gen",
                           "--set", "generate.bn_recompute_batches=0"]) == 0  # the generated statistics themselves
-    assert generate.main(["--policy", str(pol), "--seeds", "0", "--mean", "--out", "bn",
+    assert generate.cli(["--policy", str(pol), "--seeds", "0", "--mean", "--out", "bn",
                           "--set", "generate.bn_recompute_batches=2"]) == 0
     ref = build_reference("resnet", [4, 8], (1, 8, 8), 10)
     files = [json.loads((in_tmp / d / "report.json").read_text())["samples"][0]["file"] for d in ("gen", "bn")]
@@ -140,13 +140,13 @@ def test_resnet_chain_with_generated_and_recomputed_batchnorm_statistics(in_tmp,
 
 def test_cnn_chain_on_digits(in_tmp, ray_local):
     assert imitate_cli("--set", "reference.family=cnn", "--set", "reference.widths=[4]", "--set", "zoo.runs=2") == 0
-    assert generate.main(["--seeds", "0", "--mean", "--out", "cnn", "--set", "reference.widths=[6]"]) == 0
+    assert generate.cli(["--seeds", "0", "--mean", "--out", "cnn", "--set", "reference.widths=[6]"]) == 0
     ref = build_reference("cnn", [6], (1, 8, 8), 10).state_dict()
     load_weights(json.loads((in_tmp / "cnn/report.json").read_text())["samples"][0]["file"], expected=ref)
 
 
 def test_recomputing_batchnorm_statistics_needs_batchnorm(trained, capsys):
-    assert generate.main(["--seeds", "0", "--set", "generate.bn_recompute_batches=2"]) == 2
+    assert generate.cli(["--seeds", "0", "--set", "generate.bn_recompute_batches=2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: config key generate.bn_recompute_batches: mlp[8] has no BatchNorm") and \
         err.count("\n") == 1
@@ -160,7 +160,7 @@ def test_grpo_runs_at_a_width_the_imitation_policy_never_saw(trained, in_tmp):
     assert grpo.cli(args + ["--init-policy", str(trained / "policy.safetensors")]) == 0
     spec = json.loads((in_tmp / "artifacts/runs/digits_mlp-grpo/policy.json").read_text())
     assert spec["experiment"]["reference"]["widths"] == [12]  # saved as a width-12 policy, its scales carried over
-    assert generate.main(["--policy", str(in_tmp / "artifacts/runs/digits_mlp-grpo/policy.safetensors"), "--seeds", "0",
+    assert generate.cli(["--policy", str(in_tmp / "artifacts/runs/digits_mlp-grpo/policy.safetensors"), "--seeds", "0",
                           "--out", "g12"]) == 0
 
 

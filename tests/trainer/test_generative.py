@@ -53,11 +53,11 @@ def test_samples_differ_per_draw_and_the_mean_path_is_deterministic(generative):
 
 
 def test_samples_and_best_of_write_what_they_say(generative, in_tmp):
-    assert generate.main(["--seeds", "0..1", "--samples", "3", "--out", "many"]) == 0
+    assert generate.cli(["--seeds", "0..1", "--samples", "3", "--out", "many"]) == 0
     report = json.loads((in_tmp / "many/report.json").read_text())
     assert len(report["samples"]) == 6 and len(list((in_tmp / "many").glob("*.safetensors"))) == 6
     assert [(s["seed"], s["draw"]) for s in report["samples"]] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
-    assert generate.main(["--seeds", "0..1", "--best-of", "4", "--out", "best"]) == 0
+    assert generate.cli(["--seeds", "0..1", "--best-of", "4", "--out", "best"]) == 0
     report = json.loads((in_tmp / "best/report.json").read_text())
     assert report["summary"]["output"] == "the best of 4 samples per init on the reward split"
     for s in report["samples"]:
@@ -69,7 +69,7 @@ def test_samples_and_best_of_write_what_they_say(generative, in_tmp):
 @pytest.mark.parametrize("argv", [["--samples", "0"], ["--best-of", "-1"], ["--samples", "2", "--best-of", "2"],
                                   ["--mean", "--samples", "2"]])
 def test_bad_draw_counts_are_one_line_errors_before_any_work(argv, in_tmp, capsys):
-    assert generate.main(["--seeds", "0", "--out", "x", *argv]) == 2
+    assert generate.cli(["--seeds", "0", "--out", "x", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --")
     assert not (in_tmp / "x").exists()

@@ -217,7 +217,7 @@ def test_smoke_two_iterations_with_local_ray(imitation, in_tmp):
         read_scalars(run, "eval/accuracy_mean")[0][1] - statistics.mean(imitation_accuracies(imitation)), abs=1e-6)
     assert read_scalars(run, "losses/kl")[0][1] >= 0.0
     from trainer import generate
-    assert generate.main(["--policy", str(run / "policy.safetensors"), "--seeds", "0..1", "--out", "gen"]) == 0
+    assert generate.cli(["--policy", str(run / "policy.safetensors"), "--seeds", "0..1", "--out", "gen"]) == 0
 
 
 def imitation_accuracies(policy) -> list[float]:

@@ -15,7 +15,7 @@ import torch
 
 from envs.models import build_reference
 from trainer import generate, grpo, imitate, zoo
-from trainer.bench.__main__ import main as bench_main
+from trainer.bench.__main__ import cli as bench_main
 from trainer.checkpoints import save_weights
 from trainer.config import load_config
 from trainer.pipeline import WeightGenerator, init_states, reference_layout
@@ -23,7 +23,7 @@ from trainer.zoo import zoo_spec
 
 from tests.trainer.test_imitate_generate import TINY
 
-ENTRY = {"zoo": zoo.cli, "imitate": imitate.cli, "grpo": grpo.cli, "generate": generate.main, "bench": bench_main}
+ENTRY = {"zoo": zoo.cli, "imitate": imitate.cli, "grpo": grpo.cli, "generate": generate.cli, "bench": bench_main}
 
 
 def sets(*overrides):
@@ -261,7 +261,7 @@ def test_cli_process_exits_2_with_one_line(in_tmp):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_float_inits_are_cast_and_the_cast_is_said(policy, in_tmp, capsys, dtype):
     path = init_file(in_tmp, dtype)
-    assert generate.main(["--policy", str(policy), "--init", str(path), "--mean", "--out", "out"]) == 0
+    assert generate.cli(["--policy", str(policy), "--init", str(path), "--mean", "--out", "out"]) == 0
     err = capsys.readouterr().err
     name = str(dtype).removeprefix("torch.")
     assert f"note: {path}: cast layers.0.weight {name} -> float32" in err
@@ -272,7 +272,7 @@ def test_float_inits_are_cast_and_the_cast_is_said(policy, in_tmp, capsys, dtype
 def test_an_init_that_makes_non_finite_nets_scores_zero_and_is_counted(policy, in_tmp, capsys):
     # What used to crash score_batch: every generated set non-finite. Now: scored 0, counted, said.
     path = init_file(in_tmp, scale=1e30)
-    assert generate.main(["--policy", str(policy), "--init", str(path), "--out", "out"]) == 0
+    assert generate.cli(["--policy", str(policy), "--init", str(path), "--out", "out"]) == 0
     report = json.loads((in_tmp / "out/report.json").read_text())
     assert report["summary"]["non_finite"] == 1
     assert report["samples"][0]["test_accuracy"] == report["samples"][0]["reward_accuracy"] == 0.0
@@ -292,7 +292,7 @@ def test_entry_point_sets_and_says_its_torch_threads(policy, in_tmp, capsys, mon
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     try:
-        assert generate.main(["--policy", str(policy), "--seeds", "0", "--mean", "--out", "out", *extra]) == 0
+        assert generate.cli(["--policy", str(policy), "--seeds", "0", "--mean", "--out", "out", *extra]) == 0
         assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)  # the rest of the suite runs on one thread (conftest)

@@ -30,7 +30,7 @@ def test_imitate_then_generate_end_to_end(trained, in_tmp, capsys):
     assert spec["trained_steps"] == 6 and spec["zoo_runs"] == 3 and len(spec["schedule"]) == 3
     assert spec["schedule"][0] == 0.0 and spec["schedule"][-1] == 1.0 and set(spec["schedule"]) <= set(spec["grid"])
     assert list(trained.glob("events.out.tfevents.*"))
-    assert generate.main(["--seeds", "0..2", "--mean", "--name", "smoke"]) == 0
+    assert generate.cli(["--seeds", "0..2", "--mean", "--name", "smoke"]) == 0
     report = json.loads((in_tmp / "artifacts/generated/smoke/report.json").read_text())
     assert [s["seed"] for s in report["samples"]] == [0, 1, 2]
     ref = build_reference("mlp", [8], (1, 8, 8), 10)
@@ -146,7 +146,7 @@ def test_bad_init_files_give_one_line_errors(trained, in_tmp, capsys, case, mess
     elif case == "not_safetensors":
         path.write_bytes(b"\x00" * 5)
     before = set(in_tmp.rglob("*"))
-    assert generate.main(["--init", str(path)]) == 2
+    assert generate.cli(["--init", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}: {message}") and err.count("\n") == 1
     assert set(in_tmp.rglob("*")) == before  # no partial output
@@ -155,7 +155,7 @@ def test_bad_init_files_give_one_line_errors(trained, in_tmp, capsys, case, mess
 def test_user_init_file_is_used(trained, in_tmp):
     init = build_reference("mlp", [8], (1, 8, 8), 10, seed=77).state_dict()
     path = save_weights(in_tmp / "mine.safetensors", init)
-    assert generate.main(["--init", str(path), "--mean", "--out", "out"]) == 0
+    assert generate.cli(["--init", str(path), "--mean", "--out", "out"]) == 0
     report = json.loads((in_tmp / "out/report.json").read_text())
     assert report["samples"][0]["init"] == str(path) and (in_tmp / "out/mine-generated.safetensors").is_file()
 

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     return common.parser_of(BENCHMARKS, description=__doc__.splitlines()[0])
 
 
-def main(argv: list[str] | None = None) -> int:
+def cli(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     paths = args.config or args.default_configs
@@ -54,4 +54,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli())

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from tests.trainer.test_audit import TINY, tiny_policy, tiny_zoo  # noqa: F401  (fixtures)
-from trainer.bench.__main__ import main as bench_main
+from trainer.bench.__main__ import cli as bench_main
 from trainer.pipeline import WeightGenerator, mean_path_accuracy
 
 

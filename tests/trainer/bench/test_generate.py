@@ -6,7 +6,7 @@ import torch
 
 from envs.tasks import load_task
 from tests.trainer.test_imitate_generate import TINY, trained  # noqa: F401  (fixture)
-from trainer.bench.__main__ import main as bench_main
+from trainer.bench.__main__ import cli as bench_main
 from trainer.pipeline import WeightGenerator, sample_accuracy
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from envs.tasks import task_from_config
 from tests.trainer.test_grpo import GRPO, imitation  # noqa: F401  (fixture)
-from trainer.bench.__main__ import main as bench_main
+from trainer.bench.__main__ import cli as bench_main
 from trainer.config import load_config
 from trainer.pipeline import WeightGenerator, mean_path_accuracy
 

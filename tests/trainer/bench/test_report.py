@@ -8,7 +8,7 @@ import shlex
 from tests.trainer.test_audit import TINY, tiny_policy, tiny_zoo  # noqa: F401  (fixtures)
 from trainer import plots
 from trainer.bench import rollout
-from trainer.bench.__main__ import main as bench_main
+from trainer.bench.__main__ import cli as bench_main
 from trainer.bench.common import figure
 
 

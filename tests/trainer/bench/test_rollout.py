@@ -6,7 +6,7 @@ import re
 import pytest
 
 from trainer.bench import rollout
-from trainer.bench.__main__ import main as bench_main
+from trainer.bench.__main__ import cli as bench_main
 from trainer.bench.rollout import ScoringMismatch
 from trainer.config import load_config
 
