@@ -25,6 +25,9 @@ from trainer.zoo import load_manifest
 
 GRPO_RESULTS = "artifacts/bench/{experiment}/grpo.json"
 
+OBJECTIVES_GUIDE = ("Each net is scored as deployed: quantised, pruned, or on noisy inputs. The GRPO rows are the "
+                    "policies `python -m trainer.grpo --set env.objective=<objective> --name <experiment>-grpo-"
+                    "<objective>` trained; an objective without one says so.")
 AUDIT_GUIDE = """How to read it. *Novelty in weights*: each net's L2 distance to its nearest zoo checkpoint after its
 hidden units are permuted to match that checkpoint (weight matching, per unit group), next to the same distance from
 each zoo net to the rest of the zoo; a generator that copies its training checkpoints sits far left of the zoo's own

@@ -1,6 +1,6 @@
-"""`python -m trainer.bench report`: run the standard bench set (generate, audit, rollout, and GRPO's budget curve when
-its results exist) on each experiment and write docs/RESULTS.md with every table, its figures and the command that
-reproduces it. The document's pieces (sections, the audit's reading, the GRPO hook) are `trainer.report`'s."""
+"""`python -m trainer.bench report`: run the standard bench set (generate, audit, rollout, objectives, and GRPO's
+budget curve when its results exist) on each experiment and write docs/RESULTS.md with every table, its figures and the
+command that reproduces it. The document's pieces (sections, the audit's reading, the GRPO hook) are `trainer.report`'s."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from trainer.bench import audit, generate, rollout
+from trainer.bench import audit, generate, objectives, rollout
 from trainer.bench.common import parser_of
 from trainer.config import ExperimentConfig, load_config
-from trainer.report import AUDIT_GUIDE, audit_reading, check_inputs, command, grpo_section, section
+from trainer.report import AUDIT_GUIDE, OBJECTIVES_GUIDE, audit_reading, check_inputs, command, grpo_section, section
 
-STEPS = (generate, audit, rollout)  # the subcommands a report runs, each from its command line
+STEPS = (generate, audit, rollout, objectives)  # the subcommands a report runs, each from its command line
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -64,7 +64,9 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
         steps = [("Held-out accuracy: random init, SGD and the policy", ["generate", *common, *held, *policies], ""),
                  ("Novelty and fidelity audit",
                   ["audit", *common, *held, *policies[:2], "--json", str(tables / "audit.json")], AUDIT_GUIDE),
-                 ("Scoring throughput", ["rollout", *common, "--threads", "1"], "")]
+                 ("Scoring throughput", ["rollout", *common, "--threads", "1"], ""),
+                 ("Objectives: 4-bit, sparse and noise-robust nets", ["objectives", *common, *held, *policies[:2]],
+                  OBJECTIVES_GUIDE)]
         for title, argv, guide in steps:
             argv = argv + ["--out", str(tables / f"{argv[0]}.md"), "--plots", str(fig_dir)]
             print(f"report: {command(argv)}", file=sys.stderr, flush=True)

@@ -28,8 +28,10 @@ def test_bench_report_writes_results_with_tables_figures_and_commands_that_repro
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
     assert sorted(links) == ["figures/digits_mlp-audit-distance.png", "figures/digits_mlp-audit-ensembles.png",
                              "figures/digits_mlp-audit-iou.png", "figures/digits_mlp-generate.png",
-                             "figures/digits_mlp-rollout.png", "figures/grpo-budget.png"]
+                             "figures/digits_mlp-objectives.png", "figures/digits_mlp-rollout.png",
+                             "figures/grpo-budget.png"]
     assert all((in_tmp / "docs" / link).is_file() for link in links)
+    assert "### accuracy at 90% sparsity (pruned)" in text and "not trained: `python -m trainer.grpo" in text
     assert "| rollout stub |" in text and "| grpo table |" in text and "python -m trainer.bench grpo --budget 3" in text
     # The audit section's command, run again, writes exactly the table the report holds.
     (cmd,) = [c for c in re.findall(r"```bash\n(.*)\n```", text) if " audit " in c]
