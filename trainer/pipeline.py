@@ -104,6 +104,37 @@ def sample_accuracy(wg: "WeightGenerator", task: Task, seeds: Sequence[int], gen
     return score_states(wg.cfg, task, final, split, objective)
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _json(path: Path) -> Path:
+    path = Path(path)
+    return (path / "policy.json") if path.is_dir() else path.with_suffix(".json")
+
+
+def check_spec(spec: dict, path: Path) -> PolicyConfig:
+    """A policy.json checked as far as it can be without the reference model: its `policy` section (types and keys,
+    as a config is), a schedule and a progress grid of ascending values in [0, 1], a known default output. Returns the
+    policy's config; a hand-edited file fails here in one line naming the key."""
+    try:
+        policy_cfg = from_dict(PolicyConfig, spec["policy"], "policy.")
+    except ConfigError as e:
+        raise CheckpointError(f"{_json(path)}: {e}") from None
+    for key in ("schedule", "grid"):
+        v = spec[key]
+        if not (isinstance(v, list) and len(v) >= 2 and all(_number(x) and 0 <= x <= 1 for x in v)
+                and all(a < b for a, b in zip(v, v[1:]))):
+            raise CheckpointError(f"{_json(path)}: {key!r} must be a list of at least 2 ascending progress values in "
+                                  f"[0, 1], got {str(v)[:60]}")
+    if spec.get("default_output", "mean") not in ("mean", "samples"):
+        raise CheckpointError(f"{_json(path)}: 'default_output' must be \"mean\" or \"samples\", got "
+                              f"{spec['default_output']!r}")
+    if not isinstance(spec["scales"], dict) or not isinstance(spec["layout"], dict):
+        raise CheckpointError(f"{_json(path)}: 'scales' and 'layout' must be mappings")
+    return policy_cfg
+
+
 ADDED_LATER = ("latent_mean.", "unit_value", "unit_out", "rest_left.")
 """policy parameters a policy saved before them may lack: all zero-initialised, so it loads with its old function"""
 
@@ -203,6 +234,7 @@ class WeightGenerator:
         one with `overrides` (`a.b=c`) applied, its device back to "auto" (where it was trained is no concern here);
         either way it must describe the reference model the policy was made for."""
         weights, spec = load_policy_files(path)
+        policy_cfg = check_spec(spec, Path(path))
         if cfg is None:
             data = copy.deepcopy(spec["experiment"])
             data["device"] = "auto"
@@ -226,8 +258,11 @@ class WeightGenerator:
         if cfg.generate.bn_recompute_batches and not has_batchnorm(layout):
             raise ConfigError(f"config key generate.bn_recompute_batches: {cfg.reference.family}"
                               f"{cfg.reference.widths} has no BatchNorm statistics to recompute")
+        if not set(layout.shapes) <= set(scales) or not all(_number(v) and v > 0 for v in scales.values()):
+            raise CheckpointError(f"{_json(path)}: 'scales' must give a number > 0 for each of the reference model's "
+                                  f"tensors ({', '.join(layout.shapes)})")
         tokenizer = Tokenizer(layout, scales)
-        policy = DenoisingPolicy(PolicyConfig(**spec["policy"]), layout, tokenizer.centres())
+        policy = DenoisingPolicy(policy_cfg, layout, tokenizer.centres())
         try:
             # A policy saved before the parameters in ADDED_LATER existed lacks them: keep the fresh (zero) ones, which
             # leave its function as it was.

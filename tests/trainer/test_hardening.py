@@ -73,6 +73,15 @@ def policy_copy(policy, tmp, edit_spec):
     return folder / "policy.safetensors"
 
 
+def edited(change):
+    """policy.json text -> the same spec with `change(spec)` applied in place."""
+    def edit(text):
+        spec = json.loads(text)
+        change(spec)
+        return json.dumps(spec)
+    return edit
+
+
 def without_layout(text):
     spec = json.loads(text)
     del spec["layout"]
@@ -171,6 +180,18 @@ CASES = [
      "bad-policy/policy.json: not valid JSON"),
     ("policy.json without layout", "generate", lambda t, p: ["--policy", str(policy_copy(p, t, without_layout))],
      "bad-policy/policy.json: not a policy spec (no 'layout'"),
+    ("policy.json: an unknown policy key", "generate",
+     lambda t, p: ["--policy", str(policy_copy(p, t, edited(lambda d: d["policy"].update(bogus=1))))],
+     "bad-policy/policy.json: unknown config key policy.bogus (valid: dim,"),
+    ("policy.json: a policy key of the wrong type", "generate",
+     lambda t, p: ["--policy", str(policy_copy(p, t, edited(lambda d: d["policy"].update(dim="64"))))],
+     "bad-policy/policy.json: config key policy.dim: expected int, got '64'"),
+    ("policy.json: a schedule that is not one", "generate",
+     lambda t, p: ["--policy", str(policy_copy(p, t, edited(lambda d: d.update(schedule="abc"))))],
+     "bad-policy/policy.json: 'schedule' must be a list of at least 2 ascending progress values in [0, 1]"),
+    ("policy.json: scales for other tensors", "generate",
+     lambda t, p: ["--policy", str(policy_copy(p, t, edited(lambda d: d.update(scales={"a": 1.0}))))],
+     "bad-policy/policy.json: 'scales' must give a number > 0 for each of the reference model's tensors"),
     ("no policy", "generate", lambda t, p: ["--policy", "nowhere/policy.safetensors"],
      "nowhere/policy.safetensors: policy file not found"),
     ("--out is a file", "generate", lambda t, p: (t / "taken").write_text("x") and ["--policy", str(p), "--out", "taken"],
