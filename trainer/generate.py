@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from envs.tasks import task_from_config
-from trainer.checkpoints import CheckpointError, check_writable_folder, load_weights, save_json, save_weights
+from trainer.checkpoints import (CheckpointError, check_writable_folder, load_weights, read_json, save_json,
+                                 save_weights)
 from trainer.cli import folder_name, guarded, use_threads
 from trainer.config import DEFAULT_CONFIG, ConfigError, load_config
 from rollout.pool import RolloutPool
@@ -72,6 +73,23 @@ def load_init(path: Path, template: dict[str, torch.Tensor]) -> dict[str, torch.
     return sd
 
 
+def earlier_nets(out: Path) -> list[Path]:
+    """The nets an earlier generate wrote to `out`, as its report.json lists them: this run replaces them. Weight
+    files that no report lists are not generate's to remove: refused before any work."""
+    report, listed = out / "report.json", []
+    if report.is_file():
+        try:
+            listed = [Path(s["file"]).name for s in read_json(report)["samples"]]
+        except (KeyError, TypeError):
+            raise CheckpointError(f"{report}: not a report of `python -m trainer.generate`; choose another --out") \
+                from None
+    strays = sorted(p.name for p in out.glob("*.safetensors") if p.name not in listed) if out.is_dir() else []
+    if strays:
+        raise CheckpointError(f"--out {out}: holds {strays[0]}" + (f" and {len(strays) - 1} more" if len(strays) > 1
+                              else "") + " that no report.json of generate lists; choose another --out")
+    return [out / name for name in listed]
+
+
 def output_mode(args: argparse.Namespace, wg: WeightGenerator) -> tuple[bool, int]:
     """(sample?, draws per init): the flags, else the policy's measured default."""
     draws = max(args.samples, args.best_of)
@@ -117,6 +135,7 @@ def run(args: argparse.Namespace) -> dict:
     use_threads(cfg.threads)
     out = Path(args.out or f"artifacts/generated/{args.name or cfg.name}")
     check_writable_folder(out, "--out")
+    earlier = earlier_nets(out)
     task = task_from_config(cfg.task)
     template, _ = reference_layout(cfg, task)
     if args.init:
@@ -161,6 +180,10 @@ def run(args: argparse.Namespace) -> dict:
     if non_finite:
         print(f"warning: {non_finite} of {len(finite)} generated nets have non-finite weights and score 0 (is the init "
               f"far from the PyTorch default inits the policy was trained on?)", file=sys.stderr)
+    if earlier:  # one folder, one report: the earlier run's nets go, so report.json lists every net in the folder
+        print(f"note: {out}: replacing the {len(earlier)} nets of an earlier generate", file=sys.stderr)
+        for f in earlier:
+            f.unlink(missing_ok=True)
     samples = []
     for i, (ident, src) in enumerate(zip(ids, sources)):
         file = out / f"{ident}.safetensors"

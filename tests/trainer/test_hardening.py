@@ -318,3 +318,18 @@ def test_entry_point_sets_and_says_its_torch_threads(policy, in_tmp, capsys, mon
     finally:
         torch.set_num_threads(before)  # the rest of the suite runs on one thread (conftest)
     assert line in capsys.readouterr().out
+
+
+def test_generate_into_an_earlier_output_replaces_its_nets_and_refuses_strangers(policy, in_tmp, capsys):
+    args = ["--policy", str(policy), "--mean", "--out", "out"]
+    assert generate.cli(args + ["--seeds", "0..2"]) == 0
+    assert generate.cli(args + ["--seeds", "5"]) == 0
+    assert "note: out: replacing the 3 nets of an earlier generate" in capsys.readouterr().err
+    report = json.loads((in_tmp / "out/report.json").read_text())
+    assert [Path(s["file"]).name for s in report["samples"]] == ["seed-000005.safetensors"]
+    assert sorted(p.name for p in (in_tmp / "out").glob("*.safetensors")) == ["seed-000005.safetensors"]
+    (in_tmp / "out/mine.safetensors").write_bytes(b"x")  # a file generate did not write: not its to remove
+    before = snapshot(in_tmp)
+    assert generate.cli(args + ["--seeds", "6"]) == 2
+    assert "error: --out out: holds mine.safetensors that no report.json of generate lists" in capsys.readouterr().err
+    assert snapshot(in_tmp) == before
