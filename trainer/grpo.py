@@ -72,8 +72,8 @@ class GRPOTrainer:
         noise = "units" if pc.generative else gc.noise
         self.policy.cfg = dataclasses.replace(pc, temperature=gc.temperature, noise=noise,
                                               latent_std=pc.latent_std if gc.latent_std is None else gc.latent_std)
-        self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)  # the frozen imitation policy
-        self.imitation = dataclasses.replace(self.wg, policy=self.reference)
+        self.frozen = copy.deepcopy(self.policy).eval().requires_grad_(False)  # the imitation policy, frozen
+        self.imitation = dataclasses.replace(self.wg, policy=self.frozen)
         if noise == "units" and gc.trainable == "latent":  # trunk and weight head stay the imitation policy's
             self.policy.requires_grad_(False)
             self.policy.latent_mean.requires_grad_(True)
@@ -161,13 +161,13 @@ class GRPOTrainer:
             h = {k: v[rows] for k, v in stored.items()}
             dist = self.policy.latent(h)
             with torch.no_grad():
-                ref = self.reference.latent(h)
+                ref = self.frozen.latent(h)
         else:
             x = {k: v[rows] for k, v in stored.items()}
             t1, t2 = (torch.full((len(rows),), t, device=self.wg.device) for t in (step.t1, step.t2))
             dist = self.policy(x, t1, t2)
             with torch.no_grad():
-                ref = self.reference(x, t1, t2)
+                ref = self.frozen(x, t1, t2)
         if not step.sampled:
             return dist, ref, None
         if shared:  # the policy ran once per group: one row per trajectory again
@@ -196,7 +196,7 @@ class GRPOTrainer:
 
     def update_policy(self, ro: Rollouts) -> dict[str, float]:
         """E epochs over minibatches of trajectories: clipped ratio objective per sampled step + beta * KL to the
-        reference, averaged over the K steps (a mean-path step, see `grpo.explore`, adds its KL on one row per group)."""
+        frozen imitation policy, averaged over the K steps (a mean-path step, see `grpo.explore`, adds its KL on one row per group)."""
         gc = self.cfg.grpo
         g = gc.group_size
         adv = ro.advantages.flatten().to(self.wg.device)

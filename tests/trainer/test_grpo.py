@@ -45,7 +45,7 @@ def test_first_update_sees_ratio_one_and_zero_kl(imitation, in_tmp):
     x = repeat_groups(step.x, 4)
     t.policy.train()
     mean, std = t.policy(x, torch.full((8,), step.t1), torch.full((8,), step.t2))
-    ref_mean, ref_std = t.reference(x, torch.full((8,), step.t1), torch.full((8,), step.t2))
+    ref_mean, ref_std = t.frozen(x, torch.full((8,), step.t1), torch.full((8,), step.t2))
     assert torch.equal(gaussian_kl(mean, std, ref_mean, ref_std), torch.zeros(8))
     from policy.sampling import gaussian_log_prob
     torch.testing.assert_close(gaussian_log_prob(step.y, mean, std), step.log_prob, rtol=0, atol=1e-5)
@@ -63,7 +63,7 @@ def test_temperature_tempers_policy_and_reference_and_is_saved(imitation, in_tmp
     t1, t2 = torch.zeros(8), torch.full((8,), 0.5)
     with torch.no_grad():
         _, std0 = imitated(x, t1, t2)
-        for net in (t.policy, t.reference):
+        for net in (t.policy, t.frozen):
             _, std = net(x, t1, t2)
             for k in std:
                 torch.testing.assert_close(std[k], 0.3 * std0[k])
@@ -148,7 +148,7 @@ def test_unit_latent_log_probs_are_exact_and_only_the_latent_mean_learns(imitati
         exact = dist.log_prob(torch.cat([step.latent[g].flatten(1) for g in mean], 1)).mean(1)
         torch.testing.assert_close(step.log_prob, exact)
     with torch.no_grad():
-        kl = gaussian_kl(*t.policy.latent(ro.steps[0].states), *t.reference.latent(ro.steps[0].states))
+        kl = gaussian_kl(*t.policy.latent(ro.steps[0].states), *t.frozen.latent(ro.steps[0].states))
     assert torch.equal(kl, torch.zeros_like(kl))
     ro.rewards = torch.arange(8.0).view(2, 4)
     t.compute_advantages(ro)
