@@ -196,7 +196,8 @@ class GRPOTrainer:
 
     def update_policy(self, ro: Rollouts) -> dict[str, float]:
         """E epochs over minibatches of trajectories: clipped ratio objective per sampled step + beta * KL to the
-        frozen imitation policy, averaged over the K steps (a mean-path step, see `grpo.explore`, adds its KL on one row per group)."""
+        frozen imitation policy, averaged over the K steps (a mean-path step, see `grpo.explore`, adds its KL on one
+        row per group); with "pathwise", the reward gradient through the last step in place of the ratio objective."""
         gc = self.cfg.grpo
         g = gc.group_size
         adv = ro.advantages.flatten().to(self.wg.device)
