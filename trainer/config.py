@@ -286,7 +286,8 @@ RANGES: dict[str, Rule] = {
     "grpo.epochs": at_least(1), "grpo.minibatch_size": at_least(1), "grpo.lr": above(0), "grpo.clip_range": above(0),
     "grpo.beta_kl": at_least(0), "grpo.temperature": above(0), "grpo.latent_std": optional(above(0)),
     "grpo.grad_clip": above(0),
-    "grpo.eval_every": at_least(1), "grpo.save_every": at_least(1), "grpo.gain_every": at_least(1), "grpo.seed_start": at_least(0),
+    "grpo.eval_every": at_least(1), "grpo.save_every": at_least(1), "grpo.gain_every": at_least(1),
+    "grpo.seed_start": at_least(0),
     "generate.bn_recompute_batches": at_least(0),
 }
 

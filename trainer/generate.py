@@ -226,7 +226,8 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--best-of", type=int, default=1, metavar="N",
                    help="N samples per init scored on the reward split by the Ray pool; the best is saved")
     p.add_argument("--sample-seed", type=int, default=0, help="seed of the policy's sampling noise")
-    p.add_argument("--name", type=folder_name, help="output folder name under artifacts/generated/ (default: the experiment)")
+    p.add_argument("--name", type=folder_name,
+                   help="output folder name under artifacts/generated/ (default: the experiment)")
     p.add_argument("--out", help="output folder (overrides --name)")
     args = p.parse_args(argv)
     return guarded(lambda: run(args))

@@ -47,8 +47,8 @@ def test_bench_objectives_end_to_end_with_a_grpo_policy(tiny_zoo, tiny_policy, i
     rows = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert [r.split(" (")[0] for r in rows if not r.startswith("nets")] == [
         "SGD, then magnitude pruning", "SGD, then pruning + fine-tune of the kept weights", "imitation policy",
-        "GRPO policy on this objective", "SGD, then post-training quantisation", "SGD, then quantisation-aware fine-tune",
-        "imitation policy", "GRPO policy on this objective"]
+        "GRPO policy on this objective", "SGD, then post-training quantisation",
+        "SGD, then quantisation-aware fine-tune", "imitation policy", "GRPO policy on this objective"]
     assert "not trained: `python -m trainer.grpo --set env.objective=quantized" in text
     assert (in_tmp / "figs/digits_mlp-objectives.png").stat().st_size > 0
     with pytest.raises(SystemExit):
