@@ -24,6 +24,19 @@ def compute_grpo_advantages(rewards: torch.Tensor, scale_by_std: bool = True, ep
     return torch.where(zero[:, None], torch.zeros_like(adv), adv), zero
 
 
+def control_variate_advantages(rewards: torch.Tensor, base: torch.Tensor, slope: torch.Tensor, noise: torch.Tensor
+                                ) -> torch.Tensor:
+    """Score-function advantages with a first-order control variate (MuProp, Gu et al. 2016; LAX/RELAX's
+    differentiable surrogate): A = f(u) - c(u), with c(u) = f(mean) + slope . (u - mean) for a draw u around its mean.
+
+    rewards (N,): f(u); base (N,): f at the draw's mean; slope (N, d): the surrogate's gradient at the mean; noise
+    (N, d): u - mean. Whatever the slope, E[A grad log p(u)] + slope . d(mean) is an unbiased gradient of E[f(u)]
+    (E[c(u)] = f(mean) exactly, c being linear in u); with the slope of the reward's linearisation, A keeps only what
+    the first-order part does not explain, and most of the score function's variance goes with it.
+    """
+    return rewards - base - (slope * noise).sum(-1)
+
+
 def clipped_policy_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
                         clip_range: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO-clip objective, negated for minimisation, averaged over samples.

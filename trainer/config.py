@@ -164,7 +164,10 @@ class GRPOConfig:
     """the policy-gradient estimator: "score" (group-relative score function with the clipped ratio: GRPO) or
     "pathwise" (the workers' gradient of the differentiable reward, minus the mean cross-entropy on the iteration's
     examples, backpropagated through the last step's latent draw; needs noise "units" or a generative policy, and a
-    sampled last step)"""
+    sampled last step) or "score_cv" (the score function, unbiased, with the reward's first-order expansion around
+    each group's mean latent as a control variate, MuProp-style: the workers' gradient at the group's mean net gives
+    its slope, and its expectation's gradient is taken pathwise; needs noise "units" and explore "last"; advantages
+    are not normalised)"""
     trainable: str = "latent"
     """what the update trains with noise "units": "latent" (the latent's mean alone, the trunk and weight head stay the
     imitation policy's) or "policy" (every parameter: the reward gradient reaches the trunk and the weight head
@@ -338,7 +341,10 @@ def config_from_dict(data: dict) -> ExperimentConfig:
                           f"held-out evaluation seeds")
     check_choice("grpo.reward", gc.reward, ("accuracy", "neg_loss"))
     check_choice("grpo.explore", gc.explore, ("all", "first", "last"))
-    check_choice("grpo.estimator", gc.estimator, ("score", "pathwise"))
+    check_choice("grpo.estimator", gc.estimator, ("score", "pathwise", "score_cv"))
+    if gc.estimator == "score_cv" and (gc.explore != "last" or (gc.noise != "units" and not cfg.policy.generative)):
+        raise ConfigError("config key grpo.estimator: score_cv linearises the reward around each group's mean latent "
+                          "at the last step: it needs grpo.noise=units (or a generative policy) and grpo.explore=last")
     check_choice("grpo.trainable", gc.trainable, ("latent", "policy"))
     if gc.trainable == "policy" and gc.estimator != "pathwise":
         raise ConfigError("config key grpo.trainable: policy trains the trunk and head through the reward gradient: it "

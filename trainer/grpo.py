@@ -28,7 +28,7 @@ from envs.scoring import predict_batch
 from envs.tasks import task_from_config
 from policy.sampling import Step, gaussian_kl, gaussian_log_prob
 from rollout.pool import RolloutPool
-from trainer.algos import clipped_policy_loss, compute_grpo_advantages, learning_rate
+from trainer.algos import clipped_policy_loss, compute_grpo_advantages, control_variate_advantages, learning_rate
 from trainer.checkpoints import CheckpointError, load_training_state, save_training_state
 from trainer.cli import folder_name, parser, run_main, use_threads
 from trainer.config import ConfigError, ExperimentConfig
@@ -54,6 +54,8 @@ class Rollouts:
     zero_spread: Optional[torch.Tensor] = None  # (B,)
     grads: Optional[dict[str, torch.Tensor]] = None  # "pathwise": d(reward)/dW of every sampled net, (N, *shape)
     noise: Optional[dict[str, torch.Tensor]] = None  # "pathwise": the last step's standard-normal latent draws
+    mean_reward: Optional[torch.Tensor] = None  # "score_cv": (B,) the reward of each group's mean net (its linearisation
+    mean_grads: Optional[dict[str, torch.Tensor]] = None  # point), and d(reward)/dW there, (B, *shape)
     timing: dict[str, float] = field(default_factory=dict)
 
 
@@ -103,7 +105,7 @@ class GRPOTrainer:
         self.policy.eval()
         final, steps = self.wg.rollout(init, gc.group_size, self.rng["sample"], gc.antithetic, gc.explore)
         ro = Rollouts(steps, final, seeds, None)
-        if self.iteration % gc.gain_every == 0:  # the paired gain curve, at its cadence
+        if self.iteration % gc.gain_every == 0 or gc.estimator == "score_cv":  # the paired gain, at its cadence
             paths = [wg.generate(init, mean_only=True, trajectory=False)[0] for wg in (self.wg, self.imitation)]
             ro.paths = {k: torch.cat([p[k] for p in paths]) for k in final}
         if gc.estimator == "pathwise":  # the draws as noise, so the update can move their mean under them
@@ -130,6 +132,11 @@ class GRPOTrainer:
         examples = self.reward_examples()
         nets = ro.final if ro.paths is None else {k: torch.cat([ro.final[k], ro.paths[k]]) for k in ro.final}
         scores = self.pool.score(nets, examples, grad=pathwise, objective=self.objective, noise_seed=self.noise_seed())
+        if gc.estimator == "score_cv":  # the groups' mean nets (the last step at the mean latent), with gradients
+            at_mean = self.pool.score({k: v[:b] for k, v in ro.paths.items()}, examples, grad=True,
+                                      objective=self.objective, noise_seed=self.noise_seed())
+            ro.mean_reward = (at_mean.accuracy if gc.reward == "accuracy" else at_mean.neg_loss()).float()
+            ro.mean_grads = {k: v.to(self.wg.device) for k, v in at_mean.grad.items()}
         if ro.paths is not None and not self.objective.plain:
             ro.plain = self.pool.score({k: v[:b] for k, v in ro.paths.items()}, examples).accuracy.float()
         if pathwise:
@@ -144,7 +151,49 @@ class GRPOTrainer:
         return self.cfg.seed * 1_000_003 + self.iteration + 1
 
     def compute_advantages(self, ro: Rollouts) -> None:
+        if self.cfg.grpo.estimator == "score_cv":
+            ro.advantages = self.control_variate_advantages(ro)
+            ro.zero_spread = torch.zeros(len(ro.advantages), dtype=torch.bool)
+            return
         ro.advantages, ro.zero_spread = compute_grpo_advantages(ro.rewards, self.cfg.grpo.scale_by_std)
+
+    def mean_nets(self, ro: Rollouts, groups: torch.Tensor, grad: bool) -> tuple[dict, dict[str, torch.Tensor]]:
+        """The last step of `groups` at their mean latent: (the latent's mean, the decoded nets). With explore "last"
+        a group's trajectories share that step's input; `grad`: the latent's mean keeps its graph to the policy."""
+        step = ro.steps[-1]
+        x = {k: v[groups] for k, v in step.x.items()}
+        t1, t2 = (torch.full((len(groups),), t, device=self.wg.device) for t in (step.t1, step.t2))
+        with torch.no_grad():  # the trunk is frozen with noise "units": only the latent's mean learns
+            h, heads = self.policy.encode(x, t1, t2)
+        with torch.set_grad_enabled(grad):
+            mean, _ = self.policy.latent(h)
+        if not grad:
+            mean = {g: m.requires_grad_(True) for g, m in mean.items()}
+        with torch.enable_grad():
+            y, _ = self.policy.decode(x, self.policy.lift(h, mean), heads)
+            w = self.wg.tokenizer.decode(y, {k: ro.paths[k][groups] for k in self.wg.layout.frozen})
+        return mean, w
+
+    def control_variate_advantages(self, ro: Rollouts) -> torch.Tensor:
+        """`grpo.estimator: score_cv`: A = f(u) - f(mean) - slope . (u - mean) per trajectory, the slope being the
+        reward's gradient at its group's mean net carried back to the latent (one backward for all groups)."""
+        b, g = self.cfg.grpo.inits_per_iter, self.cfg.grpo.group_size
+        mean, w = self.mean_nets(ro, torch.arange(b), grad=False)
+        surrogate = sum((ro.mean_grads[k] * w[k]).sum() for k in ro.mean_grads if k in w)
+        slope = dict(zip(mean, torch.autograd.grad(surrogate, list(mean.values()))))
+        drawn = ro.steps[-1].latent
+        noise = torch.cat([(drawn[k] - mean[k].detach().repeat_interleave(g, 0)).flatten(1) for k in mean], 1)
+        slopes = torch.cat([slope[k].repeat_interleave(g, 0).flatten(1) for k in mean], 1)
+        adv = control_variate_advantages(ro.rewards.flatten().to(noise.device),
+                                         ro.mean_reward.repeat_interleave(g).to(noise.device), slopes, noise)
+        return adv.view(b, g).cpu()
+
+    def mean_pathwise_loss(self, ro: Rollouts, groups: torch.Tensor) -> torch.Tensor:
+        """`score_cv`'s pathwise half: minus the control variate's expectation, the reward linearised at each group's
+        mean net, as the latent's mean moves; scaled as the log-probs are (averaged over latent dimensions)."""
+        mean, w = self.mean_nets(ro, groups, grad=True)
+        dims = sum(m[0].numel() for m in mean.values())
+        return -sum((ro.mean_grads[k][groups] * w[k]).flatten(1).sum(1) for k in ro.mean_grads if k in w).mean() / dims
 
     def step_distributions(self, step: Step, mb: torch.Tensor, groups: torch.Tensor, row_of: torch.Tensor
                            ) -> tuple[tuple[dict, dict], tuple[dict, dict], Optional[dict]]:
@@ -234,6 +283,8 @@ class GRPOTrainer:
                 first = False
                 if gc.estimator == "pathwise":
                     pg_loss = self.pathwise_loss(ro, mb)
+                elif gc.estimator == "score_cv":
+                    pg_loss = pg_loss + self.mean_pathwise_loss(ro, groups)
                 total = pg_loss + gc.beta_kl * kl_loss
                 self.opt.zero_grad(set_to_none=True)
                 total.backward()

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from trainer.algos import clipped_policy_loss, compute_grpo_advantages
+from trainer.algos import clipped_policy_loss, compute_grpo_advantages, control_variate_advantages
 
 
 def test_group_relative_advantages_by_hand():
@@ -49,3 +49,32 @@ def test_clipped_loss_at_ratio_one_is_minus_mean_advantage_with_its_gradient():
     assert loss.item() == pytest.approx(0.5 / 3) and stats["clipfrac"].item() == 0.0
     loss.backward()
     torch.testing.assert_close(lp.grad, -adv / 3)
+
+
+def test_control_variate_estimate_is_unbiased_with_less_variance_than_the_score_function():
+    """u ~ N(mu, s^2 I) in R^8, f(u) = -|tanh(M u) - t|^2. Per draw, the gradient of E[f] with respect to mu:
+    score function (f(u) - f(mu)) (u - mu) / s^2, and with the control variate A (u - mu) / s^2 + grad f(mu). Both
+    means match the exact gradient (a reparameterised estimate from 400k draws) within 4 standard errors; the control
+    variate's variance is far smaller."""
+    gen = torch.Generator().manual_seed(0)
+    d, s, n = 8, 0.3, 40_000
+    m = torch.randn(d, d, generator=gen, dtype=torch.float64) / math.sqrt(d)
+    t, mu = torch.randn(d, generator=gen, dtype=torch.float64), torch.randn(d, generator=gen, dtype=torch.float64)
+
+    def f(u):
+        return -((torch.tanh(u @ m.T) - t) ** 2).sum(-1)
+
+    exact_u = (mu + s * torch.randn(400_000, d, generator=gen, dtype=torch.float64)).requires_grad_(True)
+    exact = torch.autograd.grad(f(exact_u).sum(), exact_u)[0].mean(0)
+    at = mu.clone().requires_grad_(True)
+    f_mu = f(at)
+    slope = torch.autograd.grad(f_mu, at)[0]
+    eps = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    u = mu + s * eps
+    score = (f(u) - f_mu.detach())[:, None] * (u - mu) / s ** 2
+    adv = control_variate_advantages(f(u), f_mu.detach().expand(n), slope.expand(n, d), u - mu)
+    cv = adv[:, None] * (u - mu) / s ** 2 + slope
+    for est in (score, cv):
+        se = est.std(0) / math.sqrt(n)
+        assert ((est.mean(0) - exact).abs() < 4 * se + 1e-3).all(), (est.mean(0), exact, se)
+    assert (cv.var(0).sum() / score.var(0).sum()).item() < 0.1

@@ -352,3 +352,39 @@ def test_a_diverged_update_is_a_one_line_error_and_saves_nothing(imitation, in_t
         t.train()
     assert not (in_tmp / "r/policy.safetensors").exists() and not (in_tmp / "r/state.safetensors").exists()
 
+
+
+def test_score_cv_linearises_the_reward_at_each_group_mean_net(imitation, in_tmp):
+    """`score_cv`: the control variate's base is the policy's own mean net from the group's init (its last step at the
+    mean latent), scored with its gradient; the advantages, f(u) minus the linearised reward, keep little of the
+    rewards' spread around that base when the latent's draws are small (a wrong slope would add spread, not remove it);
+    training with it moves the latent's mean and resumes bit-identically."""
+    extra = [*UNITS, "grpo.estimator=score_cv", "grpo.explore=last", "grpo.latent_std=0.05"]
+    t = grpo_trainer(imitation, in_tmp / "r", 1, *extra)
+    t.pool = RolloutPool(t.cfg)
+    try:
+        ro = t.collect_rollouts()
+        t.score(ro)
+    finally:
+        t.pool.close()
+        t.pool = None
+    b = len(ro.seeds)
+    _, w = t.mean_nets(ro, torch.arange(b), grad=False)
+    for k in w:
+        torch.testing.assert_close(w[k].detach(), ro.paths[k][:b], rtol=1e-5, atol=1e-6)  # the mean path's net
+    t.compute_advantages(ro)
+    spread = ro.rewards - ro.mean_reward[:, None]
+    assert ro.advantages.shape == spread.shape and not ro.zero_spread.any()
+    assert (ro.advantages ** 2).mean() < 0.25 * (spread ** 2).mean()
+
+    straight = grpo_trainer(imitation, in_tmp / "a", 2, *extra)
+    straight.train()
+    resumed = grpo_trainer(imitation, in_tmp / "b", 1, *extra)
+    resumed.train()
+    resumed = grpo_trainer(imitation, in_tmp / "b", 2, *extra)
+    resumed.resume()
+    resumed.train()
+    a, c = (load_weights(in_tmp / f"{r}/policy.safetensors")[0] for r in "ab")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    imitated = load_weights(imitation)[0]
+    assert any(not torch.equal(a[k], imitated[k]) for k in a if k.startswith("latent_mean."))

@@ -27,6 +27,13 @@ GRPO_MODES = {
     # the workers' reward gradients through the last step's latent, with the units settings
     "pathwise": ["grpo.noise=units", "grpo.latent_std=0.3", "grpo.lr=1e-3", "grpo.cosine=true", "grpo.beta_kl=0.01",
                  "grpo.reward=neg_loss", "grpo.reward_batch=fresh", "grpo.estimator=pathwise", "grpo.trainable=latent"],
+    # the score function at the last step alone, without and with the reward's linearisation as a control variate
+    "units-last": ["grpo.noise=units", "grpo.estimator=score", "grpo.trainable=latent", "grpo.explore=last",
+                   "grpo.latent_std=0.3", "grpo.lr=1e-3", "grpo.cosine=true", "grpo.beta_kl=0.01",
+                   "grpo.reward=neg_loss", "grpo.reward_batch=fresh"],
+    "score_cv": ["grpo.noise=units", "grpo.estimator=score_cv", "grpo.trainable=latent", "grpo.explore=last",
+                 "grpo.latent_std=0.3", "grpo.lr=1e-3", "grpo.cosine=true", "grpo.beta_kl=0.01",
+                 "grpo.reward=neg_loss", "grpo.reward_batch=fresh"],
     # the same reward gradients into the whole policy (trunk and weight head), at the rate that suits it
     "pathwise-policy": ["grpo.noise=units", "grpo.latent_std=0.3", "grpo.lr=3e-5", "grpo.cosine=true",
                         "grpo.beta_kl=0.01", "grpo.reward=neg_loss", "grpo.reward_batch=fresh",
