@@ -28,6 +28,14 @@ def folder_name(text: str) -> str:
     return text
 
 
+def add_run_args(p: argparse.ArgumentParser, suffix: str) -> None:
+    """--name, --resume, --overwrite: a training run's folder under artifacts/runs/ (default <experiment>-<suffix>)."""
+    p.add_argument("--name", type=folder_name, help=f"run name under artifacts/runs/ (default: <experiment>-{suffix})")
+    p.add_argument("--resume", action="store_true", help="continue from artifacts/runs/<name>/state.safetensors")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run of this name (its TensorBoard events, policy and state)")
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     add_config_args(p)

@@ -30,7 +30,7 @@ from policy.sampling import Step, gaussian_kl, gaussian_log_prob
 from rollout.pool import RolloutPool
 from trainer.algos import clipped_policy_loss, compute_grpo_advantages, control_variate_advantages, learning_rate
 from trainer.checkpoints import CheckpointError, load_training_state, save_training_state
-from trainer.cli import folder_name, parser, run_main, use_threads
+from trainer.cli import add_run_args, parser, run_main, use_threads
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.device import worker_gpus
 from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy, sample_accuracy, score_states
@@ -482,12 +482,9 @@ def main(args, cfg: ExperimentConfig) -> None:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    p = parser("Improve the imitation policy with GRPO (rewards: reward-split accuracy of generated nets).")
+    p = parser("Improve the imitation policy with GRPO (rewards: how the generated nets do on env.objective).")
     p.add_argument("--init-policy", help="policy to start from (default: artifacts/runs/<experiment>-imitate/)")
-    p.add_argument("--name", type=folder_name, help="run name under artifacts/runs/ (default: <experiment>-grpo)")
-    p.add_argument("--resume", action="store_true", help="continue from artifacts/runs/<name>/state.safetensors")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier run of this name (its TensorBoard events, policy and state)")
+    add_run_args(p, "grpo")
     return run_main(main, p, argv)
 
 

@@ -22,7 +22,7 @@ from policy.sampling import gaussian_log_prob, latent_kl, sample, walk
 from policy.tokenizer import Layout, Tokenizer, fit_scales, transfer_scales
 from trainer.algos import learning_rate
 from trainer.checkpoints import load_training_state, save_training_state
-from trainer.cli import folder_name, parser, run_main, use_threads
+from trainer.cli import add_run_args, parser, run_main, use_threads
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.device import resolve_device
 from trainer.runlog import RunLogger, check_run_dir, clear_run_dir, lock_run_dir
@@ -298,10 +298,7 @@ def main(args, cfg: ExperimentConfig) -> None:
 
 def cli(argv: list[str] | None = None) -> int:
     p = parser("Train the denoising policy by imitating zoo checkpoint pairs.")
-    p.add_argument("--name", type=folder_name, help="run name under artifacts/runs/ (default: <experiment>-imitate)")
-    p.add_argument("--resume", action="store_true", help="continue from artifacts/runs/<name>/state.safetensors")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier run of this name (its TensorBoard events, policy and state)")
+    add_run_args(p, "imitate")
     return run_main(main, p, argv)
 
 
