@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from trainer import imitate
 from trainer.bench import fit
-from trainer.bench.__main__ import build_parser, main as bench_main
+from trainer.bench.__main__ import build_parser, cli as bench_main
 from trainer.bench.common import default_policy
 from trainer.config import load_config
 from trainer.pipeline import WeightGenerator

@@ -7,7 +7,7 @@ from scipy.stats import spearmanr
 from envs.tasks import task_from_config
 from trainer import imitate
 from trainer.bench import precision
-from trainer.bench.__main__ import build_parser, main as bench_main
+from trainer.bench.__main__ import build_parser, cli as bench_main
 from trainer.bench.common import default_policy
 from trainer.config import load_config
 from trainer.pipeline import WeightGenerator, init_states, score_states

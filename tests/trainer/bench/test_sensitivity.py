@@ -3,7 +3,7 @@
 import pytest
 
 from trainer.bench import sensitivity
-from trainer.bench.__main__ import build_parser, main as bench_main
+from trainer.bench.__main__ import build_parser, cli as bench_main
 from trainer.config import load_config
 
 
