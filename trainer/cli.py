@@ -4,6 +4,7 @@ line and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 import threading
@@ -57,6 +58,19 @@ def use_threads(requested: Optional[int], processes: int = 1, who: str = "this p
     return n
 
 
+def out_of_memory(e: BaseException) -> Optional[str]:
+    """What an allocation that failed asked for ("40000000000 bytes (40.0 GB) on the CPU"), or None when `e` is not
+    an out-of-memory error (torch's CPU allocator, CUDA's, or Python's MemoryError)."""
+    text = str(e)
+    if isinstance(e, MemoryError) or isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in text:
+        m = re.search(r"allocate (\d+) bytes", text)
+        if m:
+            return f"{int(m.group(1))} bytes ({int(m.group(1)) / 1e9:.1f} GB) asked of the CPU"
+        m = re.search(r"allocate ([\d.]+ [KMGT]iB)", text)
+        return f"{m.group(1)} asked of the GPU" if m else "an allocation failed"
+    return None
+
+
 def guarded(fn: Callable[[], object]) -> int:
     """Run `fn`; a user-caused error prints one line (`error: ...`) and gives exit code 2. SIGTERM unwinds `fn` like
     Ctrl-C (exit code 143) instead of killing the process on the spot: its default skips `finally` and atexit, so curves
@@ -73,6 +87,13 @@ def guarded(fn: Callable[[], object]) -> int:
         fn()
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (RuntimeError, MemoryError) as e:  # a size in the config the machine cannot hold: one line, not a traceback
+        asked = out_of_memory(e)
+        if asked is None:
+            raise
+        print(f"error: out of memory: {asked}; lower the sizes in the config (reference.widths, policy.dim, "
+              f"imitate.batch_size, grpo.group_size, ...)", file=sys.stderr)
         return 2
     except SystemExit:
         if terminated:  # a Ray wait turns whatever a signal handler raises into SystemExit(1)

@@ -212,6 +212,7 @@ def build_zoo(cfg: ExperimentConfig, progress: bool = True) -> Path:
     for r in sorted(set(range(cfg.zoo.runs)) - set(todo)):
         read_json(run_dir(zoo_dir, r) / "run.json")
     task = task_from_config(cfg.task)  # fail fast (one line) on missing data, before any worker starts
+    reference_from_config(cfg.reference, task)  # a model this machine cannot hold fails here, before zoo.json
     if total_steps(cfg, task) < 1:
         raise ConfigError(f"config key zoo.batch_size: {cfg.zoo.batch_size} leaves no SGD step: the train split holds "
                           f"{len(task.train)} examples ({task.name} less task.reward_size={cfg.task.reward_size}); "

@@ -161,6 +161,8 @@ CASES = [
      "--resume continues the run in its folder, --overwrite replaces it"),
     ("grpo, no imitation policy", "grpo", lambda t, p: [],
      "artifacts/runs/digits_mlp-imitate/policy.safetensors: no imitation policy"),
+    ("a reference model no machine holds", "zoo", lambda t, p: sets("reference.widths=[100000000000]"),
+     "error: out of memory: 25600000000000 bytes (25600.0 GB) asked of the CPU; lower the sizes in the config"),
     ("a zoo of zero SGD steps", "zoo", lambda t, p: sets("zoo.batch_size=100000"),
      "config key zoo.batch_size: 100000 leaves no SGD step: the train split holds 1048 examples"),
     ("zoo.out is a file", "zoo", lambda t, p: written(t / "f") and sets(f"zoo.out={t / 'f'}"),
