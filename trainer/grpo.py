@@ -56,6 +56,7 @@ class Rollouts:
     noise: Optional[dict[str, torch.Tensor]] = None  # "pathwise": the last step's standard-normal latent draws
     mean_reward: Optional[torch.Tensor] = None  # "score_cv": (B,) the reward of each group's mean net (its linearisation
     mean_grads: Optional[dict[str, torch.Tensor]] = None  # point), and d(reward)/dW there, (B, *shape)
+    cv_scale: float = 1.0  # "score_cv": the iteration's reward spread, dividing both halves of the estimate
     timing: dict[str, float] = field(default_factory=dict)
 
 
@@ -152,7 +153,11 @@ class GRPOTrainer:
 
     def compute_advantages(self, ro: Rollouts) -> None:
         if self.cfg.grpo.estimator == "score_cv":
-            ro.advantages = self.control_variate_advantages(ro)
+            # One positive scale for the whole iteration (the rewards' spread), shared with the pathwise half: the
+            # estimate's direction stays unbiased, and its size is the score mode's, not the raw reward's (which left
+            # it far below the KL tie's).
+            ro.cv_scale = float(ro.rewards.std()) + 1e-8
+            ro.advantages = self.control_variate_advantages(ro) / ro.cv_scale
             ro.zero_spread = torch.zeros(len(ro.advantages), dtype=torch.bool)
             return
         ro.advantages, ro.zero_spread = compute_grpo_advantages(ro.rewards, self.cfg.grpo.scale_by_std)
@@ -193,7 +198,8 @@ class GRPOTrainer:
         mean net, as the latent's mean moves; scaled as the log-probs are (averaged over latent dimensions)."""
         mean, w = self.mean_nets(ro, groups, grad=True)
         dims = sum(m[0].numel() for m in mean.values())
-        return -sum((ro.mean_grads[k][groups] * w[k]).flatten(1).sum(1) for k in ro.mean_grads if k in w).mean() / dims
+        linear = sum((ro.mean_grads[k][groups] * w[k]).flatten(1).sum(1) for k in ro.mean_grads if k in w)
+        return -linear.mean() / (dims * ro.cv_scale)
 
     def step_distributions(self, step: Step, mb: torch.Tensor, groups: torch.Tensor, row_of: torch.Tensor
                            ) -> tuple[tuple[dict, dict], tuple[dict, dict], Optional[dict]]:

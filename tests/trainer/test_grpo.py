@@ -375,7 +375,8 @@ def test_score_cv_linearises_the_reward_at_each_group_mean_net(imitation, in_tmp
     t.compute_advantages(ro)
     spread = ro.rewards - ro.mean_reward[:, None]
     assert ro.advantages.shape == spread.shape and not ro.zero_spread.any()
-    assert (ro.advantages ** 2).mean() < 0.25 * (spread ** 2).mean()
+    assert ro.cv_scale == pytest.approx(ro.rewards.std().item(), rel=1e-4)  # one scale for the iteration
+    assert ((ro.advantages * ro.cv_scale) ** 2).mean() < 0.25 * (spread ** 2).mean()
 
     straight = grpo_trainer(imitation, in_tmp / "a", 2, *extra)
     straight.train()
