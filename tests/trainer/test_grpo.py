@@ -32,6 +32,18 @@ def imitation(in_tmp, ray_local):
     return in_tmp / "artifacts/runs/digits_mlp-imitate/policy.safetensors"
 
 
+def scored_rollouts(t: GRPOTrainer):
+    """One iteration's rollouts of `t`, scored by a pool of its own (closed after)."""
+    t.pool = RolloutPool(t.cfg)
+    try:
+        ro = t.collect_rollouts()
+        t.score(ro)
+    finally:
+        t.pool.close()
+        t.pool = None
+    return ro
+
+
 def grpo_trainer(policy, run_dir, iterations, *extra):
     cfg = load_config(overrides=GRPO + [f"grpo.iterations={iterations}", *extra])
     return GRPOTrainer(cfg, policy, run_dir, progress=False)
@@ -280,12 +292,7 @@ def test_pathwise_loss_is_the_reward_gradient_through_the_last_step(imitation, i
 
     t = grpo_trainer(imitation, in_tmp / "r", 1, *UNITS, "grpo.latent_std=0.2", "grpo.estimator=pathwise",
                      f"grpo.explore={explore}", f"grpo.trainable={trainable}")
-    t.pool = RolloutPool(t.cfg)
-    try:
-        ro = t.collect_rollouts()
-        t.score(ro)
-    finally:
-        t.pool.close()
+    ro = scored_rollouts(t)
     mb = torch.tensor([0, 3, 5])
     params = [p for p in t.policy.parameters() if p.requires_grad]
     got = torch.autograd.grad(t.pathwise_loss(ro, mb), params)
@@ -361,13 +368,7 @@ def test_score_cv_linearises_the_reward_at_each_group_mean_net(imitation, in_tmp
     training with it moves the latent's mean and resumes bit-identically."""
     extra = [*UNITS, "grpo.estimator=score_cv", "grpo.explore=last", "grpo.latent_std=0.05"]
     t = grpo_trainer(imitation, in_tmp / "r", 1, *extra)
-    t.pool = RolloutPool(t.cfg)
-    try:
-        ro = t.collect_rollouts()
-        t.score(ro)
-    finally:
-        t.pool.close()
-        t.pool = None
+    ro = scored_rollouts(t)
     b = len(ro.seeds)
     _, w = t.mean_nets(ro, torch.arange(b), grad=False)
     for k in w:
