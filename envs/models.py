@@ -158,22 +158,43 @@ class ResNet(nn.Module):
 
 
 REFERENCE_FAMILIES: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
+INIT_SCHEMES = ("pytorch", "kaiming_normal")
+
+
+def kaiming_normal_init(model: nn.Module) -> nn.Module:
+    """He et al. (2015) for ReLU nets: every weight matrix and kernel N(0, 2 / fan_in), every bias zero (BatchNorm keeps
+    PyTorch's init: scale 1, shift 0); in place, from the global RNG, modules in definition order."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return model
 
 
 def build_reference(family: str, widths: Sequence[int], input_shape: Sequence[int], num_classes: int,
-                    blocks_per_stage: int = 1, seed: int | None = None, head: str = "pool") -> nn.Module:
-    """Build a reference model; with `seed`, its PyTorch default init is drawn from that seed (global RNG untouched)."""
+                    blocks_per_stage: int = 1, seed: int | None = None, head: str = "pool",
+                    init: str = "pytorch") -> nn.Module:
+    """Build a reference model; with `seed`, its init (`init`: one of INIT_SCHEMES) is drawn from that seed (global RNG
+    untouched)."""
     if family not in REFERENCE_FAMILIES:
         raise ValueError(f"unknown reference family {family!r} (valid: {', '.join(REFERENCE_FAMILIES)})")
+    if init not in INIT_SCHEMES:
+        raise ValueError(f"unknown init scheme {init!r} (valid: {', '.join(INIT_SCHEMES)})")
     cls = REFERENCE_FAMILIES[family]
+
+    def build() -> nn.Module:
+        model = cls(widths, input_shape, num_classes, blocks_per_stage=blocks_per_stage, head=head)
+        return kaiming_normal_init(model) if init == "kaiming_normal" else model
+
     if seed is None:
-        return cls(widths, input_shape, num_classes, blocks_per_stage=blocks_per_stage, head=head)
+        return build()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return cls(widths, input_shape, num_classes, blocks_per_stage=blocks_per_stage, head=head)
+        return build()
 
 
 def reference_from_config(cfg, task, seed: int | None = None) -> nn.Module:
     """`cfg` is an `envs.spec.ReferenceConfig`; input shape and class count come from the task."""
     return build_reference(cfg.family, cfg.widths, task.input_shape, task.num_classes, cfg.blocks_per_stage, seed,
-                           cfg.head)
+                           cfg.head, cfg.init)

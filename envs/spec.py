@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Optional
 import yaml
 
 from envs.errors import ConfigError  # defined apart so that envs.tasks can raise it; importable from here as before
-from envs.models import REFERENCE_FAMILIES
+from envs.models import INIT_SCHEMES, REFERENCE_FAMILIES
 from envs.objectives import OBJECTIVES
 from envs.tasks import TASKS
 
@@ -48,6 +48,10 @@ class ReferenceConfig:
     """resnet only: what feeds the linear classifier: "pool" (global average pooling of the last stage) or "flatten"
     (the last stage's whole feature map, as in the CNN: the classifier's weights then say where in the image each
     channel counts)"""
+    init: str = "pytorch"
+    """how a seed's fresh net is initialised: "pytorch" (each layer's default: uniform, scaled by fan-in) or
+    "kaiming_normal" (weight matrices and kernels N(0, 2 / fan_in), biases zero; BatchNorm as in PyTorch). A zoo is
+    trained from its own scheme's inits; a policy generates from either"""
 
 
 @dataclass
@@ -188,6 +192,7 @@ def check_env_sections(task: TaskConfig, reference: ReferenceConfig, env: Option
     check_choice("task.name", task.name, TASKS)
     check_choice("reference.family", reference.family, REFERENCE_FAMILIES)
     check_choice("reference.head", reference.head, ("pool", "flatten"))
+    check_choice("reference.init", reference.init, INIT_SCHEMES)
     if env is not None:
         check_choice("env.reward", env.reward, ("final", "improvement"))
         check_choice("env.objective", env.objective, OBJECTIVES)

@@ -193,7 +193,10 @@ def zoo_finals(cfg: ExperimentConfig, template: Mapping[str, torch.Tensor]) -> d
 
 def sgd_cache(cfg: ExperimentConfig) -> Path:
     """Where the audit keeps SGD runs from held-out inits, keyed by the zoo recipe (a changed recipe retrains)."""
-    digest = hashlib.sha256(json.dumps(zoo_spec(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    spec = zoo_spec(cfg)
+    if spec["reference"]["init"] == "pytorch":  # the key came later: caches of default inits keep their folder
+        del spec["reference"]["init"]
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     return Path("artifacts/audit") / cfg.name / f"sgd-{digest}"
 
 

@@ -179,7 +179,7 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
     im = cfg.imitate
     run_dir = Path("artifacts/runs") / name
     check_run_dir(run_dir, resume, overwrite)
-    if zoo_at_width(cfg) is None:
+    if not any(v.reference.widths == cfg.reference.widths for v in zoo_variants(cfg)):
         raise ConfigError(f"config key reference.widths: {cfg.reference.widths} is not one of zoo.widths "
                           f"{cfg.zoo.widths}: the policy's scales are fitted on the zoo at reference.widths")
     zoo_dir = build_zoo(cfg, progress=progress)

@@ -133,7 +133,7 @@ NOT_IDENTITY = {"zoo": ("runs", "out", "widths"), "task": ("root", "download")}
 
 
 # Fields added after zoos were built, at the value every zoo built before them had: a zoo.json without them matches.
-ADDED_LATER = {"reference": {"head": "pool"}}
+ADDED_LATER = {"reference": {"head": "pool", "init": "pytorch"}}
 
 
 def _identity(spec: dict) -> dict:

@@ -38,3 +38,28 @@ def test_unit_layout_covers_every_state_dict_entry_once(family):
         assert sd[t["key"]].shape[0] == sizes[t["out"]], t
         if t["kind"] == "weight":
             assert sd[t["key"]].shape[1] % sizes[t["in"]] == 0, t
+
+
+@pytest.mark.parametrize("family", list(REFERENCE_FAMILIES))
+def test_kaiming_normal_init_has_he_statistics_and_zero_biases(family):
+    """Every weight matrix and kernel N(0, 2 / fan_in), measured over many seeds; biases 0; BatchNorm untouched."""
+    models = [build_reference(family, [64, 64], (1, 8, 8), 10, seed=s, init="kaiming_normal") for s in range(20)]
+    default = build_reference(family, [64, 64], (1, 8, 8), 10, seed=0)
+    for name, m in models[0].named_modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+            w = torch.stack([dict(x.named_modules())[name].weight for x in models]).detach()
+            fan_in = w[0][0].numel()
+            assert abs(w.std().item() / (2 / fan_in) ** 0.5 - 1) < 0.05, name
+            assert abs(w.mean().item()) < 4 * w.std().item() / w.numel() ** 0.5, name
+            if m.bias is not None:
+                assert not m.bias.any(), name
+                assert dict(default.named_modules())[name].bias.any(), name  # PyTorch's default is not zero
+        if isinstance(m, torch.nn.BatchNorm2d):
+            assert torch.equal(m.weight, torch.ones_like(m.weight)) and not m.bias.any()
+    again = build_reference(family, [64, 64], (1, 8, 8), 10, seed=0, init="kaiming_normal").state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in models[0].state_dict().items())
+
+
+def test_unknown_init_scheme_is_refused():
+    with pytest.raises(ValueError, match="unknown init scheme 'xavier'"):
+        build_reference("mlp", [8], (1, 8, 8), 10, init="xavier")

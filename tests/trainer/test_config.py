@@ -36,6 +36,7 @@ def test_set_overrides_parse_yaml_values():
     ("reference.widths=[8, x]", "config key reference.widths[1]: expected int"),
     ("task.name=imagenet", "config key task.name: unknown name 'imagenet' (valid: digits, mnist, fashion_mnist, cifar10)"),
     ("reference.family=vit", "config key reference.family: unknown family 'vit' (valid: mlp, cnn, resnet)"),
+    ("reference.init=xavier", "config key reference.init: unknown init 'xavier' (valid: pytorch, kaiming_normal)"),
     ("zoo.optimizer=lbfgs", "config key zoo.optimizer: unknown optimizer 'lbfgs' (valid: sgd, adam)"),
     ("grpo.reward=f1", "config key grpo.reward: unknown reward 'f1' (valid: accuracy, neg_loss)"),
     ("grpo.explore=middle", "config key grpo.explore: unknown explore 'middle' (valid: all, first, last)"),

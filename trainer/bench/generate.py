@@ -59,7 +59,7 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
         rows.append((f"SGD ({len(manifest['runs'])} zoo runs, final checkpoint)", "-", float(np.median(zoo_accs)), ""))
         per_seed = {"SGD (zoo runs)": zoo_accs}
     else:  # a width no zoo run has: SGD with the zoo's recipe from the held-out seeds themselves (cached)
-        print(f"bench: no zoo at {reference_name(cfg)}; training SGD from the {len(seeds)} held-out seeds "
+        print(f"bench: no zoo at {reference_name(cfg)} from {cfg.reference.init} inits; training SGD from the {len(seeds)} held-out seeds "
               f"(cached in {sgd_cache(cfg)}) ...", file=sys.stderr, flush=True)
         t = time.perf_counter()
         one = dataclasses.replace(cfg, zoo=dataclasses.replace(cfg.zoo, widths=[]))
