@@ -172,6 +172,11 @@ class GRPOConfig:
     """what the update trains with noise "units": "latent" (the latent's mean alone, the trunk and weight head stay the
     imitation policy's) or "policy" (every parameter: the reward gradient reaches the trunk and the weight head
     through the last step, as DRaFT fine-tunes a whole diffusion model; needs estimator "pathwise")"""
+    backprop: str = "last"
+    """how far back the "pathwise" reward gradient flows: "last" (through the last step, from its stored input: DRaFT-1;
+    with trainable "policy" it leaves out how the parameters moved the earlier steps' outputs) or "walk" (through every
+    step, the walk recomputed from the init at the stored noise: the exact gradient of the expected reward, at about K
+    times the update's cost)"""
     reward_batch: str = "fixed"
     """the examples a generated net is scored on: "fixed" (the task's reward split, every iteration) or "fresh" (as
     many examples drawn anew from the train split each iteration, so the reward cannot be learned by heart)"""
@@ -341,6 +346,10 @@ def config_from_dict(data: dict) -> ExperimentConfig:
                           f"held-out evaluation seeds")
     check_choice("grpo.reward", gc.reward, ("accuracy", "neg_loss"))
     check_choice("grpo.explore", gc.explore, ("all", "first", "last"))
+    check_choice("grpo.backprop", gc.backprop, ("last", "walk"))
+    if gc.backprop == "walk" and gc.estimator != "pathwise":
+        raise ConfigError("config key grpo.backprop: walk takes the reward gradient back through every step: it needs "
+                          "grpo.estimator=pathwise")
     check_choice("grpo.estimator", gc.estimator, ("score", "pathwise", "score_cv"))
     if gc.estimator == "score_cv" and (gc.explore != "last" or (gc.noise != "units" and not cfg.policy.generative)):
         raise ConfigError("config key grpo.estimator: score_cv linearises the reward around each group's mean latent "

@@ -110,11 +110,14 @@ class GRPOTrainer:
             paths = [wg.generate(init, mean_only=True, trajectory=False)[0] for wg in (self.wg, self.imitation)]
             ro.paths = {k: torch.cat([p[k] for p in paths]) for k in final}
         if gc.estimator == "pathwise":  # the draws as noise, so the update can move their mean under them
-            last = steps[-1]
-            with torch.no_grad():
-                mean, std = self.policy.latent(last.states)
-            ro.noise = {g: (last.latent[g] - mean[g]) / std[g].view(-1, 1, 1) for g in mean}
+            ro.noise = [self.standard_noise(step) if step.sampled else None for step in steps]
         return ro
+
+    @torch.no_grad()
+    def standard_noise(self, step: Step) -> dict[str, torch.Tensor]:
+        """A sampled step's latent draws as standard-normal noise around the policy's latent mean at that step."""
+        mean, std = self.policy.latent(step.states)
+        return {g: (step.latent[g] - mean[g]) / std[g].view(-1, 1, 1) for g in mean}
 
     def reward_examples(self) -> Optional[np.ndarray]:
         """With `grpo.reward_batch: fresh`, this iteration's train-split example indices (as many as the reward split
@@ -232,21 +235,25 @@ class GRPOTrainer:
 
     def pathwise_loss(self, ro: Rollouts, mb: torch.Tensor) -> torch.Tensor:
         """Minus the reward's first-order change, sum over weights of d(reward)/dW (from the workers) x W, for the
-        trajectories `mb`, with W the last step's output recomputed at the drawn noise under the current latent mean
-        (reparameterised). With `grpo.trainable` "latent" only the latent's mean carries a gradient; with "policy" the
-        trunk and weight head do too. Its gradient is the reward gradient through the last step (DRaFT-1, Clark et al.
-        2023)."""
-        step = ro.steps[-1]
-        rows = mb if len(next(iter(step.x.values()))) == len(ro.grads[next(iter(ro.grads))]) else \
-            mb // self.cfg.grpo.group_size  # a one-step walk: its input is the group's shared init
-        x = {k: v[rows] for k, v in step.x.items()}
-        t1, t2 = (torch.full((len(mb),), t, device=self.wg.device) for t in (step.t1, step.t2))
-        with torch.set_grad_enabled(self.cfg.grpo.trainable == "policy"):
-            h, heads = self.policy.encode(x, t1, t2)
-        mean, std = self.policy.latent(h)
-        u = {g: mean[g] + std[g].view(-1, 1, 1) * ro.noise[g][mb] for g in mean}
-        y, _ = self.policy.decode(x, self.policy.lift(h, u), heads)
-        w = self.wg.tokenizer.decode(y, {k: ro.final[k][mb] for k in self.wg.layout.frozen})
+        trajectories `mb`, with W recomputed at the drawn noise under the current policy (reparameterised). Its gradient
+        is the reward gradient through the policy (DRaFT, Clark et al. 2023). With `grpo.backprop` "last", W is the last
+        step's output from its stored input (DRaFT-1); with "walk", the whole walk is recomputed from the init, every
+        sampled step at its stored noise, so the gradient also counts how the parameters moved the earlier steps' outputs
+        (with `grpo.trainable` "policy", the part "last" leaves out). With "latent" only the latent's mean learns."""
+        g = self.cfg.grpo.group_size
+        steps = ro.steps if self.cfg.grpo.backprop == "walk" else ro.steps[-1:]
+        noise = ro.noise[-len(steps):]
+        first = steps[0].x
+        n = len(next(iter(ro.grads.values())))  # B x G trajectories; an input a group shares has B rows
+        x = {k: v[mb if len(v) == n else mb // g] for k, v in first.items()}
+        for step, eps in zip(steps, noise):
+            t1, t2 = (torch.full((len(mb),), t, device=self.wg.device) for t in (step.t1, step.t2))
+            with torch.set_grad_enabled(self.cfg.grpo.trainable == "policy"):
+                h, heads = self.policy.encode(x, t1, t2)
+            mean, std = self.policy.latent(h)
+            u = mean if eps is None else {k: mean[k] + std[k].view(-1, 1, 1) * eps[k][mb] for k in mean}
+            x, _ = self.policy.decode(x, self.policy.lift(h, u), heads)
+        w = self.wg.tokenizer.decode(x, {k: ro.final[k][mb] for k in self.wg.layout.frozen})
         return -sum((ro.grads[k][mb] * w[k]).flatten(1).sum(1) for k in ro.grads if k in w).mean()
 
     def update_policy(self, ro: Rollouts) -> dict[str, float]:

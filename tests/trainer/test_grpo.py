@@ -321,6 +321,45 @@ def test_pathwise_loss_is_the_reward_gradient_through_the_last_step(imitation, i
         assert got[trunk.index(True)].abs().sum() > 0
 
 
+@pytest.mark.parametrize("explore", ["all", "last"])
+def test_pathwise_walk_is_the_reward_gradient_through_every_step(imitation, in_tmp, explore):
+    """With grpo.backprop=walk the surrogate's gradient is the true reward's, differentiated on the learner through the
+    whole walk from the init, every sampled step's latent reparameterised around its mean; and it is not the last
+    step's alone (the earlier steps' outputs depend on the trained parameters too)."""
+    from envs.models import reference_from_config
+    from envs.scoring import batched_logits
+
+    t = grpo_trainer(imitation, in_tmp / "r", 1, *UNITS, "grpo.latent_std=0.2", "grpo.estimator=pathwise",
+                     f"grpo.explore={explore}", "grpo.trainable=policy", "grpo.backprop=walk")
+    ro = scored_rollouts(t)
+    mb = torch.tensor([0, 3, 5])
+    params = [p for p in t.policy.parameters() if p.requires_grad]
+    got = torch.autograd.grad(t.pathwise_loss(ro, mb), params)
+
+    g, n = t.cfg.grpo.group_size, len(mb)
+    x = {k: v[mb // g] for k, v in ro.steps[0].x.items()}  # the inits, one per trajectory
+    for step in ro.steps:
+        h, heads = t.policy.encode(x, torch.full((n,), step.t1), torch.full((n,), step.t2))
+        mean, _ = t.policy.latent(h)
+        if step.sampled:
+            drawn = {k: v[mb] for k, v in step.latent.items()}
+            mean = {k: mean[k] + (drawn[k] - mean[k].detach()) for k in mean}
+        x = t.policy.decode(x, t.policy.lift(h, mean), heads)[0]
+    w = t.wg.tokenizer.decode(x)
+    for k in w:
+        torch.testing.assert_close(w[k].detach(), ro.final[k][mb])  # the stored nets, recomputed from the inits
+    split = t.task.split("train")
+    idx = torch.as_tensor(t.reward_examples())
+    logits = batched_logits(reference_from_config(t.cfg.reference, t.task).eval(), w, split.x[idx])
+    reward = -torch.nn.functional.cross_entropy(logits.flatten(0, 1), split.y[idx].repeat(n), reduction="none")
+    want = torch.autograd.grad(-reward.view(n, -1).mean(1).mean(), params)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    t.cfg.grpo.backprop = "last"
+    last = torch.autograd.grad(t.pathwise_loss(ro, mb), params)
+    assert sum((a - b).norm() ** 2 for a, b in zip(got, last)) > 1e-4 * sum(a.norm() ** 2 for a in got)
+
+
 def test_pathwise_grpo_trains_and_resumes_bit_identically(imitation, in_tmp):
     extra = [*UNITS, "grpo.estimator=pathwise"]
     straight = grpo_trainer(imitation, in_tmp / "a", 2, *extra)

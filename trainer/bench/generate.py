@@ -53,7 +53,7 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     policies = {path: WeightGenerator.load(path, cfg=cfg) for path in args.policy or [default_policy(cfg)]}
     task = task_from_config(cfg.task)
     random = score_states(cfg, task, init_states(cfg, task, seeds), "test")
-    rows = [("random init (PyTorch default)", "-", float(np.median(random)), "")]
+    rows = [(f"random init ({cfg.reference.init})", "-", float(np.median(random)), "")]
     if manifest is not None:
         zoo_accs = [r["checkpoints"][-1]["test_accuracy"] for r in manifest["runs"]]
         rows.append((f"SGD ({len(manifest['runs'])} zoo runs, final checkpoint)", "-", float(np.median(zoo_accs)), ""))
