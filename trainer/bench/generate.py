@@ -23,8 +23,8 @@ from trainer.bench.common import (count, default_policy, emit, figure, held_out_
                                   paired_difference, stopwatch)
 from trainer.config import ExperimentConfig
 from trainer.device import resolve_device
-from trainer.pipeline import (WeightGenerator, init_states, mean_path_accuracy, reference_layout, sample_accuracy,
-                              score_states)
+from trainer.pipeline import (WeightGenerator, init_states, mean_path_accuracy, reference_layout, repeat_groups,
+                              sample_accuracy, score_states)
 from trainer.zoo import load_manifest, reference_name, sgd_steps, total_steps, zoo_at_width
 
 SPEED_BATCH = 64  # nets per call in the batched generation timing
@@ -34,6 +34,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g = held_out_parser(sub, "generate", "held-out accuracy: random init vs SGD vs policies", seeds=32, func=run)
     g.add_argument("--policy", action="append", help="policy.safetensors, repeatable (default: the imitation policy)")
     g.add_argument("--sample-seed", type=int, default=0, help="seed of the policies' sampling noise (default 0)")
+    g.add_argument("--best-of", type=count, nargs="*", default=[4, 16], metavar="N",
+                   help="also the first policy's best of N samples per init, chosen on the reward split (what "
+                        "`generate --best-of N` writes), for each N (default: 4 16; none: skip)")
     g.add_argument("--speed", action="store_true",
                    help="also time it: ms/net of the first policy's mean path (1 and 64 nets per call) against SGD's "
                         "time from held-out seeds to that policy's median test accuracy, interleaved in this process")
@@ -88,6 +91,13 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                      paired_difference(accs if first_sampled is None else first_sampled, sampled)))
         first_sampled = sampled if first_sampled is None else first_sampled
         per_seed[f"{Path(path).parent.name} (samples)"] = sampled
+    if args.best_of:
+        path, wg = next(iter(policies.items()))
+        base = per_seed[f"{Path(path).parent.name} ({'samples' if wg.default_output == 'samples' else 'mean path'})"]
+        for n, accs in best_of_accuracy(wg, task, seeds, args.best_of, args.sample_seed).items():
+            rows.append((f"policy {path} (best of {n} samples per init on the reward split; per seed vs its default "
+                         f"output, the {wg.default_output.replace('mean', 'mean path')})", str(len(wg.schedule) - 1),
+                         float(np.median(accs)), paired_difference(base, accs)))
     lines = [f"{cfg.name} ({reference_name(cfg)}): median test accuracy over {len(seeds)} held-out init seeds "
              f"{seeds[0]}..{seeds[-1]}", "",
              "| weights | steps | test accuracy (median) | / SGD | per seed vs the first policy |",
@@ -108,6 +118,19 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                                     f"median {np.median(random):.3f}, off the axis)", "test accuracy",
                                     figure(args, cfg.name, "generate")))
     return dict(table=table, figures=figures)
+
+
+def best_of_accuracy(wg: WeightGenerator, task, seeds: list[int], ns: list[int], sample_seed: int
+                     ) -> dict[int, list[float]]:
+    """Test accuracy per seed of the best of n samples per init, chosen by reward-split accuracy, for each n in `ns`:
+    the first n of max(ns) draws per init (one stream), so a larger n only adds candidates."""
+    most = max(ns)
+    draws, _ = wg.generate(repeat_groups(init_states(wg.cfg, task, seeds), most),
+                           generator=torch.Generator().manual_seed(sample_seed), trajectory=False)
+    reward = torch.tensor(score_states(wg.cfg, task, draws, "reward"), dtype=torch.float64).view(len(seeds), most)
+    test = torch.tensor(score_states(wg.cfg, task, draws, "test"), dtype=torch.float64).view(len(seeds), most)
+    rows = torch.arange(len(seeds))
+    return {n: test[rows, reward[:, :n].argmax(1)].tolist() for n in sorted(set(ns))}
 
 
 def sgd_time_to_accuracy(cfg: ExperimentConfig, task, seed: int, target: float, check_every: int) -> dict:

@@ -38,6 +38,11 @@ GRPO_MODES = {
     "pathwise-policy": ["grpo.noise=units", "grpo.latent_std=0.3", "grpo.lr=3e-5", "grpo.cosine=true",
                         "grpo.beta_kl=0.01", "grpo.reward=neg_loss", "grpo.reward_batch=fresh",
                         "grpo.estimator=pathwise", "grpo.trainable=policy"],
+    # the same, the reward gradient through every step of the walk (the exact gradient; "pathwise-policy" stops at
+    # the last step)
+    "pathwise-walk": ["grpo.noise=units", "grpo.latent_std=0.3", "grpo.lr=3e-5", "grpo.cosine=true",
+                      "grpo.beta_kl=0.01", "grpo.reward=neg_loss", "grpo.reward_batch=fresh",
+                      "grpo.estimator=pathwise", "grpo.trainable=policy", "grpo.backprop=walk"],
     # the experiment's own GRPO settings, with each estimator (a generative policy explores at its prior's std)
     "config": [],
     "config-pathwise": ["grpo.estimator=pathwise"],

@@ -15,7 +15,7 @@ def test_bench_generate_prints_random_sgd_and_policy_side_by_side(trained, in_tm
     assert bench_main(args) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [r.split("|")[1].split()[0] for r in rows] == ["random", "SGD", "policy", "policy"]
+    assert [r.split("|")[1].split()[0] for r in rows] == ["random", "SGD"] + ["policy"] * 4
     assert "(mean path, " in rows[2] and "(one sample per init, sample seed 0" in rows[3]
     ratios = [float(r.split("|")[4]) for r in rows]
     assert ratios[1] == 1.0 and 0.0 <= ratios[0] < 0.5
@@ -23,6 +23,26 @@ def test_bench_generate_prints_random_sgd_and_policy_side_by_side(trained, in_tm
     gen = torch.Generator().manual_seed(0)
     want = np.median(sample_accuracy(wg, load_task("digits", reward_size=300), [0, 1, 2], gen))
     assert float(rows[3].split("|")[3]) == pytest.approx(want, abs=1e-4)  # the samples' median, recomputed
+    assert "(best of 4 samples per init on the reward split" in rows[4] and "(best of 16 " in rows[5]
+
+
+def test_best_of_n_keeps_the_draw_with_the_best_reward_accuracy(trained):
+    """Best-of-n, recomputed: the same 16 draws per init scored on both splits, the chosen one the reward's argmax
+    among the first n; best-of-1 is the first draw, and no larger n scores lower on the reward split."""
+    from trainer.bench.generate import best_of_accuracy
+    from trainer.pipeline import init_states, repeat_groups, score_states
+
+    wg = WeightGenerator.load(trained / "policy.safetensors", TINY)
+    task = load_task("digits", reward_size=300)
+    got = best_of_accuracy(wg, task, [0, 1, 2], [1, 4, 16], sample_seed=5)
+    draws, _ = wg.generate(repeat_groups(init_states(wg.cfg, task, [0, 1, 2]), 16),
+                           generator=torch.Generator().manual_seed(5), trajectory=False)
+    reward = np.array(score_states(wg.cfg, task, draws, "reward")).reshape(3, 16)
+    test = np.array(score_states(wg.cfg, task, draws, "test")).reshape(3, 16)
+    assert len(set(test.flatten())) > 3  # the draws differ, so the choice matters
+    for n in (1, 4, 16):
+        assert got[n] == [test[i, reward[i, :n].argmax()] for i in range(3)]
+    assert all(reward[i, :16].max() >= reward[i, :4].max() for i in range(3))
 
 
 def test_bench_generate_speed_times_generation_against_sgd_to_equal_accuracy(trained, in_tmp, capsys):
