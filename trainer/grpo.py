@@ -33,7 +33,8 @@ from trainer.checkpoints import CheckpointError, load_training_state, save_train
 from trainer.cli import add_run_args, parser, run_main, use_threads
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.device import worker_gpus
-from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy, sample_accuracy, score_states
+from trainer.pipeline import (WeightGenerator, imitation_policy, init_states, mean_path_accuracy, sample_accuracy,
+                              score_states)
 from trainer.runlog import RunLogger, check_run_dir, clear_run_dir, lock_run_dir
 
 
@@ -476,7 +477,7 @@ def first_layer_grid(weight: torch.Tensor, input_shape: tuple[int, ...]) -> torc
 
 def main(args, cfg: ExperimentConfig) -> None:
     use_threads(cfg.threads, 1 + cfg.rollout.num_workers, "this driver and its scoring actors")
-    init_policy = Path(args.init_policy or f"artifacts/runs/{cfg.name}-imitate/policy.safetensors")
+    init_policy = Path(args.init_policy or imitation_policy(cfg.name))
     run_dir = Path("artifacts/runs") / (args.name or f"{cfg.name}-grpo")
     if not init_policy.is_file():
         raise CheckpointError(f"{init_policy}: no imitation policy (run `python -m trainer.imitate` first, "

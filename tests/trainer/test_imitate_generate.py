@@ -45,6 +45,25 @@ def test_imitate_then_generate_end_to_end(trained, in_tmp, capsys):
     assert "3 nets in 2 steps" in capsys.readouterr().out
 
 
+def test_generate_uses_the_grpo_policy_once_one_was_saved(trained, in_tmp):
+    """The default policy is the best the tool has: the imitation policy until `trainer.grpo` saves one."""
+    assert generate.cli(["--seeds", "0", "--name", "a"]) == 0
+    report = json.loads((in_tmp / "artifacts/generated/a/report.json").read_text())
+    assert report["summary"]["policy"] == "artifacts/runs/digits_mlp-imitate/policy.safetensors"
+    from trainer.pipeline import WeightGenerator
+
+    wg = WeightGenerator.load(trained / "policy.safetensors")
+    with torch.no_grad():
+        wg.policy.out_left.weight.mul_(1.5)  # another policy than the imitation one
+    wg.save(in_tmp / "artifacts/runs/digits_mlp-grpo")
+    assert generate.cli(["--seeds", "0", "--name", "b"]) == 0
+    report_b = json.loads((in_tmp / "artifacts/generated/b/report.json").read_text())
+    assert report_b["summary"]["policy"] == "artifacts/runs/digits_mlp-grpo/policy.safetensors"
+    a = load_weights(report["samples"][0]["file"])[0]
+    b = load_weights(report_b["samples"][0]["file"])[0]
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # the other policy's net
+
+
 @pytest.mark.parametrize("split", ["train", "reward"])
 def test_task_loss_is_the_cross_entropy_of_the_generated_nets(trained, split):
     from envs.tasks import load_task

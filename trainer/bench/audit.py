@@ -13,7 +13,7 @@ import torch
 
 from envs.tasks import task_from_config
 from trainer import audit
-from trainer.bench.common import default_policy, emit, figure, held_out_parser, held_out_seeds, paired_difference, \
+from trainer.bench.common import generated_policy, emit, figure, held_out_parser, held_out_seeds, paired_difference, \
     spread
 from trainer.checkpoints import save_json
 from trainer.config import ExperimentConfig
@@ -23,7 +23,7 @@ from trainer.pipeline import WeightGenerator, init_states, reference_layout, sco
 def add_parser(sub) -> argparse.ArgumentParser:
     a = held_out_parser(sub, "audit", "novelty (vs the zoo) and fidelity (vs SGD from the same inits) of "
                                       "generated nets", seeds=32, func=run, threads=1)
-    a.add_argument("--policy", help="policy.safetensors (default: the imitation policy)")
+    a.add_argument("--policy", help="policy.safetensors (default: what `generate` uses, the GRPO policy where one was saved)")
     out = a.add_mutually_exclusive_group()
     out.add_argument("--mean", action="store_true", help="audit the mean path (default: what `generate` writes)")
     out.add_argument("--sample", action="store_true", help="audit one sample per init (and a second one's agreement)")
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     """Generated nets from held-out inits against the zoo (novelty) and against SGD from the same inits (fidelity)."""
     cfg = cfgs[0]
     seeds = held_out_seeds(args, cfg)
-    policy = args.policy or default_policy(cfg)
+    policy = args.policy or generated_policy(cfg)
     wg = WeightGenerator.load(policy, cfg=cfg)
     task = task_from_config(cfg.task)
     template, layout = reference_layout(cfg, task)

@@ -19,7 +19,7 @@ from envs.models import reference_from_config
 from envs.scoring import evaluate
 from envs.tasks import task_from_config
 from trainer.audit import sgd_cache, sgd_from_seeds
-from trainer.bench.common import (count, default_policy, emit, figure, held_out_parser, held_out_seeds,
+from trainer.bench.common import (count, default_policy, generated_policy, emit, figure, held_out_parser, held_out_seeds,
                                   paired_difference, stopwatch)
 from trainer.config import ExperimentConfig
 from trainer.device import resolve_device
@@ -32,7 +32,7 @@ SPEED_BATCH = 64  # nets per call in the batched generation timing
 
 def add_parser(sub) -> argparse.ArgumentParser:
     g = held_out_parser(sub, "generate", "held-out accuracy: random init vs SGD vs policies", seeds=32, func=run)
-    g.add_argument("--policy", action="append", help="policy.safetensors, repeatable (default: the imitation policy)")
+    g.add_argument("--policy", action="append", help="policy.safetensors, repeatable (default: the imitation policy, then the GRPO policy where one was saved)")
     g.add_argument("--sample-seed", type=int, default=0, help="seed of the policies' sampling noise (default 0)")
     g.add_argument("--best-of", type=count, nargs="*", default=[4, 16], metavar="N",
                    help="also the first policy's best of N samples per init, chosen on the reward split (what "
@@ -53,7 +53,8 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     seeds = held_out_seeds(args, cfg)
     zoo = zoo_at_width(cfg)
     manifest = load_manifest(zoo.zoo_dir) if zoo is not None else None
-    policies = {path: WeightGenerator.load(path, cfg=cfg) for path in args.policy or [default_policy(cfg)]}
+    paths = args.policy or list(dict.fromkeys([default_policy(cfg), generated_policy(cfg)]))  # imitation, then GRPO
+    policies = {path: WeightGenerator.load(path, cfg=cfg) for path in paths}
     task = task_from_config(cfg.task)
     random = score_states(cfg, task, init_states(cfg, task, seeds), "test")
     rows = [(f"random init ({cfg.reference.init})", "-", float(np.median(random)), "")]

@@ -16,7 +16,7 @@ import torch
 from envs.models import reference_from_config
 from envs.scoring import evaluate
 from envs.tasks import task_from_config
-from trainer.bench.common import (count, default_policy, emit, figure, held_out_parser, held_out_seeds,
+from trainer.bench.common import (count, generated_policy, emit, figure, held_out_parser, held_out_seeds,
                                   paired_difference)
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.pipeline import WeightGenerator, init_states, unbatch
@@ -26,7 +26,7 @@ from trainer.zoo import sgd_steps, total_steps
 def add_parser(sub) -> argparse.ArgumentParser:
     w = held_out_parser(sub, "warmstart", "SGD for B steps from the generated net vs from the init", seeds=16,
                         func=run, threads=1)
-    w.add_argument("--policy", help="policy.safetensors (default: the imitation policy)")
+    w.add_argument("--policy", help="policy.safetensors (default: what `generate` uses, the GRPO policy where one was saved)")
     w.add_argument("--fractions", type=count, default=6, help="budgets 1/2^(N-1) .. 1 of the zoo's (default 6)")
     w.add_argument("--sample-seed", type=int, default=0, help="seed of the policy's sampling noise (default 0)")
     return w
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     """SGD for B steps from the generated net against from the init, B = 1/2^(--fractions - 1) .. 1 of the zoo's."""
     cfg = cfgs[0]
     seeds = held_out_seeds(args, cfg)
-    wg = WeightGenerator.load(args.policy or default_policy(cfg), cfg=cfg)
+    wg = WeightGenerator.load(args.policy or generated_policy(cfg), cfg=cfg)
     task = task_from_config(cfg.task)
     fractions = [2.0 ** -k for k in range(args.fractions - 1, -1, -1)]
     r = warmstart(cfg, wg, task, seeds, fractions, args.sample_seed)
