@@ -266,7 +266,7 @@ def off_diagonal_mean(m: torch.Tensor) -> torch.Tensor:
 def audit_nets(cfg: ExperimentConfig, task: Task, layout: Layout, zoo: Mapping[str, torch.Tensor],
                inits: Mapping[str, torch.Tensor], generated: Mapping[str, torch.Tensor],
                sgd: Mapping[str, torch.Tensor], replicate: Mapping[str, torch.Tensor],
-               ks: tuple[int, ...] = (1, 4, 16), second: Optional[Mapping[str, torch.Tensor]] = None) -> dict:
+               ks: tuple[int, ...] = (1, 4, 8, 16), second: Optional[Mapping[str, torch.Tensor]] = None) -> dict:
     """Every audit measurement of N generated nets against the zoo and against SGD from the same N inits
     (`replicate`: a second SGD run from each init, another data order). Returns per-net lists and their summaries."""
     zb = unit_blocks(zoo, layout)
