@@ -32,7 +32,7 @@ def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 # Floats per submodule output per forward call (16 MB). Larger tensors come from fresh mmaps that page-fault on every
 # call: on the MNIST CNN, batches of 2048 examples spent half their time in the kernel and ran at half the throughput.
-ACTIVATION_BUDGET = 4 * 2**20
+SCORING_ACTIVATION_BUDGET = 4 * 2**20
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -59,10 +59,10 @@ def _largest_activation(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def auto_batch_size(model: nn.Module, split: Split, sets_per_call: int = 1) -> int:
-    """Examples per forward call that keep `sets_per_call` x examples x the largest activation in ACTIVATION_BUDGET."""
+    """Examples per forward call that keep `sets_per_call` x examples x the largest activation in SCORING_ACTIVATION_BUDGET."""
     with _eval_mode(model):
         per_example = _largest_activation(model, split.x) * sets_per_call
-    return int(min(len(split), max(1, ACTIVATION_BUDGET // per_example)))
+    return int(min(len(split), max(1, SCORING_ACTIVATION_BUDGET // per_example)))
 
 
 @torch.no_grad()

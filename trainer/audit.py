@@ -142,8 +142,8 @@ def noise_baseline(zoo_states: Mapping[str, torch.Tensor], index: torch.Tensor, 
 # --- behaviour -------------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def test_logits(cfg: ExperimentConfig, task: Task, states: Mapping[str, torch.Tensor], split: str = "test",
-                batch: int = 2048) -> torch.Tensor:
+def split_logits(cfg: ExperimentConfig, task: Task, states: Mapping[str, torch.Tensor], split: str = "test",
+                 batch: int = 2048) -> torch.Tensor:
     """Logits of every net on every example of `split`: (N, examples, classes); non-finite rows become NaN."""
     model = reference_from_config(cfg.reference, task).eval()
     data = task.split(split)
@@ -272,7 +272,7 @@ def audit_nets(cfg: ExperimentConfig, task: Task, layout: Layout, zoo: Mapping[s
     zb = unit_blocks(zoo, layout)
     blocks = {"generated": unit_blocks(generated, layout), "sgd": unit_blocks(sgd, layout)}
     y = task.test.y
-    logits = {name: test_logits(cfg, task, s) for name, s in
+    logits = {name: split_logits(cfg, task, s) for name, s in
               (("zoo", zoo), ("generated", generated), ("sgd", sgd), ("replicate", replicate))}
     preds = {k: predictions(v) for k, v in logits.items()}
     wrong = {k: p != y for k, p in preds.items()}
@@ -293,7 +293,7 @@ def audit_nets(cfg: ExperimentConfig, task: Task, layout: Layout, zoo: Mapping[s
     idx, dist = nearest["generated"]
     noisy = noise_baseline(zoo, idx, dist, cfg.seed)
     noise = dict(generated=acc["generated"].tolist(), nearest_zoo=acc["zoo"][idx].tolist(),
-                 noise=(predictions(test_logits(cfg, task, noisy)) == y).double().mean(1).tolist())
+                 noise=(predictions(split_logits(cfg, task, noisy)) == y).double().mean(1).tolist())
 
     init_b = unit_blocks(inits, layout)
     travel = distance(blocks["sgd"], init_b)
@@ -311,7 +311,7 @@ def audit_nets(cfg: ExperimentConfig, task: Task, layout: Layout, zoo: Mapping[s
         sgd_to_sgd_other_init=(off_diagonal_mean(aligned_distances(rep_b, blocks["sgd"], layout)[0]) / travel).tolist())
 
     if second is not None:  # a second draw from each init: how much two samples of one init agree
-        fidelity["agree_generated_two_draws"] = agreement(predictions(test_logits(cfg, task, second)),
+        fidelity["agree_generated_two_draws"] = agreement(predictions(split_logits(cfg, task, second)),
                                                           preds["generated"]).diagonal().tolist()
     n = len(acc["generated"])
     ensembles = {str(k): dict(generated=ensemble_accuracy(logits["generated"], y, k),

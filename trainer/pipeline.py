@@ -26,7 +26,7 @@ from trainer.device import resolve_device
 
 
 # Floats in the policy's widest activation per chunk of the mean path (see `WeightGenerator.generate`): 8 MB.
-ACTIVATION_BUDGET = 2**21
+GENERATION_ACTIVATION_BUDGET = 2**21
 
 
 def reference_layout(cfg: ExperimentConfig, task: Task) -> tuple[torch.nn.Module, Layout]:
@@ -147,7 +147,7 @@ def check_spec(spec: dict, path: Path) -> PolicyConfig:
     return policy_cfg
 
 
-ADDED_LATER = ("latent_mean.", "unit_value", "unit_out", "rest_left.")
+PARAMS_ADDED_LATER = ("latent_mean.", "unit_value", "unit_out", "rest_left.")
 """policy parameters a policy saved before them may lack: all zero-initialised, so it loads with its old function"""
 
 
@@ -203,7 +203,7 @@ class WeightGenerator:
     def nets_per_chunk(self) -> int:
         """Nets whose widest activation (the node MLP's hidden layer over the largest unit group) fits the budget."""
         widest = max(g.size for g in self.layout.groups) * 2 * self.policy.cfg.dim
-        return max(1, ACTIVATION_BUDGET // widest)
+        return max(1, GENERATION_ACTIVATION_BUDGET // widest)
 
     def finish(self, states: dict[str, torch.Tensor], grad: bool = False) -> dict[str, torch.Tensor]:
         """Generated state dicts as they leave the generator: with generate.bn_recompute_batches, their BatchNorm
@@ -276,10 +276,10 @@ class WeightGenerator:
         tokenizer = Tokenizer(layout, scales)
         policy = DenoisingPolicy(policy_cfg, layout, tokenizer.centres())
         try:
-            # A policy saved before the parameters in ADDED_LATER existed lacks them: keep the fresh (zero) ones, which
-            # leave its function as it was.
+            # A policy saved before the parameters in PARAMS_ADDED_LATER existed lacks them: keep the fresh (zero)
+            # ones, which leave its function as it was.
             missing, unexpected = policy.load_state_dict(weights, strict=False)
-            if unexpected or any(not k.startswith(ADDED_LATER) for k in missing):
+            if unexpected or any(not k.startswith(PARAMS_ADDED_LATER) for k in missing):
                 policy.load_state_dict(weights)  # raises, naming the keys
         except RuntimeError as e:
             raise CheckpointError(f"{path}: policy weights do not fit its spec ({str(e).splitlines()[0]})") from None

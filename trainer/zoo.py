@@ -133,11 +133,11 @@ NOT_IDENTITY = {"zoo": ("runs", "out", "widths"), "task": ("root", "download")}
 
 
 # Fields added after zoos were built, at the value every zoo built before them had: a zoo.json without them matches.
-ADDED_LATER = {"reference": {"head": "pool", "init": "pytorch"}}
+SPEC_KEYS_ADDED_LATER = {"reference": {"head": "pool", "init": "pytorch"}}
 
 
 def _identity(spec: dict) -> dict:
-    return {section: {k: v for k, v in {**ADDED_LATER.get(section, {}), **value}.items()
+    return {section: {k: v for k, v in {**SPEC_KEYS_ADDED_LATER.get(section, {}), **value}.items()
                       if k not in NOT_IDENTITY.get(section, ())}
             if isinstance(value, dict) else value for section, value in spec.items()}
 

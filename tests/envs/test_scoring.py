@@ -176,7 +176,7 @@ def test_auto_batch_size_keeps_activations_in_budget(task, monkeypatch):
     import envs.scoring as scoring
 
     cnn, mlp = make(task, "cnn"), make(task, "mlp")  # the CNN's largest activation: conv0, 4 x 8 x 8 per example
-    monkeypatch.setattr(scoring, "ACTIVATION_BUDGET", 3 * 4 * 8 * 8 * 10)
+    monkeypatch.setattr(scoring, "SCORING_ACTIVATION_BUDGET", 3 * 4 * 8 * 8 * 10)
     assert scoring.auto_batch_size(cnn, task.test, sets_per_call=3) == 10
     assert scoring.auto_batch_size(mlp, task.test) == len(task.test)  # 16 hidden units: the whole split fits
     sets = weight_sets(task, "cnn", 5)

@@ -49,13 +49,13 @@ def test_a_permuted_zoo_net_is_at_distance_zero_and_noise_at_zero_keeps_its_accu
     assert raw[0, 1] > 1.0 and d[0, 0] > 1.0 and d[0, 2] > 1.0  # shuffled units are far apart until aligned
     # The same function: the copy, decoded back to a state dict, predicts exactly what the zoo net predicts.
     tok = Tokenizer(layout, {t.key: 1.0 for t in layout.tensors})
-    preds = audit.predictions(audit.test_logits(cfg, task, tok.decode(copy)))
-    zoo_preds = audit.predictions(audit.test_logits(cfg, task, zoo))
+    preds = audit.predictions(audit.split_logits(cfg, task, tok.decode(copy)))
+    zoo_preds = audit.predictions(audit.split_logits(cfg, task, zoo))
     assert torch.equal(preds[0], zoo_preds[1])
 
     noisy = audit.noise_baseline(zoo, torch.tensor([1, 1]), torch.tensor([0.0, 2.5]), seed=0)
     assert all(torch.equal(noisy[k][0], zoo[k][1]) for k in zoo)
-    acc = (audit.predictions(audit.test_logits(cfg, task, noisy)) == task.test.y).double().mean(1)
+    acc = (audit.predictions(audit.split_logits(cfg, task, noisy)) == task.test.y).double().mean(1)
     manifest = json.loads((cfg.zoo_dir / "manifest.json").read_text())
     assert acc[0].item() == manifest["runs"][1]["checkpoints"][-1]["test_accuracy"]  # evaluate()'s number, exactly
     assert audit.distance(audit.unit_blocks({k: v[1:] for k, v in noisy.items()}, layout),
@@ -77,7 +77,7 @@ def test_alignment_undoes_permutations_of_coupled_groups(family, widths):
     # Scoring and the noise baseline take the family's integer buffers (BN step counts) along untouched.
     same = audit.noise_baseline(states, torch.tensor([1]), torch.tensor([0.0]), seed=0)
     # (one net alone vs two in one vmapped call: the same sums, maybe by another kernel)
-    torch.testing.assert_close(audit.test_logits(cfg, task, same)[0], audit.test_logits(cfg, task, states)[1])
+    torch.testing.assert_close(audit.split_logits(cfg, task, same)[0], audit.split_logits(cfg, task, states)[1])
 
 
 def test_leave_one_out_never_pairs_a_net_with_itself(tiny_zoo):

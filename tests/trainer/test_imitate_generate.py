@@ -182,13 +182,14 @@ def test_user_init_file_is_used(trained, in_tmp):
 def test_a_policy_saved_before_the_unit_latent_and_unit_codes_loads_with_them_at_zero(trained, in_tmp):
     from envs.tasks import task_from_config
     from trainer.checkpoints import CheckpointError, read_metadata
-    from trainer.pipeline import ADDED_LATER, WeightGenerator, init_states
+    from trainer.pipeline import PARAMS_ADDED_LATER, WeightGenerator, init_states
 
     weights, _ = load_weights(trained / "policy.safetensors")
     old = in_tmp / "old"
     old.mkdir()
-    assert {k for k in weights if k.startswith(ADDED_LATER)} >= {"unit_value", "unit_out", "latent_mean.net.2.bias"}
-    save_weights(old / "policy.safetensors", {k: v for k, v in weights.items() if not k.startswith(ADDED_LATER)},
+    added = {k for k in weights if k.startswith(PARAMS_ADDED_LATER)}
+    assert added >= {"unit_value", "unit_out", "latent_mean.net.2.bias"}
+    save_weights(old / "policy.safetensors", {k: v for k, v in weights.items() if not k.startswith(PARAMS_ADDED_LATER)},
                  read_metadata(trained / "policy.safetensors"))
     (old / "policy.json").write_text((trained / "policy.json").read_text())
     wg = WeightGenerator.load(old / "policy.safetensors")

@@ -27,7 +27,7 @@ def test_the_mean_path_in_chunks_equals_the_whole_batch(monkeypatch):
     wg = untrained_generator()
     init = init_states(wg.cfg, task_from_config(wg.cfg.task), range(5))
     whole, whole_steps = wg.generate(init, mean_only=True)
-    monkeypatch.setattr(pipeline, "ACTIVATION_BUDGET", 2 * 64 * 2 * 16)  # 2 nets per chunk: 3 chunks
+    monkeypatch.setattr(pipeline, "GENERATION_ACTIVATION_BUDGET", 2 * 64 * 2 * 16)  # 2 nets per chunk: 3 chunks
     assert wg.nets_per_chunk() == 2
     chunked, steps = wg.generate(init, mean_only=True)
     assert any(not torch.allclose(whole[k], init[k]) for k in init)
