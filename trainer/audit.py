@@ -24,6 +24,7 @@ from policy.tokenizer import Layout, Tokenizer
 from trainer.checkpoints import load_weights
 from trainer.config import ExperimentConfig
 from trainer.zoo import load_manifest, train_run, zoo_spec
+from trainer import paths
 
 Blocks = dict[str, torch.Tensor]  # key -> (N, *token_shape), unscaled
 # Offset of the data-order seed of the second SGD run from each held-out init: same init, another minibatch order.
@@ -197,7 +198,7 @@ def sgd_cache(cfg: ExperimentConfig) -> Path:
     if spec["reference"]["init"] == "pytorch":  # the key came later: caches of default inits keep their folder
         del spec["reference"]["init"]
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
-    return Path("artifacts/audit") / cfg.name / f"sgd-{digest}"
+    return paths.audit_dir(cfg.name) / f"sgd-{digest}"
 
 
 def sgd_from_seeds(cfg: ExperimentConfig, seeds: list[int], template: Mapping[str, torch.Tensor],

@@ -19,6 +19,7 @@ from policy.tokenizer import WIDTH_SCALES
 from trainer.device import check_device
 from envs.spec import (ConfigError, EnvConfig, ReferenceConfig, Rule, TaskConfig, above, at_least, check_choice,
                        check_env_sections, check_ranges, from_dict, optional, read_yaml, within)
+from trainer import paths
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_config", "config_from_dict", "add_config_args"]
 
@@ -233,7 +234,7 @@ class ExperimentConfig:
 
     @property
     def zoo_dir(self) -> Path:
-        return Path(self.zoo.out) if self.zoo.out else Path("artifacts/checkpoints") / self.name
+        return Path(self.zoo.out) if self.zoo.out else paths.zoo_dir(self.name)
 
 
 def apply_override(data: dict, assignment: str) -> None:

@@ -17,9 +17,10 @@ from trainer.cli import folder_name, guarded, use_threads
 from trainer.config import DEFAULT_CONFIG, ConfigError, load_config
 from rollout.pool import RolloutPool
 from trainer.device import worker_gpus
-from trainer.pipeline import (WeightGenerator, best_policy, init_states, reference_layout, repeat_groups, score_states,
+from trainer.pipeline import (WeightGenerator, init_states, reference_layout, repeat_groups, score_states,
                               unbatch)
 from trainer.zoo import reference_name
+from trainer import paths
 
 
 MAX_SEEDS = 10**6  # one generated net, or one SGD run, per seed: a range beyond this is a typo
@@ -126,14 +127,14 @@ def run(args: argparse.Namespace) -> dict:
     check_counts(args)
     seeds = None if args.init else parse_seeds(args.seeds)  # argument errors first, before anything loads
     cfg = load_config(args.config or DEFAULT_CONFIG, [])
-    policy_path = Path(args.policy or best_policy(cfg.name))
+    policy_path = Path(args.policy or paths.best_policy(cfg.name))
     wg = WeightGenerator.load(policy_path, args.overrides)
     if args.config and wg.cfg.name != cfg.name:  # the policy's stored experiment is what runs: say it, don't ignore
         raise ConfigError(f"--policy {policy_path} belongs to experiment {wg.cfg.name}, --config {args.config} is "
                           f"experiment {cfg.name}: pass a {cfg.name} policy, or drop --config")
     cfg = wg.cfg
     use_threads(cfg.threads)
-    out = Path(args.out or f"artifacts/generated/{args.name or cfg.name}")
+    out = Path(args.out) if args.out else paths.generated_dir(args.name or cfg.name)
     check_writable_folder(out, "--out")
     earlier = earlier_nets(out)
     task = task_from_config(cfg.task)
@@ -215,7 +216,8 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override the policy's stored experiment config, e.g. generate.schedule=[0,0.5,1]")
     p.add_argument("--policy", help="policy.safetensors (default: the GRPO policy, artifacts/runs/<experiment>-grpo/, "
-                                    "where one was saved, else the imitation policy, artifacts/runs/<experiment>-imitate/)")
+                                    "where one was saved, else the imitation policy, "
+                                    "artifacts/runs/<experiment>-imitate/)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--seeds", default="0..7", help="fresh PyTorch default inits from these seeds: N, A..B or A,B,C")
     src.add_argument("--init", help="a user's own init of the reference model (safetensors)")

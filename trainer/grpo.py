@@ -33,9 +33,9 @@ from trainer.checkpoints import CheckpointError, load_training_state, save_train
 from trainer.cli import add_run_args, parser, run_main, use_threads
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.device import worker_gpus
-from trainer.pipeline import (WeightGenerator, imitation_policy, init_states, mean_path_accuracy, sample_accuracy,
-                              score_states)
+from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy, sample_accuracy, score_states
 from trainer.runlog import RunLogger, check_run_dir, clear_run_dir, lock_run_dir
+from trainer import paths
 
 
 @dataclass
@@ -108,8 +108,8 @@ class GRPOTrainer:
         final, steps = self.wg.rollout(init, gc.group_size, self.rng["sample"], gc.antithetic, gc.explore)
         ro = Rollouts(steps, final, seeds, None)
         if self.iteration % gc.gain_every == 0 or gc.estimator == "score_cv":  # the paired gain, at its cadence
-            paths = [wg.generate(init, mean_only=True, trajectory=False)[0] for wg in (self.wg, self.imitation)]
-            ro.paths = {k: torch.cat([p[k] for p in paths]) for k in final}
+            mean_paths = [wg.generate(init, mean_only=True, trajectory=False)[0] for wg in (self.wg, self.imitation)]
+            ro.paths = {k: torch.cat([p[k] for p in mean_paths]) for k in final}
         if gc.estimator == "pathwise":  # the draws as noise, so the update can move their mean under them
             ro.noise = [self.standard_noise(step) if step.sampled else None for step in steps]
         return ro
@@ -477,8 +477,8 @@ def first_layer_grid(weight: torch.Tensor, input_shape: tuple[int, ...]) -> torc
 
 def main(args, cfg: ExperimentConfig) -> None:
     use_threads(cfg.threads, 1 + cfg.rollout.num_workers, "this driver and its scoring actors")
-    init_policy = Path(args.init_policy or imitation_policy(cfg.name))
-    run_dir = Path("artifacts/runs") / (args.name or f"{cfg.name}-grpo")
+    init_policy = Path(args.init_policy or paths.imitation_policy(cfg.name))
+    run_dir = paths.run_dir(args.name) if args.name else paths.grpo_run(cfg.name)
     if not init_policy.is_file():
         raise CheckpointError(f"{init_policy}: no imitation policy (run `python -m trainer.imitate` first, "
                               f"or pass --init-policy)")

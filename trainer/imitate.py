@@ -30,6 +30,7 @@ from trainer.pairs import ZooPairs
 from trainer.pipeline import (WeightGenerator, bn_recompute_inputs, init_states, mean_path_accuracy,
                               reference_layout, sample_accuracy, snap_schedule)
 from trainer.zoo import build_zoo, zoo_at_width, zoo_variants
+from trainer import paths
 
 
 def sample_pairs(t: torch.Tensor, sched_idx: list[int], batch: int, schedule_frac: float,
@@ -177,7 +178,7 @@ def zoo_data(cfg: ExperimentConfig, task: Task) -> tuple[Tokenizer, list[WidthDa
 def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool = True,
           overwrite: bool = False) -> Path:
     im = cfg.imitate
-    run_dir = Path("artifacts/runs") / name
+    run_dir = paths.run_dir(name)
     check_run_dir(run_dir, resume, overwrite)
     if not any(v.reference.widths == cfg.reference.widths for v in zoo_variants(cfg)):
         raise ConfigError(f"config key reference.widths: {cfg.reference.widths} is not one of zoo.widths "
@@ -291,7 +292,7 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
 
 def main(args, cfg: ExperimentConfig) -> None:
     use_threads(cfg.threads, 1, "training runs in this process alone; a zoo it builds first has its own")
-    name = args.name or f"{cfg.name}-imitate"
+    name = args.name or paths.imitation_run(cfg.name).name
     run_dir = train(cfg, name, resume=args.resume, overwrite=args.overwrite)
     print(f"policy: {run_dir / 'policy.safetensors'}  (TensorBoard: tensorboard --logdir {run_dir.parent})")
 

@@ -113,18 +113,6 @@ def _json(path: Path) -> Path:
     return (path / "policy.json") if path.is_dir() else path.with_suffix(".json")
 
 
-def imitation_policy(experiment: str) -> Path:
-    """Where `trainer.imitate` saves an experiment's policy (its default run name)."""
-    return Path("artifacts/runs") / f"{experiment}-imitate" / "policy.safetensors"
-
-
-def best_policy(experiment: str) -> Path:
-    """The policy `trainer.generate` uses unless told otherwise: the GRPO policy (`trainer.grpo`'s default run) where
-    one was saved, which GRPO improved from the imitation policy; else the imitation policy."""
-    grpo = Path("artifacts/runs") / f"{experiment}-grpo" / "policy.safetensors"
-    return grpo if grpo.is_file() else imitation_policy(experiment)
-
-
 def check_spec(spec: dict, path: Path) -> PolicyConfig:
     """A policy.json checked as far as it can be without the reference model: its `policy` section (types and keys,
     as a config is), a schedule and a progress grid of ascending values in [0, 1], a known default output. Returns the

@@ -2,8 +2,8 @@
 checks, one section per bench step (its command, a reading guide, the table and its figures), the audit's headline in
 numbers, and the GRPO hook.
 
-The GRPO hook: `python -m trainer.bench grpo` (built separately) is expected to leave `GRPO_RESULTS` (per experiment)
-holding {"command": "python -m trainer.bench grpo ...", "table": "<markdown>", "figures": ["<png path>", ...]}; the
+The GRPO hook: `python -m trainer.bench grpo` (built separately) is expected to leave `grpo.json` in the experiment's
+`paths.bench_dir`, holding {"command": "python -m trainer.bench grpo ...", "table": "<markdown>", "figures": ["<png path>", ...]}; the
 report copies its figures next to the others and includes it as is. Absent, the section says how to make it.
 """
 
@@ -22,8 +22,8 @@ from trainer.bench.common import PROG, default_policy, held_out_seeds
 from trainer.checkpoints import load_policy_files
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.zoo import load_manifest
+from trainer import paths
 
-GRPO_RESULTS = "artifacts/bench/{experiment}/grpo.json"
 
 OBJECTIVES_GUIDE = ("Each net is scored as deployed: quantised, pruned, or on noisy inputs. The GRPO rows are the "
                     "policies `python -m trainer.grpo --set env.objective=<objective> --name <experiment>-grpo-"
@@ -79,7 +79,7 @@ def audit_reading(r: dict) -> str:
 
 
 def grpo_section(cfg: ExperimentConfig, fig_dir: Path, out_dir: Path) -> list[str]:
-    path = Path(GRPO_RESULTS.format(experiment=cfg.name))
+    path = paths.bench_dir(cfg.name) / "grpo.json"
     if not path.is_file():
         return ["### GRPO: held-out accuracy against the evaluation budget", "",
                 f"Not measured in this report: `python -m trainer.bench grpo` writes `{path}`, which the report then "

@@ -18,6 +18,7 @@ from trainer.bench.common import generated_policy, emit, figure, held_out_parser
 from trainer.checkpoints import save_json
 from trainer.config import ExperimentConfig
 from trainer.pipeline import WeightGenerator, init_states, reference_layout, score_states
+from trainer import paths
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
         walked = audit.posterior_walk(wg, ckpts)
         results["posterior_walk"] = score_states(cfg, task, walked, "test")
     results["seconds"] = time.perf_counter() - t
-    json_path = Path(args.json or Path(args.out or f"artifacts/bench/{cfg.name}/audit.md").with_suffix(".json"))
+    json_path = Path(args.json or (Path(args.out) if args.out else paths.bench_dir(cfg.name) / "audit.md").with_suffix(".json"))
     save_json(json_path, results)
     table = audit_table(results)
     emit(table, args.out)

@@ -15,7 +15,7 @@ import torch
 import math
 
 from trainer.config import ConfigError, ExperimentConfig
-from trainer.pipeline import best_policy, imitation_policy
+from trainer import paths
 
 
 # argparse types: a count or a scale out of range is refused where the flag is read, naming it (a zero count would
@@ -100,12 +100,12 @@ def held_out_seeds(args: argparse.Namespace, cfg: ExperimentConfig) -> list[int]
 
 def default_policy(cfg: ExperimentConfig) -> str:
     """The imitation policy: what the benches of imitation and GRPO start from."""
-    return str(imitation_policy(cfg.name))
+    return str(paths.imitation_policy(cfg.name))
 
 
 def generated_policy(cfg: ExperimentConfig) -> str:
     """What `trainer.generate` uses by default (`pipeline.best_policy`): the benches of generated nets measure it."""
-    return str(best_policy(cfg.name))
+    return str(paths.best_policy(cfg.name))
 
 
 def timed(fn: Callable[[], object], repeats: int) -> tuple[list[float], object]:

@@ -53,8 +53,8 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     seeds = held_out_seeds(args, cfg)
     zoo = zoo_at_width(cfg)
     manifest = load_manifest(zoo.zoo_dir) if zoo is not None else None
-    paths = args.policy or list(dict.fromkeys([default_policy(cfg), generated_policy(cfg)]))  # imitation, then GRPO
-    policies = {path: WeightGenerator.load(path, cfg=cfg) for path in paths}
+    policy_paths = args.policy or list(dict.fromkeys([default_policy(cfg), generated_policy(cfg)]))  # imitation, then GRPO
+    policies = {path: WeightGenerator.load(path, cfg=cfg) for path in policy_paths}
     task = task_from_config(cfg.task)
     random = score_states(cfg, task, init_states(cfg, task, seeds), "test")
     rows = [(f"random init ({cfg.reference.init})", "-", float(np.median(random)), "")]

@@ -22,6 +22,7 @@ from trainer.bench.grpo import GRPO_MODES
 SCORE_MODES = ("iid", "units")  # the modes whose estimate is the score function's (pathwise is exact by construction)
 from trainer.config import ExperimentConfig, load_config
 from trainer.pipeline import init_states
+from trainer import paths
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
              f"disjoint averages", "", "| mode | trained parameters | " +
              " | ".join(f"n = {n}" for n in averaged) + " |", "| --- | --- | " + " | ".join("---" for _ in averaged) + " |"]
     for mode in args.modes:
-        t = GRPOTrainer(load_config(config, args.overrides + GRPO_MODES[mode]), policy, Path("artifacts/bench"),
+        t = GRPOTrainer(load_config(config, args.overrides + GRPO_MODES[mode]), policy, paths.ARTIFACTS / "bench",
                         progress=False)
         params = [p for group in t.opt.param_groups for p in group["params"]]
 

@@ -16,6 +16,7 @@ from rollout.pool import RolloutPool
 from trainer.bench.common import count, default_policy, emit, figure, held_out_parser, held_out_seeds
 from trainer.config import ConfigError, ExperimentConfig, load_config
 from trainer.pipeline import WeightGenerator, mean_path_accuracy
+from trainer import paths
 
 # The exploration modes `bench grpo` compares, each as overrides of the experiment's config with the settings it was
 # tuned with (docs/HISTORY.md).
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                 run_cfg = load_config(config, args.overrides + GRPO_MODES[mode] + [
                     f"seed={r}", f"grpo.seed_start={100000 * (r + 1)}", f"grpo.iterations={args.iterations}",
                     f"grpo.eval_every={args.iterations}", f"grpo.save_every={args.iterations}"])
-                run_dir = Path("artifacts/bench") / cfg.name / f"grpo-{mode}-{r}"
+                run_dir = paths.bench_dir(cfg.name) / f"grpo-{mode}-{r}"
                 trainer = GRPOTrainer(run_cfg, policy, run_dir, progress=False)
                 trainer.pool = pool
                 for it in tqdm(checkpoints, desc=f"grpo {mode} run {r}"):
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     # Run as `python -m trainer.bench`, argv[0] is this package's __main__.py: record the command as it was typed.
     command = "python -m trainer.bench " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).match("bench/__main__.py") \
         else f"python -m trainer.bench grpo --config {config} --runs {args.runs} --iterations {args.iterations}"
-    results = Path(f"artifacts/bench/{cfg.name}/grpo.json")
+    results = paths.bench_dir(cfg.name) / "grpo.json"
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps({"command": command, "table": table, "figures": [str(f) for f in figures],
                                    "curves": {m: dict(zip(["evaluations", "gain", "se"], v))

@@ -36,6 +36,7 @@ from trainer.bench.common import (count, default_policy, emit, figure, held_out_
                                   paired_difference)
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.pipeline import WeightGenerator, init_states, reference_layout, score_states, unbatch
+from trainer import paths
 
 FINETUNE_LR = 0.1  # the fine-tune's learning rate, as a share of the zoo recipe's peak rate
 
@@ -64,7 +65,7 @@ def grpo_policies(args: argparse.Namespace, cfg: ExperimentConfig) -> dict[str, 
         if not Path(path).is_file():
             raise ConfigError(f"--grpo {item}: {path} not found")
         given[name] = Path(path)
-    return {o: given.get(o, Path(f"artifacts/runs/{cfg.name}-grpo-{o}/policy.safetensors")) for o in args.objective}
+    return {o: given.get(o, paths.grpo_run(cfg.name, o) / "policy.safetensors") for o in args.objective}
 
 
 def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:

@@ -17,6 +17,7 @@ from trainer.bench import audit, generate, objectives, rollout
 from trainer.bench.common import parser_of
 from trainer.config import ExperimentConfig, load_config
 from trainer.report import AUDIT_GUIDE, OBJECTIVES_GUIDE, audit_reading, check_inputs, command, grpo_section, section
+from trainer import paths
 
 STEPS = (generate, audit, rollout, objectives)  # the subcommands a report runs, each from its command line
 
@@ -48,17 +49,17 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     out = Path(args.out)
     fig_dir = out.parent / "figures"
     started = time.perf_counter()
-    paths = args.config or args.default_configs
+    config_paths = args.config or args.default_configs
     sets = sum((["--set", s] for s in args.overrides), [])
     policies = sum((["--policy", p] for p in args.policy or []), [])
     held = ["--seeds", str(args.seeds), "--seed-start", str(args.seed_start)]
-    me = ["report", *sum((["--config", p] for p in paths), []), *sets, *held, *policies, "--out", str(out)]
+    me = ["report", *sum((["--config", p] for p in config_paths), []), *sets, *held, *policies, "--out", str(out)]
     lines = ["# Results", "", f"Written by `{command(me)}` on {platform.machine()} with {os.cpu_count()} CPUs, torch "
              f"{torch.__version__}, 1-min load average {os.getloadavg()[0]:.1f} at the start. Every section names the "
              "command that reproduces its table and figures (figures in `figures/`, tables also under "
              "`artifacts/bench/`).", ""]
-    for path, cfg in zip(paths, cfgs):
-        tables = Path("artifacts/bench") / cfg.name
+    for path, cfg in zip(config_paths, cfgs):
+        tables = paths.bench_dir(cfg.name)
         common = ["--config", path, *sets]
         lines += [f"## {cfg.name}: {cfg.reference.family} {cfg.reference.widths} on {cfg.task.name}", ""]
         steps = [("Held-out accuracy: random init, SGD and the policy", ["generate", *common, *held, *policies], ""),
