@@ -21,10 +21,10 @@ from envs.models import reference_from_config
 from envs.scoring import batched_logits, weight_keys
 from envs.tasks import Task
 from policy.tokenizer import Layout, Tokenizer
+from trainer import paths
 from trainer.checkpoints import load_weights
 from trainer.config import ExperimentConfig
 from trainer.zoo import load_manifest, train_run, zoo_spec
-from trainer import paths
 
 Blocks = dict[str, torch.Tensor]  # key -> (N, *token_shape), unscaled
 # Offset of the data-order seed of the second SGD run from each held-out init: same init, another minibatch order.

@@ -16,10 +16,10 @@ import yaml
 
 from policy.model import PolicyConfig
 from policy.tokenizer import WIDTH_SCALES
+from trainer import paths
 from trainer.device import check_device
 from envs.spec import (ConfigError, EnvConfig, ReferenceConfig, Rule, TaskConfig, above, at_least, check_choice,
                        check_env_sections, check_ranges, from_dict, optional, read_yaml, within)
-from trainer import paths
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_config", "config_from_dict", "add_config_args"]
 

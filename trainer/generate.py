@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from envs.tasks import task_from_config
+from trainer import paths
 from trainer.checkpoints import (CheckpointError, check_writable_folder, load_weights, read_json, save_json,
                                  save_weights)
 from trainer.cli import folder_name, guarded, use_threads
@@ -20,7 +21,6 @@ from trainer.device import worker_gpus
 from trainer.pipeline import (WeightGenerator, init_states, reference_layout, repeat_groups, score_states,
                               unbatch)
 from trainer.zoo import reference_name
-from trainer import paths
 
 
 MAX_SEEDS = 10**6  # one generated net, or one SGD run, per seed: a range beyond this is a typo

@@ -28,6 +28,7 @@ from envs.scoring import predict_batch
 from envs.tasks import task_from_config
 from policy.sampling import Step, gaussian_kl, gaussian_log_prob
 from rollout.pool import RolloutPool
+from trainer import paths
 from trainer.algos import clipped_policy_loss, compute_grpo_advantages, control_variate_advantages, learning_rate
 from trainer.checkpoints import CheckpointError, load_training_state, save_training_state
 from trainer.cli import add_run_args, parser, run_main, use_threads
@@ -35,7 +36,6 @@ from trainer.config import ConfigError, ExperimentConfig
 from trainer.device import worker_gpus
 from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy, sample_accuracy, score_states
 from trainer.runlog import RunLogger, check_run_dir, clear_run_dir, lock_run_dir
-from trainer import paths
 
 
 @dataclass

@@ -20,6 +20,7 @@ from envs.tasks import Task, task_from_config
 from policy.model import DenoisingPolicy
 from policy.sampling import gaussian_log_prob, latent_kl, sample, walk
 from policy.tokenizer import Layout, Tokenizer, fit_scales, transfer_scales
+from trainer import paths
 from trainer.algos import learning_rate
 from trainer.checkpoints import load_training_state, save_training_state
 from trainer.cli import add_run_args, parser, run_main, use_threads
@@ -30,7 +31,6 @@ from trainer.pairs import ZooPairs
 from trainer.pipeline import (WeightGenerator, bn_recompute_inputs, init_states, mean_path_accuracy,
                               reference_layout, sample_accuracy, snap_schedule)
 from trainer.zoo import build_zoo, zoo_at_width, zoo_variants
-from trainer import paths
 
 
 def sample_pairs(t: torch.Tensor, sched_idx: list[int], batch: int, schedule_frac: float,

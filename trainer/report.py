@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer import paths
 from trainer.bench.common import PROG, default_policy, held_out_seeds
 from trainer.checkpoints import load_policy_files
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.zoo import load_manifest
-from trainer import paths
 
 
 OBJECTIVES_GUIDE = ("Each net is scored as deployed: quantised, pruned, or on noisy inputs. The GRPO rows are the "

@@ -13,12 +13,12 @@ import torch
 
 from envs.tasks import task_from_config
 from trainer import audit
+from trainer import paths
 from trainer.bench.common import generated_policy, emit, figure, held_out_parser, held_out_seeds, paired_difference, \
     spread
 from trainer.checkpoints import save_json
 from trainer.config import ExperimentConfig
 from trainer.pipeline import WeightGenerator, init_states, reference_layout, score_states
-from trainer import paths
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -15,14 +15,21 @@ from envs.models import reference_from_config
 from envs.scoring import batched_logits, score_batch
 from envs.tasks import Split, task_from_config
 from policy.sampling import gaussian_log_prob
+from trainer import paths
 from trainer.algos import compute_grpo_advantages
 from trainer.bench.common import count, default_policy, emit, held_out_parser
 from trainer.bench.grpo import GRPO_MODES
-
-SCORE_MODES = ("iid", "units")  # the modes whose estimate is the score function's (pathwise is exact by construction)
 from trainer.config import ExperimentConfig, load_config
 from trainer.pipeline import init_states
-from trainer import paths
+
+SCORE_MODES = ("iid", "units")  # the modes whose estimate is the score function's (pathwise is exact by construction)
+
+
+def averaged_cosines(estimates: torch.Tensor, exact: torch.Tensor, ns: list[int]) -> list[float]:
+    """Per n: the mean, over the len(estimates) // n disjoint blocks of n consecutive estimates, of the cosine between
+    the block's average and `exact`. `estimates`: (iterations, parameters)."""
+    return [float(np.mean([F.cosine_similarity(estimates[i:i + n].mean(0), exact, dim=0).item()
+                           for i in range(0, len(estimates) - n + 1, n)])) for n in ns]
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -88,9 +95,7 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                 if drawn is not None:
                     loss = loss - (adv.flatten() * gaussian_log_prob(drawn, mean, std)).mean()
             estimates.append(-gradient(loss))
-        est = torch.stack(estimates)
-        cos = [float(np.mean([F.cosine_similarity(est[i:i + n].mean(0), exact, dim=0).item()
-                              for i in range(0, len(est) - n + 1, n)])) for n in averaged]
+        cos = averaged_cosines(torch.stack(estimates), exact, averaged)
         lines.append(f"| {mode} | {sum(p.numel() for p in params)} | " + " | ".join(f"{c:.3f}" for c in cos) + " |")
     table = "\n".join(lines)
     emit(table, args.out)

@@ -31,12 +31,12 @@ import torch.nn.functional as F
 from envs.models import reference_from_config
 from envs.objectives import OBJECTIVES, Objective
 from envs.tasks import task_from_config
+from trainer import paths
 from trainer.audit import sgd_cache, sgd_from_seeds
 from trainer.bench.common import (count, default_policy, emit, figure, held_out_parser, held_out_seeds,
                                   paired_difference)
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.pipeline import WeightGenerator, init_states, reference_layout, score_states, unbatch
-from trainer import paths
 
 FINETUNE_LR = 0.1  # the fine-tune's learning rate, as a share of the zoo recipe's peak rate
 

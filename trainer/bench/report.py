@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
+from trainer import paths
 from trainer.bench import audit, generate, objectives, rollout
 from trainer.bench.common import parser_of
 from trainer.config import ExperimentConfig, load_config
 from trainer.report import AUDIT_GUIDE, OBJECTIVES_GUIDE, audit_reading, check_inputs, command, grpo_section, section
-from trainer import paths
 
 STEPS = (generate, audit, rollout, objectives)  # the subcommands a report runs, each from its command line
 
