@@ -41,8 +41,7 @@ def test_imitate_generate_and_grpo_on_the_gpu_and_the_policy_loads_on_the_cpu(in
     from trainer.grpo import GRPOTrainer
     from trainer.pipeline import WeightGenerator
 
-    from tests.trainer.test_grpo import GRPO
-    from tests.trainer.test_imitate_generate import imitate_cli
+    from tests.settings import GRPO, imitate_cli
 
     assert imitate_cli("--set", "device=cuda") == 0
     path = in_tmp / "artifacts/runs/digits_mlp-imitate/policy.safetensors"

@@ -7,7 +7,7 @@ from envs.models import build_reference
 from policy.model import DenoisingPolicy, PolicyConfig
 from policy.tokenizer import Layout, Tokenizer, fit_scales, permute_units
 
-from tests.policy.test_tokenizer import FAMILIES, batch_of, make
+from tests.settings import FAMILIES, batch_of, make
 
 SMALL = PolicyConfig(dim=16, rounds=2, heads=2)
 

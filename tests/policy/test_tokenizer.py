@@ -1,29 +1,10 @@
 import pytest
 import torch
 
-from envs.models import build_reference
-from policy.tokenizer import Layout, Tokenizer, fit_scales, permute_units
+from policy.tokenizer import Tokenizer, fit_scales, permute_units
 
-FAMILIES = {"mlp": ([16, 8], (1, 8, 8)), "cnn": ([4, 8], (1, 8, 8)), "resnet": ([4, 8], (3, 8, 8)),
-            "resnet-flatten": ([4, 8], (3, 8, 8))}
-"""test models: family[-head] -> (widths, input shape)"""
+from tests.settings import FAMILIES, batch_of, make
 
-
-def build(name, seed):
-    family, _, head = name.partition("-")
-    widths, shape = FAMILIES[name]
-    return build_reference(family, widths, shape, 10, blocks_per_stage=2, seed=seed, head=head or "pool")
-
-
-def batch_of(family, seeds):
-    sds = [build(family, s).state_dict() for s in seeds]
-    return {k: torch.stack([sd[k] for sd in sds]) for k in sds[0]}
-
-
-def make(family):
-    model = build(family, 0)
-    layout = Layout(model.unit_layout(), {k: v.shape for k, v in model.state_dict().items()})
-    return model, layout
 
 
 @pytest.mark.parametrize("family", FAMILIES)

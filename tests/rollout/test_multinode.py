@@ -15,9 +15,7 @@ from ray.cluster_utils import Cluster
 
 from rollout.cluster import PlacementError, init_ray
 from rollout.pool import RolloutPool
-from tests.rollout.test_pool import CFG, assert_same, batch  # noqa: F401 (a fixture)
-from tests.trainer.test_grpo import grpo_trainer
-from tests.trainer.test_imitate_generate import imitate_cli
+from tests.settings import CFG, assert_same, grpo_trainer, imitate_cli
 from trainer.checkpoints import load_weights, read_json
 from trainer.cli import guarded
 from trainer.config import load_config

@@ -17,34 +17,11 @@ import pytest
 import ray
 import torch
 
-from envs.models import build_reference
-from envs.scoring import score_batch
-from envs.spec import ReferenceConfig, TaskConfig
-from envs.tasks import load_task
 from rollout.pool import RolloutError, RolloutPool
 from rollout.worker import ScoringWorker
 
-CFG = SimpleNamespace(task=TaskConfig(), reference=ReferenceConfig(widths=[8]),
-                      rollout=SimpleNamespace(address=None, num_workers=2, timeout_s=60.0, chunk_size=3, max_retries=2))
+from tests.settings import CFG, assert_same
 
-
-@pytest.fixture(scope="module")
-def batch():
-    """7 stacked weight sets of the widths-[8] digits MLP (seeded inits, set i scaled by 1 + i), one of them NaN,
-    and their scores computed in-process: what every path must reproduce, in this order."""
-    task = load_task("digits")
-    sds = [build_reference("mlp", [8], task.input_shape, task.num_classes, seed=s).state_dict() for s in range(7)]
-    stacked = {k: torch.stack([sd[k] * (1 + i) for i, sd in enumerate(sds)]) for k in sds[0]}
-    stacked["layers.1.weight"][4, 0, 0] = float("nan")
-    expected = score_batch(build_reference("mlp", [8], task.input_shape, task.num_classes), stacked, task.reward)
-    assert len(set(expected.correct.tolist())) >= 5 and expected.finite.tolist() == [True] * 4 + [False] + [True] * 2
-    return stacked, expected
-
-
-def assert_same(scores, expected):
-    assert scores.correct.tolist() == expected.correct.tolist()
-    assert scores.finite.tolist() == expected.finite.tolist()
-    assert torch.equal(scores.loss, expected.loss) and scores.n == expected.n
 
 
 def test_worker_scores_its_slice_without_ray(batch):

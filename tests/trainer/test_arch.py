@@ -154,7 +154,7 @@ def test_recomputing_batchnorm_statistics_needs_batchnorm(trained, capsys):
 
 def test_grpo_runs_at_a_width_the_imitation_policy_never_saw(trained, in_tmp):
     from trainer import grpo
-    from tests.trainer.test_grpo import GRPO
+    from tests.settings import GRPO
 
     args = sum((["--set", s] for s in GRPO + ["grpo.iterations=1", "grpo.eval_every=1", "reference.widths=[12]"]), [])
     assert grpo.cli(args + ["--init-policy", str(trained / "policy.safetensors")]) == 0

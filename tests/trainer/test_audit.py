@@ -11,22 +11,7 @@ from policy.tokenizer import Tokenizer
 from trainer import audit
 from trainer.config import load_config
 from trainer.pipeline import init_states, reference_layout
-from trainer.zoo import train_run, write_manifest
 
-TINY = ["zoo.runs=3", "reference.widths=[8]", "zoo.epochs=2", "zoo.checkpoints=4", "zoo.batch_size=16"]
-
-
-@pytest.fixture(scope="module")
-def tiny_zoo(tmp_path_factory):
-    """Three digits runs trained in-process (no Ray): (cfg, task, layout, stacked final checkpoints)."""
-    folder = tmp_path_factory.mktemp("zoo")
-    cfg = load_config(overrides=TINY + [f"zoo.out={folder}"])
-    for run in range(cfg.zoo.runs):
-        train_run(cfg, run, folder)
-    write_manifest(cfg, folder)
-    task = task_from_config(cfg.task)
-    template, layout = reference_layout(cfg, task)
-    return cfg, task, layout, audit.zoo_finals(cfg, template.state_dict())
 
 
 def permuted(states, layout, gen):
@@ -105,15 +90,3 @@ def test_error_iou_agreement_and_ensembles_on_hand_made_nets():
     assert audit.ensemble_accuracy(logits, y, 2) == [1.0]
 
 
-POLICY = ["policy.dim=16", "policy.rounds=1", "policy.heads=2", "imitate.steps=6", "imitate.eval_every=3",
-          "imitate.save_every=3", "imitate.eval_seeds=2", "imitate.batch_size=4", "generate.schedule=[0.0,0.5,1.0]"]
-
-
-@pytest.fixture
-def tiny_policy(tiny_zoo, in_tmp):
-    """A 6-step imitation policy on the tiny zoo (already built, so no Ray starts); returns the --set arguments."""
-    from trainer import imitate
-
-    sets = sum((["--set", s] for s in TINY + [f"zoo.out={tiny_zoo[0].zoo_dir}"] + POLICY), [])
-    assert imitate.cli(sets) == 0
-    return sets

@@ -14,7 +14,7 @@ from trainer.config import load_config
 from trainer.device import resolve_device, worker_gpus
 from trainer.pipeline import WeightGenerator, init_states
 
-from tests.trainer.test_pipeline import untrained_generator
+from tests.settings import untrained_generator
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour of a machine without CUDA")
 

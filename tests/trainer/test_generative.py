@@ -9,7 +9,7 @@ import torch
 from trainer import generate, imitate
 from trainer.pipeline import WeightGenerator
 
-from tests.trainer.test_imitate_generate import GENERATIVE as GENERATIVE_SETTINGS, TINY
+from tests.settings import GENERATIVE as GENERATIVE_SETTINGS, TINY
 
 GENERATIVE = TINY + GENERATIVE_SETTINGS
 

@@ -10,43 +10,11 @@ from policy.sampling import gaussian_kl
 from trainer import grpo
 from rollout.pool import RolloutPool
 from trainer.checkpoints import load_weights
-from trainer.config import load_config
-from trainer.grpo import GRPOTrainer
 from trainer.pipeline import repeat_groups
 from trainer.runlog import read_scalars
 
-from tests.trainer.test_imitate_generate import TINY, imitate_cli
+from tests.settings import DEFAULT, UNITS, grpo_trainer, scored_rollouts
 
-DEFAULT = TINY + ["grpo.inits_per_iter=2", "grpo.group_size=4", "grpo.epochs=2", "grpo.minibatch_size=4",
-                  "grpo.eval_every=2", "grpo.save_every=1", "grpo.clip_range=0.05",
-                  "rollout.num_workers=2"]  # the shipped GRPO settings, on a tiny budget
-GRPO = DEFAULT + ["grpo.noise=iid", "grpo.estimator=score", "grpo.trainable=latent", "grpo.lr=1e-3",
-                  "grpo.reward=accuracy", "grpo.reward_batch=fixed", "grpo.cosine=false"]
-UNITS = ["grpo.noise=units", "grpo.estimator=score", "grpo.trainable=latent", "grpo.lr=1e-3", "grpo.reward=neg_loss",
-         "grpo.reward_batch=fresh", "grpo.cosine=true"]
-
-
-@pytest.fixture
-def imitation(in_tmp, ray_local):
-    assert imitate_cli() == 0
-    return in_tmp / "artifacts/runs/digits_mlp-imitate/policy.safetensors"
-
-
-def scored_rollouts(t: GRPOTrainer):
-    """One iteration's rollouts of `t`, scored by a pool of its own (closed after)."""
-    t.pool = RolloutPool(t.cfg)
-    try:
-        ro = t.collect_rollouts()
-        t.score(ro)
-    finally:
-        t.pool.close()
-        t.pool = None
-    return ro
-
-
-def grpo_trainer(policy, run_dir, iterations, *extra):
-    cfg = load_config(overrides=GRPO + [f"grpo.iterations={iterations}", *extra])
-    return GRPOTrainer(cfg, policy, run_dir, progress=False)
 
 
 def test_first_update_sees_ratio_one_and_zero_kl(imitation, in_tmp):

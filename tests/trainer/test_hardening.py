@@ -21,7 +21,7 @@ from trainer.config import load_config
 from trainer.pipeline import WeightGenerator, init_states, reference_layout
 from trainer.zoo import zoo_spec
 
-from tests.trainer.test_imitate_generate import TINY
+from tests.settings import TINY
 
 ENTRY = {"zoo": zoo.cli, "imitate": imitate.cli, "grpo": grpo.cli, "generate": generate.cli, "bench": bench_main}
 

@@ -9,20 +9,8 @@ from envs.models import build_reference
 from trainer import generate, imitate
 from trainer.checkpoints import load_weights, save_weights
 
-TINY = ["zoo.runs=3", "reference.widths=[8]", "zoo.epochs=2", "zoo.checkpoints=4", "zoo.batch_size=16",
-        "policy.dim=16", "policy.rounds=1", "policy.heads=2", "imitate.steps=6", "imitate.eval_every=3",
-        "imitate.save_every=3", "imitate.log_every=1", "imitate.eval_seeds=2", "imitate.batch_size=4",
-        "generate.schedule=[0.0,0.5,1.0]"]
+from tests.settings import GENERATIVE, imitate_cli
 
-
-def imitate_cli(*extra):
-    return imitate.cli(sum((["--set", s] for s in TINY), []) + list(extra))
-
-
-@pytest.fixture
-def trained(in_tmp, ray_local):
-    assert imitate_cli() == 0
-    return in_tmp / "artifacts/runs/digits_mlp-imitate"
 
 
 def test_imitate_then_generate_end_to_end(trained, in_tmp, capsys):
@@ -100,8 +88,6 @@ def all_scalars(run_dir):
     return {tag: read_scalars(run_dir, tag) for tag in acc.Tags()["scalars"]}
 
 
-GENERATIVE = ["policy.generative=true", "policy.posterior_rounds=1", "policy.latent_dim=4", "policy.latent_std=1.0",
-              "imitate.task_inits=2", "imitate.task_examples=32"]
 
 
 @pytest.mark.parametrize("extra", [[], ["--set", "imitate.walked_frac=1.0"], ["--set", "imitate.task_inits=2"],

@@ -3,24 +3,12 @@
 import torch
 
 from envs.tasks import task_from_config
-from policy.model import DenoisingPolicy, PolicyConfig
-from policy.tokenizer import Tokenizer
 from trainer import pipeline
-from trainer.config import load_config
-from trainer.pipeline import WeightGenerator, init_states, reference_layout
+from trainer.pipeline import init_states
+
+from tests.settings import untrained_generator
 
 
-def untrained_generator(overrides=()) -> WeightGenerator:
-    cfg = load_config("configs/digits_mlp.yaml", ["policy.dim=16", "policy.rounds=1", "policy.heads=2", *overrides])
-    task = task_from_config(cfg.task)
-    _, layout = reference_layout(cfg, task)
-    torch.manual_seed(0)
-    policy = DenoisingPolicy(cfg.policy, layout).eval()
-    with torch.no_grad():  # off the zero-initialised heads, so the steps move the weights
-        for p in policy.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return WeightGenerator(cfg, policy, Tokenizer(layout, {k: 1.0 for k in layout.shapes}), [0.0, 0.5, 1.0],
-                           [0.0, 0.5, 1.0])
 
 
 def test_the_mean_path_in_chunks_equals_the_whole_batch(monkeypatch):

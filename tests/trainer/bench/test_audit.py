@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.trainer.test_audit import TINY, tiny_policy, tiny_zoo  # noqa: F401  (fixtures)
+from tests.settings import TINY_ZOO as TINY
 from trainer.bench.__main__ import cli as bench_main
 from trainer.pipeline import WeightGenerator, mean_path_accuracy
 

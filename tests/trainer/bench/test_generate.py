@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from envs.tasks import load_task
-from tests.trainer.test_imitate_generate import TINY, trained  # noqa: F401  (fixture)
+from tests.settings import TINY
 from trainer.bench.__main__ import cli as bench_main
 from trainer.pipeline import WeightGenerator, sample_accuracy
 

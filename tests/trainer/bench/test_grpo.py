@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from envs.tasks import task_from_config
-from tests.trainer.test_grpo import GRPO, imitation  # noqa: F401  (fixture)
+from tests.settings import GRPO
 from trainer.bench.__main__ import cli as bench_main
 from trainer.config import load_config
 from trainer.pipeline import WeightGenerator, mean_path_accuracy

@@ -5,7 +5,7 @@ import torch
 
 from envs.objectives import Objective
 from envs.tasks import task_from_config
-from tests.trainer.test_audit import TINY, tiny_policy, tiny_zoo  # noqa: F401  (fixtures)
+from tests.settings import TINY_ZOO as TINY
 from trainer.bench.__main__ import cli as bench_main
 from trainer.bench.objectives import finetune
 from trainer.config import load_config

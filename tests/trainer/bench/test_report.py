@@ -5,7 +5,7 @@ import json
 import re
 import shlex
 
-from tests.trainer.test_audit import TINY, tiny_policy, tiny_zoo  # noqa: F401  (fixtures)
+from tests.settings import TINY_ZOO as TINY
 from trainer import plots
 from trainer.bench import rollout
 from trainer.bench.__main__ import cli as bench_main

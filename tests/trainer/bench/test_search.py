@@ -4,7 +4,7 @@ import pytest
 
 from envs.models import reference_from_config
 from envs.tasks import task_from_config
-from tests.trainer.test_imitate_generate import TINY, trained  # noqa: F401  (fixture)
+from tests.settings import TINY
 from trainer.bench.__main__ import cli as bench_main
 from trainer.bench.search import es_search
 from trainer.config import load_config

@@ -2,7 +2,6 @@
 
 import pytest
 
-from tests.trainer.test_audit import TINY, tiny_policy, tiny_zoo  # noqa: F401  (fixtures)
 from trainer.bench.__main__ import cli as bench_main
 from trainer.bench.warmstart import first_reaching, table
 
