@@ -6,6 +6,7 @@ held-out init seeds, and saves policy.safetensors + policy.json; `--resume` cont
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +176,16 @@ def zoo_data(cfg: ExperimentConfig, task: Task) -> tuple[Tokenizer, list[WidthDa
     return tok, widths, grid
 
 
+def check_sizes(cfg: ExperimentConfig, layout: Layout) -> None:
+    """Allocate, and free at once, what training will hold: the policy's parameters with their gradients and Adam's two
+    moments, and both sides of a batch of pairs. A size the machine cannot hold (policy.dim, imitate.batch_size) is then
+    the same one-line out-of-memory error as later, but before a zoo is trained for it."""
+    with torch.device("meta"):  # counts the parameters without allocating them
+        params = sum(p.numel() for p in DenoisingPolicy(cfg.policy, layout).parameters())
+    tokens = sum(math.prod(shape) for shape in layout.shapes.values())
+    torch.empty(4 * params + 2 * cfg.imitate.batch_size * tokens, dtype=torch.float32)
+
+
 def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool = True,
           overwrite: bool = False) -> Path:
     im = cfg.imitate
@@ -183,9 +194,10 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
     if not any(v.reference.widths == cfg.reference.widths for v in zoo_variants(cfg)):
         raise ConfigError(f"config key reference.widths: {cfg.reference.widths} is not one of zoo.widths "
                           f"{cfg.zoo.widths}: the policy's scales are fitted on the zoo at reference.widths")
-    zoo_dir = build_zoo(cfg, progress=progress)
     task = task_from_config(cfg.task)
     template, layout = reference_layout(cfg, task)
+    check_sizes(cfg, layout)
+    zoo_dir = build_zoo(cfg, progress=progress)
     device = resolve_device(cfg.device)
     template.to(device).eval()  # scored as generated nets are (the task loss switches BN nets to train mode)
     tok, widths, grid = zoo_data(cfg, task)
