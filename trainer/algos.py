@@ -37,6 +37,16 @@ def control_variate_advantages(rewards: torch.Tensor, base: torch.Tensor, slope:
     return rewards - base - (slope * noise).sum(-1)
 
 
+def pathwise_surrogate(grads: dict[str, torch.Tensor], nets: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Minus the reward's first-order change, averaged over nets: -mean_n sum_w grads[n, w] * nets[n, w].
+
+    grads: key -> (N, ...) d(reward)/dW of each net, constants (from the workers); nets: key -> (N, ...) the same nets
+    recomputed with the graph to the policy (keys absent from `grads` are left out). Its gradient with respect to the
+    policy is the mean reward gradient through `nets` (DRaFT); its value is not a reward.
+    """
+    return -sum((grads[k] * nets[k]).flatten(1).sum(1) for k in grads if k in nets).mean()
+
+
 def clipped_policy_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
                         clip_range: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO-clip objective, negated for minimisation, averaged over samples.

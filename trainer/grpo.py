@@ -29,7 +29,8 @@ from envs.tasks import task_from_config
 from policy.sampling import Step, gaussian_kl, gaussian_log_prob
 from rollout.pool import RolloutPool
 from trainer import paths
-from trainer.algos import clipped_policy_loss, compute_grpo_advantages, control_variate_advantages, learning_rate
+from trainer.algos import (clipped_policy_loss, compute_grpo_advantages, control_variate_advantages, learning_rate,
+                           pathwise_surrogate)
 from trainer.checkpoints import CheckpointError, load_training_state, save_training_state
 from trainer.cli import add_run_args, parser, run_main, use_threads
 from trainer.config import ConfigError, ExperimentConfig
@@ -255,7 +256,7 @@ class GRPOTrainer:
             u = mean if eps is None else {k: mean[k] + std[k].view(-1, 1, 1) * eps[k][mb] for k in mean}
             x, _ = self.policy.decode(x, self.policy.lift(h, u), heads)
         w = self.wg.tokenizer.decode(x, {k: ro.final[k][mb] for k in self.wg.layout.frozen})
-        return -sum((ro.grads[k][mb] * w[k]).flatten(1).sum(1) for k in ro.grads if k in w).mean()
+        return pathwise_surrogate({k: v[mb] for k, v in ro.grads.items()}, w)
 
     def update_policy(self, ro: Rollouts) -> dict[str, float]:
         """E epochs over minibatches of trajectories: clipped ratio objective per sampled step + beta * KL to the

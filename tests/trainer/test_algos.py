@@ -78,3 +78,16 @@ def test_control_variate_estimate_is_unbiased_with_less_variance_than_the_score_
         se = est.std(0) / math.sqrt(n)
         assert ((est.mean(0) - exact).abs() < 4 * se + 1e-3).all(), (est.mean(0), exact, se)
     assert (cv.var(0).sum() / score.var(0).sum()).item() < 0.1
+
+
+def test_pathwise_surrogate_by_hand_and_its_gradient_is_the_mean_reward_gradient():
+    from trainer.algos import pathwise_surrogate
+
+    grads = {"a": torch.tensor([[1.0, 2.0], [0.5, -1.0]]), "b": torch.tensor([[3.0], [4.0]])}
+    nets = {"a": torch.tensor([[2.0, 1.0], [4.0, 2.0]], requires_grad=True), "b": torch.tensor([[1.0], [-1.0]]),
+            "frozen": torch.zeros(2, 3)}  # in the nets only: left out
+    loss = pathwise_surrogate(grads, nets)
+    # net 0: 1*2 + 2*1 + 3*1 = 7; net 1: 0.5*4 - 1*2 + 4*(-1) = -4; minus their mean
+    assert loss.item() == pytest.approx(-1.5)
+    loss.backward()
+    assert torch.equal(nets["a"].grad, -grads["a"] / 2)
