@@ -55,7 +55,8 @@ class Rollouts:
     advantages: Optional[torch.Tensor] = None  # (B, G)
     zero_spread: Optional[torch.Tensor] = None  # (B,)
     grads: Optional[dict[str, torch.Tensor]] = None  # "pathwise": d(reward)/dW of every sampled net, (N, *shape)
-    noise: Optional[dict[str, torch.Tensor]] = None  # "pathwise": the last step's standard-normal latent draws
+    noise: Optional[list[Optional[dict[str, torch.Tensor]]]] = None  # "pathwise": per step, its standard-normal
+    # latent draws (None for a step that took the mean)
     mean_reward: Optional[torch.Tensor] = None  # "score_cv": (B,) the reward of each group's mean net (its linearisation
     mean_grads: Optional[dict[str, torch.Tensor]] = None  # point), and d(reward)/dW there, (B, *shape)
     cv_scale: float = 1.0  # "score_cv": the iteration's reward spread, dividing both halves of the estimate
@@ -203,8 +204,7 @@ class GRPOTrainer:
         mean net, as the latent's mean moves; scaled as the log-probs are (averaged over latent dimensions)."""
         mean, w = self.mean_nets(ro, groups, grad=True)
         dims = sum(m[0].numel() for m in mean.values())
-        linear = sum((ro.mean_grads[k][groups] * w[k]).flatten(1).sum(1) for k in ro.mean_grads if k in w)
-        return -linear.mean() / (dims * ro.cv_scale)
+        return pathwise_surrogate({k: v[groups] for k, v in ro.mean_grads.items()}, w) / (dims * ro.cv_scale)
 
     def step_distributions(self, step: Step, mb: torch.Tensor, groups: torch.Tensor, row_of: torch.Tensor
                            ) -> tuple[tuple[dict, dict], tuple[dict, dict], Optional[dict]]:
