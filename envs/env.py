@@ -13,7 +13,7 @@ import torch
 from envs.models import reference_from_config
 from envs.objectives import Objective, score_objective
 from envs.scoring import flat_dim, flatten_state, unflatten_state
-from envs.spec import EnvConfig, ReferenceConfig, TaskConfig, check_env_sections, from_dict, read_yaml
+from envs.spec import EnvConfig, ReferenceConfig, TaskConfig, check_fields, from_dict, read_yaml
 from envs.tasks import task_from_config
 
 SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -33,7 +33,8 @@ def env_sections(config: Any) -> tuple[TaskConfig, ReferenceConfig, EnvConfig]:
                     from_dict(EnvConfig, data.get("env", {}), "env."))
     else:
         sections = config.task, config.reference, config.env
-    check_env_sections(*sections)
+    for prefix, section in zip(("task.", "reference.", "env."), sections):
+        check_fields(section, prefix)
     return sections
 
 

@@ -7,7 +7,8 @@ never this module.
 
 from __future__ import annotations
 
-from typing import Sequence
+import typing
+from typing import Literal, Sequence
 
 import torch
 from torch import nn
@@ -158,7 +159,8 @@ class ResNet(nn.Module):
 
 
 REFERENCE_FAMILIES: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
-INIT_SCHEMES = ("pytorch", "kaiming_normal")
+InitScheme = Literal["pytorch", "kaiming_normal"]
+INIT_SCHEMES: tuple[str, ...] = typing.get_args(InitScheme)
 
 
 def kaiming_normal_init(model: nn.Module) -> nn.Module:

@@ -12,43 +12,50 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 
 from envs.errors import ConfigError  # defined apart so that envs.tasks can raise it; importable from here as before
-from envs.models import INIT_SCHEMES, REFERENCE_FAMILIES
+from envs.models import REFERENCE_FAMILIES, InitScheme
 from envs.objectives import OBJECTIVES
 from envs.tasks import TASKS
+
+# A field's valid values live on the field: a `Literal` type for a fixed set of names, and in its metadata
+#   choices: a registry (its keys are the valid names; a new entry needs no edit here),
+#   min / gt / max: bounds of a number (of each element, for a list), why: the reason, said in the error,
+#   nonempty: a list that must hold at least one value,
+#   check: a function that raises ConfigError for an invalid value (a syntax the other rules cannot say).
+# `from_dict` checks every value it reads against them; `check_fields` walks a built config the same way.
 
 
 @dataclass
 class TaskConfig:
-    name: str = "digits"
+    name: str = field(default="digits", metadata={"choices": TASKS})
     """task dataset: digits (offline, scikit-learn), mnist, fashion_mnist, cifar10"""
     root: Optional[str] = None
     """data root; falls back to $SYNTHNET_DATA, then ./data"""
     download: bool = False
     """let torchvision download a missing dataset (needs internet)"""
-    reward_size: int = 300
+    reward_size: int = field(default=300, metadata={"min": 1})  # the task's train-set size bounds it when it loads
     """examples carved from the training set as the reward split (the RL reward, never trained on)"""
-    split_seed: int = 0
+    split_seed: int = field(default=0, metadata={"min": 0})  # numpy refuses negative seeds
     """seed of the train/reward carve (and of digits' train/test split)"""
 
 
 @dataclass
 class ReferenceConfig:
-    family: str = "mlp"
+    family: str = field(default="mlp", metadata={"choices": REFERENCE_FAMILIES})
     """reference architecture family: mlp, cnn, resnet"""
-    widths: list[int] = field(default_factory=lambda: [32])
+    widths: list[int] = field(default_factory=lambda: [32], metadata={"min": 1, "nonempty": True})
     """mlp: hidden widths; cnn: conv channels (one 3x3 conv + 2x2 max-pool each); resnet: stage widths"""
-    blocks_per_stage: int = 1
+    blocks_per_stage: int = field(default=1, metadata={"min": 1})
     """resnet only: basic blocks per stage"""
-    head: str = "pool"
+    head: Literal["pool", "flatten"] = "pool"
     """resnet only: what feeds the linear classifier: "pool" (global average pooling of the last stage) or "flatten"
     (the last stage's whole feature map, as in the CNN: the classifier's weights then say where in the image each
     channel counts)"""
-    init: str = "pytorch"
+    init: InitScheme = "pytorch"
     """how a seed's fresh net is initialised: "pytorch" (each layer's default: uniform, scaled by fan-in) or
     "kaiming_normal" (weight matrices and kernels N(0, 2 / fan_in), biases zero; BatchNorm as in PyTorch). A zoo is
     trained from its own scheme's inits; a policy generates from either"""
@@ -56,19 +63,19 @@ class ReferenceConfig:
 
 @dataclass
 class EnvConfig:
-    steps: int = 3
+    steps: int = field(default=3, metadata={"min": 1})
     """K: policy steps per episode of the weight-evaluation env"""
-    reward: str = "final"
+    reward: Literal["final", "improvement"] = "final"
     """final: reward-split accuracy of the final weights; improvement: per-step accuracy gain"""
-    objective: str = "plain"
+    objective: str = field(default="plain", metadata={"choices": OBJECTIVES})
     """what a net is judged on (envs/objectives.py): plain (as generated), quantized (each weight matrix and kernel
     quantised to env.bits bits, one symmetric scale per tensor), pruned (global magnitude pruning of the weight
     matrices and kernels to env.sparsity), noisy (inputs plus Gaussian noise of std env.noise_std)"""
-    bits: int = 4
+    bits: int = field(default=4, metadata={"min": 2, "max": 16})
     """quantized: bits per weight"""
-    sparsity: float = 0.9
+    sparsity: float = field(default=0.9, metadata={"min": 0.0, "max": 0.999})
     """pruned: the share of weight-matrix and kernel entries set to zero"""
-    noise_std: float = 1.0
+    noise_std: float = field(default=1.0, metadata={"min": 0.0})
     """noisy: std of the Gaussian noise added to the (normalised) inputs, drawn afresh for each scoring round"""
 
 
@@ -84,6 +91,9 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _check_type(value, inner, key)
+    if origin is Literal:
+        check_choice(key, value, typing.get_args(tp))
+        return value
     if origin is list:
         (inner,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -110,7 +120,8 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = set(fields)
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown config key {prefix}{unknown[0]} (valid: {', '.join(sorted(names))})")
@@ -121,83 +132,72 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
             kwargs[name] = from_dict(tp, value, f"{prefix}{name}.")
         else:
             kwargs[name] = _check_type(value, tp, prefix + name)
+            check_value(fields[name], kwargs[name], prefix + name)
     return cls(**kwargs)
 
 
-def check_choice(key: str, value: str, valid: typing.Iterable[str]) -> None:
+def check_choice(key: str, value: Any, valid: typing.Iterable[Any]) -> None:
     valid = tuple(valid)
-    if value not in valid:
+    if isinstance(value, (list, dict)) or value not in valid:
         raise ConfigError(f"config key {key}: unknown {key.rsplit('.', 1)[-1]} {value!r} (valid: {', '.join(valid)})")
 
 
-# --- valid ranges of numeric fields: one table per config, checked when it loads ----------------------------------
-
-Rule = tuple[Callable[[Any], bool], str]
-"""(is the value valid?, the valid range in words, as the error message says it)"""
+def _leaves(value: Any) -> list:
+    return [x for v in value for x in _leaves(v)] if isinstance(value, list) else [value]
 
 
-def at_least(lo: float, why: str = "") -> Rule:
-    return (lambda v: v >= lo), f">= {lo}" + (f" ({why})" if why else "")
+def valid_range(f: dataclasses.Field) -> Optional[str]:
+    """The field's valid values in words, as its error says them (None: any value of its type)."""
+    meta = f.metadata
+    lo, gt, hi = meta.get("min"), meta.get("gt"), meta.get("max")
+    if lo is not None and hi is not None:
+        words = f"a value in [{lo}, {hi}]"
+    elif lo is not None:
+        words = f">= {lo}"
+    elif gt is not None:
+        words = f"> {gt}"
+    else:
+        return None
+    words += f" ({meta['why']})" if "why" in meta else ""
+    tp = str(f.type)
+    if tp.startswith("list"):
+        words = ("a non-empty " if meta.get("nonempty") else "a ") + "list of " * tp.count("list[") + f"values {words}"
+    return ("null or " if tp.startswith("Optional") else "") + words
 
 
-def above(lo: float, why: str = "") -> Rule:
-    return (lambda v: v > lo), f"> {lo}" + (f" ({why})" if why else "")
+def check_value(f: dataclasses.Field, value: Any, key: str) -> None:
+    """Check one value against its field's rules (the type is checked already); NaN and infinities are never in a
+    range (a YAML `.nan` passes every comparison-free check and then poisons a run)."""
+    meta = f.metadata
+    if value is None:
+        return
+    if "choices" in meta:
+        check_choice(key, value, meta["choices"])
+    if "check" in meta:
+        meta["check"](value)
+    words = valid_range(f)
+    if words is None:
+        return
+    lo, gt, hi = meta.get("min"), meta.get("gt"), meta.get("max")
+    leaves = _leaves(value)
+    ok = (not meta.get("nonempty") or len(leaves) > 0) and all(
+        math.isfinite(v) and (lo is None or v >= lo) and (gt is None or v > gt) and (hi is None or v <= hi)
+        for v in leaves)
+    if not ok:
+        raise ConfigError(f"config key {key}: expected {words}, got {value!r}")
 
 
-def within(lo: float, hi: float) -> Rule:
-    return (lambda v: lo <= v <= hi), f"a value in [{lo}, {hi}]"
-
-
-def optional(rule: Rule) -> Rule:
-    ok, valid = rule
-    return (lambda v: v is None or ok(v)), f"null or {valid}"
-
-
-def each(rule: Rule) -> Rule:
-    ok, valid = rule
-    return (lambda v: len(v) > 0 and all(ok(x) for x in v)), f"a non-empty list of values {valid}"
-
-
-def _lookup(root: Any, key: str) -> Any:
-    for part in key.split("."):
-        root = root[part] if isinstance(root, Mapping) else getattr(root, part)
-    return root
-
-
-def check_ranges(root: Any, rules: Mapping[str, Rule]) -> None:
-    """Check each dotted key of `root` (a config, or a mapping of sections) against its rule; NaN and infinities are
-    never valid (a YAML `.nan` passes every comparison-free check and then poisons a run)."""
-    for key, (ok, valid) in rules.items():
-        value = _lookup(root, key)
-        values = value if isinstance(value, list) else [value]
-        finite = all(not isinstance(v, float) or math.isfinite(v) for v in values)
-        if not finite or not ok(value):
-            raise ConfigError(f"config key {key}: expected {valid}, got {value!r}")
-
-
-ENV_RANGES: dict[str, Rule] = {
-    "task.reward_size": at_least(1),  # the upper bound is the task's training-set size, checked when it loads
-    "task.split_seed": at_least(0),  # numpy refuses negative seeds
-    "reference.widths": each(at_least(1)),
-    "reference.blocks_per_stage": at_least(1),
-    "env.steps": at_least(1),
-    "env.bits": within(2, 16),
-    "env.sparsity": within(0.0, 0.999),
-    "env.noise_std": at_least(0.0),
-}
-
-
-def check_env_sections(task: TaskConfig, reference: ReferenceConfig, env: Optional[EnvConfig] = None) -> None:
-    """Registry names and numeric ranges are validated when the config loads, not mid-run."""
-    check_choice("task.name", task.name, TASKS)
-    check_choice("reference.family", reference.family, REFERENCE_FAMILIES)
-    check_choice("reference.head", reference.head, ("pool", "flatten"))
-    check_choice("reference.init", reference.init, INIT_SCHEMES)
-    if env is not None:
-        check_choice("env.reward", env.reward, ("final", "improvement"))
-        check_choice("env.objective", env.objective, OBJECTIVES)
-    sections = {"task": task, "reference": reference, "env": env}
-    check_ranges(sections, {k: r for k, r in ENV_RANGES.items() if sections[k.split(".")[0]] is not None})
+def check_fields(cfg: Any, prefix: str = "") -> None:
+    """Check every field of a built config (and of its sections) against its rules, as `from_dict` does on reading."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check_fields(value, f"{prefix}{f.name}.")
+        else:
+            tp = typing.get_type_hints(type(cfg))[f.name]
+            if typing.get_origin(tp) is Literal:
+                check_choice(prefix + f.name, value, typing.get_args(tp))
+            check_value(f, value, prefix + f.name)
 
 
 def read_yaml(path: str | Path) -> dict:

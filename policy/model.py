@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,41 +23,41 @@ from policy.tokenizer import KINDS, Layout
 
 @dataclass
 class PolicyConfig:
-    dim: int = 64
+    dim: int = field(default=64, metadata={"min": 1})
     """width of unit embeddings"""
-    rounds: int = 3
+    rounds: int = field(default=3, metadata={"min": 0})
     """message-passing + attention rounds"""
-    heads: int = 4
-    std_floor: float = 1e-3
+    heads: int = field(default=4, metadata={"min": 1})
+    std_floor: float = field(default=1e-3, metadata={"gt": 0, "why": "log-probs must stay finite"})
     """lower bound of the step's std (in scaled units), so log-probs stay finite"""
-    std_init: float = 0.05
+    std_init: float = field(default=0.05, metadata={"gt": 0})
     """std of every tensor before training"""
-    temperature: float = 1.0
+    temperature: float = field(default=1.0, metadata={"gt": 0})
     """multiplies every per-weight std (after the floor); GRPO sets it from `grpo.temperature`"""
-    noise: str = "iid"
+    noise: Literal["iid", "units"] = "iid"
     """how a sampled step explores: "iid" (independent Gaussian noise on every weight, one std per tensor from the std
     head) or "units" (a Gaussian latent on the state of every hidden and output unit, just before the weight head; the
     weights follow from the latent deterministically, so a draw moves whole rows and columns of the weight matrices
     together, in the directions the head can express)"""
-    latent_dim: int = 16
+    latent_dim: int = field(default=16, metadata={"min": 1})
     """k: dimensions of each unit's latent, a fixed k-dimensional subspace of its (dim-wide) state"""
-    latent_std: float = 0.1
+    latent_std: float = field(default=0.1, metadata={"gt": 0})
     """std of each latent dimension in "units" mode (the unit states are layer-normalised: about 1 per dimension)"""
     generative: bool = False
     """a conditional latent-variable model of SGD's outcomes (imitation fits it by the ELBO): a posterior encoder that
     sees the pair (W at t1, W at t2) infers each unit's latent, a nonlinear per-unit decoder lifts it into the unit's
     state before the weight head, and the prior is N(latent mean, latent_std) given W at t1. Its samples are each like
     one SGD run; with false the policy is a regressor of their average (the latent only explores, in GRPO)"""
-    posterior_rounds: int = 2
+    posterior_rounds: int = field(default=2, metadata={"min": 0})
     """message-passing rounds of the posterior encoder's own trunk over W at t2 (generative policies only)"""
-    input_state: str = "messages"
+    input_state: Literal["messages", "static"] = "messages"
     """how the input group's unit states are formed: "messages" (like every other group's: each round updates them from
     the backward messages along the weights they feed) or "static" (their position, group and time embeddings only: no
     message reaches them and no round updates them, so they cost nothing per round; on a wide input, such as MNIST's
     784 pixels, updating them is most of the policy's work)"""
-    max_groups: int = 64
+    max_groups: int = field(default=64, metadata={"min": 1})
     """size of the group-depth embedding table"""
-    max_tensors: int = 256
+    max_tensors: int = field(default=256, metadata={"min": 1})
     """size of the tensor embedding table"""
 
 
@@ -300,7 +300,7 @@ class DenoisingPolicy(nn.Module):
 
     def encode(self, x: dict[str, torch.Tensor], t1: torch.Tensor, t2: torch.Tensor) -> tuple[dict, torch.Tensor]:
         """Message passing and attention: (unit states, group -> (B, n, d); per-tensor head outputs (B, T, 2))."""
-        layout, cfg = self.layout, self.cfg
+        layout = self.layout
         b = t1.shape[0]
         temb = self.time(t1, t2)  # (B, d)
         h = {}

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Optional
+import typing
+from typing import Iterable, Literal, Mapping, Optional
 
 import torch
 
@@ -95,7 +96,8 @@ def fit_scales(weights: Mapping[str, torch.Tensor]) -> dict[str, float]:
     return out
 
 
-WIDTH_SCALES = ("fan_in", "keep")
+WidthScales = Literal["fan_in", "keep"]
+WIDTH_SCALES: tuple[str, ...] = typing.get_args(WidthScales)
 
 
 def transfer_scales(scales: Mapping[str, float], fitted: Layout, target: Layout, rule: str) -> dict[str, float]:

@@ -10,46 +10,50 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 
 from policy.model import PolicyConfig
-from policy.tokenizer import WIDTH_SCALES
+from policy.tokenizer import WidthScales
 from trainer import paths
 from trainer.device import check_device
-from envs.spec import (ConfigError, EnvConfig, ReferenceConfig, Rule, TaskConfig, above, at_least, check_choice,
-                       check_env_sections, check_ranges, from_dict, optional, read_yaml, within)
+from envs.spec import ConfigError, EnvConfig, ReferenceConfig, TaskConfig, from_dict, read_yaml
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_config", "config_from_dict", "add_config_args"]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = "configs/digits_mlp.yaml"
 
+# Ray actors need seconds to start and load their task; a shorter bound on every ray.get fails every run.
+MIN_TIMEOUT_S = 10.0
+
+# A field's valid values live on the field (envs/spec.py says how): `Literal` types for names, metadata for ranges.
+# Rules that tie two fields together follow in `config_from_dict`.
+
 
 @dataclass
 class ZooConfig:
-    runs: int = 64
+    runs: int = field(default=64, metadata={"min": 1})
     """training runs (distinct seeds) in the zoo"""
-    seed: int = 1000
+    seed: int = field(default=1000, metadata={"min": 0})
     """run i trains from seed `seed + i`; evaluation seeds lie outside [seed, seed + runs)"""
-    optimizer: str = "sgd"
-    """sgd or adam"""
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 64
-    epochs: int = 4
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = field(default=0.1, metadata={"gt": 0})
+    momentum: float = field(default=0.9, metadata={"min": 0, "max": 1})
+    weight_decay: float = field(default=0.0, metadata={"min": 0})
+    batch_size: int = field(default=64, metadata={"min": 1})
+    epochs: int = field(default=4, metadata={"min": 1})
     cosine: bool = True
     """cosine learning-rate decay to 0 over the run (else constant)"""
-    checkpoints: int = 10
+    checkpoints: int = field(default=10, metadata={"min": 2, "why": "the init and the last step"})
     """checkpoints per run at log-spaced steps, always including step 0 (the init) and the last step"""
-    data_seed: Optional[int] = None
+    data_seed: Optional[int] = field(default=None, metadata={"min": 0})
     """null: each run shuffles its minibatches with its own seed; an int: one order shared by all runs, so a run's
     weights depend on its init alone"""
     out: Optional[str] = None
     """zoo folder; default artifacts/checkpoints/<experiment>"""
-    widths: list[list[int]] = field(default_factory=list)
+    widths: list[list[int]] = field(default_factory=list, metadata={"min": 1})
     """[]: every run at reference.widths. A list of reference widths (e.g. [[16], [64]]): a mixed-width zoo, `runs`
     runs at each (seeds seed .. seed + runs - 1 again), each width in its own sub-zoo <zoo>/w16, <zoo>/w64; imitation
     draws every batch from one width. reference.widths must be one of them when imitating (its scales are fitted)"""
@@ -59,109 +63,109 @@ class ZooConfig:
 class RolloutConfig:
     address: Optional[str] = None
     """None: a private local Ray instance; 'auto': join a running cluster; or 'host:port'"""
-    num_workers: int = 2
+    num_workers: int = field(default=2, metadata={"min": 1})
     """Ray actors for scoring; concurrent Ray tasks for the zoo"""
-    timeout_s: float = 300.0
+    timeout_s: float = field(default=300.0, metadata={"min": MIN_TIMEOUT_S, "why": "scoring actors take seconds to start and load their task"})
     """bound on every Ray wait: a batch share, a zoo run, the scoring actors' start (scoring actors still unplaced
     after it, e.g. because other jobs hold the cluster's CPUs, fail in one line)"""
-    chunk_size: int = 16
+    chunk_size: int = field(default=16, metadata={"min": 1})
     """weight sets scored per vmap call (bounds memory)"""
-    max_retries: int = 3
+    max_retries: int = field(default=3, metadata={"min": 0})
     """times a lost actor's share is re-run on a restarted actor before giving up"""
-    gpus_per_worker: float = 0.0
+    gpus_per_worker: float = field(default=0.0, metadata={"min": 0})
     """GPUs each Ray worker (scoring actor, zoo run) asks for when the experiment's device is CUDA; fractional shares
     put several workers on one GPU (0.25: four). 0: workers run on the CPU. Ignored with device=cpu"""
-    precision: str = "fp32"
+    precision: Literal["fp32", "bf16"] = "fp32"
     """scoring arithmetic: "fp32", or "bf16" (autocast: matmuls in bfloat16, faster on GPUs; rewards may differ
     slightly from fp32)"""
 
 
 @dataclass
 class ImitateConfig:
-    steps: int = 1500
+    steps: int = field(default=1500, metadata={"min": 1})
     """optimizer steps on checkpoint pairs"""
-    batch_size: int = 16
-    lr: float = 1e-3
+    batch_size: int = field(default=16, metadata={"min": 1})
+    lr: float = field(default=1e-3, metadata={"gt": 0})
     cosine: bool = True
     """linear warm-up over the first 5% of steps, then cosine decay to 0 (else constant)"""
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    schedule_frac: float = 0.5
+    weight_decay: float = field(default=0.01, metadata={"min": 0})
+    grad_clip: float = field(default=1.0, metadata={"gt": 0})
+    schedule_frac: float = field(default=0.5, metadata={"min": 0, "max": 1})
     """fraction of pairs that are transitions of the generation schedule; the rest are any t1 < t2 of a run"""
-    walked_frac: float = 0.0
+    walked_frac: float = field(default=0.0, metadata={"min": 0, "max": 1})
     """fraction of pairs starting at a schedule point after the init whose input is the policy's own mean-path state
     from the run's init (refreshed at every save) instead of the zoo checkpoint: later steps learn to repair the
     errors of earlier ones"""
-    task_inits: int = 0
+    task_inits: int = field(default=0, metadata={"min": 0})
     """fresh inits per step whose mean-path nets add their task cross-entropy to the loss, differentiated through the
     walk (0: imitation of the zoo alone)"""
-    task_examples: int = 256
+    task_examples: int = field(default=256, metadata={"min": 1})
     """task examples per step for that loss"""
-    task_split: str = "train"
+    task_split: Literal["train", "reward"] = "train"
     """split the task loss draws from: "train" (the zoo's own data) or "reward" (the RL reward split)"""
-    task_weight: float = 1.0
+    task_weight: float = field(default=1.0, metadata={"min": 0})
     """weight of the task loss next to the imitation loss"""
-    kl_weight: float = 1.0
+    kl_weight: float = field(default=1.0, metadata={"min": 0})
     """generative policies: weight of the latent's KL(posterior || prior), in nats per net spread over its weight
     dimensions, next to the per-dimension reconstruction NLL (1: the ELBO, per dimension)"""
-    free_bits: float = 0.1
+    free_bits: float = field(default=0.1, metadata={"min": 0})
     """generative policies: nats per latent dimension (averaged over units and the batch) the KL term does not charge,
     so the posterior cannot collapse onto the prior (Kingma et al. 2016)"""
-    train_runs: Optional[int] = None
+    train_runs: Optional[int] = field(default=None, metadata={"min": 1})
     """use only the first N zoo runs (None: all)"""
-    eval_every: int = 250
+    eval_every: int = field(default=250, metadata={"min": 1})
     """steps between held-out evaluations (mean path, test split)"""
-    eval_seeds: int = 16
+    eval_seeds: int = field(default=16, metadata={"min": 1})
     """held-out init seeds evaluated: eval_seed_start .. eval_seed_start + eval_seeds - 1"""
-    eval_seed_start: int = 0
+    eval_seed_start: int = field(default=0, metadata={"min": 0})
     """must lie outside the zoo's seed range"""
-    save_every: int = 250
+    save_every: int = field(default=250, metadata={"min": 1})
     """steps between resumable checkpoints"""
-    log_every: int = 25
+    log_every: int = field(default=25, metadata={"min": 1})
 
 
 @dataclass
 class GRPOConfig:
-    iterations: int = 40
-    inits_per_iter: int = 8
+    iterations: int = field(default=40, metadata={"min": 1})
+    inits_per_iter: int = field(default=8, metadata={"min": 1})
     """B: fresh inits per iteration"""
-    group_size: int = 8
+    group_size: int = field(default=8, metadata={"min": 2, "why": "a group of one has zero spread, so nothing is learned"})
     """G: trajectories sampled per init (the group the baseline is computed over)"""
-    epochs: int = 2
+    epochs: int = field(default=2, metadata={"min": 1})
     """E: passes over the iteration's trajectories"""
-    minibatch_size: int = 16
+    minibatch_size: int = field(default=16, metadata={"min": 1})
     """trajectories per gradient step"""
-    lr: float = 3e-5
+    lr: float = field(default=3e-5, metadata={"gt": 0})
     cosine: bool = False
     """linear warm-up over the first 5% of iterations, then cosine decay of the learning rate to 0 (else constant)"""
-    clip_range: float = 0.01
+    clip_range: float = field(default=0.01, metadata={"gt": 0})
     """ratio clip; small because log-probs are averaged over weight dimensions"""
-    beta_kl: float = 0.1
+    beta_kl: float = field(default=0.1, metadata={"min": 0})
     """weight of KL(policy || imitation policy)"""
-    reward: str = "accuracy"
+    reward: Literal["accuracy", "neg_loss"] = "accuracy"
     """what a generated net earns: "accuracy" on the reward split, or "neg_loss" (minus its mean cross-entropy there,
     capped at envs.scoring.MAX_LOSS): a smooth reward that also ranks nets whose accuracies tie"""
-    temperature: float = 1.0
+    temperature: float = field(default=1.0, metadata={"gt": 0})
     """the policy's std multiplier with noise "iid" while GRPO samples, scores and updates (stored with the policy it
     saves, its frozen reference tempered alike)"""
     scale_by_std: bool = True
     """divide advantages by the group std (off: Dr. GRPO)"""
     drop_zero_spread: bool = False
     """leave groups whose rewards are all equal out of the update"""
-    explore: str = "all"
+    explore: Literal["all", "first", "last"] = "all"
     """which of the K policy steps sample: "all"; "first" (the later steps take the mean from each sample); "last" (the
     first K - 1 follow the mean path once per init). The update runs the policy once per group on a step whose input
     the group shares and on a step that does not sample (KL only), so with "first" or "last" its cost does not grow
     with group_size"""
-    noise: str = "iid"
+    noise: Literal["iid", "units"] = "iid"
     """how sampled steps explore: "iid" (independent Gaussian noise on every weight; the update trains the whole
     policy) or "units" (a Gaussian latent on every hidden and output unit's state before the weight head; the update
     trains the latent's mean, a residual MLP on the unit states, and keeps the imitation policy's trunk and head, so
     the drawn latent alone decides the weights)"""
-    latent_std: Optional[float] = None
+    latent_std: Optional[float] = field(default=None, metadata={"gt": 0})
     """std of the unit latent with noise "units" (unit states are layer-normalised: about 1 per dimension); null: the
     policy's own (`policy.latent_std`: a generative policy's prior std, a regressor's 0.1 by default)"""
-    estimator: str = "score"
+    estimator: Literal["score", "pathwise", "score_cv"] = "score"
     """the policy-gradient estimator: "score" (group-relative score function with the clipped ratio: GRPO) or
     "pathwise" (the workers' gradient of the differentiable reward, minus the mean cross-entropy on the iteration's
     examples, backpropagated through the last step's latent draw; needs noise "units" or a generative policy, and a
@@ -169,29 +173,29 @@ class GRPOConfig:
     each group's mean latent as a control variate, MuProp-style: the workers' gradient at the group's mean net gives
     its slope, and its expectation's gradient is taken pathwise; needs noise "units" and explore "last"; advantages
     are not normalised)"""
-    trainable: str = "latent"
+    trainable: Literal["latent", "policy"] = "latent"
     """what the update trains with noise "units": "latent" (the latent's mean alone, the trunk and weight head stay the
     imitation policy's) or "policy" (every parameter: the reward gradient reaches the trunk and the weight head
     through the last step, as DRaFT fine-tunes a whole diffusion model; needs estimator "pathwise")"""
-    backprop: str = "last"
+    backprop: Literal["last", "walk"] = "last"
     """how far back the "pathwise" reward gradient flows: "last" (through the last step, from its stored input: DRaFT-1;
     with trainable "policy" it leaves out how the parameters moved the earlier steps' outputs) or "walk" (through every
     step, the walk recomputed from the init at the stored noise: the exact gradient of the expected reward, at about K
     times the update's cost)"""
-    reward_batch: str = "fixed"
+    reward_batch: Literal["fixed", "fresh"] = "fixed"
     """the examples a generated net is scored on: "fixed" (the task's reward split, every iteration) or "fresh" (as
     many examples drawn anew from the train split each iteration, so the reward cannot be learned by heart)"""
     antithetic: bool = True
     """sample each group as mirrored pairs (noise eps, -eps; needs an even group_size): the curvature part of the
     reward cancels from the policy gradient of the mean"""
-    grad_clip: float = 1.0
-    gain_every: int = 1
+    grad_clip: float = field(default=1.0, metadata={"gt": 0})
+    gain_every: int = field(default=1, metadata={"min": 1})
     """iterations between the paired gain over the imitation policy (`rollout/gain_vs_imitation`: both mean paths from
     the iteration's B inits, 2B more nets scored, 1/G of the rollouts' scoring); 1: every iteration"""
-    eval_every: int = 5
+    eval_every: int = field(default=5, metadata={"min": 1})
     """iterations between held-out evaluations (mean path, test split), weight histograms and images"""
-    save_every: int = 5
-    seed_start: int = 100000
+    save_every: int = field(default=5, metadata={"min": 1})
+    seed_start: int = field(default=100000, metadata={"min": 0})
     """iteration i draws init seeds seed_start + i * inits_per_iter ...; must avoid zoo and held-out seeds"""
 
 
@@ -199,11 +203,11 @@ class GRPOConfig:
 class GenerateConfig:
     schedule: list[float] = field(default_factory=lambda: [0.0, 1.0])
     """progress values the policy walks from the init (0) to trained (1); snapped to the zoo's checkpoint grid"""
-    width_scales: str = "fan_in"
+    width_scales: WidthScales = "fan_in"
     """how the tokenizer's per-tensor scales, fitted on the zoo's reference widths, carry to other hidden widths
     (reference.widths overridden at generate time, or the other widths of a mixed zoo): "fan_in" (weights and biases
     x sqrt(fan-in fitted / fan-in now), as PyTorch's init scales a layer) or "keep" (as fitted)"""
-    bn_recompute_batches: int = 0
+    bn_recompute_batches: int = field(default=0, metadata={"min": 0})
     """0: BatchNorm running statistics are generated like every other tensor; N > 0: they are recomputed after
     generation from N train-split batches (zoo.batch_size examples each) through the generated net. Needs BN"""
 
@@ -212,14 +216,14 @@ class GenerateConfig:
 class ExperimentConfig:
     name: str = "digits_mlp"
     """experiment name: names the zoo folder and the runs"""
-    seed: int = 0
+    seed: int = field(default=0, metadata={"min": 0})
     """the one seeding point of every entry point"""
-    threads: Optional[int] = None
+    threads: Optional[int] = field(default=None, metadata={"min": 0})
     """torch threads per process (the entry point's and each Ray worker's). null or 0: $OMP_NUM_THREADS if set, else
     the cores this process may use shared among the torch processes the command starts (the driver and its Ray
     workers), at least 1. Set it when jobs share a machine: two jobs on 2 cores each want threads: 1 (threads beyond
     the free cores spin instead of waiting)"""
-    device: str = "auto"
+    device: str = field(default="auto", metadata={"check": check_device})
     """where tensors live and compute runs: "auto" (CUDA when torch sees a GPU, else the CPU), "cpu", "cuda" or
     "cuda:N". Checkpoints are device-independent: one saved on a GPU loads on a CPU-only machine and back"""
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -261,46 +265,6 @@ def resolve_config_path(path: str | Path) -> Path:
     shipped = ", ".join(sorted(x.name for x in CONFIG_DIR.glob("*.yaml")))
     raise ConfigError(f"config file {path} not found (shipped: {shipped})")
 
-
-# Ray actors need seconds to start and load their task; a shorter bound on every ray.get fails every run.
-MIN_TIMEOUT_S = 10.0
-
-# The valid range of every numeric field outside `task`, `reference` and `env` (those: envs.spec.ENV_RANGES); a test
-# checks that no int or float field is missing. Cross-field rules follow in `config_from_dict`.
-RANGES: dict[str, Rule] = {
-    "seed": at_least(0), "threads": optional(at_least(0)),
-    "zoo.runs": at_least(1), "zoo.seed": at_least(0), "zoo.lr": above(0), "zoo.momentum": within(0, 1),
-    "zoo.weight_decay": at_least(0), "zoo.batch_size": at_least(1), "zoo.epochs": at_least(1),
-    "zoo.checkpoints": at_least(2, "the init and the last step"), "zoo.data_seed": optional(at_least(0)),
-    "zoo.widths": (lambda v: all(w and all(isinstance(x, int) and x >= 1 for x in w) for w in v),
-                   "[] or a list of width lists of positive integers"),
-    "rollout.num_workers": at_least(1),
-    "rollout.timeout_s": at_least(MIN_TIMEOUT_S, "scoring actors take seconds to start and load their task"),
-    "rollout.chunk_size": at_least(1), "rollout.max_retries": at_least(0), "rollout.gpus_per_worker": at_least(0),
-    "policy.dim": at_least(1), "policy.rounds": at_least(0), "policy.heads": at_least(1),
-    "policy.std_floor": above(0, "log-probs must stay finite"), "policy.std_init": above(0),
-    "policy.temperature": above(0), "policy.max_groups": at_least(1), "policy.max_tensors": at_least(1),
-    "policy.latent_dim": at_least(1), "policy.latent_std": above(0),
-    "policy.posterior_rounds": at_least(0),
-    "imitate.steps": at_least(1), "imitate.batch_size": at_least(1), "imitate.lr": above(0),
-    "imitate.weight_decay": at_least(0), "imitate.grad_clip": above(0), "imitate.schedule_frac": within(0, 1),
-    "imitate.walked_frac": within(0, 1), "imitate.task_inits": at_least(0), "imitate.task_examples": at_least(1),
-    "imitate.task_weight": at_least(0),
-    "imitate.kl_weight": at_least(0), "imitate.free_bits": at_least(0),
-    "imitate.train_runs": optional(at_least(1)), "imitate.eval_every": at_least(1),
-    "imitate.eval_seeds": at_least(1), "imitate.eval_seed_start": at_least(0), "imitate.save_every": at_least(1),
-    "imitate.log_every": at_least(1),
-    "grpo.iterations": at_least(1), "grpo.inits_per_iter": at_least(1),
-    "grpo.group_size": at_least(2, "a group of one has zero spread, so nothing is learned"),
-    "grpo.epochs": at_least(1), "grpo.minibatch_size": at_least(1), "grpo.lr": above(0), "grpo.clip_range": above(0),
-    "grpo.beta_kl": at_least(0), "grpo.temperature": above(0), "grpo.latent_std": optional(above(0)),
-    "grpo.grad_clip": above(0),
-    "grpo.eval_every": at_least(1), "grpo.save_every": at_least(1), "grpo.gain_every": at_least(1),
-    "grpo.seed_start": at_least(0),
-    "generate.bn_recompute_batches": at_least(0),
-}
-
-
 def is_folder_name(name: str) -> bool:
     """A single folder name: not empty, not . or .., no path separator (experiment and run names)."""
     return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
@@ -310,8 +274,6 @@ def config_from_dict(data: dict) -> ExperimentConfig:
     cfg = from_dict(ExperimentConfig, data)
     if not is_folder_name(cfg.name):
         raise ConfigError(f"config key name: {cfg.name!r} is not a folder name (it names the zoo and run folders)")
-    check_env_sections(cfg.task, cfg.reference, cfg.env)
-    check_ranges(cfg, RANGES)
     if cfg.policy.latent_dim > cfg.policy.dim:
         raise ConfigError(f"config key policy.latent_dim: expected at most policy.dim={cfg.policy.dim} (the latent is a "
                           f"subspace of the unit state), got {cfg.policy.latent_dim}")
@@ -321,20 +283,14 @@ def config_from_dict(data: dict) -> ExperimentConfig:
     if cfg.imitate.train_runs is not None and cfg.imitate.train_runs > cfg.zoo.runs:
         raise ConfigError(f"config key imitate.train_runs: expected null or a value in [1, zoo.runs={cfg.zoo.runs}], "
                           f"got {cfg.imitate.train_runs}")
-    check_choice("zoo.optimizer", cfg.zoo.optimizer, ("sgd", "adam"))
-    check_choice("policy.input_state", cfg.policy.input_state, ("messages", "static"))
-    check_device(cfg.device)
-    check_choice("rollout.precision", cfg.rollout.precision, ("fp32", "bf16"))
     sched = cfg.generate.schedule
     if len(sched) < 2 or sched[0] != 0.0 or sched[-1] != 1.0 or sorted(set(sched)) != sched:
         raise ConfigError(f"config key generate.schedule: expected increasing values from 0.0 to 1.0, got {sched}")
-    check_choice("generate.width_scales", cfg.generate.width_scales, WIDTH_SCALES)
     for w in cfg.zoo.widths:  # a mixed zoo varies widths only: one layout structure for one policy
-        if len(w) != len(cfg.reference.widths) or min(w) < 1:
+        if len(w) != len(cfg.reference.widths):
             raise ConfigError(f"config key zoo.widths: {w} is not a width list like reference.widths "
                               f"{cfg.reference.widths} (same length, positive)")
     im = cfg.imitate
-    check_choice("imitate.task_split", im.task_split, ("train", "reward"))
     if im.eval_seed_start < cfg.zoo.seed + cfg.zoo.runs and cfg.zoo.seed < im.eval_seed_start + im.eval_seeds:
         raise ConfigError(f"config key imitate.eval_seed_start: held-out seeds {im.eval_seed_start}.."
                           f"{im.eval_seed_start + im.eval_seeds - 1} overlap the zoo's seeds {cfg.zoo.seed}.."
@@ -345,25 +301,18 @@ def config_from_dict(data: dict) -> ExperimentConfig:
            ((cfg.zoo.seed, cfg.zoo.seed + cfg.zoo.runs), (im.eval_seed_start, im.eval_seed_start + im.eval_seeds))):
         raise ConfigError(f"config key grpo.seed_start: GRPO init seeds from {gc.seed_start} overlap the zoo's or the "
                           f"held-out evaluation seeds")
-    check_choice("grpo.reward", gc.reward, ("accuracy", "neg_loss"))
-    check_choice("grpo.explore", gc.explore, ("all", "first", "last"))
-    check_choice("grpo.backprop", gc.backprop, ("last", "walk"))
     if gc.backprop == "walk" and gc.estimator != "pathwise":
         raise ConfigError("config key grpo.backprop: walk takes the reward gradient back through every step: it needs "
                           "grpo.estimator=pathwise")
-    check_choice("grpo.estimator", gc.estimator, ("score", "pathwise", "score_cv"))
     if gc.estimator == "score_cv" and (gc.explore != "last" or (gc.noise != "units" and not cfg.policy.generative)):
         raise ConfigError("config key grpo.estimator: score_cv linearises the reward around each group's mean latent "
                           "at the last step: it needs grpo.noise=units (or a generative policy) and grpo.explore=last")
-    check_choice("grpo.trainable", gc.trainable, ("latent", "policy"))
     if gc.trainable == "policy" and gc.estimator != "pathwise":
         raise ConfigError("config key grpo.trainable: policy trains the trunk and head through the reward gradient: it "
                           "needs grpo.estimator=pathwise")
     if gc.estimator == "pathwise" and (gc.explore == "first" or (gc.noise != "units" and not cfg.policy.generative)):
         raise ConfigError("config key grpo.estimator: pathwise backpropagates through the last step's unit latent: it "
                           "needs grpo.noise=units (or a generative policy) and grpo.explore all or last")
-    check_choice("grpo.noise", gc.noise, ("iid", "units"))
-    check_choice("grpo.reward_batch", gc.reward_batch, ("fixed", "fresh"))
     if gc.antithetic and gc.group_size % 2:
         raise ConfigError(f"config key grpo.group_size: antithetic sampling pairs samples, so it must be even "
                           f"(got {gc.group_size}; or set grpo.antithetic=false)")

@@ -479,6 +479,8 @@ def first_layer_grid(weight: torch.Tensor, input_shape: tuple[int, ...]) -> torc
 def main(args, cfg: ExperimentConfig) -> None:
     use_threads(cfg.threads, 1 + cfg.rollout.num_workers, "this driver and its scoring actors")
     init_policy = Path(args.init_policy or paths.imitation_policy(cfg.name))
+    if init_policy.is_dir():  # a run folder names its policy
+        init_policy = init_policy / "policy.safetensors"
     run_dir = paths.run_dir(args.name) if args.name else paths.grpo_run(cfg.name)
     if not init_policy.is_file():
         raise CheckpointError(f"{init_policy}: no imitation policy (run `python -m trainer.imitate` first, "

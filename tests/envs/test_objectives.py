@@ -9,7 +9,7 @@ from envs import WeightEvalEnv
 from envs.models import build_reference
 from envs.objectives import Objective, noisy_inputs, prune, quantize, score_objective
 from envs.scoring import evaluate, score_batch
-from envs.spec import ConfigError, EnvConfig, ReferenceConfig, TaskConfig, check_env_sections
+from envs.spec import ConfigError, EnvConfig, ReferenceConfig, TaskConfig, check_fields
 from envs.tasks import Split, task_from_config
 
 
@@ -120,4 +120,4 @@ def test_env_rewards_the_objective_and_reports_plain_accuracy():
                                        ("sparsity", -0.1), ("noise_std", -1.0)])
 def test_bad_objective_settings_are_config_errors(key, value):
     with pytest.raises(ConfigError, match=f"env.{key}"):
-        check_env_sections(TaskConfig(), ReferenceConfig(), EnvConfig(**{key: value}))
+        check_fields(EnvConfig(**{key: value}), "env.")
