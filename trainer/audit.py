@@ -177,6 +177,17 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a[:, None] == b[None]).double().mean(-1)
 
 
+def prediction_agreement(pred: torch.Tensor, per_init: int) -> tuple[float, float]:
+    """Mean share of test examples on which two nets predict the same class: pairs sampled from the same init, and
+    pairs from different inits. pred: (I * per_init, N) class indices, init-major."""
+    p = pred.view(-1, per_init, pred.shape[-1])
+    same = (p[:, :, None] == p[:, None, :]).float().mean(-1)  # (I, S, S)
+    off = ~torch.eye(per_init, dtype=torch.bool)
+    agree = (pred[:, None] == pred[None, :]).float().mean(-1)  # (I * S, I * S)
+    init = torch.arange(len(pred)) // per_init
+    return same[:, off].mean().item(), agree[init[:, None] != init[None, :]].mean().item()
+
+
 def ensemble_accuracy(logits: torch.Tensor, y: torch.Tensor, k: int) -> list[float]:
     """Accuracy of the averaged softmax of each disjoint group of k nets, in order: (N, n, classes) -> N // k values."""
     probs = logits.softmax(-1)

@@ -19,7 +19,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torchvision
 from tqdm import tqdm
 
 from envs.models import reference_from_config
@@ -29,14 +28,15 @@ from envs.tasks import task_from_config
 from policy.sampling import Step, gaussian_kl, gaussian_log_prob
 from rollout.pool import RolloutPool
 from trainer import paths
-from trainer.algos import (clipped_policy_loss, compute_grpo_advantages, control_variate_advantages, learning_rate,
-                           pathwise_surrogate)
+from trainer.algos import clipped_policy_loss, learning_rate
+from trainer.audit import prediction_agreement
 from trainer.checkpoints import CheckpointError, load_training_state, save_training_state
 from trainer.cli import add_run_args, parser, run_main, use_threads
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.device import worker_gpus
+from trainer.estimators import ESTIMATORS, Estimator
 from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy, sample_accuracy, score_states
-from trainer.runlog import RunLogger, check_run_dir, clear_run_dir, lock_run_dir
+from trainer.runlog import RunLogger, check_run_dir, clear_run_dir, first_layer_grid, lock_run_dir
 
 
 @dataclass
@@ -92,6 +92,7 @@ class GRPOTrainer:
         self.iteration, self.elapsed = 0, 0.0
         self.pool: Optional[RolloutPool] = None
         self.imitation_eval: Optional[dict[str, object]] = None  # the imitation policy's eval numbers, computed once
+        self.estimator: Estimator = ESTIMATORS[gc.estimator](self)
 
     @property
     def evaluations(self) -> int:
@@ -109,18 +110,11 @@ class GRPOTrainer:
         self.policy.eval()
         final, steps = self.wg.rollout(init, gc.group_size, self.rng["sample"], gc.antithetic, gc.explore)
         ro = Rollouts(steps, final, seeds, None)
-        if self.iteration % gc.gain_every == 0 or gc.estimator == "score_cv":  # the paired gain, at its cadence
+        if self.iteration % gc.gain_every == 0 or self.estimator.mean_paths_always:  # the paired gain, at its cadence
             mean_paths = [wg.generate(init, mean_only=True, trajectory=False)[0] for wg in (self.wg, self.imitation)]
             ro.paths = {k: torch.cat([p[k] for p in mean_paths]) for k in final}
-        if gc.estimator == "pathwise":  # the draws as noise, so the update can move their mean under them
-            ro.noise = [self.standard_noise(step) if step.sampled else None for step in steps]
+        self.estimator.collect(ro)
         return ro
-
-    @torch.no_grad()
-    def standard_noise(self, step: Step) -> dict[str, torch.Tensor]:
-        """A sampled step's latent draws as standard-normal noise around the policy's latent mean at that step."""
-        mean, std = self.policy.latent(step.states)
-        return {g: (step.latent[g] - mean[g]) / std[g].view(-1, 1, 1) for g in mean}
 
     def reward_examples(self) -> Optional[np.ndarray]:
         """With `grpo.reward_batch: fresh`, this iteration's train-split example indices (as many as the reward split
@@ -135,18 +129,14 @@ class GRPOTrainer:
         objective deploys them (with an objective other than plain, the policy's mean paths also as they are)."""
         gc = self.cfg.grpo
         b, n = gc.inits_per_iter, gc.inits_per_iter * gc.group_size
-        pathwise = gc.estimator == "pathwise"
+        grads = self.estimator.sample_grads
         examples = self.reward_examples()
         nets = ro.final if ro.paths is None else {k: torch.cat([ro.final[k], ro.paths[k]]) for k in ro.final}
-        scores = self.pool.score(nets, examples, grad=pathwise, objective=self.objective, noise_seed=self.noise_seed())
-        if gc.estimator == "score_cv":  # the groups' mean nets (the last step at the mean latent), with gradients
-            at_mean = self.pool.score({k: v[:b] for k, v in ro.paths.items()}, examples, grad=True,
-                                      objective=self.objective, noise_seed=self.noise_seed())
-            ro.mean_reward = (at_mean.accuracy if gc.reward == "accuracy" else at_mean.neg_loss()).float()
-            ro.mean_grads = {k: v.to(self.wg.device) for k, v in at_mean.grad.items()}
+        scores = self.pool.score(nets, examples, grad=grads, objective=self.objective, noise_seed=self.noise_seed())
+        self.estimator.score(ro, examples, self.noise_seed())
         if ro.paths is not None and not self.objective.plain:
             ro.plain = self.pool.score({k: v[:b] for k, v in ro.paths.items()}, examples).accuracy.float()
-        if pathwise:
+        if grads:
             ro.grads = {k: v[:n].to(self.wg.device) for k, v in scores.grad.items()}
         ro.accuracy = scores.accuracy[:n].float().view(b, gc.group_size)
         ro.rewards = ro.accuracy if gc.reward == "accuracy" else scores.neg_loss()[:n].float().view_as(ro.accuracy)
@@ -158,53 +148,7 @@ class GRPOTrainer:
         return self.cfg.seed * 1_000_003 + self.iteration + 1
 
     def compute_advantages(self, ro: Rollouts) -> None:
-        if self.cfg.grpo.estimator == "score_cv":
-            # One positive scale for the whole iteration (the rewards' spread), shared with the pathwise half: the
-            # estimate's direction stays unbiased, and its size is the score mode's, not the raw reward's (which left
-            # it far below the KL tie's).
-            ro.cv_scale = float(ro.rewards.std()) + 1e-8
-            ro.advantages = self.control_variate_advantages(ro) / ro.cv_scale
-            ro.zero_spread = torch.zeros(len(ro.advantages), dtype=torch.bool)
-            return
-        ro.advantages, ro.zero_spread = compute_grpo_advantages(ro.rewards, self.cfg.grpo.scale_by_std)
-
-    def mean_nets(self, ro: Rollouts, groups: torch.Tensor, grad: bool) -> tuple[dict, dict[str, torch.Tensor]]:
-        """The last step of `groups` at their mean latent: (the latent's mean, the decoded nets). With explore "last"
-        a group's trajectories share that step's input; `grad`: the latent's mean keeps its graph to the policy."""
-        step = ro.steps[-1]
-        x = {k: v[groups] for k, v in step.x.items()}
-        t1, t2 = (torch.full((len(groups),), t, device=self.wg.device) for t in (step.t1, step.t2))
-        with torch.no_grad():  # the trunk is frozen with noise "units": only the latent's mean learns
-            h, heads = self.policy.encode(x, t1, t2)
-        with torch.set_grad_enabled(grad):
-            mean, _ = self.policy.latent(h)
-        if not grad:
-            mean = {g: m.requires_grad_(True) for g, m in mean.items()}
-        with torch.enable_grad():
-            y, _ = self.policy.decode(x, self.policy.lift(h, mean), heads)
-            w = self.wg.tokenizer.decode(y, {k: ro.paths[k][groups] for k in self.wg.layout.frozen})
-        return mean, w
-
-    def control_variate_advantages(self, ro: Rollouts) -> torch.Tensor:
-        """`grpo.estimator: score_cv`: A = f(u) - f(mean) - slope . (u - mean) per trajectory, the slope being the
-        reward's gradient at its group's mean net carried back to the latent (one backward for all groups)."""
-        b, g = self.cfg.grpo.inits_per_iter, self.cfg.grpo.group_size
-        mean, w = self.mean_nets(ro, torch.arange(b), grad=False)
-        surrogate = sum((ro.mean_grads[k] * w[k]).sum() for k in ro.mean_grads if k in w)
-        slope = dict(zip(mean, torch.autograd.grad(surrogate, list(mean.values()))))
-        drawn = ro.steps[-1].latent
-        noise = torch.cat([(drawn[k] - mean[k].detach().repeat_interleave(g, 0)).flatten(1) for k in mean], 1)
-        slopes = torch.cat([slope[k].repeat_interleave(g, 0).flatten(1) for k in mean], 1)
-        adv = control_variate_advantages(ro.rewards.flatten().to(noise.device),
-                                         ro.mean_reward.repeat_interleave(g).to(noise.device), slopes, noise)
-        return adv.view(b, g).cpu()
-
-    def mean_pathwise_loss(self, ro: Rollouts, groups: torch.Tensor) -> torch.Tensor:
-        """`score_cv`'s pathwise half: minus the control variate's expectation, the reward linearised at each group's
-        mean net, as the latent's mean moves; scaled as the log-probs are (averaged over latent dimensions)."""
-        mean, w = self.mean_nets(ro, groups, grad=True)
-        dims = sum(m[0].numel() for m in mean.values())
-        return pathwise_surrogate({k: v[groups] for k, v in ro.mean_grads.items()}, w) / (dims * ro.cv_scale)
+        self.estimator.advantages(ro)
 
     def step_distributions(self, step: Step, mb: torch.Tensor, groups: torch.Tensor, row_of: torch.Tensor
                            ) -> tuple[tuple[dict, dict], tuple[dict, dict], Optional[dict]]:
@@ -235,29 +179,6 @@ class GRPOTrainer:
         drawn = step.latent if units else step.y
         return dist, ref, {k: v[mb] for k, v in drawn.items()}
 
-    def pathwise_loss(self, ro: Rollouts, mb: torch.Tensor) -> torch.Tensor:
-        """Minus the reward's first-order change, sum over weights of d(reward)/dW (from the workers) x W, for the
-        trajectories `mb`, with W recomputed at the drawn noise under the current policy (reparameterised). Its gradient
-        is the reward gradient through the policy (DRaFT, Clark et al. 2023). With `grpo.backprop` "last", W is the last
-        step's output from its stored input (DRaFT-1); with "walk", the whole walk is recomputed from the init, every
-        sampled step at its stored noise, so the gradient also counts how the parameters moved the earlier steps' outputs
-        (with `grpo.trainable` "policy", the part "last" leaves out). With "latent" only the latent's mean learns."""
-        g = self.cfg.grpo.group_size
-        steps = ro.steps if self.cfg.grpo.backprop == "walk" else ro.steps[-1:]
-        noise = ro.noise[-len(steps):]
-        first = steps[0].x
-        n = len(next(iter(ro.grads.values())))  # B x G trajectories; an input a group shares has B rows
-        x = {k: v[mb if len(v) == n else mb // g] for k, v in first.items()}
-        for step, eps in zip(steps, noise):
-            t1, t2 = (torch.full((len(mb),), t, device=self.wg.device) for t in (step.t1, step.t2))
-            with torch.set_grad_enabled(self.cfg.grpo.trainable == "policy"):
-                h, heads = self.policy.encode(x, t1, t2)
-            mean, std = self.policy.latent(h)
-            u = mean if eps is None else {k: mean[k] + std[k].view(-1, 1, 1) * eps[k][mb] for k in mean}
-            x, _ = self.policy.decode(x, self.policy.lift(h, u), heads)
-        w = self.wg.tokenizer.decode(x, {k: ro.final[k][mb] for k in self.wg.layout.frozen})
-        return pathwise_surrogate({k: v[mb] for k, v in ro.grads.items()}, w)
-
     def update_policy(self, ro: Rollouts) -> dict[str, float]:
         """E epochs over minibatches of trajectories: clipped ratio objective per sampled step + beta * KL to the
         frozen imitation policy, averaged over the K steps (a mean-path step, see `grpo.explore`, adds its KL on one
@@ -284,7 +205,7 @@ class GRPOTrainer:
                 for step in ro.steps:
                     (mean, std), (ref_mean, ref_std), drawn = self.step_distributions(step, mb, groups, row_of)
                     kl_loss = kl_loss + gaussian_kl(mean, std, ref_mean, ref_std).mean() / len(ro.steps)
-                    if drawn is None or gc.estimator == "pathwise":
+                    if drawn is None or not self.estimator.ratio_objective:
                         continue
                     log_prob = gaussian_log_prob(drawn, mean, std)
                     if first:  # nothing has changed the policy since these steps were sampled
@@ -296,10 +217,7 @@ class GRPOTrainer:
                     stats["clipfrac"].append(s["clipfrac"].item())
                     stats["approx_kl"].append(s["approx_kl"].item())
                 first = False
-                if gc.estimator == "pathwise":
-                    pg_loss = self.pathwise_loss(ro, mb)
-                elif gc.estimator == "score_cv":
-                    pg_loss = pg_loss + self.mean_pathwise_loss(ro, groups)
+                pg_loss = self.estimator.loss(ro, mb, groups, pg_loss)
                 total = pg_loss + gc.beta_kl * kl_loss
                 self.opt.zero_grad(set_to_none=True)
                 total.backward()
@@ -453,27 +371,6 @@ class GRPOTrainer:
 
 RESUMABLE = ("iterations", "eval_every", "save_every", "gain_every")  # GRPO settings a resumed run may change
 DIVERSITY_INITS, DIVERSITY_SAMPLES = 8, 4  # held-out inits and nets sampled from each for the agreement measure
-
-
-def prediction_agreement(pred: torch.Tensor, per_init: int) -> tuple[float, float]:
-    """Mean share of test examples on which two nets predict the same class: pairs sampled from the same init, and
-    pairs from different inits. pred: (I * per_init, N) class indices, init-major."""
-    p = pred.view(-1, per_init, pred.shape[-1])
-    same = (p[:, :, None] == p[:, None, :]).float().mean(-1)  # (I, S, S)
-    off = ~torch.eye(per_init, dtype=torch.bool)
-    agree = (pred[:, None] == pred[None, :]).float().mean(-1)  # (I * S, I * S)
-    init = torch.arange(len(pred)) // per_init
-    return same[:, off].mean().item(), agree[init[:, None] != init[None, :]].mean().item()
-
-
-def first_layer_grid(weight: torch.Tensor, input_shape: tuple[int, ...]) -> torch.Tensor:
-    """First-layer weights as a grid of images: MLP rows reshaped to the input image, conv kernels as they are."""
-    w = weight.detach().float().cpu()
-    if w.dim() == 2 and w.shape[1] == int(np.prod(input_shape)):
-        w = w.view(-1, *input_shape)
-    w = w[:, :3] if w.shape[1] in (1, 3) else w[:, :1]
-    w = (w - w.min()) / (w.max() - w.min() + 1e-12)
-    return torchvision.utils.make_grid(w, nrow=8, padding=1, pad_value=1.0)
 
 
 def main(args, cfg: ExperimentConfig) -> None:

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 from typing import Mapping, Optional
 
+import numpy as np
 import torch
+import torchvision
 from torch.utils.tensorboard import SummaryWriter
 
 from envs.spec import ConfigError
@@ -115,3 +117,13 @@ def read_scalars(run_dir: str | Path, tag: str) -> list[tuple[int, float]]:
     if tag not in acc.Tags()["scalars"]:
         return []
     return sorted({e.step: e.value for e in acc.Scalars(tag)}.items())
+
+
+def first_layer_grid(weight: torch.Tensor, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """First-layer weights as a grid of images: MLP rows reshaped to the input image, conv kernels as they are."""
+    w = weight.detach().float().cpu()
+    if w.dim() == 2 and w.shape[1] == int(np.prod(input_shape)):
+        w = w.view(-1, *input_shape)
+    w = w[:, :3] if w.shape[1] in (1, 3) else w[:, :1]
+    w = (w - w.min()) / (w.max() - w.min() + 1e-12)
+    return torchvision.utils.make_grid(w, nrow=8, padding=1, pad_value=1.0)

@@ -263,7 +263,7 @@ def test_pathwise_loss_is_the_reward_gradient_through_the_last_step(imitation, i
     ro = scored_rollouts(t)
     mb = torch.tensor([0, 3, 5])
     params = [p for p in t.policy.parameters() if p.requires_grad]
-    got = torch.autograd.grad(t.pathwise_loss(ro, mb), params)
+    got = torch.autograd.grad(t.estimator.loss(ro, mb, mb // t.cfg.grpo.group_size, 0.0), params)
 
     step, g = ro.steps[-1], t.cfg.grpo.group_size
     x = {k: v[mb // g] if len(v) == 2 else v[mb] for k, v in step.x.items()}
@@ -302,7 +302,7 @@ def test_pathwise_walk_is_the_reward_gradient_through_every_step(imitation, in_t
     ro = scored_rollouts(t)
     mb = torch.tensor([0, 3, 5])
     params = [p for p in t.policy.parameters() if p.requires_grad]
-    got = torch.autograd.grad(t.pathwise_loss(ro, mb), params)
+    got = torch.autograd.grad(t.estimator.loss(ro, mb, mb // t.cfg.grpo.group_size, 0.0), params)
 
     g, n = t.cfg.grpo.group_size, len(mb)
     x = {k: v[mb // g] for k, v in ro.steps[0].x.items()}  # the inits, one per trajectory
@@ -324,7 +324,7 @@ def test_pathwise_walk_is_the_reward_gradient_through_every_step(imitation, in_t
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     t.cfg.grpo.backprop = "last"
-    last = torch.autograd.grad(t.pathwise_loss(ro, mb), params)
+    last = torch.autograd.grad(t.estimator.loss(ro, mb, mb // t.cfg.grpo.group_size, 0.0), params)
     assert sum((a - b).norm() ** 2 for a, b in zip(got, last)) > 1e-4 * sum(a.norm() ** 2 for a in got)
 
 
@@ -377,7 +377,7 @@ def test_score_cv_linearises_the_reward_at_each_group_mean_net(imitation, in_tmp
     t = grpo_trainer(imitation, in_tmp / "r", 1, *extra)
     ro = scored_rollouts(t)
     b = len(ro.seeds)
-    _, w = t.mean_nets(ro, torch.arange(b), grad=False)
+    _, w = t.estimator.mean_nets(ro, torch.arange(b), grad=False)
     for k in w:
         torch.testing.assert_close(w[k].detach(), ro.paths[k][:b], rtol=1e-5, atol=1e-6)  # the mean path's net
     t.compute_advantages(ro)

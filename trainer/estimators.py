@@ -1,0 +1,149 @@
+"""GRPO's policy-gradient estimators (`grpo.estimator`), one class each, registered in `ESTIMATORS`.
+
+An estimator says what the workers must return beside the rewards, how a group's rewards become advantages, and what
+the update minimises besides the KL tie. `GRPOTrainer` asks it at each of its named steps and branches on nothing else:
+
+- `score`: GRPO's group-relative score function with the clipped ratio (Shao et al. 2024).
+- `pathwise`: the workers' gradient of the differentiable reward backpropagated through the policy's walk (DRaFT,
+  Clark et al. 2023); no score function.
+- `score_cv`: the score function on the real reward, with the reward's first-order expansion around each group's mean
+  latent as a control variate (MuProp, Gu et al. 2016): unbiased for a non-differentiable reward, with less variance.
+
+A new estimator is one subclass and one line in `ESTIMATORS`; the math it needs belongs in `trainer/algos.py`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from policy.sampling import Step
+from trainer.algos import compute_grpo_advantages, control_variate_advantages, pathwise_surrogate
+
+if TYPE_CHECKING:  # for annotations only: the trainer builds its estimator
+    from trainer.grpo import GRPOTrainer, Rollouts
+
+
+class Estimator:
+    """The `score` estimator, and the defaults every other one changes."""
+
+    ratio_objective = True  # the clipped ratio objective over the sampled steps is part of the loss
+    sample_grads = False  # the workers return d(reward)/dW of every sampled net
+    mean_paths_always = False  # the mean paths are scored every iteration, not at `grpo.gain_every`'s cadence
+
+    def __init__(self, trainer: GRPOTrainer):
+        self.t = trainer
+
+    def collect(self, ro: Rollouts) -> None:
+        """Keep what the update needs from the draws (after `collect_rollouts`)."""
+
+    def score(self, ro: Rollouts, examples, noise_seed: int) -> None:
+        """Score what the estimator needs beyond the samples and the mean paths (after `score`)."""
+
+    def advantages(self, ro: Rollouts) -> None:
+        ro.advantages, ro.zero_spread = compute_grpo_advantages(ro.rewards, self.t.cfg.grpo.scale_by_std)
+
+    def loss(self, ro: Rollouts, mb: torch.Tensor, groups: torch.Tensor, ratio_loss) -> torch.Tensor:
+        """The policy-gradient loss of the trajectories `mb` (of groups `groups`), given the ratio objective's."""
+        return ratio_loss
+
+
+class Pathwise(Estimator):
+    ratio_objective = False
+    sample_grads = True
+
+    def collect(self, ro: Rollouts) -> None:  # the draws as noise, so the update can move their mean under them
+        ro.noise = [self.standard_noise(step) if step.sampled else None for step in ro.steps]
+
+    @torch.no_grad()
+    def standard_noise(self, step: Step) -> dict[str, torch.Tensor]:
+        """A sampled step's latent draws as standard-normal noise around the policy's latent mean at that step."""
+        mean, std = self.t.policy.latent(step.states)
+        return {g: (step.latent[g] - mean[g]) / std[g].view(-1, 1, 1) for g in mean}
+
+    def loss(self, ro: Rollouts, mb: torch.Tensor, groups: torch.Tensor, ratio_loss) -> torch.Tensor:
+        """Minus the reward's first-order change, sum over weights of d(reward)/dW (from the workers) x W, for the
+        trajectories `mb`, with W recomputed at the drawn noise under the current policy (reparameterised). Its gradient
+        is the reward gradient through the policy (DRaFT, Clark et al. 2023). With `grpo.backprop` "last", W is the last
+        step's output from its stored input (DRaFT-1); with "walk", the whole walk is recomputed from the init, every
+        sampled step at its stored noise, so the gradient also counts how the parameters moved the earlier steps' outputs
+        (with `grpo.trainable` "policy", the part "last" leaves out). With "latent" only the latent's mean learns."""
+        t, gc = self.t, self.t.cfg.grpo
+        steps = ro.steps if gc.backprop == "walk" else ro.steps[-1:]
+        noise = ro.noise[-len(steps):]
+        n = len(next(iter(ro.grads.values())))  # B x G trajectories; an input a group shares has B rows
+        x = {k: v[mb if len(v) == n else mb // gc.group_size] for k, v in steps[0].x.items()}
+        for step, eps in zip(steps, noise):
+            t1, t2 = (torch.full((len(mb),), s, device=t.wg.device) for s in (step.t1, step.t2))
+            with torch.set_grad_enabled(gc.trainable == "policy"):
+                h, heads = t.policy.encode(x, t1, t2)
+            mean, std = t.policy.latent(h)
+            u = mean if eps is None else {k: mean[k] + std[k].view(-1, 1, 1) * eps[k][mb] for k in mean}
+            x, _ = t.policy.decode(x, t.policy.lift(h, u), heads)
+        w = t.wg.tokenizer.decode(x, {k: ro.final[k][mb] for k in t.wg.layout.frozen})
+        return pathwise_surrogate({k: v[mb] for k, v in ro.grads.items()}, w)
+
+
+class ScoreCV(Estimator):
+    mean_paths_always = True  # each group's mean net is the control variate's linearisation point
+
+    def score(self, ro: Rollouts, examples, noise_seed: int) -> None:
+        """The groups' mean nets (the last step at the mean latent), with the reward's gradient there."""
+        t = self.t
+        b = t.cfg.grpo.inits_per_iter
+        at_mean = t.pool.score({k: v[:b] for k, v in ro.paths.items()}, examples, grad=True, objective=t.objective,
+                               noise_seed=noise_seed)
+        ro.mean_reward = (at_mean.accuracy if t.cfg.grpo.reward == "accuracy" else at_mean.neg_loss()).float()
+        ro.mean_grads = {k: v.to(t.wg.device) for k, v in at_mean.grad.items()}
+
+    def advantages(self, ro: Rollouts) -> None:
+        # One positive scale for the whole iteration (the rewards' spread), shared with the pathwise half: the
+        # estimate's direction stays unbiased, and its size is the score mode's, not the raw reward's (which left it
+        # far below the KL tie's).
+        ro.cv_scale = float(ro.rewards.std()) + 1e-8
+        ro.advantages = self.control_variate_advantages(ro) / ro.cv_scale
+        ro.zero_spread = torch.zeros(len(ro.advantages), dtype=torch.bool)
+
+    def mean_nets(self, ro: Rollouts, groups: torch.Tensor, grad: bool) -> tuple[dict, dict[str, torch.Tensor]]:
+        """The last step of `groups` at their mean latent: (the latent's mean, the decoded nets). With explore "last"
+        a group's trajectories share that step's input; `grad`: the latent's mean keeps its graph to the policy."""
+        t = self.t
+        step = ro.steps[-1]
+        x = {k: v[groups] for k, v in step.x.items()}
+        t1, t2 = (torch.full((len(groups),), s, device=t.wg.device) for s in (step.t1, step.t2))
+        with torch.no_grad():  # the trunk is frozen with noise "units": only the latent's mean learns
+            h, heads = t.policy.encode(x, t1, t2)
+        with torch.set_grad_enabled(grad):
+            mean, _ = t.policy.latent(h)
+        if not grad:
+            mean = {g: m.requires_grad_(True) for g, m in mean.items()}
+        with torch.enable_grad():
+            y, _ = t.policy.decode(x, t.policy.lift(h, mean), heads)
+            w = t.wg.tokenizer.decode(y, {k: ro.paths[k][groups] for k in t.wg.layout.frozen})
+        return mean, w
+
+    def control_variate_advantages(self, ro: Rollouts) -> torch.Tensor:
+        """A = f(u) - f(mean) - slope . (u - mean) per trajectory, the slope being the reward's gradient at its group's
+        mean net carried back to the latent (one backward for all groups)."""
+        b, g = self.t.cfg.grpo.inits_per_iter, self.t.cfg.grpo.group_size
+        mean, w = self.mean_nets(ro, torch.arange(b), grad=False)
+        surrogate = sum((ro.mean_grads[k] * w[k]).sum() for k in ro.mean_grads if k in w)  # the reward's change
+        slope = dict(zip(mean, torch.autograd.grad(surrogate, list(mean.values()))))
+        drawn = ro.steps[-1].latent
+        noise = torch.cat([(drawn[k] - mean[k].detach().repeat_interleave(g, 0)).flatten(1) for k in mean], 1)
+        slopes = torch.cat([slope[k].repeat_interleave(g, 0).flatten(1) for k in mean], 1)
+        adv = control_variate_advantages(ro.rewards.flatten().to(noise.device),
+                                         ro.mean_reward.repeat_interleave(g).to(noise.device), slopes, noise)
+        return adv.view(b, g).cpu()
+
+    def loss(self, ro: Rollouts, mb: torch.Tensor, groups: torch.Tensor, ratio_loss) -> torch.Tensor:
+        """The ratio objective on the control-variate advantages, plus the control variate's expectation taken
+        pathwise: the reward linearised at each group's mean net, as the latent's mean moves; scaled as the log-probs
+        are (averaged over latent dimensions)."""
+        mean, w = self.mean_nets(ro, groups, grad=True)
+        dims = sum(m[0].numel() for m in mean.values())
+        return ratio_loss + pathwise_surrogate({k: v[groups] for k, v in ro.mean_grads.items()}, w) / (dims * ro.cv_scale)
+
+
+ESTIMATORS: dict[str, type[Estimator]] = {"score": Estimator, "pathwise": Pathwise, "score_cv": ScoreCV}
