@@ -68,6 +68,12 @@ class WeightEvalEnv(gym.Env):
     over the previous weights, so an episode's return is the same final accuracy minus the init's. A non-finite action
     is rejected: reward 0, `info["invalid"] = True`, and the weights stay as they were.
 
+    With `reward_gradient=True`, each valid step's `info["reward_gradient"]` is the gradient of the differentiable
+    reward, minus the mean cross-entropy on the reward split of the weights as the objective deploys them, with respect
+    to the action: a `(D,)` float32 vector in the action's layout (the transform passed straight through; BatchNorm's
+    running statistics included, as the net runs in eval mode). It is what GRPO's scoring workers return
+    for `grpo.estimator: pathwise`, and `info["reward_neg_loss"]` is that reward's value.
+
     ## Starting State
 
     A fresh PyTorch default initialisation of the reference model, drawn from a seed taken from `self.np_random`
@@ -81,15 +87,17 @@ class WeightEvalEnv(gym.Env):
 
     `gymnasium.make("SynthNet/WeightEval-v0", config="configs/digits_mlp.yaml")`: `config` is an experiment YAML
     (only its `task`, `reference` and `env` sections are read), a loaded config with `.task`, `.reference` and `.env`,
-    or None for the defaults (the offline digits MLP). No render modes.
+    or None for the defaults (the offline digits MLP); `reward_gradient` (default False) adds the reward's gradient to
+    `info`. No render modes.
     """
 
     metadata = {"render_modes": []}
 
-    def __init__(self, config: Any = None, render_mode: Optional[str] = None):
+    def __init__(self, config: Any = None, render_mode: Optional[str] = None, reward_gradient: bool = False):
         if render_mode is not None:
             raise ValueError(f"render_mode {render_mode!r} is not supported (valid: None)")
         self.render_mode = None
+        self.reward_gradient = bool(reward_gradient)
         self.task_cfg, self.reference_cfg, self.env_cfg = env_sections(config)
         self.task = task_from_config(self.task_cfg)
         self.model = reference_from_config(self.reference_cfg, self.task, seed=0)  # architecture + integer buffers
@@ -127,6 +135,8 @@ class WeightEvalEnv(gym.Env):
         else:
             self._weights = action.copy()
             acc = self._accuracy(self._weights, "reward")
+            if self.reward_gradient:
+                info.update(self._reward_gradient(self._weights))
             info.update(reward_accuracy=acc, test_accuracy=self._accuracy(self._weights, "test"))
             if not self.objective.plain:
                 info["plain_accuracy"] = self._accuracy(self._weights, "reward", plain=True)
@@ -148,6 +158,12 @@ class WeightEvalEnv(gym.Env):
             raise ValueError(f"action has shape {action.shape}, expected ({self.dim},) (dtype float32)")
         if action.dtype != np.float32:
             raise ValueError(f"action has dtype {action.dtype}, expected float32 (shape ({self.dim},))")
+
+    def _reward_gradient(self, weights: np.ndarray) -> dict[str, Any]:
+        scores = score_objective(self.model, torch.from_numpy(weights)[None], self.task.split("reward"),
+                                 self.objective, self._noise_seed, grad=True)
+        flat = flatten_state({k: v[0] for k, v in scores.grad.items()})  # every float entry, in state-dict order
+        return {"reward_gradient": flat.numpy(), "reward_neg_loss": float(scores.neg_loss()[0])}
 
     def _accuracy(self, weights: np.ndarray, split: str, plain: bool = False) -> float:
         scores = score_objective(self.model, torch.from_numpy(weights)[None], self.task.split(split),

@@ -119,3 +119,33 @@ def test_config_path_errors_name_the_key(tmp_path):
     bad.write_text("reference: {family: mlp, depth: 3}\n")
     with pytest.raises(ConfigError, match="reference.depth"):
         WeightEvalEnv(bad)
+
+
+@pytest.mark.parametrize("objective", ["plain", "noisy"])
+def test_reward_gradient_in_info_is_autograd_of_minus_the_loss(trained, objective):
+    """`reward_gradient=True`: info holds d(-mean CE on the reward split)/d(action), in the action's layout, equal to
+    an independent float64 autograd of the model loaded with those weights (on the objective's inputs)."""
+    flat = trained[0]
+    env = WeightEvalEnv(small_cfg(steps=1, objective=objective), reward_gradient=True)
+    _, first = env.reset(seed=3)  # the episode's init seed also seeds the input noise
+    _, _, _, _, info = env.step(flat)
+    got = info["reward_gradient"]
+    assert got.shape == (env.dim,) and got.dtype == np.float32
+
+    model = build_reference("mlp", [16], env.task.input_shape, env.task.num_classes, seed=0).double()
+    w = torch.from_numpy(flat).double().requires_grad_(True)
+    params = env.state_dict_of(flat)  # the layout, to cut the flat vector into tensors
+    offset, state = 0, {}
+    for k, v in params.items():
+        state[k] = w[offset:offset + v.numel()].view(v.shape)
+        offset += v.numel()
+    x = env.objective.inputs(env.task.reward, first["init_seed"]).x.double()  # the reward split itself when plain
+    loss = F.cross_entropy(torch.func.functional_call(model, state, (x,)), env.task.reward.y)
+    (want,) = torch.autograd.grad(-loss, w)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-3, atol=1e-6)
+    assert info["reward_neg_loss"] == pytest.approx(-loss.item(), rel=1e-5)
+    assert np.abs(got).max() > 1e-3  # a trained net's loss still has a gradient
+
+    plain = WeightEvalEnv(small_cfg(steps=1, objective=objective))
+    plain.reset(seed=3)
+    assert "reward_gradient" not in plain.step(flat)[4]  # off by default
