@@ -76,3 +76,13 @@ def learning_rate(step: int, total: int, base: float, cosine: bool) -> float:
     if step < warm:
         return base * (step + 1) / warm
     return base * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def minibatches(keep: torch.Tensor, group_size: int, size: int, mode: str, gen: torch.Generator) -> list[torch.Tensor]:
+    """One epoch's minibatches of the trajectory indices `keep` (whole groups of `group_size` consecutive indices when
+    some are dropped): shuffled row by row ("rows"), or as whole groups, `size // group_size` (at least 1) a step."""
+    if mode == "rows":
+        return list(keep[torch.randperm(len(keep), generator=gen)].split(size))
+    groups = keep.view(-1, group_size)
+    order = groups[torch.randperm(len(groups), generator=gen)]
+    return [chunk.flatten() for chunk in order.split(max(1, size // group_size))]

@@ -135,6 +135,10 @@ class GRPOConfig:
     """E: passes over the iteration's trajectories"""
     minibatch_size: int = field(default=16, metadata={"min": 1})
     """trajectories per gradient step"""
+    minibatch: Literal["rows", "groups"] = "rows"
+    """how an epoch cuts the trajectories into minibatches: "rows" (shuffled one by one) or "groups" (whole groups,
+    shuffled: a group's antithetic mirrors and its baseline meet in one gradient step; minibatch_size is then rounded
+    to a multiple of group_size, at least one group)"""
     lr: float = field(default=3e-5, metadata={"gt": 0})
     cosine: bool = False
     """linear warm-up over the first 5% of iterations, then cosine decay of the learning rate to 0 (else constant)"""

@@ -28,7 +28,7 @@ from envs.tasks import task_from_config
 from policy.sampling import Step, gaussian_kl, gaussian_log_prob
 from rollout.pool import RolloutPool
 from trainer import paths
-from trainer.algos import clipped_policy_loss, learning_rate
+from trainer.algos import clipped_policy_loss, learning_rate, minibatches
 from trainer.audit import prediction_agreement
 from trainer.checkpoints import CheckpointError, load_training_state, save_training_state
 from trainer.cli import add_run_args, parser, run_main, use_threads
@@ -197,8 +197,7 @@ class GRPOTrainer:
             group["lr"] = learning_rate(self.iteration, gc.iterations, gc.lr, gc.cosine)
         first = True
         for _ in range(gc.epochs):
-            order = keep[torch.randperm(len(keep), generator=self.rng["minibatch"])]
-            for mb in order.split(gc.minibatch_size):
+            for mb in minibatches(keep, g, gc.minibatch_size, gc.minibatch, self.rng["minibatch"]):
                 pg_loss, kl_loss = 0.0, 0.0
                 # Where a group's trajectories share a step's input, the policy runs once per group.
                 groups, row_of = torch.unique(mb // g, return_inverse=True)

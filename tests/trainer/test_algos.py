@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from trainer.algos import clipped_policy_loss, compute_grpo_advantages, control_variate_advantages
+from trainer.algos import clipped_policy_loss, compute_grpo_advantages, control_variate_advantages, minibatches
 
 
 def test_group_relative_advantages_by_hand():
@@ -91,3 +91,21 @@ def test_pathwise_surrogate_by_hand_and_its_gradient_is_the_mean_reward_gradient
     assert loss.item() == pytest.approx(-1.5)
     loss.backward()
     assert torch.equal(nets["a"].grad, -grads["a"] / 2)
+
+
+def test_minibatches_by_rows_and_by_whole_groups():
+    keep = torch.arange(4 * 6)  # B = 4 groups of G = 6
+    rows = minibatches(keep, 6, 8, "rows", torch.Generator().manual_seed(0))
+    want = keep[torch.randperm(24, generator=torch.Generator().manual_seed(0))].split(8)  # the order GRPO always used
+    assert [r.tolist() for r in rows] == [w.tolist() for w in want]
+
+    grouped = minibatches(keep, 6, 13, "groups", torch.Generator().manual_seed(0))
+    assert [len(m) for m in grouped] == [12, 12]  # 13 rounds down to two whole groups a step
+    assert sorted(torch.cat(grouped).tolist()) == keep.tolist()  # each trajectory once an epoch
+    for m in grouped:  # whole groups, each one's members together and in order
+        for g in m.view(-1, 6):
+            assert g.tolist() == list(range(g[0].item(), g[0].item() + 6)) and g[0] % 6 == 0
+    assert len(minibatches(keep, 6, 2, "groups", torch.Generator())) == 4  # smaller than a group: one group a step
+
+    dropped = torch.cat([keep[:6], keep[12:]])  # drop_zero_spread left group 1 out
+    assert sorted(torch.cat(minibatches(dropped, 6, 6, "groups", torch.Generator())).tolist()) == dropped.tolist()
