@@ -80,12 +80,12 @@ def scored_rollouts(t):
 
     t.pool = RolloutPool(t.cfg)
     try:
-        ro = t.collect_rollouts()
-        t.score(ro)
+        rollouts = t.collect_rollouts()
+        t.score(rollouts)
     finally:
         t.pool.close()
         t.pool = None
-    return ro
+    return rollouts
 
 
 def grpo_trainer(policy, run_dir, iterations, *extra):

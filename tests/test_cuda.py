@@ -51,7 +51,7 @@ def test_imitate_generate_and_grpo_on_the_gpu_and_the_policy_loads_on_the_cpu(in
     assert on_cpu.device.type == "cpu"
     cfg = load_config(overrides=GRPO + ["grpo.iterations=1", "device=cuda", "rollout.gpus_per_worker=0.5"])
     trainer = GRPOTrainer(cfg, path, in_tmp / "grpo", progress=False)
-    assert trainer.wg.device.type == "cuda"
+    assert trainer.weight_generator.device.type == "cuda"
     metrics = trainer.train()
     assert 0.0 <= metrics["rollout/reward_mean"] <= 1.0 and metrics["losses/grad_norm"] >= 0.0
     after = WeightGenerator.load(in_tmp / "grpo/policy.safetensors", ["device=cpu"])

@@ -247,20 +247,20 @@ def sgd_checkpoints(cfg: ExperimentConfig, seeds: list[int], template: Mapping[s
 
 
 @torch.no_grad()
-def posterior_walk(wg, checkpoints: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def posterior_walk(weight_generator, checkpoints: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """A generative policy's walk along its schedule from SGD runs' inits, each step decoding the latent its posterior
     infers from the run's own checkpoint at the step's target: what the decoder makes when it is told where SGD went.
     If these nets score like SGD's, the decoder can write SGD-like nets and any gap of the samples lies in the prior;
     if not, in the posterior or the decoder. `checkpoints`: stacked states at the schedule's progress values."""
-    policy = wg.policy
-    x = wg.encode(checkpoints[0])
+    policy = weight_generator.policy
+    x = weight_generator.encode(checkpoints[0])
     b = next(iter(x.values())).shape[0]
-    for (t1, t2), target in zip(zip(wg.schedule[:-1], wg.schedule[1:]), checkpoints[1:]):
-        t1s, t2s = (torch.full((b,), float(t), device=wg.device) for t in (t1, t2))
+    for (t1, t2), target in zip(zip(weight_generator.schedule[:-1], weight_generator.schedule[1:]), checkpoints[1:]):
+        t1s, t2s = (torch.full((b,), float(t), device=weight_generator.device) for t in (t1, t2))
         h, heads = policy.encode(x, t1s, t2s)
-        q_mean, _ = policy.posterior(h, wg.encode(target), t1s, t2s)
+        q_mean, _ = policy.posterior(h, weight_generator.encode(target), t1s, t2s)
         x, _ = policy.decode(x, policy.lift(h, q_mean), heads)
-    return wg.finish(wg.tokenizer.decode(x, {k: v.to(wg.device) for k, v in checkpoints[0].items()}))
+    return weight_generator.finish(weight_generator.tokenizer.decode(x, {k: v.to(weight_generator.device) for k, v in checkpoints[0].items()}))
 
 
 def summary(values) -> dict[str, float]:

@@ -294,32 +294,32 @@ def config_from_dict(data: dict) -> ExperimentConfig:
         if len(w) != len(cfg.reference.widths):
             raise ConfigError(f"config key zoo.widths: {w} is not a width list like reference.widths "
                               f"{cfg.reference.widths} (same length, positive)")
-    im = cfg.imitate
-    if im.eval_seed_start < cfg.zoo.seed + cfg.zoo.runs and cfg.zoo.seed < im.eval_seed_start + im.eval_seeds:
-        raise ConfigError(f"config key imitate.eval_seed_start: held-out seeds {im.eval_seed_start}.."
-                          f"{im.eval_seed_start + im.eval_seeds - 1} overlap the zoo's seeds {cfg.zoo.seed}.."
+    imitate_cfg = cfg.imitate
+    if imitate_cfg.eval_seed_start < cfg.zoo.seed + cfg.zoo.runs and cfg.zoo.seed < imitate_cfg.eval_seed_start + imitate_cfg.eval_seeds:
+        raise ConfigError(f"config key imitate.eval_seed_start: held-out seeds {imitate_cfg.eval_seed_start}.."
+                          f"{imitate_cfg.eval_seed_start + imitate_cfg.eval_seeds - 1} overlap the zoo's seeds {cfg.zoo.seed}.."
                           f"{cfg.zoo.seed + cfg.zoo.runs - 1}")
-    gc = cfg.grpo
-    grpo_seeds = (gc.seed_start, gc.seed_start + gc.iterations * gc.inits_per_iter)
+    grpo_cfg = cfg.grpo
+    grpo_seeds = (grpo_cfg.seed_start, grpo_cfg.seed_start + grpo_cfg.iterations * grpo_cfg.inits_per_iter)
     if any(grpo_seeds[0] < hi and lo < grpo_seeds[1] for lo, hi in
-           ((cfg.zoo.seed, cfg.zoo.seed + cfg.zoo.runs), (im.eval_seed_start, im.eval_seed_start + im.eval_seeds))):
-        raise ConfigError(f"config key grpo.seed_start: GRPO init seeds from {gc.seed_start} overlap the zoo's or the "
+           ((cfg.zoo.seed, cfg.zoo.seed + cfg.zoo.runs), (imitate_cfg.eval_seed_start, imitate_cfg.eval_seed_start + imitate_cfg.eval_seeds))):
+        raise ConfigError(f"config key grpo.seed_start: GRPO init seeds from {grpo_cfg.seed_start} overlap the zoo's or the "
                           f"held-out evaluation seeds")
-    if gc.backprop == "walk" and gc.estimator != "pathwise":
+    if grpo_cfg.backprop == "walk" and grpo_cfg.estimator != "pathwise":
         raise ConfigError("config key grpo.backprop: walk takes the reward gradient back through every step: it needs "
                           "grpo.estimator=pathwise")
-    if gc.estimator == "score_cv" and (gc.explore != "last" or (gc.noise != "units" and not cfg.policy.generative)):
+    if grpo_cfg.estimator == "score_cv" and (grpo_cfg.explore != "last" or (grpo_cfg.noise != "units" and not cfg.policy.generative)):
         raise ConfigError("config key grpo.estimator: score_cv linearises the reward around each group's mean latent "
                           "at the last step: it needs grpo.noise=units (or a generative policy) and grpo.explore=last")
-    if gc.trainable == "policy" and gc.estimator != "pathwise":
+    if grpo_cfg.trainable == "policy" and grpo_cfg.estimator != "pathwise":
         raise ConfigError("config key grpo.trainable: policy trains the trunk and head through the reward gradient: it "
                           "needs grpo.estimator=pathwise")
-    if gc.estimator == "pathwise" and (gc.explore == "first" or (gc.noise != "units" and not cfg.policy.generative)):
+    if grpo_cfg.estimator == "pathwise" and (grpo_cfg.explore == "first" or (grpo_cfg.noise != "units" and not cfg.policy.generative)):
         raise ConfigError("config key grpo.estimator: pathwise backpropagates through the last step's unit latent: it "
                           "needs grpo.noise=units (or a generative policy) and grpo.explore all or last")
-    if gc.antithetic and gc.group_size % 2:
+    if grpo_cfg.antithetic and grpo_cfg.group_size % 2:
         raise ConfigError(f"config key grpo.group_size: antithetic sampling pairs samples, so it must be even "
-                          f"(got {gc.group_size}; or set grpo.antithetic=false)")
+                          f"(got {grpo_cfg.group_size}; or set grpo.antithetic=false)")
     return cfg
 
 

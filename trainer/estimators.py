@@ -14,15 +14,38 @@ A new estimator is one subclass and one line in `ESTIMATORS`; the math it needs 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
 from policy.sampling import Step
 from trainer.algos import compute_grpo_advantages, control_variate_advantages, pathwise_surrogate
 
-if TYPE_CHECKING:  # for annotations only: the trainer builds its estimator
-    from trainer.grpo import GRPOTrainer, Rollouts
+
+
+@dataclass
+class Rollouts:
+    """One iteration's trajectories: B inits x G samples, flattened to N = B * G in group-major order."""
+
+    steps: list[Step]  # K steps: (N, ...) token blocks and old log-probs (N,); (B, ...) inputs where a group shares them
+    final: dict[str, torch.Tensor]  # generated state dicts, (N, *shape)
+    seeds: list[int]  # the B init seeds
+    paths: Optional[dict[str, torch.Tensor]]  # mean paths from the B inits: the policy's, then the imitation policy's,
+    # (2B, *shape); None on iterations `grpo.gain_every` skips
+    rewards: Optional[torch.Tensor] = None  # (B, G), what `grpo.reward` says, on the objective
+    accuracy: Optional[torch.Tensor] = None  # (B, G), accuracy on the iteration's reward examples, on the objective
+    gain: Optional[torch.Tensor] = None  # (B,), accuracy of the policy's mean path minus the imitation policy's
+    plain: Optional[torch.Tensor] = None  # (B,), the policy's mean path's plain accuracy (an objective other than plain)
+    advantages: Optional[torch.Tensor] = None  # (B, G)
+    zero_spread: Optional[torch.Tensor] = None  # (B,)
+    grads: Optional[dict[str, torch.Tensor]] = None  # "pathwise": d(reward)/dW of every sampled net, (N, *shape)
+    noise: Optional[list[Optional[dict[str, torch.Tensor]]]] = None  # "pathwise": per step, its standard-normal
+    # latent draws (None for a step that took the mean)
+    mean_reward: Optional[torch.Tensor] = None  # "score_cv": (B,) the reward of each group's mean net (its linearisation
+    mean_grads: Optional[dict[str, torch.Tensor]] = None  # point), and d(reward)/dW there, (B, *shape)
+    cv_scale: float = 1.0  # "score_cv": the iteration's reward spread, dividing both halves of the estimate
+    timing: dict[str, float] = field(default_factory=dict)
 
 
 class Estimator:
@@ -32,19 +55,19 @@ class Estimator:
     sample_grads = False  # the workers return d(reward)/dW of every sampled net
     mean_paths_always = False  # the mean paths are scored every iteration, not at `grpo.gain_every`'s cadence
 
-    def __init__(self, trainer: GRPOTrainer):
+    def __init__(self, trainer: "GRPOTrainer"):  # trainer/grpo.py, which imports this module (so not imported here)
         self.t = trainer
 
-    def collect(self, ro: Rollouts) -> None:
+    def collect(self, rollouts: Rollouts) -> None:
         """Keep what the update needs from the draws (after `collect_rollouts`)."""
 
-    def score(self, ro: Rollouts, examples, noise_seed: int) -> None:
+    def score(self, rollouts: Rollouts, examples, noise_seed: int) -> None:
         """Score what the estimator needs beyond the samples and the mean paths (after `score`)."""
 
-    def advantages(self, ro: Rollouts) -> None:
-        ro.advantages, ro.zero_spread = compute_grpo_advantages(ro.rewards, self.t.cfg.grpo.scale_by_std)
+    def advantages(self, rollouts: Rollouts) -> None:
+        rollouts.advantages, rollouts.zero_spread = compute_grpo_advantages(rollouts.rewards, self.t.cfg.grpo.scale_by_std)
 
-    def loss(self, ro: Rollouts, mb: torch.Tensor, groups: torch.Tensor, ratio_loss) -> torch.Tensor:
+    def loss(self, rollouts: Rollouts, mb: torch.Tensor, groups: torch.Tensor, ratio_loss) -> torch.Tensor:
         """The policy-gradient loss of the trajectories `mb` (of groups `groups`), given the ratio objective's."""
         return ratio_loss
 
@@ -53,8 +76,8 @@ class Pathwise(Estimator):
     ratio_objective = False
     sample_grads = True
 
-    def collect(self, ro: Rollouts) -> None:  # the draws as noise, so the update can move their mean under them
-        ro.noise = [self.standard_noise(step) if step.sampled else None for step in ro.steps]
+    def collect(self, rollouts: Rollouts) -> None:  # the draws as noise, so the update can move their mean under them
+        rollouts.noise = [self.standard_noise(step) if step.sampled else None for step in rollouts.steps]
 
     @torch.no_grad()
     def standard_noise(self, step: Step) -> dict[str, torch.Tensor]:
@@ -62,56 +85,56 @@ class Pathwise(Estimator):
         mean, std = self.t.policy.latent(step.states)
         return {g: (step.latent[g] - mean[g]) / std[g].view(-1, 1, 1) for g in mean}
 
-    def loss(self, ro: Rollouts, mb: torch.Tensor, groups: torch.Tensor, ratio_loss) -> torch.Tensor:
+    def loss(self, rollouts: Rollouts, mb: torch.Tensor, groups: torch.Tensor, ratio_loss) -> torch.Tensor:
         """Minus the reward's first-order change, sum over weights of d(reward)/dW (from the workers) x W, for the
         trajectories `mb`, with W recomputed at the drawn noise under the current policy (reparameterised). Its gradient
         is the reward gradient through the policy (DRaFT, Clark et al. 2023). With `grpo.backprop` "last", W is the last
         step's output from its stored input (DRaFT-1); with "walk", the whole walk is recomputed from the init, every
         sampled step at its stored noise, so the gradient also counts how the parameters moved the earlier steps' outputs
         (with `grpo.trainable` "policy", the part "last" leaves out). With "latent" only the latent's mean learns."""
-        t, gc = self.t, self.t.cfg.grpo
-        steps = ro.steps if gc.backprop == "walk" else ro.steps[-1:]
-        noise = ro.noise[-len(steps):]
-        n = len(next(iter(ro.grads.values())))  # B x G trajectories; an input a group shares has B rows
-        x = {k: v[mb if len(v) == n else mb // gc.group_size] for k, v in steps[0].x.items()}
+        t, grpo_cfg = self.t, self.t.cfg.grpo
+        steps = rollouts.steps if grpo_cfg.backprop == "walk" else rollouts.steps[-1:]
+        noise = rollouts.noise[-len(steps):]
+        n = len(next(iter(rollouts.grads.values())))  # B x G trajectories; an input a group shares has B rows
+        x = {k: v[mb if len(v) == n else mb // grpo_cfg.group_size] for k, v in steps[0].x.items()}
         for step, eps in zip(steps, noise):
-            t1, t2 = (torch.full((len(mb),), s, device=t.wg.device) for s in (step.t1, step.t2))
-            with torch.set_grad_enabled(gc.trainable == "policy"):
+            t1, t2 = (torch.full((len(mb),), s, device=t.weight_generator.device) for s in (step.t1, step.t2))
+            with torch.set_grad_enabled(grpo_cfg.trainable == "policy"):
                 h, heads = t.policy.encode(x, t1, t2)
             mean, std = t.policy.latent(h)
             u = mean if eps is None else {k: mean[k] + std[k].view(-1, 1, 1) * eps[k][mb] for k in mean}
             x, _ = t.policy.decode(x, t.policy.lift(h, u), heads)
-        w = t.wg.tokenizer.decode(x, {k: ro.final[k][mb] for k in t.wg.layout.frozen})
-        return pathwise_surrogate({k: v[mb] for k, v in ro.grads.items()}, w)
+        w = t.weight_generator.tokenizer.decode(x, {k: rollouts.final[k][mb] for k in t.weight_generator.layout.frozen})
+        return pathwise_surrogate({k: v[mb] for k, v in rollouts.grads.items()}, w)
 
 
 class ScoreCV(Estimator):
     mean_paths_always = True  # each group's mean net is the control variate's linearisation point
 
-    def score(self, ro: Rollouts, examples, noise_seed: int) -> None:
+    def score(self, rollouts: Rollouts, examples, noise_seed: int) -> None:
         """The groups' mean nets (the last step at the mean latent), with the reward's gradient there."""
         t = self.t
         b = t.cfg.grpo.inits_per_iter
-        at_mean = t.pool.score({k: v[:b] for k, v in ro.paths.items()}, examples, grad=True, objective=t.objective,
+        at_mean = t.pool.score({k: v[:b] for k, v in rollouts.paths.items()}, examples, grad=True, objective=t.objective,
                                noise_seed=noise_seed)
-        ro.mean_reward = (at_mean.accuracy if t.cfg.grpo.reward == "accuracy" else at_mean.neg_loss()).float()
-        ro.mean_grads = {k: v.to(t.wg.device) for k, v in at_mean.grad.items()}
+        rollouts.mean_reward = (at_mean.accuracy if t.cfg.grpo.reward == "accuracy" else at_mean.neg_loss()).float()
+        rollouts.mean_grads = {k: v.to(t.weight_generator.device) for k, v in at_mean.grad.items()}
 
-    def advantages(self, ro: Rollouts) -> None:
+    def advantages(self, rollouts: Rollouts) -> None:
         # One positive scale for the whole iteration (the rewards' spread), shared with the pathwise half: the
         # estimate's direction stays unbiased, and its size is the score mode's, not the raw reward's (which left it
         # far below the KL tie's).
-        ro.cv_scale = float(ro.rewards.std()) + 1e-8
-        ro.advantages = self.control_variate_advantages(ro) / ro.cv_scale
-        ro.zero_spread = torch.zeros(len(ro.advantages), dtype=torch.bool)
+        rollouts.cv_scale = float(rollouts.rewards.std()) + 1e-8
+        rollouts.advantages = self.control_variate_advantages(rollouts) / rollouts.cv_scale
+        rollouts.zero_spread = torch.zeros(len(rollouts.advantages), dtype=torch.bool)
 
-    def mean_nets(self, ro: Rollouts, groups: torch.Tensor, grad: bool) -> tuple[dict, dict[str, torch.Tensor]]:
+    def mean_nets(self, rollouts: Rollouts, groups: torch.Tensor, grad: bool) -> tuple[dict, dict[str, torch.Tensor]]:
         """The last step of `groups` at their mean latent: (the latent's mean, the decoded nets). With explore "last"
         a group's trajectories share that step's input; `grad`: the latent's mean keeps its graph to the policy."""
         t = self.t
-        step = ro.steps[-1]
+        step = rollouts.steps[-1]
         x = {k: v[groups] for k, v in step.x.items()}
-        t1, t2 = (torch.full((len(groups),), s, device=t.wg.device) for s in (step.t1, step.t2))
+        t1, t2 = (torch.full((len(groups),), s, device=t.weight_generator.device) for s in (step.t1, step.t2))
         with torch.no_grad():  # the trunk is frozen with noise "units": only the latent's mean learns
             h, heads = t.policy.encode(x, t1, t2)
         with torch.set_grad_enabled(grad):
@@ -120,30 +143,30 @@ class ScoreCV(Estimator):
             mean = {g: m.requires_grad_(True) for g, m in mean.items()}
         with torch.enable_grad():
             y, _ = t.policy.decode(x, t.policy.lift(h, mean), heads)
-            w = t.wg.tokenizer.decode(y, {k: ro.paths[k][groups] for k in t.wg.layout.frozen})
+            w = t.weight_generator.tokenizer.decode(y, {k: rollouts.paths[k][groups] for k in t.weight_generator.layout.frozen})
         return mean, w
 
-    def control_variate_advantages(self, ro: Rollouts) -> torch.Tensor:
+    def control_variate_advantages(self, rollouts: Rollouts) -> torch.Tensor:
         """A = f(u) - f(mean) - slope . (u - mean) per trajectory, the slope being the reward's gradient at its group's
         mean net carried back to the latent (one backward for all groups)."""
         b, g = self.t.cfg.grpo.inits_per_iter, self.t.cfg.grpo.group_size
-        mean, w = self.mean_nets(ro, torch.arange(b), grad=False)
-        surrogate = sum((ro.mean_grads[k] * w[k]).sum() for k in ro.mean_grads if k in w)  # the reward's change
+        mean, w = self.mean_nets(rollouts, torch.arange(b), grad=False)
+        surrogate = sum((rollouts.mean_grads[k] * w[k]).sum() for k in rollouts.mean_grads if k in w)  # the reward's change
         slope = dict(zip(mean, torch.autograd.grad(surrogate, list(mean.values()))))
-        drawn = ro.steps[-1].latent
+        drawn = rollouts.steps[-1].latent
         noise = torch.cat([(drawn[k] - mean[k].detach().repeat_interleave(g, 0)).flatten(1) for k in mean], 1)
         slopes = torch.cat([slope[k].repeat_interleave(g, 0).flatten(1) for k in mean], 1)
-        adv = control_variate_advantages(ro.rewards.flatten().to(noise.device),
-                                         ro.mean_reward.repeat_interleave(g).to(noise.device), slopes, noise)
+        adv = control_variate_advantages(rollouts.rewards.flatten().to(noise.device),
+                                         rollouts.mean_reward.repeat_interleave(g).to(noise.device), slopes, noise)
         return adv.view(b, g).cpu()
 
-    def loss(self, ro: Rollouts, mb: torch.Tensor, groups: torch.Tensor, ratio_loss) -> torch.Tensor:
+    def loss(self, rollouts: Rollouts, mb: torch.Tensor, groups: torch.Tensor, ratio_loss) -> torch.Tensor:
         """The ratio objective on the control-variate advantages, plus the control variate's expectation taken
         pathwise: the reward linearised at each group's mean net, as the latent's mean moves; scaled as the log-probs
         are (averaged over latent dimensions)."""
-        mean, w = self.mean_nets(ro, groups, grad=True)
+        mean, w = self.mean_nets(rollouts, groups, grad=True)
         dims = sum(m[0].numel() for m in mean.values())
-        return ratio_loss + pathwise_surrogate({k: v[groups] for k, v in ro.mean_grads.items()}, w) / (dims * ro.cv_scale)
+        return ratio_loss + pathwise_surrogate({k: v[groups] for k, v in rollouts.mean_grads.items()}, w) / (dims * rollouts.cv_scale)
 
 
 ESTIMATORS: dict[str, type[Estimator]] = {"score": Estimator, "pathwise": Pathwise, "score_cv": ScoreCV}

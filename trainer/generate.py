@@ -91,14 +91,14 @@ def earlier_nets(out: Path) -> list[Path]:
     return [out / name for name in listed]
 
 
-def output_mode(args: argparse.Namespace, wg: WeightGenerator) -> tuple[bool, int]:
+def output_mode(args: argparse.Namespace, weight_generator: WeightGenerator) -> tuple[bool, int]:
     """(sample?, draws per init): the flags, else the policy's measured default."""
     draws = max(args.samples, args.best_of)
-    return not args.mean and (args.sample or draws > 1 or wg.default_output == "samples"), draws
+    return not args.mean and (args.sample or draws > 1 or weight_generator.default_output == "samples"), draws
 
 
-def why_default(wg: WeightGenerator) -> str:
-    if wg.policy.cfg.generative:
+def why_default(weight_generator: WeightGenerator) -> str:
+    if weight_generator.policy.cfg.generative:
         return "the policy's default: the better of samples and mean path in imitation's last evaluation"
     return "a regressor's default: its samples are per-weight noise around the mean, not nets"
 
@@ -128,11 +128,11 @@ def run(args: argparse.Namespace) -> dict:
     seeds = None if args.init else parse_seeds(args.seeds)  # argument errors first, before anything loads
     cfg = load_config(args.config or DEFAULT_CONFIG, [])
     policy_path = Path(args.policy or paths.best_policy(cfg.name))
-    wg = WeightGenerator.load(policy_path, args.overrides)
-    if args.config and wg.cfg.name != cfg.name:  # the policy's stored experiment is what runs: say it, don't ignore
-        raise ConfigError(f"--policy {policy_path} belongs to experiment {wg.cfg.name}, --config {args.config} is "
+    weight_generator = WeightGenerator.load(policy_path, args.overrides)
+    if args.config and weight_generator.cfg.name != cfg.name:  # the policy's stored experiment is what runs: say it, don't ignore
+        raise ConfigError(f"--policy {policy_path} belongs to experiment {weight_generator.cfg.name}, --config {args.config} is "
                           f"experiment {cfg.name}: pass a {cfg.name} policy, or drop --config")
-    cfg = wg.cfg
+    cfg = weight_generator.cfg
     use_threads(cfg.threads)
     out = Path(args.out) if args.out else paths.generated_dir(args.name or cfg.name)
     check_writable_folder(out, "--out")
@@ -153,12 +153,12 @@ def run(args: argparse.Namespace) -> dict:
         init = init_states(cfg, task, seeds)
         ids, sources = [f"seed-{s:06d}" for s in seeds], [{"seed": s} for s in seeds]
 
-    sampling, draws = output_mode(args, wg)
+    sampling, draws = output_mode(args, weight_generator)
     asked = args.mean or args.sample or draws > 1
     print(f"output: {describe(sampling, draws, args.best_of)} "
-          f"({'as asked' if asked else why_default(wg)})", file=sys.stderr)
+          f"({'as asked' if asked else why_default(weight_generator)})", file=sys.stderr)
     gen = torch.Generator().manual_seed(args.sample_seed)
-    final, _ = wg.generate(repeat_groups(init, draws), mean_only=not sampling, generator=gen, trajectory=False)
+    final, _ = weight_generator.generate(repeat_groups(init, draws), mean_only=not sampling, generator=gen, trajectory=False)
     chosen = None
     if args.best_of > 1:  # score every draw on the reward split with the Ray pool, keep each init's best
         pool = RolloutPool(cfg, gpus_per_worker=worker_gpus(cfg))
@@ -190,11 +190,11 @@ def run(args: argparse.Namespace) -> dict:
         file = out / f"{ident}.safetensors"
         how = dict(src, **(chosen[i] if chosen else {}))
         meta = dict(experiment=cfg.name, task=cfg.task.name, reference=reference_name(cfg), policy=str(policy_path),
-                    schedule=wg.schedule, mean_path=not sampling, reward_accuracy=reward_acc[i],
+                    schedule=weight_generator.schedule, mean_path=not sampling, reward_accuracy=reward_acc[i],
                     test_accuracy=test_acc[i], **{k: v for k, v in how.items() if k != "candidate_reward_accuracy"})
         save_weights(file, unbatch(final, i), meta)
         samples.append(dict(file=str(file), **how, reward_accuracy=reward_acc[i], test_accuracy=test_acc[i]))
-    summary = dict(count=len(samples), non_finite=non_finite, steps=len(wg.schedule) - 1, schedule=wg.schedule,
+    summary = dict(count=len(samples), non_finite=non_finite, steps=len(weight_generator.schedule) - 1, schedule=weight_generator.schedule,
                    mean_path=not sampling, output=describe(sampling, draws, args.best_of), sample_seed=args.sample_seed,
                    policy=str(policy_path), test_accuracy_median=float(np.median(test_acc)),
                    test_accuracy_mean=float(np.mean(test_acc)), reward_accuracy_median=float(np.median(reward_acc)))

@@ -13,7 +13,6 @@ import copy
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -34,65 +33,41 @@ from trainer.checkpoints import CheckpointError, load_training_state, save_train
 from trainer.cli import add_run_args, parser, run_main, use_threads
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.device import worker_gpus
-from trainer.estimators import ESTIMATORS, Estimator
+from trainer.estimators import ESTIMATORS, Estimator, Rollouts
 from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy, sample_accuracy, score_states
 from trainer.runlog import RunLogger, check_run_dir, clear_run_dir, first_layer_grid, lock_run_dir
 
 
-@dataclass
-class Rollouts:
-    """One iteration's trajectories: B inits x G samples, flattened to N = B * G in group-major order."""
-
-    steps: list[Step]  # K steps: (N, ...) token blocks and old log-probs (N,); (B, ...) inputs where a group shares them
-    final: dict[str, torch.Tensor]  # generated state dicts, (N, *shape)
-    seeds: list[int]  # the B init seeds
-    paths: Optional[dict[str, torch.Tensor]]  # mean paths from the B inits: the policy's, then the imitation policy's,
-    # (2B, *shape); None on iterations `grpo.gain_every` skips
-    rewards: Optional[torch.Tensor] = None  # (B, G), what `grpo.reward` says, on the objective
-    accuracy: Optional[torch.Tensor] = None  # (B, G), accuracy on the iteration's reward examples, on the objective
-    gain: Optional[torch.Tensor] = None  # (B,), accuracy of the policy's mean path minus the imitation policy's
-    plain: Optional[torch.Tensor] = None  # (B,), the policy's mean path's plain accuracy (an objective other than plain)
-    advantages: Optional[torch.Tensor] = None  # (B, G)
-    zero_spread: Optional[torch.Tensor] = None  # (B,)
-    grads: Optional[dict[str, torch.Tensor]] = None  # "pathwise": d(reward)/dW of every sampled net, (N, *shape)
-    noise: Optional[list[Optional[dict[str, torch.Tensor]]]] = None  # "pathwise": per step, its standard-normal
-    # latent draws (None for a step that took the mean)
-    mean_reward: Optional[torch.Tensor] = None  # "score_cv": (B,) the reward of each group's mean net (its linearisation
-    mean_grads: Optional[dict[str, torch.Tensor]] = None  # point), and d(reward)/dW there, (B, *shape)
-    cv_scale: float = 1.0  # "score_cv": the iteration's reward spread, dividing both halves of the estimate
-    timing: dict[str, float] = field(default_factory=dict)
-
-
 class GRPOTrainer:
     def __init__(self, cfg: ExperimentConfig, init_policy: Path, run_dir: Path, progress: bool = True):
-        self.wg = WeightGenerator.load(init_policy, cfg=cfg)
-        self.cfg: ExperimentConfig = self.wg.cfg
-        gc = self.cfg.grpo
+        self.weight_generator = WeightGenerator.load(init_policy, cfg=cfg)
+        self.cfg: ExperimentConfig = self.weight_generator.cfg
+        grpo_cfg = self.cfg.grpo
         self.run_dir, self.progress = run_dir, progress
         self.task = task_from_config(self.cfg.task)
         self.objective = Objective.of(self.cfg.env)
-        self.policy = self.wg.policy
+        self.policy = self.weight_generator.policy
         # A generative policy explores in its own latent, at its prior's std unless grpo.latent_std says otherwise:
         # the draws are then nets like SGD's, and GRPO selects among them.
         pc = self.policy.cfg
-        noise = "units" if pc.generative else gc.noise
-        self.policy.cfg = dataclasses.replace(pc, temperature=gc.temperature, noise=noise,
-                                              latent_std=pc.latent_std if gc.latent_std is None else gc.latent_std)
+        noise = "units" if pc.generative else grpo_cfg.noise
+        self.policy.cfg = dataclasses.replace(pc, temperature=grpo_cfg.temperature, noise=noise,
+                                              latent_std=pc.latent_std if grpo_cfg.latent_std is None else grpo_cfg.latent_std)
         self.frozen = copy.deepcopy(self.policy).eval().requires_grad_(False)  # the imitation policy, frozen
-        self.imitation = dataclasses.replace(self.wg, policy=self.frozen)
-        if noise == "units" and gc.trainable == "latent":  # trunk and weight head stay the imitation policy's
+        self.imitation = dataclasses.replace(self.weight_generator, policy=self.frozen)
+        if noise == "units" and grpo_cfg.trainable == "latent":  # trunk and weight head stay the imitation policy's
             self.policy.requires_grad_(False)
             self.policy.latent_mean.requires_grad_(True)
-        self.opt = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad], lr=gc.lr,
+        self.opt = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad], lr=grpo_cfg.lr,
                                      weight_decay=0.0)
         self.rng = {"sample": torch.Generator().manual_seed(self.cfg.seed),
                     "minibatch": torch.Generator().manual_seed(self.cfg.seed + 1)}
-        im = self.cfg.imitate
-        self.eval_seeds = list(range(im.eval_seed_start, im.eval_seed_start + im.eval_seeds))
+        imitate_cfg = self.cfg.imitate
+        self.eval_seeds = list(range(imitate_cfg.eval_seed_start, imitate_cfg.eval_seed_start + imitate_cfg.eval_seeds))
         self.iteration, self.elapsed = 0, 0.0
         self.pool: Optional[RolloutPool] = None
         self.imitation_eval: Optional[dict[str, object]] = None  # the imitation policy's eval numbers, computed once
-        self.estimator: Estimator = ESTIMATORS[gc.estimator](self)
+        self.estimator: Estimator = ESTIMATORS[grpo_cfg.estimator](self)
 
     @property
     def evaluations(self) -> int:
@@ -103,18 +78,18 @@ class GRPOTrainer:
 
     def collect_rollouts(self) -> Rollouts:
         """B fresh inits (new seeds every iteration, never the held-out or zoo seeds), G sampled trajectories each."""
-        gc = self.cfg.grpo
-        first = gc.seed_start + self.iteration * gc.inits_per_iter
-        seeds = list(range(first, first + gc.inits_per_iter))
+        grpo_cfg = self.cfg.grpo
+        first = grpo_cfg.seed_start + self.iteration * grpo_cfg.inits_per_iter
+        seeds = list(range(first, first + grpo_cfg.inits_per_iter))
         init = init_states(self.cfg, self.task, seeds)
         self.policy.eval()
-        final, steps = self.wg.rollout(init, gc.group_size, self.rng["sample"], gc.antithetic, gc.explore)
-        ro = Rollouts(steps, final, seeds, None)
-        if self.iteration % gc.gain_every == 0 or self.estimator.mean_paths_always:  # the paired gain, at its cadence
-            mean_paths = [wg.generate(init, mean_only=True, trajectory=False)[0] for wg in (self.wg, self.imitation)]
-            ro.paths = {k: torch.cat([p[k] for p in mean_paths]) for k in final}
-        self.estimator.collect(ro)
-        return ro
+        final, steps = self.weight_generator.rollout(init, grpo_cfg.group_size, self.rng["sample"], grpo_cfg.antithetic, grpo_cfg.explore)
+        rollouts = Rollouts(steps, final, seeds, None)
+        if self.iteration % grpo_cfg.gain_every == 0 or self.estimator.mean_paths_always:  # the paired gain, at its cadence
+            mean_paths = [weight_generator.generate(init, mean_only=True, trajectory=False)[0] for weight_generator in (self.weight_generator, self.imitation)]
+            rollouts.paths = {k: torch.cat([p[k] for p in mean_paths]) for k in final}
+        self.estimator.collect(rollouts)
+        return rollouts
 
     def reward_examples(self) -> Optional[np.ndarray]:
         """With `grpo.reward_batch: fresh`, this iteration's train-split example indices (as many as the reward split
@@ -124,31 +99,31 @@ class GRPOTrainer:
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.iteration)
         return torch.randperm(len(self.task.train), generator=gen)[:len(self.task.reward)].numpy()
 
-    def score(self, ro: Rollouts) -> None:
+    def score(self, rollouts: Rollouts) -> None:
         """The G samples of every group, and both mean paths from the B inits, on the same reward examples, as the
         objective deploys them (with an objective other than plain, the policy's mean paths also as they are)."""
-        gc = self.cfg.grpo
-        b, n = gc.inits_per_iter, gc.inits_per_iter * gc.group_size
+        grpo_cfg = self.cfg.grpo
+        b, n = grpo_cfg.inits_per_iter, grpo_cfg.inits_per_iter * grpo_cfg.group_size
         grads = self.estimator.sample_grads
         examples = self.reward_examples()
-        nets = ro.final if ro.paths is None else {k: torch.cat([ro.final[k], ro.paths[k]]) for k in ro.final}
+        nets = rollouts.final if rollouts.paths is None else {k: torch.cat([rollouts.final[k], rollouts.paths[k]]) for k in rollouts.final}
         scores = self.pool.score(nets, examples, grad=grads, objective=self.objective, noise_seed=self.noise_seed())
-        self.estimator.score(ro, examples, self.noise_seed())
-        if ro.paths is not None and not self.objective.plain:
-            ro.plain = self.pool.score({k: v[:b] for k, v in ro.paths.items()}, examples).accuracy.float()
+        self.estimator.score(rollouts, examples, self.noise_seed())
+        if rollouts.paths is not None and not self.objective.plain:
+            rollouts.plain = self.pool.score({k: v[:b] for k, v in rollouts.paths.items()}, examples).accuracy.float()
         if grads:
-            ro.grads = {k: v[:n].to(self.wg.device) for k, v in scores.grad.items()}
-        ro.accuracy = scores.accuracy[:n].float().view(b, gc.group_size)
-        ro.rewards = ro.accuracy if gc.reward == "accuracy" else scores.neg_loss()[:n].float().view_as(ro.accuracy)
-        if ro.paths is not None:
-            ro.gain = (scores.accuracy[n:n + b] - scores.accuracy[n + b:]).float()
+            rollouts.grads = {k: v[:n].to(self.weight_generator.device) for k, v in scores.grad.items()}
+        rollouts.accuracy = scores.accuracy[:n].float().view(b, grpo_cfg.group_size)
+        rollouts.rewards = rollouts.accuracy if grpo_cfg.reward == "accuracy" else scores.neg_loss()[:n].float().view_as(rollouts.accuracy)
+        if rollouts.paths is not None:
+            rollouts.gain = (scores.accuracy[n:n + b] - scores.accuracy[n + b:]).float()
 
     def noise_seed(self) -> int:
         """The seed of this iteration's input noise (objective "noisy"): new every iteration, the same on resume."""
         return self.cfg.seed * 1_000_003 + self.iteration + 1
 
-    def compute_advantages(self, ro: Rollouts) -> None:
-        self.estimator.advantages(ro)
+    def compute_advantages(self, rollouts: Rollouts) -> None:
+        self.estimator.advantages(rollouts)
 
     def step_distributions(self, step: Step, mb: torch.Tensor, groups: torch.Tensor, row_of: torch.Tensor
                            ) -> tuple[tuple[dict, dict], tuple[dict, dict], Optional[dict]]:
@@ -168,7 +143,7 @@ class GRPOTrainer:
                 ref = self.frozen.latent(h)
         else:
             x = {k: v[rows] for k, v in stored.items()}
-            t1, t2 = (torch.full((len(rows),), t, device=self.wg.device) for t in (step.t1, step.t2))
+            t1, t2 = (torch.full((len(rows),), t, device=self.weight_generator.device) for t in (step.t1, step.t2))
             dist = self.policy(x, t1, t2)
             with torch.no_grad():
                 ref = self.frozen(x, t1, t2)
@@ -179,118 +154,118 @@ class GRPOTrainer:
         drawn = step.latent if units else step.y
         return dist, ref, {k: v[mb] for k, v in drawn.items()}
 
-    def update_policy(self, ro: Rollouts) -> dict[str, float]:
+    def update_policy(self, rollouts: Rollouts) -> dict[str, float]:
         """E epochs over minibatches of trajectories: clipped ratio objective per sampled step + beta * KL to the
         frozen imitation policy, averaged over the K steps (a mean-path step, see `grpo.explore`, adds its KL on one
         row per group); with "pathwise", the reward gradient through the last step in place of the ratio objective."""
-        gc = self.cfg.grpo
-        g = gc.group_size
-        adv = ro.advantages.flatten().to(self.wg.device)
+        grpo_cfg = self.cfg.grpo
+        g = grpo_cfg.group_size
+        adv = rollouts.advantages.flatten().to(self.weight_generator.device)
         keep = torch.arange(len(adv))  # indices stay on the CPU (they index tensors on any device)
-        if gc.drop_zero_spread:
-            keep = keep[~ro.zero_spread.repeat_interleave(g)]
-        n_sampled = sum(step.sampled for step in ro.steps)
+        if grpo_cfg.drop_zero_spread:
+            keep = keep[~rollouts.zero_spread.repeat_interleave(g)]
+        n_sampled = sum(step.sampled for step in rollouts.steps)
         stats: dict[str, list[float]] = {k: [] for k in ("policy", "kl", "clipfrac", "approx_kl", "grad_norm")}
         stds: list[float] = []  # the sampled steps' std (tempered): does GRPO shrink its exploration?
         self.policy.train()
         for group in self.opt.param_groups:
-            group["lr"] = learning_rate(self.iteration, gc.iterations, gc.lr, gc.cosine)
+            group["lr"] = learning_rate(self.iteration, grpo_cfg.iterations, grpo_cfg.lr, grpo_cfg.cosine)
         first = True
-        for _ in range(gc.epochs):
-            for mb in minibatches(keep, g, gc.minibatch_size, gc.minibatch, self.rng["minibatch"]):
+        for _ in range(grpo_cfg.epochs):
+            for mb in minibatches(keep, g, grpo_cfg.minibatch_size, grpo_cfg.minibatch, self.rng["minibatch"]):
                 pg_loss, kl_loss = 0.0, 0.0
                 # Where a group's trajectories share a step's input, the policy runs once per group.
                 groups, row_of = torch.unique(mb // g, return_inverse=True)
-                for step in ro.steps:
+                for step in rollouts.steps:
                     (mean, std), (ref_mean, ref_std), drawn = self.step_distributions(step, mb, groups, row_of)
-                    kl_loss = kl_loss + gaussian_kl(mean, std, ref_mean, ref_std).mean() / len(ro.steps)
+                    kl_loss = kl_loss + gaussian_kl(mean, std, ref_mean, ref_std).mean() / len(rollouts.steps)
                     if drawn is None or not self.estimator.ratio_objective:
                         continue
                     log_prob = gaussian_log_prob(drawn, mean, std)
                     if first:  # nothing has changed the policy since these steps were sampled
                         ratio = torch.exp(log_prob - step.log_prob[mb])
                         assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-4), ratio
-                    loss, s = clipped_policy_loss(log_prob, step.log_prob[mb], adv[mb], gc.clip_range)
+                    loss, s = clipped_policy_loss(log_prob, step.log_prob[mb], adv[mb], grpo_cfg.clip_range)
                     pg_loss = pg_loss + loss / n_sampled
                     stds.append(torch.stack([v.mean() for v in std.values()]).mean().item())
                     stats["clipfrac"].append(s["clipfrac"].item())
                     stats["approx_kl"].append(s["approx_kl"].item())
                 first = False
-                pg_loss = self.estimator.loss(ro, mb, groups, pg_loss)
-                total = pg_loss + gc.beta_kl * kl_loss
+                pg_loss = self.estimator.loss(rollouts, mb, groups, pg_loss)
+                total = pg_loss + grpo_cfg.beta_kl * kl_loss
                 self.opt.zero_grad(set_to_none=True)
                 total.backward()
                 params = [p for group in self.opt.param_groups for p in group["params"]]
-                stats["grad_norm"].append(torch.nn.utils.clip_grad_norm_(params, gc.grad_clip).item())
+                stats["grad_norm"].append(torch.nn.utils.clip_grad_norm_(params, grpo_cfg.grad_clip).item())
                 self.opt.step()
                 stats["policy"].append(pg_loss.item())
                 stats["kl"].append(kl_loss.item())
         if not all(torch.isfinite(p).all() for p in params):  # nothing non-finite reaches a saved policy
-            saved = self.iteration - self.iteration % gc.save_every
+            saved = self.iteration - self.iteration % grpo_cfg.save_every
             raise ConfigError(f"GRPO diverged at iteration {self.iteration + 1}: the policy's parameters are no longer "
-                              f"finite; lower grpo.lr ({gc.lr}); " +
+                              f"finite; lower grpo.lr ({grpo_cfg.lr}); " +
                               (f"the last saved policy is iteration {saved}'s" if saved else "nothing was saved"))
         return {**{f"losses/{k}": float(np.mean(v)) if v else 0.0 for k, v in stats.items()},
                 "policy/std_mean": float(np.mean(stds)) if stds else 0.0,
                 "charts/learning_rate": self.opt.param_groups[0]["lr"]}
 
-    def evaluate(self, wg: WeightGenerator) -> dict[str, object]:
+    def evaluate(self, weight_generator: WeightGenerator) -> dict[str, object]:
         """Held-out numbers of one policy: test accuracy of its mean path per eval seed on the objective (and plain,
         for an objective other than plain), and how much nets sampled (as GRPO samples) from one init, and from
         different inits, agree in their test predictions."""
-        gc = self.cfg.grpo
-        accs, final = mean_path_accuracy(wg, self.task, self.eval_seeds, objective=self.objective)
+        grpo_cfg = self.cfg.grpo
+        accs, final = mean_path_accuracy(weight_generator, self.task, self.eval_seeds, objective=self.objective)
         seeds = self.eval_seeds[:DIVERSITY_INITS]
         gen = torch.Generator().manual_seed(self.cfg.seed)  # its own stream: evaluating never moves training's RNG
-        sampled, _ = wg.rollout(init_states(self.cfg, self.task, seeds), DIVERSITY_SAMPLES, gen, False, gc.explore)
-        pred = predict_batch(reference_from_config(self.cfg.reference, self.task).to(wg.device), sampled,
-                             self.task.split("test").to(wg.device), self.cfg.rollout.chunk_size)
+        sampled, _ = weight_generator.rollout(init_states(self.cfg, self.task, seeds), DIVERSITY_SAMPLES, gen, False, grpo_cfg.explore)
+        pred = predict_batch(reference_from_config(self.cfg.reference, self.task).to(weight_generator.device), sampled,
+                             self.task.split("test").to(weight_generator.device), self.cfg.rollout.chunk_size)
         same, across = prediction_agreement(pred, DIVERSITY_SAMPLES)
         out = {"accuracy": accs, "final": final, "same": same, "across": across}
         if not self.objective.plain:
             out["plain"] = score_states(self.cfg, self.task, final, "test")
-        if wg.policy.cfg.generative:  # what `generate` writes: one sample per init, the same noise for both policies
+        if weight_generator.policy.cfg.generative:  # what `generate` writes: one sample per init, the same noise for both policies
             gen = torch.Generator().manual_seed(self.cfg.seed)
-            out["samples"] = sample_accuracy(wg, self.task, self.eval_seeds, gen, objective=self.objective)
+            out["samples"] = sample_accuracy(weight_generator, self.task, self.eval_seeds, gen, objective=self.objective)
         return out
 
-    def log_metrics(self, log: RunLogger, ro: Rollouts, losses: dict[str, float]) -> dict[str, float]:
-        r = ro.rewards
+    def log_metrics(self, log: RunLogger, rollouts: Rollouts, losses: dict[str, float]) -> dict[str, float]:
+        r = rollouts.rewards
         n = r.numel()
         metrics = {"rollout/reward_mean": r.mean().item(), "rollout/reward_std": r.std().item(),
                    "rollout/reward_max": r.max().item(), "rollout/reward_min": r.min().item(),
-                   "rollout/frac_zero_std": ro.zero_spread.float().mean().item(),
-                   "rollout/accuracy_mean": ro.accuracy.mean().item(),
-                   **({} if ro.gain is None else {"rollout/gain_vs_imitation": ro.gain.mean().item()}), **losses,
-                   **({} if ro.plain is None else {"rollout/plain_accuracy_mean_path": ro.plain.mean().item()}),
-                   "perf/evals_per_s": n / max(ro.timing["score"], 1e-9),
+                   "rollout/frac_zero_std": rollouts.zero_spread.float().mean().item(),
+                   "rollout/accuracy_mean": rollouts.accuracy.mean().item(),
+                   **({} if rollouts.gain is None else {"rollout/gain_vs_imitation": rollouts.gain.mean().item()}), **losses,
+                   **({} if rollouts.plain is None else {"rollout/plain_accuracy_mean_path": rollouts.plain.mean().item()}),
+                   "perf/evals_per_s": n / max(rollouts.timing["score"], 1e-9),
                    "perf/evaluations_total": self.evaluations, "perf/iteration": self.iteration,
-                   **{f"timing_s/{k}": v for k, v in ro.timing.items()}}
+                   **{f"timing_s/{k}": v for k, v in rollouts.timing.items()}}
         it = self.iteration
-        gc = self.cfg.grpo
-        if it % gc.eval_every == 0 or it == gc.iterations:
+        grpo_cfg = self.cfg.grpo
+        if it % grpo_cfg.eval_every == 0 or it == grpo_cfg.iterations:
             self.policy.eval()
             if self.imitation_eval is None:
                 self.imitation_eval = self.evaluate(self.imitation)
-            ev, im = self.evaluate(self.wg), self.imitation_eval
-            accs, base = np.asarray(ev["accuracy"]), np.asarray(im["accuracy"])
+            ev, imitate_cfg = self.evaluate(self.weight_generator), self.imitation_eval
+            accs, base = np.asarray(ev["accuracy"]), np.asarray(imitate_cfg["accuracy"])
             metrics.update({"eval/accuracy_mean": float(accs.mean()), "eval/accuracy_median": float(np.median(accs)),
                             "eval/imitation_accuracy_median": float(np.median(base)),
                             "eval/gain_vs_imitation": float((accs - base).mean()),
                             "diversity/agreement_same_init": ev["same"],
                             "diversity/agreement_across_inits": ev["across"],
-                            "diversity/imitation_agreement_same_init": im["same"],
-                            "diversity/imitation_agreement_across_inits": im["across"]})
+                            "diversity/imitation_agreement_same_init": imitate_cfg["same"],
+                            "diversity/imitation_agreement_across_inits": imitate_cfg["across"]})
             if "plain" in ev:  # what the objective costs in plain accuracy
                 metrics.update({"eval/plain_accuracy_median": float(np.median(ev["plain"])),
-                                "eval/imitation_plain_accuracy_median": float(np.median(im["plain"]))})
+                                "eval/imitation_plain_accuracy_median": float(np.median(imitate_cfg["plain"]))})
             if "samples" in ev:
-                sampled, base = np.asarray(ev["samples"]), np.asarray(im["samples"])
+                sampled, base = np.asarray(ev["samples"]), np.asarray(imitate_cfg["samples"])
                 metrics.update({"eval/sample_accuracy_median": float(np.median(sampled)),
                                 "eval/imitation_sample_accuracy_median": float(np.median(base)),
                                 "eval/sample_gain_vs_imitation": float((sampled - base).mean())})
             final = ev["final"]
-            first = self.wg.layout.tensors[0].key
+            first = self.weight_generator.layout.tensors[0].key
             log.histogram(self.evaluations, f"generated/{first}", final[first])
             log.writer.add_image("generated/first_layer", first_layer_grid(final[first][0], self.task.input_shape),
                                  self.evaluations)
@@ -300,7 +275,7 @@ class GRPOTrainer:
     # -- the loop ------------------------------------------------------------------------------------------------------
 
     def checkpoint(self) -> None:
-        self.wg.save(self.run_dir, grpo_iterations=self.iteration, wall_s=self.elapsed)
+        self.weight_generator.save(self.run_dir, grpo_iterations=self.iteration, wall_s=self.elapsed)
         save_training_state(self.run_dir / "state.safetensors", self.policy, self.opt, self.rng,
                             {"iteration": self.iteration, "elapsed_s": self.elapsed})
 
@@ -327,33 +302,33 @@ class GRPOTrainer:
     def train(self, until: Optional[int] = None) -> dict[str, float]:
         """Iterations up to `until` (default and at most `grpo.iterations`): a run measured at checkpoints calls this
         repeatedly, and its learning-rate schedule is the one run's (it follows `grpo.iterations`, never `until`)."""
-        gc = self.cfg.grpo
-        stop = gc.iterations if until is None else min(until, gc.iterations)
+        grpo_cfg = self.cfg.grpo
+        stop = grpo_cfg.iterations if until is None else min(until, grpo_cfg.iterations)
         log = RunLogger(self.run_dir, self.cfg, purge_step=self.evaluations + 1 if self.iteration else None)
         own_pool = self.pool is None  # a pool handed in (tests, notebooks) stays open for its owner
         if own_pool:
             self.pool = RolloutPool(self.cfg, gpus_per_worker=worker_gpus(self.cfg))
         metrics: dict[str, float] = {}
         t0 = time.perf_counter() - self.elapsed
-        bar = tqdm(total=gc.iterations, initial=self.iteration, desc=f"grpo {self.run_dir.name}", disable=not self.progress)
+        bar = tqdm(total=grpo_cfg.iterations, initial=self.iteration, desc=f"grpo {self.run_dir.name}", disable=not self.progress)
         try:
             while self.iteration < stop:
                 timing = {}
                 t = time.perf_counter()
-                ro = self.collect_rollouts()
+                rollouts = self.collect_rollouts()
                 timing["collect_rollouts"] = time.perf_counter() - t
                 t = time.perf_counter()
-                self.score(ro)
+                self.score(rollouts)
                 timing["score"] = time.perf_counter() - t
-                self.compute_advantages(ro)
+                self.compute_advantages(rollouts)
                 t = time.perf_counter()
-                losses = self.update_policy(ro)
+                losses = self.update_policy(rollouts)
                 timing["update_policy"] = time.perf_counter() - t
-                ro.timing = timing
+                rollouts.timing = timing
                 self.iteration += 1
-                metrics = self.log_metrics(log, ro, losses)
+                metrics = self.log_metrics(log, rollouts, losses)
                 self.elapsed = time.perf_counter() - t0
-                if self.iteration % gc.save_every == 0 or self.iteration == stop:
+                if self.iteration % grpo_cfg.save_every == 0 or self.iteration == stop:
                     self.checkpoint()
                 bar.update(1)
                 if "rollout/gain_vs_imitation" in metrics:

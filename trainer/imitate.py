@@ -120,7 +120,7 @@ def elbo_loss(policy: DenoisingPolicy, x1: dict, x2: dict, t1: torch.Tensor, t2:
 TASK_SEED_BASE = 10**9
 
 
-def task_loss(wg: WeightGenerator, template: torch.nn.Module, task: Task, split: str, inits: int, examples: int,
+def task_loss(weight_generator: WeightGenerator, template: torch.nn.Module, task: Task, split: str, inits: int, examples: int,
               gen: torch.Generator) -> torch.Tensor:
     """Cross-entropy, on a minibatch of `split`, of the nets the policy's mean path makes from `inits` fresh inits,
     differentiable through every step of the walk (the reward-gradient route: DRaFT, Clark et al. 2023). The test
@@ -128,15 +128,15 @@ def task_loss(wg: WeightGenerator, template: torch.nn.Module, task: Task, split:
     seeds = (TASK_SEED_BASE + torch.randint(10**9, (inits,), generator=gen)).tolist()
     # A generative policy is trained on its samples (reparameterised: the latent draws carry the gradient), which are
     # what it generates; a regressor on its mean path.
-    final, _ = wg.generate(init_states(wg.cfg, task, seeds), mean_only=not wg.policy.cfg.generative, generator=gen,
+    final, _ = weight_generator.generate(init_states(weight_generator.cfg, task, seeds), mean_only=not weight_generator.policy.cfg.generative, generator=gen,
                            grad=True)
     # A net with BatchNorm runs in train mode here, normalising by its batch's statistics (what its generated
     # statistics are recomputed from, generate.bn_recompute_batches): torch's batch norm has no gradient for running
     # statistics, and generated ones need not be positive yet. They are updated on copies and learn from imitation.
-    stats = {t.key for t in wg.layout.tensors if t.kind in ("bn_mean", "bn_var")}
+    stats = {t.key for t in weight_generator.layout.tensors if t.kind in ("bn_mean", "bn_var")}
     params = {k: final[k].detach().clone() if k in stats else final[k] for k in weight_keys(template.state_dict())}
-    params.update({k: template.state_dict()[k].repeat(inits) for k in wg.layout.frozen})  # step counters, on copies
-    data = task.split(split).to(wg.device)
+    params.update({k: template.state_dict()[k].repeat(inits) for k in weight_generator.layout.frozen})  # step counters, on copies
+    data = task.split(split).to(weight_generator.device)
     idx = torch.randint(len(data), (examples,), generator=gen)
     template.train(bool(stats))
     logits = batched_logits(template, params, data.x[idx])  # (inits, examples, classes)
@@ -157,13 +157,13 @@ class WidthData:
 def zoo_data(cfg: ExperimentConfig, task: Task) -> tuple[Tokenizer, list[WidthData], list[float]]:
     """The tokenizer (scales fitted on the zoo at reference.widths) and every width of the zoo as token blocks (the
     other widths scaled by generate.width_scales), with the zoo's common progress grid."""
-    im = cfg.imitate
+    imitate_cfg = cfg.imitate
     base = zoo_at_width(cfg)
     assert base is not None  # checked by train()
     widths, tok, grid = [], None, None
     for v in [base] + [v for v in zoo_variants(cfg) if v.reference.widths != base.reference.widths]:
         template, layout = reference_layout(v, task)
-        pairs = ZooPairs(v.zoo_dir, range(im.train_runs or v.zoo.runs), expected=template.state_dict())
+        pairs = ZooPairs(v.zoo_dir, range(imitate_cfg.train_runs or v.zoo.runs), expected=template.state_dict())
         if tok is None:
             tok, grid = Tokenizer(layout, fit_scales({k: pairs.weights[k] for k in layout.shapes})), pairs.grid
         elif pairs.grid != grid:
@@ -188,7 +188,7 @@ def check_sizes(cfg: ExperimentConfig, layout: Layout) -> None:
 
 def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool = True,
           overwrite: bool = False) -> Path:
-    im = cfg.imitate
+    imitate_cfg = cfg.imitate
     run_dir = paths.run_dir(name)
     check_run_dir(run_dir, resume, overwrite)
     if not any(v.reference.widths == cfg.reference.widths for v in zoo_variants(cfg)):
@@ -210,29 +210,29 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
     torch.manual_seed(cfg.seed)
     # initialised on the CPU: the same init on every device
     policy = DenoisingPolicy(cfg.policy, layout, tok.centres()).to(device)
-    opt = torch.optim.AdamW(policy.parameters(), lr=im.lr, weight_decay=im.weight_decay)
+    opt = torch.optim.AdamW(policy.parameters(), lr=imitate_cfg.lr, weight_decay=imitate_cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     # the held-out evaluation sees the nets as `generate` makes them: BN statistics recomputed if so configured
-    wg = WeightGenerator(cfg, policy, tok, schedule, grid, bn_recompute_inputs(cfg, task))
-    eval_seeds = list(range(im.eval_seed_start, im.eval_seed_start + im.eval_seeds))
+    weight_generator = WeightGenerator(cfg, policy, tok, schedule, grid, bn_recompute_inputs(cfg, task))
+    eval_seeds = list(range(imitate_cfg.eval_seed_start, imitate_cfg.eval_seed_start + imitate_cfg.eval_seeds))
     start, elapsed = 0, 0.0
     state_path = run_dir / "state.safetensors"
     if resume:
         info = load_training_state(state_path, policy, opt, {"pairs": gen})
         start, elapsed = info["step"], info["elapsed_s"]
-        if start >= im.steps:
+        if start >= imitate_cfg.steps:
             raise ConfigError(f"{state_path}: the run finished its {start} steps; nothing to resume (train longer in "
                               f"a new run with --name and a larger imitate.steps)")
     elif overwrite:
         clear_run_dir(run_dir)
     lock = lock_run_dir(run_dir)  # released in the `finally` below
     log = RunLogger(run_dir, cfg, purge_step=start + 1 if start else None)
-    walked = walk_widths(policy, widths, sched_idx, grid) if im.walked_frac > 0 else None
+    walked = walk_widths(policy, widths, sched_idx, grid) if imitate_cfg.walked_frac > 0 else None
     sched_pos = torch.full((c,), -1, dtype=torch.long)
     sched_pos[torch.tensor(sched_idx)] = torch.arange(len(sched_idx))
     t0 = time.perf_counter() - elapsed
     last_eval = None
-    bar = tqdm(range(start, im.steps), initial=start, total=im.steps, desc=f"imitate {name}", disable=not progress)
+    bar = tqdm(range(start, imitate_cfg.steps), initial=start, total=imitate_cfg.steps, desc=f"imitate {name}", disable=not progress)
     try:
         for step in bar:
             policy.train()
@@ -241,56 +241,56 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
             w = int(torch.randint(len(widths), (1,), generator=gen)) if len(widths) > 1 else 0
             wd = widths[w]
             policy.layout = wd.layout  # the policy's only width-dependent state: group sizes, read from its layout
-            ri, i, j = sample_pairs(wd.t, sched_idx, im.batch_size, im.schedule_frac, gen)
+            ri, i, j = sample_pairs(wd.t, sched_idx, imitate_cfg.batch_size, imitate_cfg.schedule_frac, gen)
             x1 = {k: v[ri, i] for k, v in wd.data.items()}
             if walked is not None:  # some inputs at schedule points become the policy's own walked states
                 pos = sched_pos[i]
-                use = ((torch.rand(len(ri), generator=gen) < im.walked_frac) & (pos >= 1)).to(device)
+                use = ((torch.rand(len(ri), generator=gen) < imitate_cfg.walked_frac) & (pos >= 1)).to(device)
                 for k, v in walked[w].items():
                     x1[k] = torch.where(use.view(-1, *[1] * (v.dim() - 2)), v[ri, pos.clamp(min=0)], x1[k])
             x2 = {k: v[ri, j] for k, v in wd.data.items()}
             t1, t2 = wd.t[ri, i].to(device), wd.t[ri, j].to(device)
             if policy.cfg.generative:
-                loss, parts, std = elbo_loss(policy, x1, x2, t1, t2, im.kl_weight, im.free_bits, gen)
+                loss, parts, std = elbo_loss(policy, x1, x2, t1, t2, imitate_cfg.kl_weight, imitate_cfg.free_bits, gen)
             else:
                 mean, std = policy(x1, t1, t2)
                 loss, parts = imitation_loss(mean, std, x2)
             policy.layout = layout
-            if im.task_inits > 0:
-                ce = task_loss(wg, template, task, im.task_split, im.task_inits, im.task_examples, gen)
-                loss = loss + im.task_weight * ce
+            if imitate_cfg.task_inits > 0:
+                ce = task_loss(weight_generator, template, task, imitate_cfg.task_split, imitate_cfg.task_inits, imitate_cfg.task_examples, gen)
+                loss = loss + imitate_cfg.task_weight * ce
                 parts["losses/task"] = ce.item()
             for group in opt.param_groups:
-                group["lr"] = learning_rate(step, im.steps, im.lr, im.cosine)
+                group["lr"] = learning_rate(step, imitate_cfg.steps, imitate_cfg.lr, imitate_cfg.cosine)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), im.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), imitate_cfg.grad_clip)
             if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):  # nothing non-finite reaches a saved policy
-                saved = step - step % im.save_every
+                saved = step - step % imitate_cfg.save_every
                 raise ConfigError(f"imitation diverged at step {step + 1} (loss {loss.item():.3g}, gradient norm "
-                                  f"{grad_norm.item():.3g}): lower imitate.lr ({im.lr}); "
+                                  f"{grad_norm.item():.3g}): lower imitate.lr ({imitate_cfg.lr}); "
                                   + (f"the last saved state is step {saved}'s" if saved else "nothing was saved"))
             opt.step()
             done = step + 1
-            if done % im.log_every == 0 or done == im.steps:
+            if done % imitate_cfg.log_every == 0 or done == imitate_cfg.steps:
                 log.scalars(done, {"losses/imitation": loss.item(), **parts, "losses/grad_norm": grad_norm.item(),
                                    "charts/lr": opt.param_groups[0]["lr"],
                                    "policy/std_mean": torch.stack([s.mean() for s in std.values()]).mean().item()})
                 bar.set_postfix(loss=f"{loss.item():.4f}", eval=f"{last_eval:.3f}" if last_eval is not None else "-")
-            if done % im.eval_every == 0 or done == im.steps:
+            if done % imitate_cfg.eval_every == 0 or done == imitate_cfg.steps:
                 policy.eval()
-                accs, _ = mean_path_accuracy(wg, task, eval_seeds)
+                accs, _ = mean_path_accuracy(weight_generator, task, eval_seeds)
                 last_eval = float(np.mean(accs))
                 log.scalars(done, {"eval/accuracy_mean": last_eval, "eval/accuracy_median": float(np.median(accs))})
                 if policy.cfg.generative:  # samples, from a fixed stream; `generate` writes the better of the two
-                    sampled = sample_accuracy(wg, task, eval_seeds, torch.Generator().manual_seed(cfg.seed))
+                    sampled = sample_accuracy(weight_generator, task, eval_seeds, torch.Generator().manual_seed(cfg.seed))
                     log.scalars(done, {"eval/sample_accuracy_mean": float(np.mean(sampled)),
                                        "eval/sample_accuracy_median": float(np.median(sampled))})
-                    wg.default_output = "samples" if np.median(sampled) >= np.median(accs) else "mean"
-                    last_eval = float(np.mean(sampled if wg.default_output == "samples" else accs))
-            if done % im.save_every == 0 or done == im.steps:
+                    weight_generator.default_output = "samples" if np.median(sampled) >= np.median(accs) else "mean"
+                    last_eval = float(np.mean(sampled if weight_generator.default_output == "samples" else accs))
+            if done % imitate_cfg.save_every == 0 or done == imitate_cfg.steps:
                 wall = time.perf_counter() - t0
-                wg.save(run_dir, trained_steps=done, wall_s=wall, zoo=str(zoo_dir),
+                weight_generator.save(run_dir, trained_steps=done, wall_s=wall, zoo=str(zoo_dir),
                         zoo_runs=sum(wd.runs for wd in widths), eval_seeds=eval_seeds, eval_test_accuracy_mean=last_eval)
                 log.flush()  # the curves up to `done` are on disk before the state a resume starts from
                 save_training_state(state_path, policy, opt, {"pairs": gen}, {"step": done, "elapsed_s": wall})

@@ -89,19 +89,19 @@ def score_states(cfg: ExperimentConfig, task: Task, states: Mapping[str, torch.T
                            cfg.rollout.chunk_size).accuracy.tolist()
 
 
-def mean_path_accuracy(wg: "WeightGenerator", task: Task, seeds: Sequence[int], split: str = "test",
+def mean_path_accuracy(weight_generator: "WeightGenerator", task: Task, seeds: Sequence[int], split: str = "test",
                        objective: Optional[Objective] = None) -> tuple[list[float], dict[str, torch.Tensor]]:
     """The held-out measure: fresh inits from `seeds`, the policy's deterministic mean path, accuracy on `split`
     (of the nets as `objective` deploys them; None: plain). Returns (accuracy per seed, the generated state dicts)."""
-    final, _ = wg.generate(init_states(wg.cfg, task, seeds), mean_only=True, trajectory=False)
-    return score_states(wg.cfg, task, final, split, objective), final
+    final, _ = weight_generator.generate(init_states(weight_generator.cfg, task, seeds), mean_only=True, trajectory=False)
+    return score_states(weight_generator.cfg, task, final, split, objective), final
 
 
-def sample_accuracy(wg: "WeightGenerator", task: Task, seeds: Sequence[int], generator: torch.Generator,
+def sample_accuracy(weight_generator: "WeightGenerator", task: Task, seeds: Sequence[int], generator: torch.Generator,
                     split: str = "test", objective: Optional[Objective] = None) -> list[float]:
     """Accuracy on `split` of one sampled net per init seed (the policy's stochastic walk), as `objective` deploys it."""
-    final, _ = wg.generate(init_states(wg.cfg, task, seeds), generator=generator, trajectory=False)
-    return score_states(wg.cfg, task, final, split, objective)
+    final, _ = weight_generator.generate(init_states(weight_generator.cfg, task, seeds), generator=generator, trajectory=False)
+    return score_states(weight_generator.cfg, task, final, split, objective)
 
 
 def _number(v) -> bool:

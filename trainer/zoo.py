@@ -57,22 +57,22 @@ def sgd_steps(cfg: ExperimentConfig, model: torch.nn.Module, task, data_seed: in
     one update per iteration: yields the steps done so far, so that a caller can checkpoint, evaluate or time the run
     between updates (an evaluation may switch the model to eval mode and back). `budget`: the recipe compressed to
     that many steps (its schedule decays over them; default: the zoo's own `total_steps`)."""
-    zc = cfg.zoo
+    zoo_cfg = cfg.zoo
     gen = torch.Generator().manual_seed(data_seed)  # minibatch order
-    if zc.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=zc.lr, momentum=zc.momentum, weight_decay=zc.weight_decay)
+    if zoo_cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=zoo_cfg.lr, momentum=zoo_cfg.momentum, weight_decay=zoo_cfg.weight_decay)
     else:
-        opt = torch.optim.Adam(model.parameters(), lr=zc.lr, weight_decay=zc.weight_decay)
+        opt = torch.optim.Adam(model.parameters(), lr=zoo_cfg.lr, weight_decay=zoo_cfg.weight_decay)
     n = len(task.train)
-    per_epoch = n // zc.batch_size
+    per_epoch = n // zoo_cfg.batch_size
     total = budget or total_steps(cfg, task)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * s / total)) if zc.cosine else 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * s / total)) if zoo_cfg.cosine else 1.0)
     step = 0
     model.train()
     while step < total:
         perm = torch.randperm(n, generator=gen)
         for b in range(min(per_epoch, total - step)):
-            idx = perm[b * zc.batch_size:(b + 1) * zc.batch_size]
+            idx = perm[b * zoo_cfg.batch_size:(b + 1) * zoo_cfg.batch_size]
             loss = F.cross_entropy(model(task.train.x[idx]), task.train.y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -93,13 +93,13 @@ def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path, threads: Optional[
     if (final / "run.json").is_file():
         return read_json(final / "run.json")
     torch.set_num_threads(threads or zoo_threads(cfg))
-    zc = cfg.zoo
+    zoo_cfg = cfg.zoo
     task = task_from_config(cfg.task).to(device)
-    seed = zc.seed + run
+    seed = zoo_cfg.seed + run
     model = reference_from_config(cfg.reference, task, seed=seed).to(device)
-    data_seed = seed if zc.data_seed is None else zc.data_seed
+    data_seed = seed if zoo_cfg.data_seed is None else zoo_cfg.data_seed
     total = total_steps(cfg, task)
-    save_at = set(checkpoint_steps(total, zc.checkpoints))
+    save_at = set(checkpoint_steps(total, zoo_cfg.checkpoints))
 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -66,13 +66,13 @@ def test_a_policy_at_an_unseen_width_stays_permutation_equivariant(trained):
     from envs.tasks import task_from_config
     from trainer.pipeline import WeightGenerator, init_states
 
-    wg = WeightGenerator.load(trained / "policy.safetensors", ["reference.widths=[13]"])
-    init = init_states(wg.cfg, task_from_config(wg.cfg.task), [0])
+    weight_generator = WeightGenerator.load(trained / "policy.safetensors", ["reference.widths=[13]"])
+    init = init_states(weight_generator.cfg, task_from_config(weight_generator.cfg.task), [0])
     perm = torch.randperm(13, generator=torch.Generator().manual_seed(0))
     permuted = {"layers.0.weight": init["layers.0.weight"][:, perm], "layers.0.bias": init["layers.0.bias"][:, perm],
                 "layers.1.weight": init["layers.1.weight"][:, :, perm], "layers.1.bias": init["layers.1.bias"]}
-    a, _ = wg.generate(init, mean_only=True)
-    b, _ = wg.generate(permuted, mean_only=True)
+    a, _ = weight_generator.generate(init, mean_only=True)
+    b, _ = weight_generator.generate(permuted, mean_only=True)
     torch.testing.assert_close(b["layers.0.weight"], a["layers.0.weight"][:, perm], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(b["layers.1.weight"], a["layers.1.weight"][:, :, perm], atol=1e-5, rtol=1e-5)
 
@@ -124,9 +124,9 @@ def test_resnet_chain_with_generated_and_recomputed_batchnorm_statistics(in_tmp,
     # Independently: the recomputed statistics are those of the generated net's activations on the same 2 batches.
     from trainer.pipeline import WeightGenerator
 
-    wg = WeightGenerator.load(pol, ["generate.bn_recompute_batches=2"])
-    x = wg.bn_inputs
-    assert len(x) == 2 * wg.cfg.zoo.batch_size
+    weight_generator = WeightGenerator.load(pol, ["generate.bn_recompute_batches=2"])
+    x = weight_generator.bn_inputs
+    assert len(x) == 2 * weight_generator.cfg.zoo.batch_size
     ref.load_state_dict(gen)
     ref.stem.register_forward_hook(lambda m, i, o: setattr(m, "out", o))
     ref.eval()
@@ -188,8 +188,8 @@ def test_the_task_loss_of_a_batchnorm_net_is_its_train_mode_cross_entropy():
     tok = Tokenizer(layout, fit_scales({k: init[k] for k in layout.shapes}))
     torch.manual_seed(0)
     policy = DenoisingPolicy(cfg.policy, layout, tok.centres())
-    wg = WeightGenerator(cfg, policy, tok, [0.0, 0.5, 1.0], [0.0, 0.5, 1.0])
-    loss = task_loss(wg, template, task, "train", 2, 32, torch.Generator().manual_seed(7))
+    weight_generator = WeightGenerator(cfg, policy, tok, [0.0, 0.5, 1.0], [0.0, 0.5, 1.0])
+    loss = task_loss(weight_generator, template, task, "train", 2, 32, torch.Generator().manual_seed(7))
     loss.backward()
     assert policy.rest_left["9"].grad.abs().sum() > 0  # the conv kernels' head learns from it
     assert not template.training and [k for k, v in template.state_dict().items() if not torch.equal(v, buffers[k])] == []
@@ -198,7 +198,7 @@ def test_the_task_loss_of_a_batchnorm_net_is_its_train_mode_cross_entropy():
     seeds = (TASK_SEED_BASE + torch.randint(10**9, (2,), generator=gen)).tolist()
     idx = torch.randint(len(task.train), (32,), generator=gen)
     with torch.no_grad():
-        final, _ = wg.generate(init_states(cfg, task, seeds), mean_only=True)
+        final, _ = weight_generator.generate(init_states(cfg, task, seeds), mean_only=True)
     expected = []
     for i in range(2):
         net = reference_from_config(cfg.reference, task)

@@ -54,17 +54,17 @@ def test_workers_stay_on_the_cpu_unless_the_experiment_runs_on_cuda():
 
 
 def test_a_policy_saved_for_another_device_loads_here(in_tmp):
-    wg = untrained_generator()
-    wg.save(in_tmp / "p")
+    weight_generator = untrained_generator()
+    weight_generator.save(in_tmp / "p")
     spec = json.loads((in_tmp / "p/policy.json").read_text())
     spec["experiment"]["device"] = "cuda:3"  # as a GPU machine would have stored it
     (in_tmp / "p/policy.json").write_text(json.dumps(spec))
     loaded = WeightGenerator.load(in_tmp / "p/policy.safetensors")  # the stored device is not this machine's concern
     assert loaded.cfg.device == "auto" and loaded.device == resolve_device("auto")
-    for k, v in wg.policy.state_dict().items():
+    for k, v in weight_generator.policy.state_dict().items():
         assert torch.equal(loaded.policy.state_dict()[k].cpu(), v)
-    init = init_states(wg.cfg, task_from_config(wg.cfg.task), range(3))
-    for k, v in wg.generate(init, mean_only=True)[0].items():
+    init = init_states(weight_generator.cfg, task_from_config(weight_generator.cfg.task), range(3))
+    for k, v in weight_generator.generate(init, mean_only=True)[0].items():
         torch.testing.assert_close(loaded.generate(init, mean_only=True)[0][k].cpu(), v)
 
 

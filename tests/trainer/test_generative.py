@@ -41,13 +41,13 @@ def test_samples_differ_per_draw_and_the_mean_path_is_deterministic(generative):
     from envs.tasks import load_task
     from trainer.pipeline import init_states
 
-    wg = WeightGenerator.load(generative / "policy.safetensors")
-    init = init_states(wg.cfg, load_task("digits", reward_size=300), [0, 1])
-    a, _ = wg.generate(init, generator=torch.Generator().manual_seed(0))
-    b, _ = wg.generate(init, generator=torch.Generator().manual_seed(1))
-    c, _ = wg.generate(init, generator=torch.Generator().manual_seed(0))
-    m1, _ = wg.generate(init, mean_only=True)
-    m2, _ = wg.generate(init, mean_only=True)
+    weight_generator = WeightGenerator.load(generative / "policy.safetensors")
+    init = init_states(weight_generator.cfg, load_task("digits", reward_size=300), [0, 1])
+    a, _ = weight_generator.generate(init, generator=torch.Generator().manual_seed(0))
+    b, _ = weight_generator.generate(init, generator=torch.Generator().manual_seed(1))
+    c, _ = weight_generator.generate(init, generator=torch.Generator().manual_seed(0))
+    m1, _ = weight_generator.generate(init, mean_only=True)
+    m2, _ = weight_generator.generate(init, mean_only=True)
     key = "net.0.weight" if "net.0.weight" in a else next(iter(a))
     assert not torch.equal(a[key], b[key]) and torch.equal(a[key], c[key]) and torch.equal(m1[key], m2[key])
 

@@ -19,9 +19,9 @@ from tests.settings import DEFAULT, UNITS, grpo_trainer, scored_rollouts
 
 def test_first_update_sees_ratio_one_and_zero_kl(imitation, in_tmp):
     t = grpo_trainer(imitation, in_tmp / "r", 1)
-    ro = t.collect_rollouts()
-    step = ro.steps[0]
-    assert all(s.sampled for s in ro.steps) and all(len(v) == 2 for v in step.x.values())  # the init, once per group
+    rollouts = t.collect_rollouts()
+    step = rollouts.steps[0]
+    assert all(s.sampled for s in rollouts.steps) and all(len(v) == 2 for v in step.x.values())  # the init, once per group
     x = repeat_groups(step.x, 4)
     t.policy.train()
     mean, std = t.policy(x, torch.full((8,), step.t1), torch.full((8,), step.t2))
@@ -32,7 +32,7 @@ def test_first_update_sees_ratio_one_and_zero_kl(imitation, in_tmp):
     for k in mean:  # antithetic: samples 2i, 2i + 1 of a group mirror their noise around the same mean
         torch.testing.assert_close(step.y[k][0::2] + step.y[k][1::2], 2 * mean[k][0::2])
         assert not torch.allclose(step.y[k][0], step.y[k][1])
-    assert len(ro.seeds) == 2 and min(ro.seeds) >= 100000  # fresh seeds, outside zoo and held-out ranges
+    assert len(rollouts.seeds) == 2 and min(rollouts.seeds) >= 100000  # fresh seeds, outside zoo and held-out ranges
 
 
 def test_temperature_tempers_policy_and_reference_and_is_saved(imitation, in_tmp):
@@ -61,10 +61,10 @@ def test_rewards_equal_an_independent_evaluation(imitation, in_tmp, reward, batc
     from envs.tasks import Split, task_from_config
     t = grpo_trainer(imitation, in_tmp / "r", 1, f"grpo.reward={reward}", f"grpo.reward_batch={batch}",
                      f"env.objective={objective}", "env.bits=3", "env.sparsity=0.7", "env.noise_std=0.5")
-    ro = t.collect_rollouts()
+    rollouts = t.collect_rollouts()
     t.pool = RolloutPool(t.cfg)
     try:
-        t.score(ro)
+        t.score(rollouts)
     finally:
         t.pool.close()
     task = task_from_config(t.cfg.task)
@@ -89,28 +89,28 @@ def test_rewards_equal_an_independent_evaluation(imitation, in_tmp, reward, batc
         model.load_state_dict(state)
         return evaluate(model, examples if deployed else plain_examples)
 
-    for i in range(len(ro.seeds) * t.cfg.grpo.group_size):
-        loss, acc = independent({k: v[i] for k, v in ro.final.items()})
+    for i in range(len(rollouts.seeds) * t.cfg.grpo.group_size):
+        loss, acc = independent({k: v[i] for k, v in rollouts.final.items()})
         b, g = divmod(i, t.cfg.grpo.group_size)
-        assert ro.accuracy[b, g].item() == pytest.approx(acc, abs=1e-6)
-        assert ro.rewards[b, g].item() == pytest.approx(acc if reward == "accuracy" else -loss, abs=1e-5)
-    for b in range(len(ro.seeds)):  # the paired gain: the policy's mean path minus the imitation policy's, same inits
-        mine = independent({k: v[b] for k, v in ro.paths.items()})[1]
-        theirs = independent({k: v[len(ro.seeds) + b] for k, v in ro.paths.items()})[1]
-        assert ro.gain[b].item() == pytest.approx(mine - theirs, abs=1e-6)
+        assert rollouts.accuracy[b, g].item() == pytest.approx(acc, abs=1e-6)
+        assert rollouts.rewards[b, g].item() == pytest.approx(acc if reward == "accuracy" else -loss, abs=1e-5)
+    for b in range(len(rollouts.seeds)):  # the paired gain: the policy's mean path minus the imitation policy's, same inits
+        mine = independent({k: v[b] for k, v in rollouts.paths.items()})[1]
+        theirs = independent({k: v[len(rollouts.seeds) + b] for k, v in rollouts.paths.items()})[1]
+        assert rollouts.gain[b].item() == pytest.approx(mine - theirs, abs=1e-6)
         if objective == "plain":
-            assert ro.plain is None
+            assert rollouts.plain is None
         else:  # beside the objective, the policy's mean path as it is
-            plain = independent({k: v[b] for k, v in ro.paths.items()}, deployed=False)[1]
-            assert ro.plain[b].item() == pytest.approx(plain, abs=1e-6) and plain != mine
+            plain = independent({k: v[b] for k, v in rollouts.paths.items()}, deployed=False)[1]
+            assert rollouts.plain[b].item() == pytest.approx(plain, abs=1e-6) and plain != mine
 
 
 @pytest.mark.parametrize("explore", ["all", "first"])
 def test_unit_latent_log_probs_are_exact_and_only_the_latent_mean_learns(imitation, in_tmp, explore):
     t = grpo_trainer(imitation, in_tmp / "r", 1, "grpo.noise=units", "grpo.latent_std=0.2", f"grpo.explore={explore}")
-    ro = t.collect_rollouts()
-    assert [s.sampled for s in ro.steps] == ([True, True] if explore == "all" else [True, False])
-    for step in ro.steps:
+    rollouts = t.collect_rollouts()
+    assert [s.sampled for s in rollouts.steps] == ([True, True] if explore == "all" else [True, False])
+    for step in rollouts.steps:
         n = len(next(iter(step.states.values())))
         x = repeat_groups(step.x, 4) if len(next(iter(step.x.values()))) == 2 else step.x
         with torch.no_grad():
@@ -128,12 +128,12 @@ def test_unit_latent_log_probs_are_exact_and_only_the_latent_mean_learns(imitati
         exact = dist.log_prob(torch.cat([step.latent[g].flatten(1) for g in mean], 1)).mean(1)
         torch.testing.assert_close(step.log_prob, exact)
     with torch.no_grad():
-        kl = gaussian_kl(*t.policy.latent(ro.steps[0].states), *t.frozen.latent(ro.steps[0].states))
+        kl = gaussian_kl(*t.policy.latent(rollouts.steps[0].states), *t.frozen.latent(rollouts.steps[0].states))
     assert torch.equal(kl, torch.zeros_like(kl))
-    ro.rewards = torch.arange(8.0).view(2, 4)
-    t.compute_advantages(ro)
+    rollouts.rewards = torch.arange(8.0).view(2, 4)
+    t.compute_advantages(rollouts)
     before = {k: v.clone() for k, v in t.policy.state_dict().items()}
-    losses = t.update_policy(ro)  # asserts the ratio is 1 before the first gradient step
+    losses = t.update_policy(rollouts)  # asserts the ratio is 1 before the first gradient step
     assert losses["losses/policy"] != 0 and losses["losses/kl"] > 0
     changed = {k for k, v in t.policy.state_dict().items() if not torch.equal(before[k], v)}
     assert changed and all(k.startswith("latent_mean.") for k in changed), changed
@@ -142,23 +142,23 @@ def test_unit_latent_log_probs_are_exact_and_only_the_latent_mean_learns(imitati
 @pytest.mark.parametrize("explore", ["first", "last"])
 def test_explore_samples_one_step_and_ties_the_others_by_kl(imitation, in_tmp, explore):
     t = grpo_trainer(imitation, in_tmp / "r", 1, f"grpo.explore={explore}", "grpo.temperature=0.5")
-    ro = t.collect_rollouts()
-    assert [s.sampled for s in ro.steps] == ([True, False] if explore == "first" else [False, True])
-    rows = [len(next(iter(s.x.values()))) for s in ro.steps]
+    rollouts = t.collect_rollouts()
+    assert [s.sampled for s in rollouts.steps] == ([True, False] if explore == "first" else [False, True])
+    rows = [len(next(iter(s.x.values()))) for s in rollouts.steps]
     assert rows == ([2, 8] if explore == "first" else [2, 2])  # "last": the mean path runs once per init
-    for prev, step in zip(ro.steps, ro.steps[1:]):
+    for prev, step in zip(rollouts.steps, rollouts.steps[1:]):
         assert all(torch.equal(step.x[k], prev.y[k]) for k in step.x)
-    for n, step in zip(rows, ro.steps):
+    for n, step in zip(rows, rollouts.steps):
         with torch.no_grad():
             mean, std = t.policy(step.x, torch.full((n,), step.t1), torch.full((n,), step.t2))
         if step.sampled:
             std_before = torch.stack([v.mean() for v in std.values()]).mean().item()
         assert len(next(iter(step.y.values()))) == (n if not step.sampled else 8)
         assert all(torch.equal(step.y[k], mean[k]) for k in mean) == (not step.sampled)
-    ro.rewards = torch.arange(8.0).view(2, 4)
-    t.compute_advantages(ro)
+    rollouts.rewards = torch.arange(8.0).view(2, 4)
+    t.compute_advantages(rollouts)
     before = {k: v.clone() for k, v in t.policy.state_dict().items()}
-    losses = t.update_policy(ro)  # asserts the ratio is 1 before the first gradient step
+    losses = t.update_policy(rollouts)  # asserts the ratio is 1 before the first gradient step
     assert losses["losses/policy"] != 0 and losses["losses/kl"] > 0
     assert losses["policy/std_mean"] == pytest.approx(std_before, rel=0.05)
     assert any(not torch.equal(before[k], v) for k, v in t.policy.state_dict().items())
@@ -203,9 +203,9 @@ def test_smoke_two_iterations_with_local_ray(imitation, in_tmp):
 def imitation_accuracies(policy) -> list[float]:
     from envs.tasks import task_from_config
     from trainer.pipeline import WeightGenerator, mean_path_accuracy
-    wg = WeightGenerator.load(policy)
-    im = wg.cfg.imitate
-    return mean_path_accuracy(wg, task_from_config(wg.cfg.task), range(im.eval_seed_start, im.eval_seeds))[0]
+    weight_generator = WeightGenerator.load(policy)
+    imitate_cfg = weight_generator.cfg.imitate
+    return mean_path_accuracy(weight_generator, task_from_config(weight_generator.cfg.task), range(imitate_cfg.eval_seed_start, imitate_cfg.eval_seeds))[0]
 
 
 @pytest.mark.parametrize("noise", ["iid", "units"])
@@ -237,10 +237,10 @@ def test_a_killed_worker_does_not_stop_training(imitation, in_tmp, mode):
     t.pool = RolloutPool(t.cfg)
     original_score = t.score
 
-    def score_then_kill(ro):
-        original_score(ro)
+    def score_then_kill(rollouts):
+        original_score(rollouts)
         if "grpo.estimator=pathwise" in mode:  # the re-run share brings its reward gradients too
-            assert all(torch.isfinite(v).all() and v.abs().sum() > 0 for v in ro.grads.values())
+            assert all(torch.isfinite(v).all() and v.abs().sum() > 0 for v in rollouts.grads.values())
         if t.iteration == 0:  # kill an actor after the first batch: the next batch must still be scored in full
             ray.kill(t.pool._actors[0])
 
@@ -261,20 +261,20 @@ def test_pathwise_loss_is_the_reward_gradient_through_the_last_step(imitation, i
 
     t = grpo_trainer(imitation, in_tmp / "r", 1, *UNITS, "grpo.latent_std=0.2", "grpo.estimator=pathwise",
                      f"grpo.explore={explore}", f"grpo.trainable={trainable}")
-    ro = scored_rollouts(t)
+    rollouts = scored_rollouts(t)
     mb = torch.tensor([0, 3, 5])
     params = [p for p in t.policy.parameters() if p.requires_grad]
-    got = torch.autograd.grad(t.estimator.loss(ro, mb, mb // t.cfg.grpo.group_size, 0.0), params)
+    got = torch.autograd.grad(t.estimator.loss(rollouts, mb, mb // t.cfg.grpo.group_size, 0.0), params)
 
-    step, g = ro.steps[-1], t.cfg.grpo.group_size
+    step, g = rollouts.steps[-1], t.cfg.grpo.group_size
     x = {k: v[mb // g] if len(v) == 2 else v[mb] for k, v in step.x.items()}
     n = len(mb)
     h, heads = t.policy.encode(x, torch.full((n,), step.t1), torch.full((n,), step.t2))
     mean, std = t.policy.latent(h)
     u = {k: mean[k] + (step.latent[k][mb] - mean[k].detach()) for k in mean}  # the drawn latent, reparameterised
-    w = t.wg.tokenizer.decode(t.policy.decode(x, t.policy.lift(h, u), heads)[0])
+    w = t.weight_generator.tokenizer.decode(t.policy.decode(x, t.policy.lift(h, u), heads)[0])
     for k in w:
-        torch.testing.assert_close(w[k].detach(), ro.final[k][mb])  # the stored nets, recomputed
+        torch.testing.assert_close(w[k].detach(), rollouts.final[k][mb])  # the stored nets, recomputed
     split = t.task.split("train")
     idx = torch.as_tensor(t.reward_examples())
     model = reference_from_config(t.cfg.reference, t.task).eval()
@@ -300,23 +300,23 @@ def test_pathwise_walk_is_the_reward_gradient_through_every_step(imitation, in_t
 
     t = grpo_trainer(imitation, in_tmp / "r", 1, *UNITS, "grpo.latent_std=0.2", "grpo.estimator=pathwise",
                      f"grpo.explore={explore}", "grpo.trainable=policy", "grpo.backprop=walk")
-    ro = scored_rollouts(t)
+    rollouts = scored_rollouts(t)
     mb = torch.tensor([0, 3, 5])
     params = [p for p in t.policy.parameters() if p.requires_grad]
-    got = torch.autograd.grad(t.estimator.loss(ro, mb, mb // t.cfg.grpo.group_size, 0.0), params)
+    got = torch.autograd.grad(t.estimator.loss(rollouts, mb, mb // t.cfg.grpo.group_size, 0.0), params)
 
     g, n = t.cfg.grpo.group_size, len(mb)
-    x = {k: v[mb // g] for k, v in ro.steps[0].x.items()}  # the inits, one per trajectory
-    for step in ro.steps:
+    x = {k: v[mb // g] for k, v in rollouts.steps[0].x.items()}  # the inits, one per trajectory
+    for step in rollouts.steps:
         h, heads = t.policy.encode(x, torch.full((n,), step.t1), torch.full((n,), step.t2))
         mean, _ = t.policy.latent(h)
         if step.sampled:
             drawn = {k: v[mb] for k, v in step.latent.items()}
             mean = {k: mean[k] + (drawn[k] - mean[k].detach()) for k in mean}
         x = t.policy.decode(x, t.policy.lift(h, mean), heads)[0]
-    w = t.wg.tokenizer.decode(x)
+    w = t.weight_generator.tokenizer.decode(x)
     for k in w:
-        torch.testing.assert_close(w[k].detach(), ro.final[k][mb])  # the stored nets, recomputed from the inits
+        torch.testing.assert_close(w[k].detach(), rollouts.final[k][mb])  # the stored nets, recomputed from the inits
     split = t.task.split("train")
     idx = torch.as_tensor(t.reward_examples())
     logits = batched_logits(reference_from_config(t.cfg.reference, t.task).eval(), w, split.x[idx])
@@ -325,7 +325,7 @@ def test_pathwise_walk_is_the_reward_gradient_through_every_step(imitation, in_t
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     t.cfg.grpo.backprop = "last"
-    last = torch.autograd.grad(t.estimator.loss(ro, mb, mb // t.cfg.grpo.group_size, 0.0), params)
+    last = torch.autograd.grad(t.estimator.loss(rollouts, mb, mb // t.cfg.grpo.group_size, 0.0), params)
     assert sum((a - b).norm() ** 2 for a, b in zip(got, last)) > 1e-4 * sum(a.norm() ** 2 for a in got)
 
 
@@ -336,10 +336,10 @@ def test_pathwise_grpo_trains_and_resumes_bit_identically(imitation, in_tmp):
     cut = grpo_trainer(imitation, in_tmp / "b", 2, *extra)
     cut.pool = RolloutPool(cut.cfg)
     try:
-        ro = cut.collect_rollouts()
-        cut.score(ro)
-        cut.compute_advantages(ro)
-        cut.update_policy(ro)
+        rollouts = cut.collect_rollouts()
+        cut.score(rollouts)
+        cut.compute_advantages(rollouts)
+        cut.update_policy(rollouts)
         cut.iteration += 1
         cut.checkpoint()
     finally:
@@ -376,16 +376,16 @@ def test_score_cv_linearises_the_reward_at_each_group_mean_net(imitation, in_tmp
     training with it moves the latent's mean and resumes bit-identically."""
     extra = [*UNITS, "grpo.estimator=score_cv", "grpo.explore=last", "grpo.latent_std=0.05"]
     t = grpo_trainer(imitation, in_tmp / "r", 1, *extra)
-    ro = scored_rollouts(t)
-    b = len(ro.seeds)
-    _, w = t.estimator.mean_nets(ro, torch.arange(b), grad=False)
+    rollouts = scored_rollouts(t)
+    b = len(rollouts.seeds)
+    _, w = t.estimator.mean_nets(rollouts, torch.arange(b), grad=False)
     for k in w:
-        torch.testing.assert_close(w[k].detach(), ro.paths[k][:b], rtol=1e-5, atol=1e-6)  # the mean path's net
-    t.compute_advantages(ro)
-    spread = ro.rewards - ro.mean_reward[:, None]
-    assert ro.advantages.shape == spread.shape and not ro.zero_spread.any()
-    assert ro.cv_scale == pytest.approx(ro.rewards.std().item(), rel=1e-4)  # one scale for the iteration
-    assert ((ro.advantages * ro.cv_scale) ** 2).mean() < 0.25 * (spread ** 2).mean()
+        torch.testing.assert_close(w[k].detach(), rollouts.paths[k][:b], rtol=1e-5, atol=1e-6)  # the mean path's net
+    t.compute_advantages(rollouts)
+    spread = rollouts.rewards - rollouts.mean_reward[:, None]
+    assert rollouts.advantages.shape == spread.shape and not rollouts.zero_spread.any()
+    assert rollouts.cv_scale == pytest.approx(rollouts.rewards.std().item(), rel=1e-4)  # one scale for the iteration
+    assert ((rollouts.advantages * rollouts.cv_scale) ** 2).mean() < 0.25 * (spread ** 2).mean()
 
     straight = grpo_trainer(imitation, in_tmp / "a", 2, *extra)
     straight.train()

@@ -43,8 +43,8 @@ def policy(tmp_path_factory):
     torch.manual_seed(0)
     tok = Tokenizer(layout, fit_scales(init_states(cfg, task, range(4))))
     grid = [0.0, 0.25, 0.5, 1.0]
-    wg = WeightGenerator(cfg, DenoisingPolicy(cfg.policy, layout), tok, [0.0, 0.5, 1.0], grid)
-    return wg.save(tmp_path_factory.mktemp("policy"))
+    weight_generator = WeightGenerator(cfg, DenoisingPolicy(cfg.policy, layout), tok, [0.0, 0.5, 1.0], grid)
+    return weight_generator.save(tmp_path_factory.mktemp("policy"))
 
 
 def written(path: Path, data: bytes = b"x") -> bool:

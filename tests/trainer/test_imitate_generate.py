@@ -40,10 +40,10 @@ def test_generate_uses_the_grpo_policy_once_one_was_saved(trained, in_tmp):
     assert report["summary"]["policy"] == "artifacts/runs/digits_mlp-imitate/policy.safetensors"
     from trainer.pipeline import WeightGenerator
 
-    wg = WeightGenerator.load(trained / "policy.safetensors")
+    weight_generator = WeightGenerator.load(trained / "policy.safetensors")
     with torch.no_grad():
-        wg.policy.out_left.weight.mul_(1.5)  # another policy than the imitation one
-    wg.save(in_tmp / "artifacts/runs/digits_mlp-grpo")
+        weight_generator.policy.out_left.weight.mul_(1.5)  # another policy than the imitation one
+    weight_generator.save(in_tmp / "artifacts/runs/digits_mlp-grpo")
     assert generate.cli(["--seeds", "0", "--name", "b"]) == 0
     report_b = json.loads((in_tmp / "artifacts/generated/b/report.json").read_text())
     assert report_b["summary"]["policy"] == "artifacts/runs/digits_mlp-grpo/policy.safetensors"
@@ -57,19 +57,19 @@ def test_task_loss_is_the_cross_entropy_of_the_generated_nets(trained, split):
     from envs.tasks import load_task
     from trainer.pipeline import WeightGenerator, init_states, reference_layout
 
-    wg = WeightGenerator.load(trained / "policy.safetensors")
+    weight_generator = WeightGenerator.load(trained / "policy.safetensors")
     task = load_task("digits", reward_size=300)
-    template = reference_layout(wg.cfg, task)[0].eval()
+    template = reference_layout(weight_generator.cfg, task)[0].eval()
     gen = torch.Generator().manual_seed(5)
-    loss = imitate.task_loss(wg, template, task, split, 3, 40, gen.clone_state())
+    loss = imitate.task_loss(weight_generator, template, task, split, 3, 40, gen.clone_state())
     loss.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in wg.policy.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in weight_generator.policy.parameters())
     # Independently: the same seeds and examples, each generated net loaded into the model and run on its own.
     seeds = (imitate.TASK_SEED_BASE + torch.randint(10**9, (3,), generator=gen)).tolist()
     data = task.train if split == "train" else task.reward
     idx = torch.randint(len(data.y), (40,), generator=gen)
     with torch.no_grad():
-        final, _ = wg.generate(init_states(wg.cfg, task, seeds), mean_only=True)
+        final, _ = weight_generator.generate(init_states(weight_generator.cfg, task, seeds), mean_only=True)
     ces = []
     for i in range(3):
         template.load_state_dict({k: v[i] for k, v in final.items()})
@@ -178,13 +178,13 @@ def test_a_policy_saved_before_the_unit_latent_and_unit_codes_loads_with_them_at
     save_weights(old / "policy.safetensors", {k: v for k, v in weights.items() if not k.startswith(PARAMS_ADDED_LATER)},
                  read_metadata(trained / "policy.safetensors"))
     (old / "policy.json").write_text((trained / "policy.json").read_text())
-    wg = WeightGenerator.load(old / "policy.safetensors")
-    assert all(not p.any() for p in wg.policy.latent_mean.net[-1].parameters())
-    assert not wg.policy.unit_value.any() and not wg.policy.unit_out.any()
+    weight_generator = WeightGenerator.load(old / "policy.safetensors")
+    assert all(not p.any() for p in weight_generator.policy.latent_mean.net[-1].parameters())
+    assert not weight_generator.policy.unit_value.any() and not weight_generator.policy.unit_out.any()
     with torch.no_grad():
-        wg.policy.latent_mean.net[-1].bias.fill_(1.0)  # a latent mean the trunk alone would not give
-    init = init_states(wg.cfg, task_from_config(wg.cfg.task), [5])
-    moved = wg.generate(init, mean_only=True)[0]
+        weight_generator.policy.latent_mean.net[-1].bias.fill_(1.0)  # a latent mean the trunk alone would not give
+    init = init_states(weight_generator.cfg, task_from_config(weight_generator.cfg.task), [5])
+    moved = weight_generator.generate(init, mean_only=True)[0]
     reloaded = WeightGenerator.load(old / "policy.safetensors").generate(init, mean_only=True)[0]
     assert any(not torch.equal(moved[k], reloaded[k]) for k in moved)
     weights["latent_mean.net.2.bias"] = weights["latent_mean.net.2.bias"][:1]  # a wrong shape is still an error

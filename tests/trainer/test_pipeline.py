@@ -12,12 +12,12 @@ from tests.settings import untrained_generator
 
 
 def test_the_mean_path_in_chunks_equals_the_whole_batch(monkeypatch):
-    wg = untrained_generator()
-    init = init_states(wg.cfg, task_from_config(wg.cfg.task), range(5))
-    whole, whole_steps = wg.generate(init, mean_only=True)
+    weight_generator = untrained_generator()
+    init = init_states(weight_generator.cfg, task_from_config(weight_generator.cfg.task), range(5))
+    whole, whole_steps = weight_generator.generate(init, mean_only=True)
     monkeypatch.setattr(pipeline, "GENERATION_ACTIVATION_BUDGET", 2 * 64 * 2 * 16)  # 2 nets per chunk: 3 chunks
-    assert wg.nets_per_chunk() == 2
-    chunked, steps = wg.generate(init, mean_only=True)
+    assert weight_generator.nets_per_chunk() == 2
+    chunked, steps = weight_generator.generate(init, mean_only=True)
     assert any(not torch.allclose(whole[k], init[k]) for k in init)
     for k in whole:
         torch.testing.assert_close(chunked[k], whole[k], rtol=1e-5, atol=1e-6)

@@ -94,16 +94,16 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     cfg = cfgs[0]
     seeds = held_out_seeds(args, cfg)
     policy = args.policy or generated_policy(cfg)
-    wg = WeightGenerator.load(policy, cfg=cfg)
+    weight_generator = WeightGenerator.load(policy, cfg=cfg)
     task = task_from_config(cfg.task)
     template, layout = reference_layout(cfg, task)
     zoo = audit.zoo_finals(cfg, template.state_dict())
     t = time.perf_counter()
     inits = init_states(cfg, task, seeds)
-    sampling = args.sample or (not args.mean and wg.default_output == "samples")
+    sampling = args.sample or (not args.mean and weight_generator.default_output == "samples")
     gen = torch.Generator().manual_seed(args.sample_seed)
-    generated, _ = wg.generate(inits, mean_only=not sampling, generator=gen, trajectory=False)
-    second = wg.generate(inits, generator=gen, trajectory=False)[0] if sampling else None
+    generated, _ = weight_generator.generate(inits, mean_only=not sampling, generator=gen, trajectory=False)
+    second = weight_generator.generate(inits, generator=gen, trajectory=False)[0] if sampling else None
     print(f"audit: training SGD from {len(seeds)} held-out inits, twice (cached in {audit.sgd_cache(cfg)}) ...",
           file=sys.stderr, flush=True)
     sgd = audit.sgd_from_seeds(cfg, seeds, template.state_dict())
@@ -113,9 +113,9 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     results = dict(experiment=cfg.name, policy=str(policy), seeds=seeds,
                    output="one sample per init" if sampling else "the mean path",
                    **audit.audit_nets(cfg, task, layout, zoo, inits, generated, sgd, replicate, second=second))
-    if wg.policy.cfg.generative:  # the decoder told where SGD went: is the gap in the prior, or in the decoder?
-        ckpts = audit.sgd_checkpoints(cfg, seeds, template.state_dict(), wg.schedule)
-        walked = audit.posterior_walk(wg, ckpts)
+    if weight_generator.policy.cfg.generative:  # the decoder told where SGD went: is the gap in the prior, or in the decoder?
+        ckpts = audit.sgd_checkpoints(cfg, seeds, template.state_dict(), weight_generator.schedule)
+        walked = audit.posterior_walk(weight_generator, ckpts)
         results["posterior_walk"] = score_states(cfg, task, walked, "test")
     results["seconds"] = time.perf_counter() - t
     json_path = Path(args.json or (Path(args.out) if args.out else paths.bench_dir(cfg.name) / "audit.md").with_suffix(".json"))

@@ -36,8 +36,8 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     its mean against the final checkpoint, beside the identity's (no move) and their ratio. On runs the policy was
     imitated on it says how well it fits; on the zoo's other runs, whether what it fitted carries over."""
     path = args.policy or default_policy(cfgs[0])
-    wg = WeightGenerator.load(path, args.overrides)  # its own experiment (its zoo, the runs it imitated), with --set
-    cfg, tok = wg.cfg, wg.tokenizer
+    weight_generator = WeightGenerator.load(path, args.overrides)  # its own experiment (its zoo, the runs it imitated), with --set
+    cfg, tok = weight_generator.cfg, weight_generator.tokenizer
     runs = parse_seeds(args.runs, "--runs", "run")
     template, layout = reference_layout(cfg, task_from_config(cfg.task))
     manifest = load_manifest(cfg.zoo_dir)
@@ -50,11 +50,11 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     imitated = set(range(cfg.imitate.train_runs or cfg.zoo.runs))
 
     def tokens(c: int) -> dict[str, torch.Tensor]:
-        return tok.encode({k: v[:, c].to(wg.device) for k, v in pairs.weights.items() if k in layout.shapes})
+        return tok.encode({k: v[:, c].to(weight_generator.device) for k, v in pairs.weights.items() if k in layout.shapes})
 
     start, end = tokens(args.start), tokens(-1)
     with torch.no_grad():
-        step, _ = walk(wg.policy, start, [pairs.grid[args.start], 1.0], mean_only=True)
+        step, _ = walk(weight_generator.policy, start, [pairs.grid[args.start], 1.0], mean_only=True)
     rows = []
     for t in layout.tensors:
         ident = float((start[t.key] - end[t.key]).double().square().mean())

@@ -74,30 +74,30 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
         per_seed = {"SGD (held-out seeds)": zoo_accs}
     sgd = rows[-1][2]
     first, first_sampled = None, None
-    for path, wg in policies.items():
+    for path, weight_generator in policies.items():
         t = time.perf_counter()
-        accs, _ = mean_path_accuracy(wg, task, seeds)
+        accs, _ = mean_path_accuracy(weight_generator, task, seeds)
         seconds = time.perf_counter() - t
         rows.append((f"policy {path} (mean path, {seconds / len(seeds) * 1000:.0f} ms/net to generate and score)",
-                     str(len(wg.schedule) - 1), float(np.median(accs)),
+                     str(len(weight_generator.schedule) - 1), float(np.median(accs)),
                      "" if first is None else paired_difference(first, accs)))
         first = accs if first is None else first
         per_seed[f"{Path(path).parent.name} (mean path)"] = accs
         # The same noise for every policy (one generator seed, same shapes): paired draws, the first one's the base.
-        sampled = sample_accuracy(wg, task, seeds, torch.Generator().manual_seed(args.sample_seed))
+        sampled = sample_accuracy(weight_generator, task, seeds, torch.Generator().manual_seed(args.sample_seed))
         rows.append((f"policy {path} (one sample per init, sample seed {args.sample_seed}"
-                     f"{'; the default output' if wg.default_output == 'samples' else ''}; per seed vs "
+                     f"{'; the default output' if weight_generator.default_output == 'samples' else ''}; per seed vs "
                      f"{'its mean path' if first_sampled is None else 'the first policy' + chr(39) + 's samples'})",
-                     str(len(wg.schedule) - 1), float(np.median(sampled)),
+                     str(len(weight_generator.schedule) - 1), float(np.median(sampled)),
                      paired_difference(accs if first_sampled is None else first_sampled, sampled)))
         first_sampled = sampled if first_sampled is None else first_sampled
         per_seed[f"{Path(path).parent.name} (samples)"] = sampled
     if args.best_of:
-        path, wg = next(iter(policies.items()))
-        base = per_seed[f"{Path(path).parent.name} ({'samples' if wg.default_output == 'samples' else 'mean path'})"]
-        for n, accs in best_of_accuracy(wg, task, seeds, args.best_of, args.sample_seed).items():
+        path, weight_generator = next(iter(policies.items()))
+        base = per_seed[f"{Path(path).parent.name} ({'samples' if weight_generator.default_output == 'samples' else 'mean path'})"]
+        for n, accs in best_of_accuracy(weight_generator, task, seeds, args.best_of, args.sample_seed).items():
             rows.append((f"policy {path} (best of {n} samples per init on the reward split; per seed vs its default "
-                         f"output, the {wg.default_output.replace('mean', 'mean path')})", str(len(wg.schedule) - 1),
+                         f"output, the {weight_generator.default_output.replace('mean', 'mean path')})", str(len(weight_generator.schedule) - 1),
                          float(np.median(accs)), paired_difference(base, accs)))
     lines = [f"{cfg.name} ({reference_name(cfg)}): median test accuracy over {len(seeds)} held-out init seeds "
              f"{seeds[0]}..{seeds[-1]}", "",
@@ -105,8 +105,8 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
              "| --- | --- | --- | --- | --- |"]
     lines += [f"| {name} | {k} | {acc:.4f} | {acc / sgd:.3f} | {paired} |" for name, k, acc, paired in rows]
     if args.speed:
-        path, wg = next(iter(policies.items()))
-        lines += ["", speed_table(args, cfg, wg, path, task, seeds[:args.speed_seeds], float(np.median(first)))]
+        path, weight_generator = next(iter(policies.items()))
+        lines += ["", speed_table(args, cfg, weight_generator, path, task, seeds[:args.speed_seeds], float(np.median(first)))]
     table = "\n".join(lines)
     emit(table, args.out)
     figures = []
@@ -121,15 +121,15 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     return dict(table=table, figures=figures)
 
 
-def best_of_accuracy(wg: WeightGenerator, task, seeds: list[int], ns: list[int], sample_seed: int
+def best_of_accuracy(weight_generator: WeightGenerator, task, seeds: list[int], ns: list[int], sample_seed: int
                      ) -> dict[int, list[float]]:
     """Test accuracy per seed of the best of n samples per init, chosen by reward-split accuracy, for each n in `ns`:
     the first n of max(ns) draws per init (one stream), so a larger n only adds candidates."""
     most = max(ns)
-    draws, _ = wg.generate(repeat_groups(init_states(wg.cfg, task, seeds), most),
+    draws, _ = weight_generator.generate(repeat_groups(init_states(weight_generator.cfg, task, seeds), most),
                            generator=torch.Generator().manual_seed(sample_seed), trajectory=False)
-    reward = torch.tensor(score_states(wg.cfg, task, draws, "reward"), dtype=torch.float64).view(len(seeds), most)
-    test = torch.tensor(score_states(wg.cfg, task, draws, "test"), dtype=torch.float64).view(len(seeds), most)
+    reward = torch.tensor(score_states(weight_generator.cfg, task, draws, "reward"), dtype=torch.float64).view(len(seeds), most)
+    test = torch.tensor(score_states(weight_generator.cfg, task, draws, "test"), dtype=torch.float64).view(len(seeds), most)
     rows = torch.arange(len(seeds))
     return {n: test[rows, reward[:, :n].argmax(1)].tolist() for n in sorted(set(ns))}
 
@@ -151,7 +151,7 @@ def sgd_time_to_accuracy(cfg: ExperimentConfig, task, seed: int, target: float, 
     return dict(steps=done, wall_s=wall, cpu_s=cpu, reached=True)
 
 
-def speed_table(args: argparse.Namespace, cfg: ExperimentConfig, wg, path: str, task, seeds: list[int],
+def speed_table(args: argparse.Namespace, cfg: ExperimentConfig, weight_generator, path: str, task, seeds: list[int],
                 target: float) -> str:
     """Time to a trained net: the policy's mean path one net at a time and SPEED_BATCH at a time, against SGD from the
     held-out `seeds` to the policy's median test accuracy `target`; all interleaved in this process, one repeat per
@@ -161,15 +161,15 @@ def speed_table(args: argparse.Namespace, cfg: ExperimentConfig, wg, path: str, 
     try:
         batch = init_states(cfg, task, range(args.seed_start, args.seed_start + SPEED_BATCH))
         ones = [{k: v[i:i + 1] for k, v in batch.items()} for i in range(len(seeds))]
-        for fn in (lambda: wg.generate(ones[0], mean_only=True, trajectory=False),
-                   lambda: wg.generate(batch, mean_only=True, trajectory=False)):
+        for fn in (lambda: weight_generator.generate(ones[0], mean_only=True, trajectory=False),
+                   lambda: weight_generator.generate(batch, mean_only=True, trajectory=False)):
             fn()  # warm-up: first-call costs are not rates
         one, many, sgd = [], [], []
         for seed in tqdm(seeds, desc="speed: SGD to equal accuracy and generation, interleaved"):
             sgd.append(sgd_time_to_accuracy(cfg, task, seed, target, args.check_every))
-            one.append(stopwatch(lambda: [wg.generate(o, mean_only=True, trajectory=False) for o in ones], len(ones),
-                                 wg.device))
-            many.append(stopwatch(lambda: wg.generate(batch, mean_only=True, trajectory=False), SPEED_BATCH, wg.device))
+            one.append(stopwatch(lambda: [weight_generator.generate(o, mean_only=True, trajectory=False) for o in ones], len(ones),
+                                 weight_generator.device))
+            many.append(stopwatch(lambda: weight_generator.generate(batch, mean_only=True, trajectory=False), SPEED_BATCH, weight_generator.device))
     finally:
         torch.set_num_threads(threads)
     sgd_wall, sgd_cpu = (float(np.median([r[k] for r in sgd])) for k in ("wall_s", "cpu_s"))
@@ -178,14 +178,14 @@ def speed_table(args: argparse.Namespace, cfg: ExperimentConfig, wg, path: str, 
     def ratio(sgd_s: float, gen_s: float) -> str:
         return f"{sgd_s / gen_s:.0f}x" if gen_s > 0 else "-"
 
-    lines = [f"Speed on {wg.device}: {args.threads or 1} torch thread(s), {os.cpu_count()} CPUs, 1-min load average "
+    lines = [f"Speed on {weight_generator.device}: {args.threads or 1} torch thread(s), {os.cpu_count()} CPUs, 1-min load average "
              f"{os.getloadavg()[0]:.1f}; medians of {len(seeds)} interleaved repeats. SGD: the zoo's recipe from held-out "
              f"seeds {seeds[0]}..{seeds[-1]} until test accuracy >= {target:.4f} (the policy's median), checked every "
              f"{args.check_every} steps off the clock; {reached}/{len(seeds)} reached it (the recipe runs "
              f"{total_steps(cfg, task)} steps).", "",
              "| method | nets per call | ms/net (wall) | ms/net (CPU) | SGD steps | SGD time / this (wall) | (CPU) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, n, times in ((f"policy {path} (mean path, {len(wg.schedule) - 1} steps)", 1, one),
+    for name, n, times in ((f"policy {path} (mean path, {len(weight_generator.schedule) - 1} steps)", 1, one),
                            ("same, batched", SPEED_BATCH, many)):
         w, c = (float(np.median([t[i] for t in times])) for i in (0, 1))
         lines.append(f"| {name} | {n} | {w * 1000:.2f} | {c * 1000:.2f} | | {ratio(sgd_wall, w)} | {ratio(sgd_cpu, c)} |")

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
 
         seeds = list(range(3 * 10**9, 3 * 10**9 + args.inits))  # never a zoo, held-out or GRPO seed
         t.policy.eval()
-        final, _ = t.wg.generate(init_states(t.cfg, task, seeds), mean_only=True, grad=True)
+        final, _ = t.weight_generator.generate(init_states(t.cfg, task, seeds), mean_only=True, grad=True)
         ce = torch.stack([F.cross_entropy(batched_logits(model, final, train.x[i:i + 4096]).flatten(0, 1),
                                           train.y[i:i + 4096].repeat(args.inits), reduction="sum")
                           for i in range(0, len(train), 4096)]).sum() / (len(train) * args.inits)
@@ -82,15 +82,15 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
         estimates = []
         for it in tqdm(range(args.iterations), desc=f"gradient {mode}"):
             t.iteration = it
-            ro = t.collect_rollouts()
+            rollouts = t.collect_rollouts()
             idx = torch.randperm(len(train), generator=gen)[:n_reward]
-            ro.rewards = score_batch(model, ro.final, Split(train.x[idx], train.y[idx])).neg_loss().float().view(
+            rollouts.rewards = score_batch(model, rollouts.final, Split(train.x[idx], train.y[idx])).neg_loss().float().view(
                 t.cfg.grpo.inits_per_iter, t.cfg.grpo.group_size)
-            adv, _ = compute_grpo_advantages(ro.rewards, t.cfg.grpo.scale_by_std)
+            adv, _ = compute_grpo_advantages(rollouts.rewards, t.cfg.grpo.scale_by_std)
             rows = torch.arange(adv.numel())
             groups, row_of = torch.unique(rows // t.cfg.grpo.group_size, return_inverse=True)
             loss = 0.0
-            for step in ro.steps:  # GRPO's surrogate at ratio 1: minus the advantage-weighted log-prob of each draw
+            for step in rollouts.steps:  # GRPO's surrogate at ratio 1: minus the advantage-weighted log-prob of each draw
                 (mean, std), _, drawn = t.step_distributions(step, rows, groups, row_of)
                 if drawn is not None:
                     loss = loss - (adv.flatten() * gaussian_log_prob(drawn, mean, std)).mean()

@@ -95,10 +95,10 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                 trainer.pool = pool
                 for it in tqdm(checkpoints, desc=f"grpo {mode} run {r}"):
                     trainer.train(until=it)  # one run, measured along the way: its schedule is untouched
-                    gain = (np.asarray(mean_path_accuracy(trainer.wg, task, seeds)[0]) - base).mean() * 100
+                    gain = (np.asarray(mean_path_accuracy(trainer.weight_generator, task, seeds)[0]) - base).mean() * 100
                     curves[mode].setdefault(trainer.evaluations, []).append(float(gain))
                     walls[mode].setdefault(trainer.evaluations, []).append(trainer.elapsed)
-                end = trainer.evaluate(trainer.wg)
+                end = trainer.evaluate(trainer.weight_generator)
                 agreement.setdefault(mode, []).append((end["same"], end["across"]))
                 if imitation_agreement is None:
                     imitation_agreement = trainer.evaluate(trainer.imitation)

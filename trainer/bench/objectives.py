@@ -78,12 +78,12 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     policies = {}
     for o, path in grpo.items():  # checked before any work: a policy trained on other settings is not this objective
         if path.is_file():
-            wg = WeightGenerator.load(path, cfg=cfg)
+            weight_generator = WeightGenerator.load(path, cfg=cfg)
             trained = Objective.of(WeightGenerator.load(path).cfg.env)
             if trained != objectives[o]:
                 raise ConfigError(f"{path}: trained on {trained}, not on {objectives[o]} (pass the same --set "
                                   f"env.* as its run)")
-            policies[o] = (wg, json.loads(path.with_suffix(".json").read_text()).get("wall_s"))
+            policies[o] = (weight_generator, json.loads(path.with_suffix(".json").read_text()).get("wall_s"))
     print(f"bench: SGD from the {len(seeds)} held-out seeds (zoo recipe, cached in {sgd_cache(cfg)}) ...",
           file=sys.stderr, flush=True)
     template = reference_layout(cfg, task)[0].state_dict()
@@ -106,9 +106,9 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                 f"SGD, then {FINETUNE[name]} ({args.finetune_epochs} epoch, {tune_s * 1000:.0f} ms/net)": tuned,
                 "imitation policy": imitated}
         if name in policies:
-            wg, wall = policies[name]
+            weight_generator, wall = policies[name]
             label = "GRPO policy on this objective" + (f" ({wall / 60:.1f} min of GRPO)" if wall else "")
-            rows[label] = generated(wg, inits, torch.Generator().manual_seed(args.sample_seed))
+            rows[label] = generated(weight_generator, inits, torch.Generator().manual_seed(args.sample_seed))
         results = {label: (score_states(cfg, task, nets, "test", objective),
                            plain_sgd if nets is sgd else score_states(cfg, task, nets, "test"))
                    for label, nets in rows.items()}
@@ -148,9 +148,9 @@ FINETUNE = {"quantized": "quantisation-aware fine-tune", "pruned": "pruning + fi
             "noisy": "fine-tune on noisy inputs"}
 
 
-def generated(wg: WeightGenerator, inits: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
+def generated(weight_generator: WeightGenerator, inits: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
     """The policy's default output from each init (its mean path, or one sample for a generative policy)."""
-    final, _ = wg.generate(inits, mean_only=wg.default_output != "samples", generator=gen, trajectory=False)
+    final, _ = weight_generator.generate(inits, mean_only=weight_generator.default_output != "samples", generator=gen, trajectory=False)
     return {k: v.cpu() for k, v in final.items()}
 
 
@@ -170,9 +170,9 @@ def finetune(cfg: ExperimentConfig, task, state: dict[str, torch.Tensor], object
         with torch.no_grad():
             for k, m in mask.items():
                 params[k].mul_(m)
-    zc = cfg.zoo
-    opt = torch.optim.SGD(params.values(), lr=zc.lr * FINETUNE_LR, momentum=zc.momentum)
-    per_epoch = len(task.train) // zc.batch_size
+    zoo_cfg = cfg.zoo
+    opt = torch.optim.SGD(params.values(), lr=zoo_cfg.lr * FINETUNE_LR, momentum=zoo_cfg.momentum)
+    per_epoch = len(task.train) // zoo_cfg.batch_size
     total = per_epoch * epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * s / total)))
     gen = torch.Generator().manual_seed(seed)
@@ -180,7 +180,7 @@ def finetune(cfg: ExperimentConfig, task, state: dict[str, torch.Tensor], object
     for epoch in range(epochs):
         perm = torch.randperm(len(task.train), generator=gen)
         for b in range(per_epoch):
-            idx = perm[b * zc.batch_size:(b + 1) * zc.batch_size]
+            idx = perm[b * zoo_cfg.batch_size:(b + 1) * zoo_cfg.batch_size]
             x = task.train.x[idx]
             if objective.name == "noisy":
                 x = x + torch.randn(x.shape, generator=gen) * objective.noise_std

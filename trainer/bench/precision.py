@@ -36,17 +36,17 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     cfg = cfgs[0]
     task = task_from_config(cfg.task)
     seeds = held_out_seeds(args, cfg)
-    wg = WeightGenerator.load(args.policy or default_policy(cfg), cfg=cfg)
+    weight_generator = WeightGenerator.load(args.policy or default_policy(cfg), cfg=cfg)
     device = resolve_device(cfg.device)
     model, split = reference_from_config(cfg.reference, task).to(device), task.split("reward").to(device)
-    gen = torch.Generator(device=wg.device).manual_seed(cfg.seed)
+    gen = torch.Generator(device=weight_generator.device).manual_seed(cfg.seed)
 
     def rho(a: torch.Tensor, b: torch.Tensor) -> float:  # nan when a group's rewards are all equal
         return float(spearmanr(a.numpy(), b.numpy()).statistic) if a.unique().numel() > 1 else float("nan")
 
     groups = []
     for seed in tqdm(seeds, desc="bench precision", disable=not sys.stderr.isatty()):
-        states, _ = wg.rollout(init_states(cfg, task, [seed]), args.group_size, gen)
+        states, _ = weight_generator.rollout(init_states(cfg, task, [seed]), args.group_size, gen)
         scores = {}
         for precision in ("fp32", "bf16"):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):

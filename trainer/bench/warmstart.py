@@ -36,10 +36,10 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     """SGD for B steps from the generated net against from the init, B = 1/2^(--fractions - 1) .. 1 of the zoo's."""
     cfg = cfgs[0]
     seeds = held_out_seeds(args, cfg)
-    wg = WeightGenerator.load(args.policy or generated_policy(cfg), cfg=cfg)
+    weight_generator = WeightGenerator.load(args.policy or generated_policy(cfg), cfg=cfg)
     task = task_from_config(cfg.task)
     fractions = [2.0 ** -k for k in range(args.fractions - 1, -1, -1)]
-    r = warmstart(cfg, wg, task, seeds, fractions, args.sample_seed)
+    r = warmstart(cfg, weight_generator, task, seeds, fractions, args.sample_seed)
     out = table(cfg.name, seeds, r)
     emit(out, args.out)
     figures = []
@@ -65,12 +65,12 @@ def sgd_from(cfg: ExperimentConfig, task, state: dict[str, torch.Tensor], seed: 
     return evaluate(model, task.test)[1]
 
 
-def warmstart(cfg: ExperimentConfig, wg: WeightGenerator, task, seeds: list[int], fractions: list[float],
+def warmstart(cfg: ExperimentConfig, weight_generator: WeightGenerator, task, seeds: list[int], fractions: list[float],
               sample_seed: int = 0) -> dict:
     """Per budget fraction, per seed: test accuracy of SGD from the init and from the generated net."""
     inits = init_states(cfg, task, seeds)
-    sampling = wg.default_output == "samples"
-    generated, _ = wg.generate(inits, mean_only=not sampling, generator=torch.Generator().manual_seed(sample_seed),
+    sampling = weight_generator.default_output == "samples"
+    generated, _ = weight_generator.generate(inits, mean_only=not sampling, generator=torch.Generator().manual_seed(sample_seed),
                                trajectory=False)
     generated = {k: v.cpu() for k, v in generated.items()}
     total = total_steps(cfg, task)

@@ -17,8 +17,8 @@ def test_bench_audit_cli_writes_table_json_and_figures(tiny_zoo, tiny_policy, in
     assert "| generated (the mean path) |" in table and "| k = 4 |" in table and "| k = 16 |" not in table
     r = json.loads((in_tmp / "audit.json").read_text())
     assert r["seeds"] == [0, 1, 2, 3] and r["zoo_runs"] == 3 and list(r["ensembles"]) == ["1", "4"]
-    wg = WeightGenerator.load(in_tmp / "artifacts/runs/digits_mlp-imitate/policy.safetensors")  # its own experiment
-    assert r["accuracy"]["generated"] == pytest.approx(mean_path_accuracy(wg, task, [0, 1, 2, 3])[0], abs=1e-12)
+    weight_generator = WeightGenerator.load(in_tmp / "artifacts/runs/digits_mlp-imitate/policy.safetensors")  # its own experiment
+    assert r["accuracy"]["generated"] == pytest.approx(mean_path_accuracy(weight_generator, task, [0, 1, 2, 3])[0], abs=1e-12)
     assert r["ensembles"]["1"]["generated"] == pytest.approx(r["accuracy"]["generated"], abs=1e-12)
     manifest = json.loads((cfg.zoo_dir / "manifest.json").read_text())
     assert r["accuracy"]["zoo"] == [run["checkpoints"][-1]["test_accuracy"] for run in manifest["runs"]]

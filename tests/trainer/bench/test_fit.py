@@ -28,13 +28,13 @@ def test_bench_fit_compares_the_policy_step_with_no_move_per_tensor(in_tmp, ray_
     cfg = load_config("configs/digits_mlp.yaml", [a for a in sets if a != "--set"])
     args = build_parser().parse_args(["fit", "--runs", "1,2"] + sets)
     rows = {r["key"]: r for r in fit.run(args, [cfg])["rows"]}
-    wg = WeightGenerator.load(default_policy(cfg))
+    weight_generator = WeightGenerator.load(default_policy(cfg))
     manifest = json.loads((cfg.zoo_dir / "manifest.json").read_text())
     files = [[cfg.zoo_dir / r["checkpoints"][i]["file"] for r in manifest["runs"][1:]] for i in (0, -1)]
     init, final = ({k: torch.stack([load_file(f)[k] for f in fs]) for k in rows} for fs in files)
-    x0, x1 = wg.tokenizer.encode(init), wg.tokenizer.encode(final)
+    x0, x1 = weight_generator.tokenizer.encode(init), weight_generator.tokenizer.encode(final)
     with torch.no_grad():
-        mean, _ = wg.policy(x0, torch.zeros(2), torch.ones(2))
+        mean, _ = weight_generator.policy(x0, torch.zeros(2), torch.ones(2))
     for k, r in rows.items():
         assert r["identity"] == pytest.approx(float((x0[k] - x1[k]).double().square().mean()), rel=1e-6)
         assert r["policy"] == pytest.approx(float((mean[k] - x1[k]).double().square().mean()), rel=1e-5)

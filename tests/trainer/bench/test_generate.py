@@ -19,9 +19,9 @@ def test_bench_generate_prints_random_sgd_and_policy_side_by_side(trained, in_tm
     assert "(mean path, " in rows[2] and "(one sample per init, sample seed 0" in rows[3]
     ratios = [float(r.split("|")[4]) for r in rows]
     assert ratios[1] == 1.0 and 0.0 <= ratios[0] < 0.5
-    wg = WeightGenerator.load(trained / "policy.safetensors", TINY)
+    weight_generator = WeightGenerator.load(trained / "policy.safetensors", TINY)
     gen = torch.Generator().manual_seed(0)
-    want = np.median(sample_accuracy(wg, load_task("digits", reward_size=300), [0, 1, 2], gen))
+    want = np.median(sample_accuracy(weight_generator, load_task("digits", reward_size=300), [0, 1, 2], gen))
     assert float(rows[3].split("|")[3]) == pytest.approx(want, abs=1e-4)  # the samples' median, recomputed
     assert "(best of 4 samples per init on the reward split" in rows[4] and "(best of 16 " in rows[5]
 
@@ -32,13 +32,13 @@ def test_best_of_n_keeps_the_draw_with_the_best_reward_accuracy(trained):
     from trainer.bench.generate import best_of_accuracy
     from trainer.pipeline import init_states, repeat_groups, score_states
 
-    wg = WeightGenerator.load(trained / "policy.safetensors", TINY)
+    weight_generator = WeightGenerator.load(trained / "policy.safetensors", TINY)
     task = load_task("digits", reward_size=300)
-    got = best_of_accuracy(wg, task, [0, 1, 2], [1, 4, 16], sample_seed=5)
-    draws, _ = wg.generate(repeat_groups(init_states(wg.cfg, task, [0, 1, 2]), 16),
+    got = best_of_accuracy(weight_generator, task, [0, 1, 2], [1, 4, 16], sample_seed=5)
+    draws, _ = weight_generator.generate(repeat_groups(init_states(weight_generator.cfg, task, [0, 1, 2]), 16),
                            generator=torch.Generator().manual_seed(5), trajectory=False)
-    reward = np.array(score_states(wg.cfg, task, draws, "reward")).reshape(3, 16)
-    test = np.array(score_states(wg.cfg, task, draws, "test")).reshape(3, 16)
+    reward = np.array(score_states(weight_generator.cfg, task, draws, "reward")).reshape(3, 16)
+    test = np.array(score_states(weight_generator.cfg, task, draws, "test")).reshape(3, 16)
     assert len(set(test.flatten())) > 3  # the draws differ, so the choice matters
     for n in (1, 4, 16):
         assert got[n] == [test[i, reward[i, :n].argmax()] for i in range(3)]

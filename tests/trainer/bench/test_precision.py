@@ -28,11 +28,11 @@ def test_bench_precision_compares_bf16_with_fp32_scores_of_the_same_samples(in_t
     args = build_parser().parse_args(["precision", "--seeds", "2", "-G", "4"] + sets)
     cfg = load_config("configs/digits_mlp.yaml", overrides)
     result = precision.run(args, [cfg])
-    wg = WeightGenerator.load(default_policy(cfg), cfg=cfg)
+    weight_generator = WeightGenerator.load(default_policy(cfg), cfg=cfg)
     task = task_from_config(cfg.task)
     gen = torch.Generator().manual_seed(cfg.seed)
     for seed, group in zip((0, 1), result["groups"]):
-        states, _ = wg.rollout(init_states(cfg, task, [seed]), 4, gen)
+        states, _ = weight_generator.rollout(init_states(cfg, task, [seed]), 4, gen)
         assert group["fp32_accuracy"] == score_states(cfg, task, states, "reward")
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert group["bf16_accuracy"] == score_states(cfg, task, states, "reward")

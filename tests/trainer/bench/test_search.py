@@ -31,6 +31,6 @@ def test_bench_search_starts_from_the_mean_path_and_runs_both_reward_sources(tra
     rows = rows[1:]
     assert [r[0].strip().split()[0] for r in rows] == ["the"] * 5 + ["fresh"] * 5
     assert [int(r[1]) for r in rows[:5]] == [0, 16, 32, 48, 64]
-    wg = WeightGenerator.load(trained / "policy.safetensors")
-    test = mean_path_accuracy(wg, task_from_config(wg.cfg.task), [0])[0][0]
+    weight_generator = WeightGenerator.load(trained / "policy.safetensors")
+    test = mean_path_accuracy(weight_generator, task_from_config(weight_generator.cfg.task), [0])[0][0]
     assert float(rows[0][3]) == float(rows[5][3]) == pytest.approx(test, abs=1e-4)
