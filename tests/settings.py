@@ -88,12 +88,12 @@ def scored_rollouts(t):
     return rollouts
 
 
-def grpo_trainer(policy, run_dir, iterations, *extra):
-    """A GRPOTrainer on the GRPO settings for `iterations`, plus `extra` overrides."""
+def grpo_trainer(policy, run_dir, iterations, *extra, pool=None):
+    """A GRPOTrainer on the GRPO settings for `iterations`, plus `extra` overrides, scoring on `pool` if given."""
     from trainer.grpo import GRPOTrainer  # it imports torchvision: seconds the tests without GRPO need not pay
 
     cfg = load_config(overrides=GRPO + [f"grpo.iterations={iterations}", *extra])
-    return GRPOTrainer(cfg, policy, run_dir, progress=False)
+    return GRPOTrainer(cfg, policy, run_dir, progress=False, pool=pool)
 
 
 # --- the scoring pool -------------------------------------------------------------------------------------------------

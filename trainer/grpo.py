@@ -39,7 +39,10 @@ from trainer.runlog import RunLogger, check_run_dir, clear_run_dir, first_layer_
 
 
 class GRPOTrainer:
-    def __init__(self, cfg: ExperimentConfig, init_policy: Path, run_dir: Path, progress: bool = True):
+    def __init__(self, cfg: ExperimentConfig, init_policy: Path, run_dir: Path, progress: bool = True,
+                 pool: Optional[RolloutPool] = None):
+        """`pool`: a scoring pool its owner opened and closes (a benchmark running several trainers on one pool);
+        without one, `train` opens its own and closes it on return."""
         self.weight_generator = WeightGenerator.load(init_policy, cfg=cfg)
         self.cfg: ExperimentConfig = self.weight_generator.cfg
         grpo_cfg = self.cfg.grpo
@@ -65,7 +68,7 @@ class GRPOTrainer:
         imitate_cfg = self.cfg.imitate
         self.eval_seeds = list(range(imitate_cfg.eval_seed_start, imitate_cfg.eval_seed_start + imitate_cfg.eval_seeds))
         self.iteration, self.elapsed = 0, 0.0
-        self.pool: Optional[RolloutPool] = None
+        self.pool: Optional[RolloutPool] = pool
         self.imitation_eval: Optional[dict[str, object]] = None  # the imitation policy's eval numbers, computed once
         self.estimator: Estimator = ESTIMATORS[grpo_cfg.estimator](self)
 

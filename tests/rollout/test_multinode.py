@@ -76,8 +76,9 @@ def test_a_node_lost_mid_grpo_leaves_the_policy_bit_identical(cluster, in_tmp):
     assert imitate_cli() == 0  # its zoo runs on the cluster's nodes too
     policy = in_tmp / "artifacts/runs/digits_mlp-imitate/policy.safetensors"
     straight = grpo_trainer(policy, in_tmp / "straight", 2)
-    disturbed = grpo_trainer(policy, in_tmp / "disturbed", 2)
-    straight.pool = disturbed.pool = pool = RolloutPool(straight.cfg)  # one pool: its actors start once
+    pool = RolloutPool(straight.cfg)  # one pool for both runs: its actors start once
+    straight = grpo_trainer(policy, in_tmp / "straight", 2, pool=pool)
+    disturbed = grpo_trainer(policy, in_tmp / "disturbed", 2, pool=pool)
     try:
         straight.train()
         disturbed.train(until=1)

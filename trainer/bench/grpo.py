@@ -91,8 +91,7 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                     f"seed={r}", f"grpo.seed_start={100000 * (r + 1)}", f"grpo.iterations={args.iterations}",
                     f"grpo.eval_every={args.iterations}", f"grpo.save_every={args.iterations}"])
                 run_dir = paths.bench_dir(cfg.name) / f"grpo-{mode}-{r}"
-                trainer = GRPOTrainer(run_cfg, policy, run_dir, progress=False)
-                trainer.pool = pool
+                trainer = GRPOTrainer(run_cfg, policy, run_dir, progress=False, pool=pool)
                 for it in tqdm(checkpoints, desc=f"grpo {mode} run {r}"):
                     trainer.train(until=it)  # one run, measured along the way: its schedule is untouched
                     gain = (np.asarray(mean_path_accuracy(trainer.weight_generator, task, seeds)[0]) - base).mean() * 100
