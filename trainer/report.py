@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -40,14 +41,50 @@ with SGD(i) than with SGD(j), and lies closer to SGD(i) than SGD(i) lies to its 
 
 
 def check_inputs(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> None:
-    """Every user error the steps could hit, found before the first one runs: one line, exit 2."""
+    """Every user error the steps could hit, found before the first one runs: one line, exit 2. With the default
+    configs (every shipped one), a config whose zoo or policy does not exist yet is not an error: its section says how
+    to make them (`missing_inputs`); a config the user named must have both, and at least one must be measurable."""
     if args.policy and len(cfgs) > 1:
         raise ConfigError("--policy applies to one experiment; with several --config each uses its imitation policy")
     for cfg in cfgs:
         held_out_seeds(args, cfg)
-        load_manifest(cfg.zoo_dir)
-        for path in args.policy or [default_policy(cfg)]:
-            load_policy_files(path)
+    if args.config:
+        for cfg in cfgs:
+            load_manifest(cfg.zoo_dir)
+            for path in args.policy or [default_policy(cfg)]:
+                load_policy_files(path)
+    elif all(missing_inputs(args, cfg, "") for cfg in cfgs):
+        raise ConfigError(f"no shipped experiment has a zoo and a policy yet (looked in {paths.zoo_dir('*')}): run "
+                          "`python -m trainer.zoo` and `python -m trainer.imitate` first")
+
+
+def missing_inputs(args: argparse.Namespace, cfg: ExperimentConfig, config_path: str) -> str:
+    """'' when `cfg`'s zoo manifest and policy files exist (they are loaded, so a damaged one is an error); else what
+    is missing and the commands that make it."""
+    wanted = [Path(cfg.zoo_dir) / "manifest.json"] + [Path(p) / "policy.safetensors" if Path(p).is_dir() else Path(p)
+                                                      for p in args.policy or [default_policy(cfg)]]
+    absent = [str(p) for p in wanted if not p.is_file()]
+    if absent:
+        return (f"{', '.join(absent)} not found. Make them with `python -m trainer.zoo --config {config_path}` and "
+                f"`python -m trainer.imitate --config {config_path}` (then `python -m trainer.grpo --config "
+                f"{config_path}`).")
+    load_manifest(cfg.zoo_dir)
+    for path in args.policy or [default_policy(cfg)]:
+        load_policy_files(path)
+    return ""
+
+
+def commit_stamp() -> str:
+    """The source's git commit (short hash, "+ changes" when the tree differs from it), or "unknown" outside git."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"`{head}`" + (" + uncommitted changes" if dirty else "")
 
 
 def command(argv: list[str]) -> str:

@@ -4,12 +4,15 @@ policy of tests/trainer/test_audit.py."""
 import json
 import re
 import shlex
+import subprocess
+from pathlib import Path
 
 from tests.settings import TINY_ZOO as TINY
 from trainer import plots
 from trainer.bench import rollout
 from trainer.bench.__main__ import cli as bench_main
 from trainer.bench.common import figure
+from trainer.config import CONFIG_DIR
 
 
 def test_bench_report_writes_results_with_tables_figures_and_commands_that_reproduce_them(tiny_zoo, tiny_policy,
@@ -33,6 +36,17 @@ def test_bench_report_writes_results_with_tables_figures_and_commands_that_repro
     assert all((in_tmp / "docs" / link).is_file() for link in links)
     assert "### accuracy at 90% sparsity (pruned)" in text and "not trained: `python -m trainer.grpo" in text
     assert "| rollout stub |" in text and "| grpo table |" in text and "python -m trainer.bench grpo --budget 3" in text
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                          text=True).stdout.strip()
+    assert f"at commit `{head}`" in text.splitlines()[2]  # stamped with the source's commit
+    # Every shipped config has a section; those whose chain was not run say how to make it.
+    shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    assert re.findall(r"^## (\w+):", text, re.M) == shipped and len(shipped) >= 4
+    for name in shipped:
+        body = text.split(f"## {name}:")[1].split("\n## ")[0]
+        assert ("Not measured in this report" in body) == (name != "digits_mlp"), name
+        if name != "digits_mlp":
+            assert f"`python -m trainer.imitate --config configs/{name}.yaml`" in body
     # The audit section's command, run again, writes exactly the table the report holds.
     (cmd,) = [c for c in re.findall(r"```bash\n(.*)\n```", text) if " audit " in c]
     argv = shlex.split(cmd)[3:]
@@ -43,7 +57,9 @@ def test_bench_report_writes_results_with_tables_figures_and_commands_that_repro
 
 def test_bench_report_checks_every_step_before_the_first_runs(tiny_zoo, in_tmp, capsys):
     sets = sum((["--set", s] for s in TINY + [f"zoo.out={tiny_zoo[0].zoo_dir}"]), [])
-    assert bench_main(["report"] + sets) == 2  # no policy trained yet: found before generate runs
+    assert bench_main(["report"] + sets) == 2  # no policy trained yet for any shipped config: nothing to report
+    assert capsys.readouterr().err.startswith("error: no shipped experiment has a zoo and a policy yet")
+    assert bench_main(["report", "--config", "configs/digits_mlp.yaml"] + sets) == 2  # a named one must have both
     assert capsys.readouterr().err.startswith("error: artifacts/runs/digits_mlp-imitate/policy.safetensors: policy "
                                               "file not found")
     assert bench_main(["report", "--config", "configs/digits_mlp.yaml", "--config", "configs/mnist_mlp.yaml",
