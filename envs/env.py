@@ -13,16 +13,19 @@ import torch
 from envs.models import reference_from_config
 from envs.objectives import Objective, score_objective
 from envs.scoring import flat_dim, flatten_state, unflatten_state
-from envs.spec import EnvConfig, ReferenceConfig, TaskConfig, check_fields, from_dict, read_yaml
+from envs.spec import (DEFAULT_SCHEDULE, EnvConfig, ReferenceConfig, TaskConfig, check_fields, check_schedule,
+                        from_dict, read_yaml)
 from envs.tasks import task_from_config
 
 SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-def env_sections(config: Any) -> tuple[TaskConfig, ReferenceConfig, EnvConfig]:
-    """(task, reference, env) sections from an experiment YAML path, a loaded config (duck-typed), or None (defaults)."""
+def env_sections(config: Any) -> tuple[TaskConfig, ReferenceConfig, EnvConfig, list[float]]:
+    """(task, reference, env sections, generate.schedule) from an experiment YAML path, a loaded config (duck-typed:
+    `.task`, `.reference`, `.env`, and `.generate.schedule` if it has one), or None (the defaults)."""
     if config is None:
         sections = TaskConfig(), ReferenceConfig(), EnvConfig()
+        schedule = DEFAULT_SCHEDULE
     elif isinstance(config, (str, Path)):
         path = Path(config)
         if not path.is_file() and (SHIPPED_CONFIGS / path.name).is_file():
@@ -31,11 +34,14 @@ def env_sections(config: Any) -> tuple[TaskConfig, ReferenceConfig, EnvConfig]:
         sections = (from_dict(TaskConfig, data.get("task", {}), "task."),
                     from_dict(ReferenceConfig, data.get("reference", {}), "reference."),
                     from_dict(EnvConfig, data.get("env", {}), "env."))
+        generate = data.get("generate", {})
+        schedule = generate.get("schedule", DEFAULT_SCHEDULE) if isinstance(generate, dict) else None
     else:
         sections = config.task, config.reference, config.env
+        schedule = getattr(getattr(config, "generate", None), "schedule", DEFAULT_SCHEDULE)
     for prefix, section in zip(("task.", "reference.", "env."), sections):
         check_fields(section, prefix)
-    return sections
+    return (*sections, check_schedule(schedule))
 
 
 class WeightEvalEnv(gym.Env):
@@ -44,7 +50,8 @@ class WeightEvalEnv(gym.Env):
 
     The weight-generation MDP of SynthNet. The state is one set of weights of a reference model (an MLP, CNN or
     ResNet from the experiment's `reference` section) for a task (the `task` section); each action replaces them with
-    new weights. An episode is K = `env.steps` steps that should take a freshly initialised network to a trained one.
+    new weights. An episode is K steps that should take a freshly initialised network to a trained one: the K + 1 points of
+    `generate.schedule` (the generator's own) are its progress, so K = len(generate.schedule) - 1.
 
     ## Action Space
 
@@ -55,7 +62,7 @@ class WeightEvalEnv(gym.Env):
 
     ## Observation Space
 
-    `Box(-inf, inf, (D,), float32)`: the current weights in the same layout. `info["t"]` is the progress k / K.
+    `Box(-inf, inf, (D,), float32)`: the current weights in the same layout. `info["t"]` is the progress after step k, `generate.schedule[k]`.
 
     ## Rewards
 
@@ -81,14 +88,14 @@ class WeightEvalEnv(gym.Env):
 
     ## Episode End
 
-    Termination after K = `env.steps` steps. There is no truncation.
+    Termination after K = len(generate.schedule) - 1 steps. There is no truncation.
 
     ## Arguments
 
     `gymnasium.make("SynthNet/WeightEval-v0", config="configs/digits_mlp.yaml")`: `config` is an experiment YAML
-    (only its `task`, `reference` and `env` sections are read), a loaded config with `.task`, `.reference` and `.env`,
-    or None for the defaults (the offline digits MLP); `reward_gradient` (default False) adds the reward's gradient to
-    `info`. No render modes.
+    (only its `task`, `reference` and `env` sections and `generate.schedule` are read), a loaded config with `.task`,
+    `.reference`, `.env` (and `.generate`), or None for the defaults (the offline digits MLP, one step from the init);
+    `reward_gradient` (default False) adds the reward's gradient to `info`. No render modes.
     """
 
     metadata = {"render_modes": []}
@@ -98,7 +105,7 @@ class WeightEvalEnv(gym.Env):
             raise ValueError(f"render_mode {render_mode!r} is not supported (valid: None)")
         self.render_mode = None
         self.reward_gradient = bool(reward_gradient)
-        self.task_cfg, self.reference_cfg, self.env_cfg = env_sections(config)
+        self.task_cfg, self.reference_cfg, self.env_cfg, self.schedule = env_sections(config)
         self.task = task_from_config(self.task_cfg)
         self.model = reference_from_config(self.reference_cfg, self.task, seed=0)  # architecture + integer buffers
         self.template = {k: v.clone() for k, v in self.model.state_dict().items()}
@@ -123,12 +130,12 @@ class WeightEvalEnv(gym.Env):
         return self._weights.copy(), {"t": 0.0, "init_seed": init_seed}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
-        if self._weights is None or self._k >= self.env_cfg.steps:
+        steps = len(self.schedule) - 1
+        if self._weights is None or self._k >= steps:
             raise RuntimeError("the episode is over (or never started): call reset() first")
         self._check_action(action)
         self._k += 1
-        steps = self.env_cfg.steps
-        info: dict[str, Any] = {"t": self._k / steps, "invalid": not bool(np.isfinite(action).all())}
+        info: dict[str, Any] = {"t": self.schedule[self._k], "invalid": not bool(np.isfinite(action).all())}
         if info["invalid"]:
             reward = 0.0
             info.update(reward_accuracy=0.0, test_accuracy=0.0)

@@ -63,8 +63,6 @@ class ReferenceConfig:
 
 @dataclass
 class EnvConfig:
-    steps: int = field(default=3, metadata={"min": 1})
-    """K: policy steps per episode of the weight-evaluation env"""
     reward: Literal["final", "improvement"] = "final"
     """final: reward-split accuracy of the final weights; improvement: per-step accuracy gain"""
     objective: str = field(default="plain", metadata={"choices": OBJECTIVES})
@@ -77,6 +75,33 @@ class EnvConfig:
     """pruned: the share of weight-matrix and kernel entries set to zero"""
     noise_std: float = field(default=1.0, metadata={"min": 0.0})
     """noisy: std of the Gaussian noise added to the (normalised) inputs, drawn afresh for each scoring round"""
+
+
+# Keys a config no longer has, and what took their place: a YAML or --set that names one is an error that says so; an
+# experiment stored before the removal (policy.json of an older run) loads without it (`drop_removed_keys`).
+REMOVED_KEYS = {"env.steps": "an episode has len(generate.schedule) - 1 steps; set generate.schedule instead"}
+
+
+def drop_removed_keys(data: dict) -> dict:
+    """A stored experiment (a mapping) without the REMOVED_KEYS, for loading what an older version saved."""
+    for dotted in REMOVED_KEYS:
+        section, key = dotted.split(".")
+        if isinstance(data.get(section), dict):
+            data[section].pop(key, None)
+    return data
+
+
+DEFAULT_SCHEDULE = [0.0, 1.0]  # `generate.schedule`'s default: one step from the init to trained
+
+
+def check_schedule(schedule: Any, key: str = "generate.schedule") -> list[float]:
+    """The progress points of an episode (and of generation): increasing floats from 0.0 to 1.0, K + 1 of them for
+    K steps. One fact for the env and the generator: the env's episode length is len(schedule) - 1."""
+    if (not isinstance(schedule, list) or len(schedule) < 2
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in schedule)
+            or schedule[0] != 0.0 or schedule[-1] != 1.0 or sorted(set(schedule)) != schedule):
+        raise ConfigError(f"config key {key}: expected increasing values from 0.0 to 1.0, got {schedule}")
+    return [float(x) for x in schedule]
 
 
 INT64 = 2**63
@@ -123,6 +148,9 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     names = set(fields)
     unknown = sorted(set(data) - names)
+    for key in unknown:
+        if f"{prefix}{key}" in REMOVED_KEYS:
+            raise ConfigError(f"config key {prefix}{key} was removed: {REMOVED_KEYS[prefix + key]}")
     if unknown:
         raise ConfigError(f"unknown config key {prefix}{unknown[0]} (valid: {', '.join(sorted(names))})")
     kwargs = {}

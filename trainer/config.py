@@ -18,7 +18,8 @@ from policy.model import PolicyConfig
 from policy.tokenizer import WidthScales
 from trainer import paths
 from trainer.device import check_device
-from envs.spec import ConfigError, EnvConfig, ReferenceConfig, TaskConfig, from_dict, read_yaml
+from envs.spec import (DEFAULT_SCHEDULE, ConfigError, EnvConfig, ReferenceConfig, TaskConfig, check_schedule, from_dict,
+                       read_yaml)
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_config", "config_from_dict", "add_config_args"]
 
@@ -205,8 +206,9 @@ class GRPOConfig:
 
 @dataclass
 class GenerateConfig:
-    schedule: list[float] = field(default_factory=lambda: [0.0, 1.0])
-    """progress values the policy walks from the init (0) to trained (1); snapped to the zoo's checkpoint grid"""
+    schedule: list[float] = field(default_factory=lambda: list(DEFAULT_SCHEDULE))
+    """progress values the policy walks from the init (0) to trained (1); snapped to the zoo's checkpoint grid. The
+    weight-evaluation env's episode is the same walk: len(schedule) - 1 steps"""
     width_scales: WidthScales = "fan_in"
     """how the tokenizer's per-tensor scales, fitted on the zoo's reference widths, carry to other hidden widths
     (reference.widths overridden at generate time, or the other widths of a mixed zoo): "fan_in" (weights and biases
@@ -287,9 +289,7 @@ def config_from_dict(data: dict) -> ExperimentConfig:
     if cfg.imitate.train_runs is not None and cfg.imitate.train_runs > cfg.zoo.runs:
         raise ConfigError(f"config key imitate.train_runs: expected null or a value in [1, zoo.runs={cfg.zoo.runs}], "
                           f"got {cfg.imitate.train_runs}")
-    sched = cfg.generate.schedule
-    if len(sched) < 2 or sched[0] != 0.0 or sched[-1] != 1.0 or sorted(set(sched)) != sched:
-        raise ConfigError(f"config key generate.schedule: expected increasing values from 0.0 to 1.0, got {sched}")
+    check_schedule(cfg.generate.schedule)
     for w in cfg.zoo.widths:  # a mixed zoo varies widths only: one layout structure for one policy
         if len(w) != len(cfg.reference.widths):
             raise ConfigError(f"config key zoo.widths: {w} is not a width list like reference.widths "

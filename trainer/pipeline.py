@@ -15,7 +15,7 @@ import torch
 from envs.models import reference_from_config
 from envs.objectives import Objective, score_objective
 from envs.scoring import recompute_bn_stats
-from envs.spec import ReferenceConfig, from_dict
+from envs.spec import ReferenceConfig, drop_removed_keys, from_dict
 from envs.tasks import Task, task_from_config
 from policy.model import DenoisingPolicy, PolicyConfig
 from policy.sampling import Step, cat_steps, walk
@@ -236,7 +236,7 @@ class WeightGenerator:
         weights, spec = load_policy_files(path)
         policy_cfg = check_spec(spec, Path(path))
         if cfg is None:
-            data = copy.deepcopy(spec["experiment"])
+            data = drop_removed_keys(copy.deepcopy(spec["experiment"]))  # saved by an older version
             data["device"] = "auto"
             for o in overrides or []:
                 apply_override(data, o)

@@ -19,8 +19,10 @@ from envs.spec import ConfigError, EnvConfig, ReferenceConfig, TaskConfig
 D = 64 * 32 + 32 + 32 * 10 + 10  # configs/digits_mlp.yaml: 64-32-10 MLP
 
 
-def small_cfg(**env):
-    return SimpleNamespace(task=TaskConfig(), reference=ReferenceConfig(widths=[16]), env=EnvConfig(**env))
+def small_cfg(schedule=(0.0, 1.0), **env):
+    """The digits MLP 64-16-10 with `env` settings; an episode walks `schedule` (generate.schedule): K = len - 1."""
+    return SimpleNamespace(task=TaskConfig(), reference=ReferenceConfig(widths=[16]), env=EnvConfig(**env),
+                           generate=SimpleNamespace(schedule=list(schedule)))
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +69,12 @@ def test_reset_is_a_seeded_default_init():
 def test_final_reward_comes_at_the_last_step(trained):
     weights, reward_acc, test_acc = trained
     assert reward_acc > 0.8  # real weights, so the reward is not a coincidence
-    env = WeightEvalEnv(small_cfg(steps=3, reward="final"))
+    env = WeightEvalEnv(small_cfg(schedule=[0.0, 0.15, 0.5, 1.0], reward="final"))
     env.reset(seed=0)
     out = [env.step(weights) for _ in range(3)]
     assert [o[1] for o in out[:2]] == [0.0, 0.0] and out[2][1] == pytest.approx(reward_acc, abs=1e-12)
     assert [o[2] for o in out] == [False, False, True] and not any(o[3] for o in out)
-    assert [o[4]["t"] for o in out] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert [o[4]["t"] for o in out] == [0.15, 0.5, 1.0]  # the generation schedule's points, one per step
     info = out[2][4]
     assert info["reward_accuracy"] == pytest.approx(reward_acc) and info["test_accuracy"] == pytest.approx(test_acc)
     assert np.array_equal(out[2][0], weights) and info["invalid"] is False
@@ -82,7 +84,7 @@ def test_final_reward_comes_at_the_last_step(trained):
 
 def test_improvement_reward_sums_to_the_gain(trained):
     weights, reward_acc, _ = trained
-    env = WeightEvalEnv(small_cfg(steps=2, reward="improvement"))
+    env = WeightEvalEnv(small_cfg(schedule=[0.0, 0.5, 1.0], reward="improvement"))
     init, _ = env.reset(seed=3)
     init_acc = env._accuracy(init, "reward")
     _, r1, _, _, _ = env.step(weights)
@@ -93,7 +95,7 @@ def test_improvement_reward_sums_to_the_gain(trained):
 
 def test_invalid_actions(trained):
     weights, reward_acc, _ = trained
-    env = WeightEvalEnv(small_cfg(steps=2, reward="final"))
+    env = WeightEvalEnv(small_cfg(schedule=[0.0, 0.5, 1.0], reward="final"))
     obs, _ = env.reset(seed=0)
     n = env.action_space.shape[0]
     with pytest.raises(ValueError, match=rf"shape \({n - 1},\), expected \({n},\)"):
@@ -113,9 +115,16 @@ def test_invalid_actions(trained):
 
 def test_config_path_errors_name_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("task: {name: digits}\nenv: {steps: 0}\nzoo: {whatever: 1}\n")
-    with pytest.raises(ConfigError, match="env.steps"):
+    bad.write_text("task: {name: digits}\nenv: {objective: loud}\nzoo: {whatever: 1}\n")
+    with pytest.raises(ConfigError, match="env.objective"):
         WeightEvalEnv(str(bad))
+    bad.write_text("env: {steps: 3}\n")  # removed: the episode is the generation schedule
+    with pytest.raises(ConfigError, match=r"config key env.steps was removed: .*generate.schedule"):
+        WeightEvalEnv(str(bad))
+    bad.write_text("generate: {schedule: [0.0, 0.7, 0.5, 1.0]}\n")
+    with pytest.raises(ConfigError, match=r"config key generate.schedule: expected increasing"):
+        WeightEvalEnv(str(bad))
+    assert WeightEvalEnv("configs/digits_mlp.yaml").schedule == [0.0, 0.15, 0.5, 1.0]  # the shipped walk: K = 3
     bad.write_text("reference: {family: mlp, depth: 3}\n")
     with pytest.raises(ConfigError, match="reference.depth"):
         WeightEvalEnv(bad)
@@ -126,7 +135,7 @@ def test_reward_gradient_in_info_is_autograd_of_minus_the_loss(trained, objectiv
     """`reward_gradient=True`: info holds d(-mean CE on the reward split)/d(action), in the action's layout, equal to
     an independent float64 autograd of the model loaded with those weights (on the objective's inputs)."""
     flat = trained[0]
-    env = WeightEvalEnv(small_cfg(steps=1, objective=objective), reward_gradient=True)
+    env = WeightEvalEnv(small_cfg(objective=objective), reward_gradient=True)
     _, first = env.reset(seed=3)  # the episode's init seed also seeds the input noise
     _, _, _, _, info = env.step(flat)
     got = info["reward_gradient"]
@@ -146,6 +155,6 @@ def test_reward_gradient_in_info_is_autograd_of_minus_the_loss(trained, objectiv
     assert info["reward_neg_loss"] == pytest.approx(-loss.item(), rel=1e-5)
     assert np.abs(got).max() > 1e-3  # a trained net's loss still has a gradient
 
-    plain = WeightEvalEnv(small_cfg(steps=1, objective=objective))
+    plain = WeightEvalEnv(small_cfg(objective=objective))
     plain.reset(seed=3)
     assert "reward_gradient" not in plain.step(flat)[4]  # off by default

@@ -103,8 +103,8 @@ def test_reward_gradient_is_straight_through_the_quantiser():
 def test_env_rewards_the_objective_and_reports_plain_accuracy():
     task, ref = TaskConfig(reward_size=200), ReferenceConfig(widths=[16])
     env = WeightEvalEnv(type("C", (), {"task": task, "reference": ref,
-                                       "env": EnvConfig(steps=1, objective="quantized", bits=2)})())
-    plain_env = WeightEvalEnv(type("C", (), {"task": task, "reference": ref, "env": EnvConfig(steps=1)})())
+                                       "env": EnvConfig(objective="quantized", bits=2)})())
+    plain_env = WeightEvalEnv(type("C", (), {"task": task, "reference": ref, "env": EnvConfig()})())
     obs, _ = env.reset(seed=1)
     _, reward, done, _, info = env.step(obs)
     plain_env.reset(seed=1)

@@ -155,3 +155,14 @@ def test_seed_ranges_are_checked_as_intervals():
     for bad in (["zoo.seed=100100"], ["grpo.seed_start=1100"], ["grpo.seed_start=5"]):
         with pytest.raises(ConfigError, match="grpo.seed_start"):
             load_config(overrides=bad)
+
+
+def test_a_removed_key_is_refused_with_its_replacement_and_dropped_from_stored_experiments():
+    with pytest.raises(ConfigError, match=r"^config key env.steps was removed: an episode has len\(generate.schedule\)"):
+        load_config(overrides=["env.steps=3"])
+    from envs.spec import drop_removed_keys
+    from trainer.config import config_to_dict, config_from_dict
+
+    stored = config_to_dict(load_config())
+    stored["env"]["steps"] = 3  # as a policy.json written before the key was removed holds it
+    assert config_from_dict(drop_removed_keys(stored)) == load_config()
