@@ -4,6 +4,7 @@ the default policy, timing and the summary statistics printed in their tables.""
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 from types import ModuleType
@@ -12,10 +13,8 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-import math
-
-from trainer.config import ConfigError, ExperimentConfig
 from trainer import paths
+from trainer.config import ConfigError, ExperimentConfig
 
 
 # argparse types: a count or a scale out of range is refused where the flag is read, naming it (a zero count would
