@@ -79,7 +79,10 @@ class EnvConfig:
 
 # Keys a config no longer has, and what took their place: a YAML or --set that names one is an error that says so; an
 # experiment stored before the removal (policy.json of an older run) loads without it (`drop_removed_keys`).
-REMOVED_KEYS = {"env.steps": "an episode has len(generate.schedule) - 1 steps; set generate.schedule instead"}
+REMOVED_KEYS = {"env.steps": "an episode has len(generate.schedule) - 1 steps; set generate.schedule instead",
+                "policy.noise": "how the policy samples is GRPO's setting: set grpo.noise (saved with the policy)",
+                "policy.temperature": "how the policy samples is GRPO's setting: set grpo.temperature (saved with the "
+                                      "policy)"}
 
 
 def drop_removed_keys(data: dict) -> dict:

@@ -32,17 +32,12 @@ class PolicyConfig:
     """lower bound of the step's std (in scaled units), so log-probs stay finite"""
     std_init: float = field(default=0.05, metadata={"gt": 0})
     """std of every tensor before training"""
-    temperature: float = field(default=1.0, metadata={"gt": 0})
-    """multiplies every per-weight std (after the floor); GRPO sets it from `grpo.temperature`"""
-    noise: Literal["iid", "units"] = "iid"
-    """how a sampled step explores: "iid" (independent Gaussian noise on every weight, one std per tensor from the std
-    head) or "units" (a Gaussian latent on the state of every hidden and output unit, just before the weight head; the
-    weights follow from the latent deterministically, so a draw moves whole rows and columns of the weight matrices
-    together, in the directions the head can express)"""
     latent_dim: int = field(default=16, metadata={"min": 1})
     """k: dimensions of each unit's latent, a fixed k-dimensional subspace of its (dim-wide) state"""
     latent_std: float = field(default=0.1, metadata={"gt": 0})
-    """std of each latent dimension in "units" mode (the unit states are layer-normalised: about 1 per dimension)"""
+    """std of each latent dimension: a generative policy's prior std, a regressor's latent std when it samples in
+    "units" mode unless `Sampling.latent_std` says otherwise (the unit states are layer-normalised: about 1 per
+    dimension)"""
     generative: bool = False
     """a conditional latent-variable model of SGD's outcomes (imitation fits it by the ELBO): a posterior encoder that
     sees the pair (W at t1, W at t2) infers each unit's latent, a nonlinear per-unit decoder lifts it into the unit's
@@ -59,6 +54,23 @@ class PolicyConfig:
     """size of the group-depth embedding table"""
     max_tensors: int = field(default=256, metadata={"min": 1})
     """size of the tensor embedding table"""
+
+
+@dataclass
+class Sampling:
+    """How the policy's sampled steps draw. Not a setting of the model nor of an experiment's `policy` section: GRPO
+    sets it from `grpo.noise`, `grpo.temperature` and `grpo.latent_std`, and it is saved with the policy (policy.json's
+    `sampling`), so that `trainer.generate --samples` draws the way GRPO explored."""
+
+    noise: Literal["iid", "units"] = "iid"
+    """"iid" (independent Gaussian noise on every weight, one std per tensor from the std head) or "units" (a Gaussian
+    latent on the state of every hidden and output unit, just before the weight head; the weights follow from the
+    latent deterministically, so a draw moves whole rows and columns of the weight matrices together). A generative
+    policy always draws its latent"""
+    temperature: float = field(default=1.0, metadata={"gt": 0})
+    """multiplies every per-weight std (after the floor), in "iid" mode"""
+    latent_std: Optional[float] = field(default=None, metadata={"gt": 0})
+    """the latent's std in "units" mode; None: the policy's own `latent_std`"""
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
@@ -220,6 +232,7 @@ class DenoisingPolicy(nn.Module):
         super().__init__()
         d = cfg.dim
         self.cfg, self.layout = cfg, layout
+        self.sampling = Sampling()  # how sampled steps draw: GRPO sets it, and it is saved with the policy
         assert len(layout.groups) <= cfg.max_groups and len(layout.tensors) <= cfg.max_tensors
         self.position = nn.ParameterDict({g.name: nn.Parameter(0.5 * torch.randn(g.size, d))
                                           for g in layout.groups if g.fixed})
@@ -276,7 +289,8 @@ class DenoisingPolicy(nn.Module):
         """The unit latent of the noised groups (every group but the input's), given the unit states: (mean, std),
         group -> (B, n, k) and (B,)."""
         first = next(iter(h.values()))
-        std = torch.full((first.shape[0],), self.cfg.latent_std, dtype=first.dtype, device=first.device)
+        value = self.cfg.latent_std if self.sampling.latent_std is None else self.sampling.latent_std
+        std = torch.full((first.shape[0],), value, dtype=first.dtype, device=first.device)
         return {g: self.latent_mean(h[g]) for g in self.attend}, {g: std for g in self.attend}
 
     def lift(self, h: dict, u: dict) -> dict:
@@ -342,5 +356,5 @@ class DenoisingPolicy(nn.Module):
                 delta = self.unit_head(h[t.out])[..., KINDS.index(t.kind)] + h[t.out] @ self.unit_out[ti]
             gain = heads[:, ti, 0].view(-1, *([1] * (cur.dim() - 1)))
             mean[t.key] = cur + delta + gain * (cur - self.centre[ti])
-            std[t.key] = cfg.temperature * (cfg.std_floor + F.softplus(heads[:, ti, 1] + self.std_bias))
+            std[t.key] = self.sampling.temperature * (cfg.std_floor + F.softplus(heads[:, ti, 1] + self.std_bias))
         return mean, std

@@ -122,10 +122,10 @@ def cat_steps(parts: Sequence[Step]) -> Step:
 def draw(policy, x: Mapping[str, torch.Tensor], t1: float, t2: float, mean_only: bool = False,
          generator: Optional[torch.Generator] = None, antithetic: bool = False) -> Step:
     """One step from token blocks x: the policy's Gaussian (over weights, or over the unit latent with
-    `policy.cfg.noise == "units"`), its mean when `mean_only`, else a draw; the log-prob is that of what was drawn."""
+    `policy.sampling.noise == "units"`), its mean when `mean_only`, else a draw; the log-prob is that of what was drawn."""
     first = next(iter(x.values()))
     t1s, t2s = (torch.full((first.shape[0],), float(t), device=first.device) for t in (t1, t2))
-    if policy.cfg.noise == "iid" and not policy.cfg.generative:  # a generative policy's randomness is its latent
+    if policy.sampling.noise == "iid" and not policy.cfg.generative:  # a generative policy's randomness is its latent
         mean, std = policy(x, t1s, t2s)
         y = dict(mean) if mean_only else sample(mean, std, generator, antithetic)
         return Step(x, y, float(t1), float(t2), gaussian_log_prob(y, mean, std), not mean_only)

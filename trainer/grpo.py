@@ -24,6 +24,7 @@ from envs.models import reference_from_config
 from envs.objectives import Objective
 from envs.scoring import predict_batch
 from envs.tasks import task_from_config
+from policy.model import Sampling
 from policy.sampling import Step, gaussian_kl, gaussian_log_prob
 from rollout.pool import RolloutPool
 from trainer import paths
@@ -52,10 +53,8 @@ class GRPOTrainer:
         self.policy = self.weight_generator.policy
         # A generative policy explores in its own latent, at its prior's std unless grpo.latent_std says otherwise:
         # the draws are then nets like SGD's, and GRPO selects among them.
-        pc = self.policy.cfg
-        noise = "units" if pc.generative else grpo_cfg.noise
-        self.policy.cfg = dataclasses.replace(pc, temperature=grpo_cfg.temperature, noise=noise,
-                                              latent_std=pc.latent_std if grpo_cfg.latent_std is None else grpo_cfg.latent_std)
+        noise = "units" if self.policy.cfg.generative else grpo_cfg.noise
+        self.policy.sampling = Sampling(noise, grpo_cfg.temperature, grpo_cfg.latent_std)
         self.frozen = copy.deepcopy(self.policy).eval().requires_grad_(False)  # the imitation policy, frozen
         self.imitation = dataclasses.replace(self.weight_generator, policy=self.frozen)
         if noise == "units" and grpo_cfg.trainable == "latent":  # trunk and weight head stay the imitation policy's

@@ -17,7 +17,7 @@ from envs.objectives import Objective, score_objective
 from envs.scoring import recompute_bn_stats
 from envs.spec import ReferenceConfig, drop_removed_keys, from_dict
 from envs.tasks import Task, task_from_config
-from policy.model import DenoisingPolicy, PolicyConfig
+from policy.model import DenoisingPolicy, PolicyConfig, Sampling
 from policy.sampling import Step, cat_steps, walk
 from policy.tokenizer import Layout, Tokenizer, transfer_scales
 from trainer.checkpoints import CheckpointError, load_policy_files, save_policy
@@ -113,12 +113,18 @@ def _json(path: Path) -> Path:
     return (path / "policy.json") if path.is_dir() else path.with_suffix(".json")
 
 
-def check_spec(spec: dict, path: Path) -> PolicyConfig:
-    """A policy.json checked as far as it can be without the reference model: its `policy` section (types and keys,
-    as a config is), a schedule and a progress grid of ascending values in [0, 1], a known default output. Returns the
-    policy's config; a hand-edited file fails here in one line naming the key."""
+def check_spec(spec: dict, path: Path) -> tuple[PolicyConfig, Sampling]:
+    """A policy.json checked as far as it can be without the reference model: its `policy` and `sampling` sections
+    (types and keys, as a config is), a schedule and a progress grid of ascending values in [0, 1], a known default
+    output. Returns the policy's config and how it samples; a hand-edited file fails here in one line naming the key."""
     try:
-        policy_cfg = from_dict(PolicyConfig, spec["policy"], "policy.")
+        stored = dict(spec["policy"]) if isinstance(spec["policy"], dict) else spec["policy"]
+        sampling = spec.get("sampling")
+        if sampling is None and isinstance(stored, dict):  # saved before `sampling` had its own section
+            sampling = {k: stored.pop(k) for k in ("noise", "temperature") if k in stored}
+            sampling["latent_std"] = stored.get("latent_std")
+        policy_cfg = from_dict(PolicyConfig, stored, "policy.")
+        sampling = from_dict(Sampling, sampling, "sampling.")
     except ConfigError as e:
         raise CheckpointError(f"{_json(path)}: {e}") from None
     for key in ("schedule", "grid"):
@@ -132,7 +138,7 @@ def check_spec(spec: dict, path: Path) -> PolicyConfig:
                               f"{spec['default_output']!r}")
     if not isinstance(spec["scales"], dict) or not isinstance(spec["layout"], dict):
         raise CheckpointError(f"{_json(path)}: 'scales' and 'layout' must be mappings")
-    return policy_cfg
+    return policy_cfg, sampling
 
 
 PARAMS_ADDED_LATER = ("latent_mean.", "unit_value", "unit_out", "rest_left.")
@@ -220,6 +226,7 @@ class WeightGenerator:
 
     def spec(self, **extra) -> dict:
         return dict(experiment=config_to_dict(self.cfg), policy=dataclasses.asdict(self.policy.cfg),
+                    sampling=dataclasses.asdict(self.policy.sampling),
                     layout=self.layout.raw, scales=self.tokenizer.scales, schedule=self.schedule, grid=self.grid,
                     default_output=self.default_output, **extra)
 
@@ -234,7 +241,7 @@ class WeightGenerator:
         one with `overrides` (`a.b=c`) applied, its device back to "auto" (where it was trained is no concern here);
         either way it must describe the reference model the policy was made for."""
         weights, spec = load_policy_files(path)
-        policy_cfg = check_spec(spec, Path(path))
+        policy_cfg, sampling = check_spec(spec, Path(path))
         if cfg is None:
             data = drop_removed_keys(copy.deepcopy(spec["experiment"]))  # saved by an older version
             data["device"] = "auto"
@@ -263,6 +270,7 @@ class WeightGenerator:
                                   f"tensors ({', '.join(layout.shapes)})")
         tokenizer = Tokenizer(layout, scales)
         policy = DenoisingPolicy(policy_cfg, layout, tokenizer.centres())
+        policy.sampling = sampling
         try:
             # A policy saved before the parameters in PARAMS_ADDED_LATER existed lacks them: keep the fresh (zero)
             # ones, which leave its function as it was.

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from envs.models import build_reference
-from policy.model import DenoisingPolicy, PolicyConfig
+from policy.model import DenoisingPolicy, PolicyConfig, Sampling
 from policy.tokenizer import Layout, Tokenizer, fit_scales, permute_units
 
 from tests.settings import FAMILIES, batch_of, make
@@ -81,7 +81,7 @@ def test_temperature_scales_the_std_and_leaves_the_mean():
     perturb(policy)
     t1, t2 = torch.zeros(2), torch.ones(2)
     mean, std = policy(x, t1, t2)
-    policy.cfg = PolicyConfig(dim=16, rounds=2, heads=2, temperature=0.25)
+    policy.sampling = Sampling(temperature=0.25)
     mean_t, std_t = policy(x, t1, t2)
     for k in mean:
         assert torch.equal(mean_t[k], mean[k])

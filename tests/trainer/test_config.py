@@ -160,9 +160,13 @@ def test_seed_ranges_are_checked_as_intervals():
 def test_a_removed_key_is_refused_with_its_replacement_and_dropped_from_stored_experiments():
     with pytest.raises(ConfigError, match=r"^config key env.steps was removed: an episode has len\(generate.schedule\)"):
         load_config(overrides=["env.steps=3"])
+    for key in ("noise=units", "temperature=0.3"):  # how a policy samples is GRPO's setting, not the policy section's
+        with pytest.raises(ConfigError, match=rf"^config key policy.{key.split('=')[0]} was removed: .* set grpo\."):
+            load_config(overrides=[f"policy.{key}"])
     from envs.spec import drop_removed_keys
     from trainer.config import config_to_dict, config_from_dict
 
     stored = config_to_dict(load_config())
-    stored["env"]["steps"] = 3  # as a policy.json written before the key was removed holds it
+    stored["env"]["steps"] = 3  # as a policy.json written before the keys were removed holds them
+    stored["policy"].update(noise="iid", temperature=1.0)
     assert config_from_dict(drop_removed_keys(stored)) == load_config()

@@ -6,6 +6,7 @@ import pytest
 import ray
 import torch
 
+from policy.model import Sampling
 from policy.sampling import gaussian_kl
 from trainer import grpo
 from rollout.pool import RolloutPool
@@ -48,7 +49,27 @@ def test_temperature_tempers_policy_and_reference_and_is_saved(imitation, in_tmp
             for k in std:
                 torch.testing.assert_close(std[k], 0.3 * std0[k])
     t.checkpoint()
-    assert WeightGenerator.load(in_tmp / "r/policy.safetensors").policy.cfg.temperature == 0.3
+    saved = WeightGenerator.load(in_tmp / "r/policy.safetensors").policy
+    assert saved.sampling == Sampling("iid", 0.3, None)  # generation samples the way GRPO explored
+    assert imitated.sampling == Sampling()
+
+
+def test_a_policy_saved_before_sampling_had_its_own_section_loads_with_its_draws(imitation, in_tmp):
+    """policy.json files written before `sampling` existed hold noise and temperature (and GRPO's latent std) in their
+    `policy` section, and policy.noise / policy.temperature in the experiment: they load as the same sampler."""
+    import json
+    import shutil
+
+    from trainer.pipeline import WeightGenerator
+    old = in_tmp / "old"
+    shutil.copytree(imitation.parent, old)
+    spec = json.loads((old / "policy.json").read_text())
+    del spec["sampling"]
+    spec["policy"].update(noise="units", temperature=0.5, latent_std=0.3)
+    spec["experiment"]["policy"].update(noise="iid", temperature=1.0)
+    (old / "policy.json").write_text(json.dumps(spec))
+    loaded = WeightGenerator.load(old / "policy.safetensors").policy
+    assert loaded.sampling == Sampling("units", 0.5, 0.3) and loaded.cfg.latent_std == 0.3
 
 
 @pytest.mark.parametrize("reward,batch,objective", [
