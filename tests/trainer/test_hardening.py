@@ -73,6 +73,18 @@ def policy_copy(policy, tmp, edit_spec):
     return folder / "policy.safetensors"
 
 
+def policy_without(policy, tmp, key):
+    """A copy of the policy whose weight file lacks tensor `key` (its metadata kept, as a hand edit would)."""
+    from trainer.checkpoints import load_weights
+
+    folder = tmp / "bad-policy"
+    folder.mkdir()
+    weights, meta = load_weights(policy)
+    save_weights(folder / "policy.safetensors", {k: v for k, v in weights.items() if k != key}, meta)
+    (folder / "policy.json").write_text(policy.with_suffix(".json").read_text())
+    return folder / "policy.safetensors"
+
+
 def edited(change):
     """policy.json text -> the same spec with `change(spec)` applied in place."""
     def edit(text):
@@ -213,6 +225,21 @@ CASES = [
     ("policy.json: scales for other tensors", "generate",
      lambda t, p: ["--policy", str(policy_copy(p, t, edited(lambda d: d.update(scales={"a": 1.0}))))],
      "bad-policy/policy.json: 'scales' must give a number > 0 for each of the reference model's tensors"),
+    ("policy.json: an experiment without its generate section", "generate",
+     lambda t, p: ["--policy", str(policy_copy(p, t, edited(lambda d: d["experiment"].pop("generate"))))],
+     "bad-policy/policy.json: 'experiment' has no 'generate'"),
+    ("policy.json: an experiment without its reference model (it loaded the default one)", "generate",
+     lambda t, p: ["--policy", str(policy_copy(p, t, edited(lambda d: d["experiment"].pop("reference"))))],
+     "bad-policy/policy.json: 'experiment' has no 'reference'"),
+    ("policy.json: an experiment key of the wrong type", "generate",
+     lambda t, p: ["--policy", str(policy_copy(p, t, edited(lambda d: d["experiment"].update(seed="0"))))],
+     "bad-policy/policy.json: in 'experiment': config key seed: expected int, got '0'"),
+    ("policy.json: a schedule off its grid", "generate",
+     lambda t, p: ["--policy", str(policy_copy(p, t, edited(lambda d: d.update(schedule=[0.0, 0.3, 1.0]))))],
+     "bad-policy/policy.json: 'schedule' must run from 0 to 1 on points of 'grid'"),
+    ("a policy file missing a trained tensor (it loaded zeros)", "generate",
+     lambda t, p: ["--policy", str(policy_without(p, t, "unit_value"))],
+     "bad-policy/policy.safetensors: policy weights do not fit its spec (missing tensor 'unit_value')"),
     ("no policy", "generate", lambda t, p: ["--policy", "nowhere/policy.safetensors"],
      "nowhere/policy.safetensors: policy file not found"),
     ("--out is a file", "generate", lambda t, p: (t / "taken").write_text("x") and ["--policy", str(p), "--out", "taken"],
