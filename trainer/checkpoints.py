@@ -163,6 +163,18 @@ def save_training_state(path: str | Path, model: torch.nn.Module, optimizer: tor
     return save_weights(path, tensors, meta)
 
 
+def training_state_info(path: str | Path) -> dict:
+    """The `info` a training state was saved with (its step, ...), read from the header alone: what a resume can check
+    before any work."""
+    try:
+        info = json.loads(read_metadata(path)["info"])
+    except (KeyError, json.JSONDecodeError):
+        info = None
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: not a training state (no 'info' in its header)")
+    return info
+
+
 def load_training_state(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                         generators: Mapping[str, torch.Generator]) -> dict:
     """Restore what `save_training_state` wrote, in place; returns its `info`."""

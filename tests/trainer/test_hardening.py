@@ -123,6 +123,17 @@ def earlier_run(tmp, name):
     (folder / "policy.safetensors").write_bytes(b"old policy")
 
 
+def saved_run(tmp, name, overrides, info):
+    """A run folder as a run that saved a state leaves it: policy.json storing the experiment of `overrides`, and a
+    state whose header holds `info` (its step or iteration)."""
+    from trainer.config import config_to_dict
+
+    folder = tmp / "artifacts/runs" / name
+    folder.mkdir(parents=True)
+    (folder / "policy.json").write_text(json.dumps({"experiment": config_to_dict(load_config(overrides=overrides))}))
+    save_weights(folder / "state.safetensors", {"model.x": torch.zeros(1)}, {"info": json.dumps(info)})
+
+
 # (id, entry point, argv given (tmp, policy) -> list (it sets up the files the case needs), what the message says)
 CASES = [
     # config values: every one a one-line ConfigError naming the key and the valid range
@@ -169,6 +180,30 @@ CASES = [
      "artifacts/runs/digits_mlp-imitate: holds an earlier run; pass --resume to continue it, --overwrite"),
     ("grpo into an earlier run", "grpo", lambda t, p: earlier_run(t, "digits_mlp-grpo") or ["--init-policy", str(p)],
      "artifacts/runs/digits_mlp-grpo: holds an earlier run"),
+    ("imitate --resume with a changed setting", "imitate",
+     lambda t, p: saved_run(t, "digits_mlp-imitate", TINY, {"step": 3}) or
+     ["--resume"] + sets(*TINY, "imitate.batch_size=8"),
+     "config key imitate.batch_size: 8 differs from the run being resumed (4); start another run with --name"),
+    ("imitate --resume of a finished run, before any zoo", "imitate",
+     lambda t, p: saved_run(t, "digits_mlp-imitate", TINY, {"step": 6}) or ["--resume"] + sets(*TINY),
+     "digits_mlp-imitate/state.safetensors: the run finished its 6 steps; nothing to resume"),
+    ("grpo --resume with a changed group size", "grpo",
+     lambda t, p: saved_run(t, "digits_mlp-grpo", TINY, {"iteration": 2}) or
+     ["--resume", "--init-policy", str(p)] + sets(*TINY, "grpo.group_size=6"),
+     "config key grpo.group_size: 6 differs from the run being resumed (16)"),
+    ("grpo --resume with a changed seed", "grpo",
+     lambda t, p: saved_run(t, "digits_mlp-grpo", TINY, {"iteration": 2}) or
+     ["--resume", "--init-policy", str(p)] + sets(*TINY, "seed=5"),
+     "config key seed: 5 differs from the run being resumed (0)"),
+    ("grpo --resume of a finished run", "grpo",
+     lambda t, p: saved_run(t, "digits_mlp-grpo", TINY, {"iteration": 160}) or
+     ["--resume", "--init-policy", str(p)] + sets(*TINY),
+     "digits_mlp-grpo/state.safetensors: the run finished its 160 iterations; nothing to resume"),
+    ("grpo --resume, a policy.json that is not one", "grpo",
+     lambda t, p: saved_run(t, "digits_mlp-grpo", TINY, {"iteration": 2}) or
+     written(t / "artifacts/runs/digits_mlp-grpo/policy.json", b"[1]") and
+     ["--resume", "--init-policy", str(p)] + sets(*TINY),
+     "digits_mlp-grpo/policy.json: not the policy spec of the run being resumed"),
     ("--resume and --overwrite", "imitate", lambda t, p: ["--resume", "--overwrite"],
      "--resume continues the run in its folder, --overwrite replaces it"),
     ("grpo, no imitation policy", "grpo", lambda t, p: [],
