@@ -25,7 +25,8 @@ USER_ERRORS = (ConfigError, TaskDataError, CheckpointError, FileNotFoundError)
 def folder_name(text: str) -> str:
     """argparse type of --name: one folder under artifacts/, never a path out of it."""
     if not is_folder_name(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a folder name (no '/', not '.' or '..')")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder name (not blank, no '/', no leading or trailing "
+                                         f"space, not '.' or '..')")
     return text
 
 

@@ -27,6 +27,18 @@ def count(text: str) -> int:
     return value
 
 
+def seed_number(text: str) -> int:
+    """A seed of torch's 64-bit generators: a negative one, or one past 2^63, is refused where the flag is read (it raised
+    `Overflow when unpacking long long`, or named a file `seed--00003`)."""
+    value = int(text)
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2^63), got {value}")
+    return value
+
+
+MAX_SEEDS = 10**6  # held-out seeds of one bench: one generated net and one SGD run each; more is a typo
+
+
 def pair_count(text: str) -> int:
     value = int(text)
     if value < 2:
@@ -66,8 +78,8 @@ def held_out_parser(sub, name: str, help: str, seeds: int, func: Callable, **def
     p.set_defaults(func=func, default_configs=["configs/digits_mlp.yaml"], **defaults)
     p.add_argument("--config", action="append", default=None, help="experiment YAML (default: configs/digits_mlp.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    p.add_argument("--seeds", type=int, default=seeds, help=f"held-out init seeds (default {seeds})")
-    p.add_argument("--seed-start", type=int, default=0, help="first held-out seed (default 0)")
+    p.add_argument("--seeds", type=count, default=seeds, help=f"held-out init seeds (default {seeds})")
+    p.add_argument("--seed-start", type=seed_number, default=0, help="first held-out seed (default 0)")
     p.add_argument("--out", help="also write the table to this file")
     p.add_argument("--plots", metavar="DIR", help="also write PNG figures to this folder")
     return p
@@ -88,10 +100,13 @@ def figure(args: argparse.Namespace, experiment: str, name: str) -> Path:
 
 def held_out_seeds(args: argparse.Namespace, cfg: ExperimentConfig) -> list[int]:
     """--seed-start .. + --seeds, checked to be held out: no zoo run started from any of them."""
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds {args.seeds}: need at least one held-out seed")
+    if args.seeds > MAX_SEEDS or args.seed_start + args.seeds > 2**63:  # checked before the range is built
+        raise ConfigError(f"--seeds {args.seeds} from --seed-start {args.seed_start}: expected at most {MAX_SEEDS} "
+                          f"seeds, all below 2^63")
     seeds = list(range(args.seed_start, args.seed_start + args.seeds))
     zoo = range(cfg.zoo.seed, cfg.zoo.seed + cfg.zoo.runs)
-    if not seeds:
-        raise ConfigError(f"--seeds {args.seeds}: need at least one held-out seed")
     if set(seeds) & set(zoo):
         raise ConfigError(f"held-out seeds {seeds[0]}..{seeds[-1]} overlap the zoo's seeds {zoo[0]}..{zoo[-1]} "
                           f"(choose another --seed-start)")
