@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -37,6 +38,17 @@ from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy, s
 from trainer.runlog import RunLogger, check_resumable, check_run_dir, clear_run_dir, first_layer_grid, lock_run_dir
 
 
+def check_sizes(cfg: ExperimentConfig, weight_generator: WeightGenerator) -> None:
+    """Allocate, and free at once, the weights of one iteration's trajectories (B x G nets at every step of the
+    schedule): a grpo.group_size or grpo.inits_per_iter the machine cannot hold is a one-line out-of-memory error
+    before Ray starts or the run logs anything."""
+    tokens = sum(math.prod(shape) for shape in weight_generator.layout.shapes.values())
+    floats = cfg.grpo.inits_per_iter * cfg.grpo.group_size * len(weight_generator.schedule) * tokens
+    if floats >= 2**61:  # torch.empty cannot even be asked (its size is a signed 64-bit count of bytes)
+        raise MemoryError(f"can't allocate memory: you tried to allocate {4 * floats} bytes")
+    torch.empty(floats, dtype=torch.float32)
+
+
 class GRPOTrainer:
     def __init__(self, cfg: ExperimentConfig, init_policy: Path, run_dir: Path, progress: bool = True,
                  pool: Optional[RolloutPool] = None):
@@ -45,6 +57,7 @@ class GRPOTrainer:
         self.weight_generator = WeightGenerator.load(init_policy, cfg=cfg)
         self.cfg: ExperimentConfig = self.weight_generator.cfg
         grpo_cfg = self.cfg.grpo
+        check_sizes(self.cfg, self.weight_generator)
         self.run_dir, self.progress = run_dir, progress
         self.task = task_from_config(self.cfg.task)
         self.objective = Objective.of(self.cfg.env)
@@ -359,8 +372,8 @@ def main(args, cfg: ExperimentConfig) -> None:
     check_run_dir(run_dir, args.resume, args.overwrite)
     if args.resume:
         check_resume(cfg, run_dir)
+    trainer = GRPOTrainer(cfg, init_policy, run_dir)  # loads and checks the policy and sizes; writes nothing
     with lock_run_dir(run_dir):  # one run per folder at a time
-        trainer = GRPOTrainer(cfg, init_policy, run_dir)
         if args.resume:
             trainer.resume()
         elif args.overwrite:

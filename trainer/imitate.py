@@ -178,12 +178,16 @@ def zoo_data(cfg: ExperimentConfig, task: Task) -> tuple[Tokenizer, list[WidthDa
 
 def check_sizes(cfg: ExperimentConfig, layout: Layout) -> None:
     """Allocate, and free at once, what training will hold: the policy's parameters with their gradients and Adam's two
-    moments, and both sides of a batch of pairs. A size the machine cannot hold (policy.dim, imitate.batch_size) is then
-    the same one-line out-of-memory error as later, but before a zoo is trained for it."""
+    moments, both sides of a batch of pairs, and the nets the task loss walks. A size the machine cannot hold
+    (policy.dim, imitate.batch_size, imitate.task_inits) is then the same one-line out-of-memory error as later, but
+    before a zoo is trained for it."""
     with torch.device("meta"):  # counts the parameters without allocating them
         params = sum(p.numel() for p in DenoisingPolicy(cfg.policy, layout).parameters())
     tokens = sum(math.prod(shape) for shape in layout.shapes.values())
-    torch.empty(4 * params + 2 * cfg.imitate.batch_size * tokens, dtype=torch.float32)
+    floats = 4 * params + (2 * cfg.imitate.batch_size + cfg.imitate.task_inits) * tokens
+    if floats >= 2**61:  # torch.empty cannot even be asked (its size is a signed 64-bit count of bytes)
+        raise MemoryError(f"can't allocate memory: you tried to allocate {4 * floats} bytes")
+    torch.empty(floats, dtype=torch.float32)
 
 
 def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool = True,

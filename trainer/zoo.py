@@ -29,8 +29,12 @@ from trainer.device import worker_device, worker_gpus
 
 
 def checkpoint_steps(total: int, n: int) -> list[int]:
-    """`n` log-spaced steps in [0, total], always with 0 (the init) and `total` (fewer if steps collide)."""
+    """`n` log-spaced steps in [0, total], always with 0 (the init) and `total` (fewer if steps collide). `n`: the
+    config's zoo.checkpoints, so more than a run has steps is its one-line error (numpy could not lay out 2^62)."""
     assert total >= 1 and n >= 2, (total, n)
+    if n > total + 1:
+        raise ConfigError(f"config key zoo.checkpoints: {n} checkpoints of a run of {total} SGD steps; expected at most "
+                          f"{total + 1} (steps 0..{total})")
     inner = np.geomspace(1, total, n - 1).round().astype(int)
     return sorted({0, total, *inner.tolist()})
 
@@ -262,7 +266,7 @@ def build_zoo(cfg: ExperimentConfig, progress: bool = True) -> Path:
         read_run(run_dir(zoo_dir, r) / "run.json", r)
     task = task_from_config(cfg.task)  # fail fast (one line) on missing data, before any worker starts
     reference_from_config(cfg.reference, task)  # a model this machine cannot hold fails here, before zoo.json
-    total_steps(cfg, task)  # a recipe of zero SGD steps fails here, before zoo.json
+    checkpoint_steps(total_steps(cfg, task), cfg.zoo.checkpoints)  # zero SGD steps, or too many checkpoints, fail here
     if not (zoo_dir / "zoo.json").is_file():
         save_json(zoo_dir / "zoo.json", zoo_spec(cfg))
     if todo:
