@@ -333,6 +333,10 @@ CASES = [
     ("zoo seeds among GRPO's", "zoo", lambda t, p: sets("zoo.seed=100000"),
      "config key grpo.seed_start: GRPO init seeds 100000..101279 (grpo.iterations x grpo.inits_per_iter from it) "
      "overlap the zoo's seeds 100000..100255"),
+    ("bench --seed-start negative (a cache folder seed--00005)", "bench", lambda t, p: ["audit", "--seed-start", "-5"],
+     "--seed-start -5: expected a seed in [0, 2^63)"),
+    ("bench --seed-start past 2^64", "bench", lambda t, p: ["generate", "--seed-start", "18446744073709551616"],
+     "--seed-start 18446744073709551616: expected a seed in [0, 2^63)"),
     ("bench --seeds past 2^64", "bench", lambda t, p: ["generate", "--seeds", "18446744073709551616"],
      "--seeds 18446744073709551616 from --seed-start 0: expected at most 1000000 seeds, all below 2^63"),
     ("schedule that snaps to one step", "generate",

@@ -78,8 +78,8 @@ def held_out_parser(sub, name: str, help: str, seeds: int, func: Callable, **def
     p.set_defaults(func=func, default_configs=["configs/digits_mlp.yaml"], **defaults)
     p.add_argument("--config", action="append", default=None, help="experiment YAML (default: configs/digits_mlp.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    p.add_argument("--seeds", type=count, default=seeds, help=f"held-out init seeds (default {seeds})")
-    p.add_argument("--seed-start", type=seed_number, default=0, help="first held-out seed (default 0)")
+    p.add_argument("--seeds", type=int, default=seeds, help=f"held-out init seeds (default {seeds})")
+    p.add_argument("--seed-start", type=int, default=0, help="first held-out seed (default 0)")
     p.add_argument("--out", help="also write the table to this file")
     p.add_argument("--plots", metavar="DIR", help="also write PNG figures to this folder")
     return p
@@ -102,6 +102,8 @@ def held_out_seeds(args: argparse.Namespace, cfg: ExperimentConfig) -> list[int]
     """--seed-start .. + --seeds, checked to be held out: no zoo run started from any of them."""
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}: need at least one held-out seed")
+    if not 0 <= args.seed_start < 2**63:  # a negative seed named a cache folder seed--00005; 2^64 overflowed torch
+        raise ConfigError(f"--seed-start {args.seed_start}: expected a seed in [0, 2^63)")
     if args.seeds > MAX_SEEDS or args.seed_start + args.seeds > 2**63:  # checked before the range is built
         raise ConfigError(f"--seeds {args.seeds} from --seed-start {args.seed_start}: expected at most {MAX_SEEDS} "
                           f"seeds, all below 2^63")

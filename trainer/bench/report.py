@@ -15,7 +15,7 @@ import torch
 
 from trainer import paths
 from trainer.bench import audit, generate, objectives, rollout
-from trainer.bench.common import count, parser_of, seed_number
+from trainer.bench.common import parser_of
 from trainer.config import ExperimentConfig, load_config
 from trainer.report import AUDIT_GUIDE, OBJECTIVES_GUIDE, audit_reading, check_inputs, command, grpo_section, section
 
@@ -30,8 +30,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     rep.add_argument("--policy", action="append",
                      help="policy.safetensors, repeatable (generate compares them; audit takes the first; default: "
                           "the imitation policy)")
-    rep.add_argument("--seeds", type=count, default=32, help="held-out init seeds for generate and audit (default 32)")
-    rep.add_argument("--seed-start", type=seed_number, default=0, help="first held-out seed (default 0)")
+    rep.add_argument("--seeds", type=int, default=32, help="held-out init seeds for generate and audit (default 32)")
+    rep.add_argument("--seed-start", type=int, default=0, help="first held-out seed (default 0)")
     rep.add_argument("--out", default="docs/RESULTS.md", help="the report; figures go to figures/ beside it "
                                                               "(default docs/RESULTS.md)")
     rep.set_defaults(func=run, default_configs=["configs/digits_mlp.yaml"], threads=1)
