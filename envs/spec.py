@@ -236,11 +236,13 @@ def read_yaml(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError(f"config file {p} not found")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text())
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not a text file (a YAML config is UTF-8 text)") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:  # an empty (or truncated to nothing) file would run on the code's defaults, under their name
+        raise ConfigError(f"{p}: empty (a config holds at least the experiment's name and task)")
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of config sections")
     return data

@@ -24,7 +24,7 @@ from policy.tokenizer import Layout, Tokenizer
 from trainer import paths
 from trainer.checkpoints import load_weights
 from trainer.config import ExperimentConfig
-from trainer.zoo import load_manifest, train_run, zoo_spec
+from trainer.zoo import load_manifest, read_run, train_run, zoo_spec
 
 Blocks = dict[str, torch.Tensor]  # key -> (N, *token_shape), unscaled
 # Offset of the data-order seed of the second SGD run from each held-out init: same init, another minibatch order.
@@ -225,7 +225,7 @@ def sgd_from_seeds(cfg: ExperimentConfig, seeds: list[int], template: Mapping[st
         run = folder / "run-0000" / "run.json"
         if not run.is_file():
             train_run(dataclasses.replace(cfg, zoo=zoo), 0, folder)  # run 0 of a one-run zoo seeded `s`
-        last = json.loads(run.read_text())["checkpoints"][-1]["file"]
+        last = read_run(run, 0)["checkpoints"][-1]["file"]
         sds.append(load_weights(folder / last, expected=template)[0])
     torch.set_num_threads(threads)  # train_run pins one thread (it is a Ray task in the zoo)
     return {k: torch.stack([sd[k] for sd in sds]) for k in template}
@@ -239,7 +239,7 @@ def sgd_checkpoints(cfg: ExperimentConfig, seeds: list[int], template: Mapping[s
     out = [[] for _ in progress]
     for s in seeds:
         folder = sgd_cache(cfg) / f"seed-{s:06d}"
-        ckpts = json.loads((folder / "run-0000" / "run.json").read_text())["checkpoints"]
+        ckpts = read_run(folder / "run-0000" / "run.json", 0)["checkpoints"]
         for i, t in enumerate(progress):
             c = min(ckpts, key=lambda c: abs(c["t"] - t))
             out[i].append(load_weights(folder / c["file"], expected=template)[0])

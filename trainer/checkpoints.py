@@ -163,6 +163,18 @@ def save_training_state(path: str | Path, model: torch.nn.Module, optimizer: tor
     return save_weights(path, tensors, meta)
 
 
+def training_state_info(path: str | Path) -> dict:
+    """The `info` a training state was saved with (its step, ...), read from the header alone: what a resume can check
+    before any work."""
+    try:
+        info = json.loads(read_metadata(path)["info"])
+    except (KeyError, json.JSONDecodeError):
+        info = None
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: not a training state (no 'info' in its header)")
+    return info
+
+
 def load_training_state(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                         generators: Mapping[str, torch.Generator]) -> dict:
     """Restore what `save_training_state` wrote, in place; returns its `info`."""
@@ -189,9 +201,12 @@ def load_training_state(path: str | Path, model: torch.nn.Module, optimizer: tor
 # --- the policy: policy.safetensors (weights) + policy.json (config, layout, tokenizer scales, schedule) -------------
 
 def save_policy(folder: str | Path, model: torch.nn.Module, spec: Mapping[str, Any]) -> Path:
+    """`tensors` in the metadata counts what was saved: such a file must hold every parameter of its policy (older
+    files, without it, may lack the parameters added since)."""
     folder = Path(folder)
-    save_weights(folder / "policy.safetensors", model.state_dict(), {"experiment": spec["experiment"]["name"],
-                                                                     "format": "synthnet-policy-v1"})
+    sd = model.state_dict()
+    save_weights(folder / "policy.safetensors", sd, {"experiment": spec["experiment"]["name"],
+                                                     "format": "synthnet-policy-v1", "tensors": len(sd)})
     save_json(folder / "policy.json", spec)
     return folder / "policy.safetensors"
 
@@ -200,11 +215,15 @@ def save_policy(folder: str | Path, model: torch.nn.Module, spec: Mapping[str, A
 POLICY_SPEC_KEYS = ("experiment", "policy", "layout", "scales", "schedule", "grid")
 
 
+def policy_file(path: str | Path) -> Path:
+    """policy.safetensors, given it or its folder."""
+    path = Path(path)
+    return path / "policy.safetensors" if path.is_dir() else path
+
+
 def load_policy_files(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(weights, spec) of a saved policy; `path` is policy.safetensors or its folder."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "policy.safetensors"
+    path = policy_file(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: policy file not found (train one with `python -m trainer.imitate`)")
     spec_path = path.with_suffix(".json")

@@ -25,7 +25,8 @@ USER_ERRORS = (ConfigError, TaskDataError, CheckpointError, FileNotFoundError)
 def folder_name(text: str) -> str:
     """argparse type of --name: one folder under artifacts/, never a path out of it."""
     if not is_folder_name(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a folder name (no '/', not '.' or '..')")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder name (not blank, no '/', no leading or trailing "
+                                         f"space, not '.' or '..')")
     return text
 
 
@@ -58,10 +59,16 @@ def use_threads(requested: Optional[int], processes: int = 1, who: str = "this p
     return n
 
 
+# torch's words for a tensor whose size does not fit in 64 bits (reference.widths=[2^62], policy.dim=2^62, ...)
+SIZE_OVERFLOWS = ("Storage size calculation overflowed", "numel: integer multiplication overflow")
+
+
 def out_of_memory(e: BaseException) -> Optional[str]:
     """What an allocation that failed asked for ("40000000000 bytes (40.0 GB) on the CPU"), or None when `e` is not
     an out-of-memory error (torch's CPU allocator, CUDA's, or Python's MemoryError)."""
     text = str(e)
+    if any(t in text for t in SIZE_OVERFLOWS):  # a size past 2^63 bytes: torch refuses to count it, let alone allocate
+        return "more than 2^63 bytes asked (a size no 64-bit machine addresses)"
     if isinstance(e, MemoryError) or isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in text:
         m = re.search(r"allocate (\d+) bytes", text)
         if m:

@@ -272,8 +272,9 @@ def resolve_config_path(path: str | Path) -> Path:
     raise ConfigError(f"config file {path} not found (shipped: {shipped})")
 
 def is_folder_name(name: str) -> bool:
-    """A single folder name: not empty, not . or .., no path separator (experiment and run names)."""
-    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
+    """A single folder name: not empty or blank, no leading or trailing space, not . or .., no path separator or NUL
+    (experiment and run names; `name=" "` made a zoo folder `artifacts/checkpoints/ ` that listings hide)."""
+    return bool(name) and name == name.strip() and name not in (".", "..") and not any(c in name for c in "/\\\0")
 
 
 def config_from_dict(data: dict) -> ExperimentConfig:
@@ -301,10 +302,12 @@ def config_from_dict(data: dict) -> ExperimentConfig:
                           f"{cfg.zoo.seed + cfg.zoo.runs - 1}")
     grpo_cfg = cfg.grpo
     grpo_seeds = (grpo_cfg.seed_start, grpo_cfg.seed_start + grpo_cfg.iterations * grpo_cfg.inits_per_iter)
-    if any(grpo_seeds[0] < hi and lo < grpo_seeds[1] for lo, hi in
-           ((cfg.zoo.seed, cfg.zoo.seed + cfg.zoo.runs), (imitate_cfg.eval_seed_start, imitate_cfg.eval_seed_start + imitate_cfg.eval_seeds))):
-        raise ConfigError(f"config key grpo.seed_start: GRPO init seeds from {grpo_cfg.seed_start} overlap the zoo's or the "
-                          f"held-out evaluation seeds")
+    for what, lo, hi in (("the zoo's seeds", cfg.zoo.seed, cfg.zoo.seed + cfg.zoo.runs),
+                         ("the held-out evaluation seeds", imitate_cfg.eval_seed_start,
+                          imitate_cfg.eval_seed_start + imitate_cfg.eval_seeds)):
+        if grpo_seeds[0] < hi and lo < grpo_seeds[1]:
+            raise ConfigError(f"config key grpo.seed_start: GRPO init seeds {grpo_seeds[0]}..{grpo_seeds[1] - 1} "
+                              f"(grpo.iterations x grpo.inits_per_iter from it) overlap {what} {lo}..{hi - 1}")
     if grpo_cfg.backprop == "walk" and grpo_cfg.estimator != "pathwise":
         raise ConfigError("config key grpo.backprop: walk takes the reward gradient back through every step: it needs "
                           "grpo.estimator=pathwise")

@@ -117,6 +117,8 @@ def check_counts(args: argparse.Namespace) -> None:
     for flag, n in (("--samples", args.samples), ("--best-of", args.best_of)):
         if n < 1:
             raise ConfigError(f"{flag} {n}: expected at least 1")
+        if n > MAX_SEEDS:  # nets per init: 2^63 of them overflowed torch's size count
+            raise ConfigError(f"{flag} {n}: expected at most {MAX_SEEDS}")
     if args.samples > 1 and args.best_of > 1:
         raise ConfigError("--samples and --best-of: choose one (N nets per init, or the best of N per init)")
     if args.mean and (args.samples > 1 or args.best_of > 1):

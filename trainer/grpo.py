@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
+import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -30,13 +30,24 @@ from rollout.pool import RolloutPool
 from trainer import paths
 from trainer.algos import clipped_policy_loss, learning_rate, minibatches
 from trainer.audit import prediction_agreement
-from trainer.checkpoints import CheckpointError, load_training_state, save_training_state
+from trainer.checkpoints import CheckpointError, load_training_state, save_training_state, training_state_info
 from trainer.cli import add_run_args, parser, run_main, use_threads
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.device import worker_gpus
 from trainer.estimators import ESTIMATORS, Estimator, Rollouts
 from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy, sample_accuracy, score_states
-from trainer.runlog import RunLogger, check_run_dir, clear_run_dir, first_layer_grid, lock_run_dir
+from trainer.runlog import RunLogger, check_resumable, check_run_dir, clear_run_dir, first_layer_grid, lock_run_dir
+
+
+def check_sizes(cfg: ExperimentConfig, weight_generator: WeightGenerator) -> None:
+    """Allocate, and free at once, the weights of one iteration's trajectories (B x G nets at every step of the
+    schedule): a grpo.group_size or grpo.inits_per_iter the machine cannot hold is a one-line out-of-memory error
+    before Ray starts or the run logs anything."""
+    tokens = sum(math.prod(shape) for shape in weight_generator.layout.shapes.values())
+    floats = cfg.grpo.inits_per_iter * cfg.grpo.group_size * len(weight_generator.schedule) * tokens
+    if floats >= 2**61:  # torch.empty cannot even be asked (its size is a signed 64-bit count of bytes)
+        raise MemoryError(f"can't allocate memory: you tried to allocate {4 * floats} bytes")
+    torch.empty(floats, dtype=torch.float32)
 
 
 class GRPOTrainer:
@@ -47,6 +58,7 @@ class GRPOTrainer:
         self.weight_generator = WeightGenerator.load(init_policy, cfg=cfg)
         self.cfg: ExperimentConfig = self.weight_generator.cfg
         grpo_cfg = self.cfg.grpo
+        check_sizes(self.cfg, self.weight_generator)
         self.run_dir, self.progress = run_dir, progress
         self.task = task_from_config(self.cfg.task)
         self.objective = Objective.of(self.cfg.env)
@@ -282,24 +294,9 @@ class GRPOTrainer:
                             {"iteration": self.iteration, "elapsed_s": self.elapsed})
 
     def resume(self) -> None:
-        path = self.run_dir / "state.safetensors"
-        if not path.is_file():
-            raise CheckpointError(f"{path}: nothing to resume from")
-        saved = self.run_dir / "policy.json"
-        if saved.is_file():  # a resumed run must be the run it continues: same GRPO settings but its length
-            stored = json.loads(saved.read_text()).get("experiment", {})
-            for section in ("grpo", "env"):  # the env's objective is the reward
-                was, now = stored.get(section, {}), dataclasses.asdict(getattr(self.cfg, section))
-                changed = [k for k in now if k not in RESUMABLE and k in was and was[k] != now[k]]
-                if changed:
-                    k = changed[0]
-                    raise ConfigError(f"config key {section}.{k}: {now[k]!r} differs from the run being resumed "
-                                      f"({was[k]!r}); start another run with --name")
-        info = load_training_state(path, self.policy, self.opt, self.rng)
+        check_resume(self.cfg, self.run_dir)
+        info = load_training_state(self.run_dir / "state.safetensors", self.policy, self.opt, self.rng)
         self.iteration, self.elapsed = info["iteration"], info["elapsed_s"]
-        if self.iteration >= self.cfg.grpo.iterations:
-            raise ConfigError(f"{path}: the run finished its {self.iteration} iterations; nothing to resume (raise "
-                              f"grpo.iterations in a new run with --name to train longer)")
 
     def train(self, until: Optional[int] = None) -> dict[str, float]:
         """Iterations up to `until` (default and at most `grpo.iterations`): a run measured at checkpoints calls this
@@ -346,6 +343,19 @@ class GRPOTrainer:
 
 
 RESUMABLE = ("iterations", "eval_every", "save_every", "gain_every")  # GRPO settings a resumed run may change
+
+
+def check_resume(cfg: ExperimentConfig, run_dir: Path) -> None:
+    """Before any work: a resumed run must be the run it continues (same seed and GRPO settings but its length; the
+    env's objective is the reward), and unfinished."""
+    path = run_dir / "state.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: nothing to resume from")
+    check_resumable(run_dir, cfg, {"grpo": RESUMABLE, "env": ()})
+    done = training_state_info(path).get("iteration")
+    if isinstance(done, int) and done >= cfg.grpo.iterations:
+        raise ConfigError(f"{path}: the run finished its {done} iterations; nothing to resume (raise grpo.iterations "
+                          f"in a new run with --name to train longer)")
 DIVERSITY_INITS, DIVERSITY_SAMPLES = 8, 4  # held-out inits and nets sampled from each for the agreement measure
 
 
@@ -359,8 +369,10 @@ def main(args, cfg: ExperimentConfig) -> None:
         raise CheckpointError(f"{init_policy}: no imitation policy (run `python -m trainer.imitate` first, "
                               f"or pass --init-policy)")
     check_run_dir(run_dir, args.resume, args.overwrite)
+    if args.resume:
+        check_resume(cfg, run_dir)
+    trainer = GRPOTrainer(cfg, init_policy, run_dir)  # loads and checks the policy and sizes; writes nothing
     with lock_run_dir(run_dir):  # one run per folder at a time
-        trainer = GRPOTrainer(cfg, init_policy, run_dir)
         if args.resume:
             trainer.resume()
         elif args.overwrite:

@@ -23,15 +23,15 @@ from policy.sampling import gaussian_log_prob, latent_kl, sample, walk
 from policy.tokenizer import Layout, Tokenizer, fit_scales, transfer_scales
 from trainer import paths
 from trainer.algos import learning_rate
-from trainer.checkpoints import load_training_state, save_training_state
+from trainer.checkpoints import load_training_state, save_training_state, training_state_info
 from trainer.cli import add_run_args, parser, run_main, use_threads
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.device import resolve_device
-from trainer.runlog import RunLogger, check_run_dir, clear_run_dir, lock_run_dir
+from trainer.runlog import RunLogger, check_resumable, check_run_dir, clear_run_dir, lock_run_dir
 from trainer.pairs import ZooPairs
 from trainer.pipeline import (WeightGenerator, bn_recompute_inputs, init_states, mean_path_accuracy,
                               reference_layout, sample_accuracy, snap_schedule)
-from trainer.zoo import build_zoo, zoo_at_width, zoo_variants
+from trainer.zoo import build_zoo, checkpoint_steps, total_steps, zoo_at_width, zoo_variants
 
 
 def sample_pairs(t: torch.Tensor, sched_idx: list[int], batch: int, schedule_frac: float,
@@ -178,25 +178,39 @@ def zoo_data(cfg: ExperimentConfig, task: Task) -> tuple[Tokenizer, list[WidthDa
 
 def check_sizes(cfg: ExperimentConfig, layout: Layout) -> None:
     """Allocate, and free at once, what training will hold: the policy's parameters with their gradients and Adam's two
-    moments, and both sides of a batch of pairs. A size the machine cannot hold (policy.dim, imitate.batch_size) is then
-    the same one-line out-of-memory error as later, but before a zoo is trained for it."""
+    moments, both sides of a batch of pairs, and the nets the task loss walks. A size the machine cannot hold
+    (policy.dim, imitate.batch_size, imitate.task_inits) is then the same one-line out-of-memory error as later, but
+    before a zoo is trained for it."""
     with torch.device("meta"):  # counts the parameters without allocating them
         params = sum(p.numel() for p in DenoisingPolicy(cfg.policy, layout).parameters())
     tokens = sum(math.prod(shape) for shape in layout.shapes.values())
-    torch.empty(4 * params + 2 * cfg.imitate.batch_size * tokens, dtype=torch.float32)
+    floats = 4 * params + (2 * cfg.imitate.batch_size + cfg.imitate.task_inits) * tokens
+    if floats >= 2**61:  # torch.empty cannot even be asked (its size is a signed 64-bit count of bytes)
+        raise MemoryError(f"can't allocate memory: you tried to allocate {4 * floats} bytes")
+    torch.empty(floats, dtype=torch.float32)
 
 
 def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool = True,
           overwrite: bool = False) -> Path:
     imitate_cfg = cfg.imitate
     run_dir = paths.run_dir(name)
+    state_path = run_dir / "state.safetensors"
     check_run_dir(run_dir, resume, overwrite)
+    if resume:  # before a zoo is built for it: the run to continue must be this one, and unfinished
+        check_resumable(run_dir, cfg, RESUMABLE)
+        done = training_state_info(state_path).get("step")
+        if isinstance(done, int) and done >= imitate_cfg.steps:
+            raise ConfigError(f"{state_path}: the run finished its {done} steps; nothing to resume (train longer in "
+                              f"a new run with --name and a larger imitate.steps)")
     if not any(v.reference.widths == cfg.reference.widths for v in zoo_variants(cfg)):
         raise ConfigError(f"config key reference.widths: {cfg.reference.widths} is not one of zoo.widths "
                           f"{cfg.zoo.widths}: the policy's scales are fitted on the zoo at reference.widths")
     task = task_from_config(cfg.task)
     template, layout = reference_layout(cfg, task)
     check_sizes(cfg, layout)
+    # The zoo's checkpoint grid follows from its recipe: a schedule that collapses on it fails before the zoo is built.
+    total = total_steps(cfg, task)
+    snap_schedule(cfg.generate.schedule, [s / total for s in checkpoint_steps(total, cfg.zoo.checkpoints)])
     zoo_dir = build_zoo(cfg, progress=progress)
     device = resolve_device(cfg.device)
     template.to(device).eval()  # scored as generated nets are (the task loss switches BN nets to train mode)
@@ -216,16 +230,16 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
     weight_generator = WeightGenerator(cfg, policy, tok, schedule, grid, bn_recompute_inputs(cfg, task))
     eval_seeds = list(range(imitate_cfg.eval_seed_start, imitate_cfg.eval_seed_start + imitate_cfg.eval_seeds))
     start, elapsed = 0, 0.0
-    state_path = run_dir / "state.safetensors"
-    if resume:
-        info = load_training_state(state_path, policy, opt, {"pairs": gen})
-        start, elapsed = info["step"], info["elapsed_s"]
-        if start >= imitate_cfg.steps:
-            raise ConfigError(f"{state_path}: the run finished its {start} steps; nothing to resume (train longer in "
-                              f"a new run with --name and a larger imitate.steps)")
-    elif overwrite:
-        clear_run_dir(run_dir)
-    lock = lock_run_dir(run_dir)  # released in the `finally` below
+    lock = lock_run_dir(run_dir)  # released in the `finally` below; taken before --overwrite removes anything
+    try:
+        if resume:
+            info = load_training_state(state_path, policy, opt, {"pairs": gen})
+            start, elapsed = info["step"], info["elapsed_s"]
+        elif overwrite:
+            clear_run_dir(run_dir)
+    except BaseException:
+        lock.close()
+        raise
     log = RunLogger(run_dir, cfg, purge_step=start + 1 if start else None)
     walked = walk_widths(policy, widths, sched_idx, grid) if imitate_cfg.walked_frac > 0 else None
     sched_pos = torch.full((c,), -1, dtype=torch.long)
@@ -300,6 +314,12 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
         log.close()
         lock.close()
     return run_dir
+
+
+# What a resumed imitation may change (section -> keys): how long it trains and how often it logs, evaluates and saves,
+# and where the zoo and the data live. Every other setting of these sections, and the seed, must be the run's own.
+RESUMABLE = {"imitate": ("steps", "eval_every", "save_every", "log_every"), "policy": (), "generate": (),
+             "zoo": ("out",), "task": ("root", "download"), "reference": ()}
 
 
 def main(args, cfg: ExperimentConfig) -> None:

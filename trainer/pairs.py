@@ -8,7 +8,7 @@ from typing import Iterable, Mapping, Optional
 import torch
 from torch.utils.data import Dataset
 
-from trainer.checkpoints import load_weights
+from trainer.checkpoints import CheckpointError, load_weights
 from trainer.zoo import load_manifest
 
 
@@ -26,7 +26,7 @@ class ZooPairs(Dataset):
         wanted = None if runs is None else set(runs)
         records = [r for r in manifest["runs"] if wanted is None or r["run"] in wanted]
         if not records:
-            raise ValueError(f"{zoo_dir}: no zoo runs selected")
+            raise CheckpointError(f"{zoo_dir}/manifest.json: lists none of the zoo runs asked for")
         self.runs = [r["run"] for r in records]
         per_run = []
         for r in records:

@@ -20,7 +20,7 @@ from envs.tasks import Task, task_from_config
 from policy.model import DenoisingPolicy, PolicyConfig, Sampling
 from policy.sampling import Step, cat_steps, walk
 from policy.tokenizer import Layout, Tokenizer, transfer_scales
-from trainer.checkpoints import CheckpointError, load_policy_files, save_policy
+from trainer.checkpoints import CheckpointError, load_policy_files, policy_file, read_metadata, save_policy
 from trainer.config import ConfigError, ExperimentConfig, apply_override, config_from_dict, config_to_dict
 from trainer.device import resolve_device
 
@@ -133,12 +133,36 @@ def check_spec(spec: dict, path: Path) -> tuple[PolicyConfig, Sampling]:
                 and all(a < b for a, b in zip(v, v[1:]))):
             raise CheckpointError(f"{_json(path)}: {key!r} must be a list of at least 2 ascending progress values in "
                                   f"[0, 1], got {str(v)[:60]}")
+    schedule, grid = spec["schedule"], spec["grid"]
+    if grid[0] != 0 or grid[-1] != 1 or schedule[0] != 0 or schedule[-1] != 1 or not set(schedule) <= set(grid):
+        raise CheckpointError(f"{_json(path)}: 'schedule' must run from 0 to 1 on points of 'grid' (the zoo's "
+                              f"checkpoint progress, from 0 to 1), got schedule {schedule} on grid {grid}")
     if spec.get("default_output", "mean") not in ("mean", "samples"):
         raise CheckpointError(f"{_json(path)}: 'default_output' must be \"mean\" or \"samples\", got "
                               f"{spec['default_output']!r}")
     if not isinstance(spec["scales"], dict) or not isinstance(spec["layout"], dict):
         raise CheckpointError(f"{_json(path)}: 'scales' and 'layout' must be mappings")
     return policy_cfg, sampling
+
+
+# The sections of a stored experiment that say what the policy was made for: a policy.json lacking one would load with
+# the defaults in its place.
+EXPERIMENT_SECTIONS = ("name", "task", "reference", "generate")
+
+
+def stored_experiment(spec: dict, path: Path) -> ExperimentConfig:
+    """The experiment a policy.json stores, checked as a config is (its device back to "auto": where the policy was
+    trained is no concern here); a hand-edited one fails in one line naming the file."""
+    data = drop_removed_keys(copy.deepcopy(spec["experiment"]))  # keys an older version saved
+    missing = [k for k in EXPERIMENT_SECTIONS if k not in data]
+    if missing:
+        raise CheckpointError(f"{_json(path)}: 'experiment' has no {missing[0]!r} (expected "
+                              f"{', '.join(EXPERIMENT_SECTIONS)}: what the policy was made for)")
+    data["device"] = "auto"
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:
+        raise CheckpointError(f"{_json(path)}: in 'experiment': {e}") from None
 
 
 PARAMS_ADDED_LATER = ("latent_mean.", "unit_value", "unit_out", "rest_left.")
@@ -242,6 +266,7 @@ class WeightGenerator:
         either way it must describe the reference model the policy was made for."""
         weights, spec = load_policy_files(path)
         policy_cfg, sampling = check_spec(spec, Path(path))
+        stored = stored_experiment(spec, Path(path))
         if cfg is None:
             data = drop_removed_keys(copy.deepcopy(spec["experiment"]))  # saved by an older version
             data["device"] = "auto"
@@ -255,7 +280,7 @@ class WeightGenerator:
             # No policy parameter depends on a hidden group's size, so any widths of the same structure will do; the
             # tokenizer's scales, fitted at the stored widths, carry over by generate.width_scales.
             try:
-                _, fitted = layout_of(from_dict(ReferenceConfig, spec["experiment"]["reference"]), task)
+                _, fitted = layout_of(stored.reference, task)
             except (ConfigError, KeyError, AssertionError, ValueError, RuntimeError):
                 fitted = None
             if fitted is None or fitted.raw != spec["layout"] or fitted.structure() != layout.structure():
@@ -271,17 +296,22 @@ class WeightGenerator:
         tokenizer = Tokenizer(layout, scales)
         policy = DenoisingPolicy(policy_cfg, layout, tokenizer.centres())
         policy.sampling = sampling
-        try:
-            # A policy saved before the parameters in PARAMS_ADDED_LATER existed lacks them: keep the fresh (zero)
-            # ones, which leave its function as it was.
-            missing, unexpected = policy.load_state_dict(weights, strict=False)
-            if unexpected or any(not k.startswith(PARAMS_ADDED_LATER) for k in missing):
-                policy.load_state_dict(weights)  # raises, naming the keys
-        except RuntimeError as e:
-            raise CheckpointError(f"{path}: policy weights do not fit its spec ({str(e).splitlines()[0]})") from None
+        expected = policy.state_dict()
+        # A policy saved before the parameters in PARAMS_ADDED_LATER existed lacks them: keep the fresh (zero) ones,
+        # which leave its function as it was. A file that counts its tensors (every save since) lacks none.
+        counted = "tensors" in read_metadata(policy_file(path))
+        missing = [k for k in expected if k not in weights and (counted or not k.startswith(PARAMS_ADDED_LATER))]
+        unexpected = [k for k in weights if k not in expected]
+        wrong = [k for k in weights if k in expected and weights[k].shape != expected[k].shape]
+        if missing or unexpected or wrong:
+            why = (f"missing tensor {missing[0]!r}" if missing else f"unexpected tensor {unexpected[0]!r}" if unexpected
+                   else f"tensor {wrong[0]!r} has shape {tuple(weights[wrong[0]].shape)}, expected "
+                        f"{tuple(expected[wrong[0]].shape)}")
+            raise CheckpointError(f"{path}: policy weights do not fit its spec ({why})")
+        policy.load_state_dict(weights, strict=False)
         policy.to(resolve_device(cfg.device)).eval()
         schedule = spec["schedule"]
-        if cfg.generate.schedule != spec["experiment"]["generate"]["schedule"]:
+        if cfg.generate.schedule != stored.generate.schedule:
             schedule = snap_schedule(cfg.generate.schedule, spec["grid"])
         default = spec.get("default_output", "samples" if policy.cfg.generative else "mean")
         return cls(cfg, policy, tokenizer, schedule, spec["grid"], bn_recompute_inputs(cfg, task), default)

@@ -13,7 +13,7 @@ import torchvision
 from torch.utils.tensorboard import SummaryWriter
 
 from envs.spec import ConfigError
-from trainer.checkpoints import CheckpointError, check_writable_folder
+from trainer.checkpoints import CheckpointError, check_writable_folder, read_json
 
 # What a run writes into its folder; `--overwrite` removes these and nothing else (the folder is named by the user).
 RUN_FILES = ("events.out.tfevents.*", "policy.safetensors", "policy.json", "state.safetensors")
@@ -28,6 +28,8 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     runs' curves in one folder are one unreadable TensorBoard plot, and the old policy would be silently replaced)."""
     state = Path(run_dir) / "state.safetensors"
     check_writable_folder(run_dir, "run folder")
+    if _locked(run_dir):  # before anything below removes a file the live run is writing
+        raise ConfigError(BUSY.format(run_dir=run_dir))
     if resume and overwrite:
         raise ConfigError("--resume continues the run in its folder, --overwrite replaces it: pass one of them")
     if resume:
@@ -44,6 +46,47 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
                           f"or --name to start another")
 
 
+BUSY = "{run_dir}: another run is writing to this folder; wait for it, or pass --name"
+
+
+def _locked(run_dir: Path) -> bool:
+    """Whether a live run holds the folder's lock (`lock_run_dir`); creates nothing."""
+    import fcntl
+
+    path = Path(run_dir) / ".lock"
+    if not path.is_file():
+        return False
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def check_resumable(run_dir: Path, cfg, sections: Mapping[str, tuple[str, ...]]) -> None:
+    """A resumed run must be the run it continues: its seed and, in each of `sections` (section -> the keys a resumed
+    run may change), every setting as the run's policy.json stored it. A changed one is a one-line error naming it."""
+    path = Path(run_dir) / "policy.json"
+    stored = read_json(path)
+    experiment = stored.get("experiment") if isinstance(stored, dict) else None
+    if not isinstance(experiment, dict):
+        raise CheckpointError(f"{path}: not the policy spec of the run being resumed (no 'experiment' mapping)")
+    now = dataclasses.asdict(cfg)
+    for section, may_change in {"seed": (), **sections}.items():
+        was, new = experiment.get(section), now[section]
+        if not isinstance(new, dict):  # a top-level key
+            was, new, section = ({section: was} if section in experiment else {}), {section: new}, ""
+        elif not isinstance(was, dict):
+            raise CheckpointError(f"{path}: 'experiment.{section}' is not a mapping")
+        changed = [k for k in new if k not in may_change and k in was and was[k] != new[k]]
+        if changed:
+            k = changed[0]
+            raise ConfigError(f"config key {section + '.' if section else ''}{k}: {new[k]!r} differs from the run being "
+                              f"resumed ({was[k]!r}); start another run with --name")
+
+
 def lock_run_dir(run_dir: Path):
     """An exclusive lock on the run folder for as long as the returned file stays open (the process's life): a second
     run started with the same --name stops here with a one-line error instead of writing into the first one's folder."""
@@ -55,7 +98,7 @@ def lock_run_dir(run_dir: Path):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.close()
-        raise ConfigError(f"{run_dir}: another run is writing to this folder; wait for it, or pass --name") from None
+        raise ConfigError(BUSY.format(run_dir=run_dir)) from None
     return handle
 
 

@@ -29,8 +29,12 @@ from trainer.device import worker_device, worker_gpus
 
 
 def checkpoint_steps(total: int, n: int) -> list[int]:
-    """`n` log-spaced steps in [0, total], always with 0 (the init) and `total` (fewer if steps collide)."""
+    """`n` log-spaced steps in [0, total], always with 0 (the init) and `total` (fewer if steps collide). `n`: the
+    config's zoo.checkpoints, so more than a run has steps is its one-line error (numpy could not lay out 2^62)."""
     assert total >= 1 and n >= 2, (total, n)
+    if n > total + 1:
+        raise ConfigError(f"config key zoo.checkpoints: {n} checkpoints of a run of {total} SGD steps; expected at most "
+                          f"{total + 1} (steps 0..{total})")
     inner = np.geomspace(1, total, n - 1).round().astype(int)
     return sorted({0, total, *inner.tolist()})
 
@@ -46,9 +50,58 @@ def run_dir(zoo_dir: Path, run: int) -> Path:
     return zoo_dir / f"run-{run:04d}"
 
 
+def steps_per_epoch(cfg: ExperimentConfig, task) -> int:
+    """Whole minibatches in one pass over the train split; a batch larger than the split (which would train nothing,
+    or loop forever waiting for a step) is a one-line error naming zoo.batch_size."""
+    n = len(task.train) // cfg.zoo.batch_size
+    if n < 1:
+        raise ConfigError(f"config key zoo.batch_size: {cfg.zoo.batch_size} leaves no SGD step: the train split holds "
+                          f"{len(task.train)} examples ({task.name} less task.reward_size={cfg.task.reward_size}); "
+                          f"use a batch of at most {len(task.train)}")
+    return n
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def check_run_record(record, where: str | Path, run: Optional[int] = None) -> dict:
+    """A run record (run.json, or an entry of manifest.json) as `train_run` writes it: a hand-edited or truncated one
+    is a one-line CheckpointError naming the file, before a manifest is written from it or a checkpoint is read."""
+    def bad(what: str):
+        raise CheckpointError(f"{where}: not a zoo run record ({what})")
+
+    if not isinstance(record, dict):
+        bad("expected a mapping")
+    if not isinstance(record.get("run"), int) or isinstance(record["run"], bool) or \
+            (run is not None and record["run"] != run):
+        bad(f"'run' must be {run if run is not None else 'the run index'}, got {record.get('run')!r}")
+    ckpts = record.get("checkpoints")
+    if not isinstance(ckpts, list) or len(ckpts) < 2:
+        bad("'checkpoints' must be a list of at least 2 checkpoints")
+    for i, c in enumerate(ckpts):
+        if not isinstance(c, dict):
+            bad(f"checkpoints[{i}] must be a mapping")
+        f = c.get("file")
+        if not isinstance(f, str) or Path(f).is_absolute() or ".." in Path(f).parts:
+            bad(f"checkpoints[{i}].file must be a path inside the zoo folder, got {f!r}")
+        for k in ("t", "test_accuracy"):
+            if not _number(c.get(k)):
+                bad(f"checkpoints[{i}].{k} must be a number, got {c.get(k)!r}")
+    t = [c["t"] for c in ckpts]
+    if t[0] != 0 or t[-1] != 1 or any(a >= b for a, b in zip(t, t[1:])):
+        bad(f"checkpoint progress values 't' must ascend from 0 to 1, got {t}")
+    return record
+
+
+def read_run(path: Path, run: int) -> dict:
+    """A finished run's run.json, checked (`check_run_record`)."""
+    return check_run_record(read_json(path), path, run)
+
+
 def total_steps(cfg: ExperimentConfig, task) -> int:
     """Optimizer steps of one run of the zoo's recipe: whole minibatches per epoch x epochs."""
-    return len(task.train) // cfg.zoo.batch_size * cfg.zoo.epochs
+    return steps_per_epoch(cfg, task) * cfg.zoo.epochs
 
 
 def sgd_steps(cfg: ExperimentConfig, model: torch.nn.Module, task, data_seed: int,
@@ -64,7 +117,7 @@ def sgd_steps(cfg: ExperimentConfig, model: torch.nn.Module, task, data_seed: in
     else:
         opt = torch.optim.Adam(model.parameters(), lr=zoo_cfg.lr, weight_decay=zoo_cfg.weight_decay)
     n = len(task.train)
-    per_epoch = n // zoo_cfg.batch_size
+    per_epoch = steps_per_epoch(cfg, task)
     total = budget or total_steps(cfg, task)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * s / total)) if zoo_cfg.cosine else 1.0)
     step = 0
@@ -91,7 +144,7 @@ def train_run(cfg: ExperimentConfig, run: int, zoo_dir: Path, threads: Optional[
     back, and renaming onto the finished run would fail the zoo."""
     final, tmp = run_dir(zoo_dir, run), zoo_dir / f".run-{run:04d}.tmp"
     if (final / "run.json").is_file():
-        return read_json(final / "run.json")
+        return read_run(final / "run.json", run)
     torch.set_num_threads(threads or zoo_threads(cfg))
     zoo_cfg = cfg.zoo
     task = task_from_config(cfg.task).to(device)
@@ -210,13 +263,10 @@ def build_zoo(cfg: ExperimentConfig, progress: bool = True) -> Path:
     # so a corrupt one fails here rather than after hours of training the others.
     todo = [r for r in range(cfg.zoo.runs) if not (run_dir(zoo_dir, r) / "run.json").is_file()]
     for r in sorted(set(range(cfg.zoo.runs)) - set(todo)):
-        read_json(run_dir(zoo_dir, r) / "run.json")
+        read_run(run_dir(zoo_dir, r) / "run.json", r)
     task = task_from_config(cfg.task)  # fail fast (one line) on missing data, before any worker starts
     reference_from_config(cfg.reference, task)  # a model this machine cannot hold fails here, before zoo.json
-    if total_steps(cfg, task) < 1:
-        raise ConfigError(f"config key zoo.batch_size: {cfg.zoo.batch_size} leaves no SGD step: the train split holds "
-                          f"{len(task.train)} examples ({task.name} less task.reward_size={cfg.task.reward_size}); "
-                          f"use a batch of at most {len(task.train)}")
+    checkpoint_steps(total_steps(cfg, task), cfg.zoo.checkpoints)  # zero SGD steps, or too many checkpoints, fail here
     if not (zoo_dir / "zoo.json").is_file():
         save_json(zoo_dir / "zoo.json", zoo_spec(cfg))
     if todo:
@@ -241,7 +291,7 @@ def build_zoo(cfg: ExperimentConfig, progress: bool = True) -> Path:
 
 
 def write_manifest(cfg: ExperimentConfig, zoo_dir: Path) -> dict:
-    runs = [read_json(run_dir(zoo_dir, r) / "run.json") for r in range(cfg.zoo.runs)]
+    runs = [read_run(run_dir(zoo_dir, r) / "run.json", r) for r in range(cfg.zoo.runs)]
     final = [r["checkpoints"][-1]["test_accuracy"] for r in runs]
     manifest = dict(zoo_spec(cfg), runs=runs, summary=dict(
         runs=len(runs), final_test_accuracy_median=float(np.median(final)),
@@ -254,7 +304,17 @@ def load_manifest(zoo_dir: Path) -> dict:
     path = Path(zoo_dir) / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no zoo manifest (build the zoo with `python -m trainer.zoo`)")
-    return read_json(path)
+    manifest = read_json(path)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("runs"), list) or not manifest["runs"]:
+        raise CheckpointError(f"{path}: not a zoo manifest (expected a mapping with a non-empty list 'runs')")
+    for i, record in enumerate(manifest["runs"]):
+        check_run_record(record, f"{path}: runs[{i}]")
+    grid = [c["t"] for c in manifest["runs"][0]["checkpoints"]]
+    odd = next((r["run"] for r in manifest["runs"] if [c["t"] for c in r["checkpoints"]] != grid), None)
+    if odd is not None:
+        raise CheckpointError(f"{path}: run {odd} was checkpointed at other progress values than run "
+                              f"{manifest['runs'][0]['run']} (one zoo, one checkpoint grid)")
+    return manifest
 
 
 def main(args, cfg: ExperimentConfig) -> None:

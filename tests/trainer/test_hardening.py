@@ -73,6 +73,18 @@ def policy_copy(policy, tmp, edit_spec):
     return folder / "policy.safetensors"
 
 
+def policy_without(policy, tmp, key):
+    """A copy of the policy whose weight file lacks tensor `key` (its metadata kept, as a hand edit would)."""
+    from trainer.checkpoints import load_weights
+
+    folder = tmp / "bad-policy"
+    folder.mkdir()
+    weights, meta = load_weights(policy)
+    save_weights(folder / "policy.safetensors", {k: v for k, v in weights.items() if k != key}, meta)
+    (folder / "policy.json").write_text(policy.with_suffix(".json").read_text())
+    return folder / "policy.safetensors"
+
+
 def edited(change):
     """policy.json text -> the same spec with `change(spec)` applied in place."""
     def edit(text):
@@ -109,6 +121,17 @@ def earlier_run(tmp, name):
     folder.mkdir(parents=True)
     (folder / "events.out.tfevents.1.host").write_bytes(b"old curves")
     (folder / "policy.safetensors").write_bytes(b"old policy")
+
+
+def saved_run(tmp, name, overrides, info):
+    """A run folder as a run that saved a state leaves it: policy.json storing the experiment of `overrides`, and a
+    state whose header holds `info` (its step or iteration)."""
+    from trainer.config import config_to_dict
+
+    folder = tmp / "artifacts/runs" / name
+    folder.mkdir(parents=True)
+    (folder / "policy.json").write_text(json.dumps({"experiment": config_to_dict(load_config(overrides=overrides))}))
+    save_weights(folder / "state.safetensors", {"model.x": torch.zeros(1)}, {"info": json.dumps(info)})
 
 
 # (id, entry point, argv given (tmp, policy) -> list (it sets up the files the case needs), what the message says)
@@ -157,6 +180,30 @@ CASES = [
      "artifacts/runs/digits_mlp-imitate: holds an earlier run; pass --resume to continue it, --overwrite"),
     ("grpo into an earlier run", "grpo", lambda t, p: earlier_run(t, "digits_mlp-grpo") or ["--init-policy", str(p)],
      "artifacts/runs/digits_mlp-grpo: holds an earlier run"),
+    ("imitate --resume with a changed setting", "imitate",
+     lambda t, p: saved_run(t, "digits_mlp-imitate", TINY, {"step": 3}) or
+     ["--resume"] + sets(*TINY, "imitate.batch_size=8"),
+     "config key imitate.batch_size: 8 differs from the run being resumed (4); start another run with --name"),
+    ("imitate --resume of a finished run, before any zoo", "imitate",
+     lambda t, p: saved_run(t, "digits_mlp-imitate", TINY, {"step": 6}) or ["--resume"] + sets(*TINY),
+     "digits_mlp-imitate/state.safetensors: the run finished its 6 steps; nothing to resume"),
+    ("grpo --resume with a changed group size", "grpo",
+     lambda t, p: saved_run(t, "digits_mlp-grpo", TINY, {"iteration": 2}) or
+     ["--resume", "--init-policy", str(p)] + sets(*TINY, "grpo.group_size=6"),
+     "config key grpo.group_size: 6 differs from the run being resumed (16)"),
+    ("grpo --resume with a changed seed", "grpo",
+     lambda t, p: saved_run(t, "digits_mlp-grpo", TINY, {"iteration": 2}) or
+     ["--resume", "--init-policy", str(p)] + sets(*TINY, "seed=5"),
+     "config key seed: 5 differs from the run being resumed (0)"),
+    ("grpo --resume of a finished run", "grpo",
+     lambda t, p: saved_run(t, "digits_mlp-grpo", TINY, {"iteration": 160}) or
+     ["--resume", "--init-policy", str(p)] + sets(*TINY),
+     "digits_mlp-grpo/state.safetensors: the run finished its 160 iterations; nothing to resume"),
+    ("grpo --resume, a policy.json that is not one", "grpo",
+     lambda t, p: saved_run(t, "digits_mlp-grpo", TINY, {"iteration": 2}) or
+     written(t / "artifacts/runs/digits_mlp-grpo/policy.json", b"[1]") and
+     ["--resume", "--init-policy", str(p)] + sets(*TINY),
+     "digits_mlp-grpo/policy.json: not the policy spec of the run being resumed"),
     ("--resume and --overwrite", "imitate", lambda t, p: ["--resume", "--overwrite"],
      "--resume continues the run in its folder, --overwrite replaces it"),
     ("grpo, no imitation policy", "grpo", lambda t, p: [],
@@ -167,8 +214,25 @@ CASES = [
      "error: out of memory: 9602158708864 bytes (9602.2 GB) asked of the CPU"),
     ("a batch of pairs no machine holds, before any zoo", "imitate", lambda t, p: sets("imitate.batch_size=10000000"),
      "error: out of memory: 192805313920 bytes (192.8 GB) asked of the CPU"),
+    ("a policy past 64-bit sizes", "imitate", lambda t, p: sets("policy.dim=4611686018427387904"),
+     "error: out of memory: more than 2^63 bytes asked (a size no 64-bit machine addresses)"),
+    ("task-loss inits no machine holds, before any zoo", "imitate", lambda t, p: sets("imitate.task_inits=100000000"),
+     "bytes (964.0 GB) asked of the CPU"),
+    ("a GRPO group no machine holds, before Ray starts", "grpo",
+     lambda t, p: ["--init-policy", str(p)] + sets(*TINY, "grpo.group_size=100000000"),
+     "error: out of memory: 5856000000000 bytes (5856.0 GB) asked of the CPU"),
+    ("more checkpoints than a run has steps", "zoo", lambda t, p: sets("zoo.checkpoints=1000"),
+     "config key zoo.checkpoints: 1000 checkpoints of a run of 192 SGD steps; expected at most 193"),
+    ("--samples past 64 bits", "generate", lambda t, p: ["--policy", str(p), "--samples", "9223372036854775807"],
+     "--samples 9223372036854775807: expected at most 1000000"),
     ("a zoo of zero SGD steps", "zoo", lambda t, p: sets("zoo.batch_size=100000"),
      "config key zoo.batch_size: 100000 leaves no SGD step: the train split holds 1048 examples"),
+    ("bench warmstart of zero SGD steps (it looped forever)", "bench",
+     lambda t, p: ["warmstart", "--policy", str(p), "--seeds", "1"] + sets(*TINY, "zoo.batch_size=100000"),
+     "config key zoo.batch_size: 100000 leaves no SGD step"),
+    ("bench sensitivity of zero SGD steps", "bench",
+     lambda t, p: ["sensitivity", "--seeds", "1"] + sets(*TINY, "zoo.batch_size=100000"),
+     "config key zoo.batch_size: 100000 leaves no SGD step"),
     ("zoo.out is a file", "zoo", lambda t, p: written(t / "f") and sets(f"zoo.out={t / 'f'}"),
      "zoo folder (zoo.out) "),
     ("a run folder that is a file", "imitate", lambda t, p: written(t / "artifacts/runs/x") and ["--name", "x"],
@@ -180,6 +244,15 @@ CASES = [
      "artifacts/checkpoints/digits_mlp/zoo.json: not valid JSON"),
     ("corrupt run.json", "imitate", lambda t, p: zoo_folder(t, run_json='{"run": 0, "che') or sets(*TINY),
      "artifacts/checkpoints/digits_mlp/run-0000/run.json: not valid JSON"),
+    ("run.json of the wrong shape", "zoo", lambda t, p: zoo_folder(t, run_json='{"run": 0}') or sets(*TINY),
+     "artifacts/checkpoints/digits_mlp/run-0000/run.json: not a zoo run record ('checkpoints' must be a list"),
+    ("run.json of another run", "imitate",
+     lambda t, p: zoo_folder(t, run_json=json.dumps({"run": 3, "checkpoints": []})) or sets(*TINY),
+     "run-0000/run.json: not a zoo run record ('run' must be 0, got 3)"),
+    ("manifest.json of the wrong shape", "bench",
+     lambda t, p: zoo_folder(t) or written(t / "artifacts/checkpoints/digits_mlp/manifest.json", b'{"runs": "x"}')
+     and ["generate", "--policy", str(p)] + sets(*TINY),
+     "digits_mlp/manifest.json: not a zoo manifest (expected a mapping with a non-empty list 'runs')"),
     ("zoo of another config", "zoo", lambda t, p: zoo_folder(t) or sets(*TINY, "zoo.lr=0.5"),
      "artifacts/checkpoints/digits_mlp/zoo.json: the zoo there was built with a different `zoo` config"),
     ("truncated policy.json", "generate", lambda t, p: ["--policy", str(policy_copy(p, t, lambda s: s[:len(s) // 2]))],
@@ -198,6 +271,21 @@ CASES = [
     ("policy.json: scales for other tensors", "generate",
      lambda t, p: ["--policy", str(policy_copy(p, t, edited(lambda d: d.update(scales={"a": 1.0}))))],
      "bad-policy/policy.json: 'scales' must give a number > 0 for each of the reference model's tensors"),
+    ("policy.json: an experiment without its generate section", "generate",
+     lambda t, p: ["--policy", str(policy_copy(p, t, edited(lambda d: d["experiment"].pop("generate"))))],
+     "bad-policy/policy.json: 'experiment' has no 'generate'"),
+    ("policy.json: an experiment without its reference model (it loaded the default one)", "generate",
+     lambda t, p: ["--policy", str(policy_copy(p, t, edited(lambda d: d["experiment"].pop("reference"))))],
+     "bad-policy/policy.json: 'experiment' has no 'reference'"),
+    ("policy.json: an experiment key of the wrong type", "generate",
+     lambda t, p: ["--policy", str(policy_copy(p, t, edited(lambda d: d["experiment"].update(seed="0"))))],
+     "bad-policy/policy.json: in 'experiment': config key seed: expected int, got '0'"),
+    ("policy.json: a schedule off its grid", "generate",
+     lambda t, p: ["--policy", str(policy_copy(p, t, edited(lambda d: d.update(schedule=[0.0, 0.3, 1.0]))))],
+     "bad-policy/policy.json: 'schedule' must run from 0 to 1 on points of 'grid'"),
+    ("a policy file missing a trained tensor (it loaded zeros)", "generate",
+     lambda t, p: ["--policy", str(policy_without(p, t, "unit_value"))],
+     "bad-policy/policy.safetensors: policy weights do not fit its spec (missing tensor 'unit_value')"),
     ("no policy", "generate", lambda t, p: ["--policy", "nowhere/policy.safetensors"],
      "nowhere/policy.safetensors: policy file not found"),
     ("--out is a file", "generate", lambda t, p: (t / "taken").write_text("x") and ["--policy", str(p), "--out", "taken"],
@@ -238,6 +326,19 @@ CASES = [
      "--seeds '0..999999999999': 1000000000000 seeds, more than 1000000"),
     ("empty name", "zoo", lambda t, p: sets('name=""'), "config key name: '' is not a folder name"),
     ("name with a slash", "imitate", lambda t, p: sets("name=a/b"), "config key name: 'a/b' is not a folder name"),
+    ("a blank name (it made a zoo folder named ' ')", "zoo", lambda t, p: sets("name=' '"),
+     "config key name: ' ' is not a folder name"),
+    ("an empty config file (it ran on the code's defaults)", "zoo",
+     lambda t, p: written(t / "c.yaml", b"") and ["--config", str(t / "c.yaml")], "c.yaml: empty"),
+    ("zoo seeds among GRPO's", "zoo", lambda t, p: sets("zoo.seed=100000"),
+     "config key grpo.seed_start: GRPO init seeds 100000..101279 (grpo.iterations x grpo.inits_per_iter from it) "
+     "overlap the zoo's seeds 100000..100255"),
+    ("bench --seed-start negative (a cache folder seed--00005)", "bench", lambda t, p: ["audit", "--seed-start", "-5"],
+     "--seed-start -5: expected a seed in [0, 2^63)"),
+    ("bench --seed-start past 2^64", "bench", lambda t, p: ["generate", "--seed-start", "18446744073709551616"],
+     "--seed-start 18446744073709551616: expected a seed in [0, 2^63)"),
+    ("bench --seeds past 2^64", "bench", lambda t, p: ["generate", "--seeds", "18446744073709551616"],
+     "--seeds 18446744073709551616 from --seed-start 0: expected at most 1000000 seeds, all below 2^63"),
     ("schedule that snaps to one step", "generate",
      lambda t, p: ["--policy", str(p), "--set", "generate.schedule=[0.0,0.001,0.002,1.0]"],
      "config key generate.schedule: [0.0, 0.001, 0.002, 1.0] snaps to"),

@@ -175,8 +175,9 @@ def test_a_policy_saved_before_the_unit_latent_and_unit_codes_loads_with_them_at
     old.mkdir()
     added = {k for k in weights if k.startswith(PARAMS_ADDED_LATER)}
     assert added >= {"unit_value", "unit_out", "latent_mean.net.2.bias"}
+    old_metadata = {k: v for k, v in read_metadata(trained / "policy.safetensors").items() if k != "tensors"}
     save_weights(old / "policy.safetensors", {k: v for k, v in weights.items() if not k.startswith(PARAMS_ADDED_LATER)},
-                 read_metadata(trained / "policy.safetensors"))
+                 old_metadata)
     (old / "policy.json").write_text((trained / "policy.json").read_text())
     weight_generator = WeightGenerator.load(old / "policy.safetensors")
     assert all(not p.any() for p in weight_generator.policy.latent_mean.net[-1].parameters())
@@ -188,6 +189,11 @@ def test_a_policy_saved_before_the_unit_latent_and_unit_codes_loads_with_them_at
     reloaded = WeightGenerator.load(old / "policy.safetensors").generate(init, mean_only=True)[0]
     assert any(not torch.equal(moved[k], reloaded[k]) for k in moved)
     weights["latent_mean.net.2.bias"] = weights["latent_mean.net.2.bias"][:1]  # a wrong shape is still an error
-    save_weights(old / "policy.safetensors", weights, read_metadata(trained / "policy.safetensors"))
+    save_weights(old / "policy.safetensors", weights, old_metadata)
     with pytest.raises(CheckpointError, match="do not fit its spec"):
+        WeightGenerator.load(old / "policy.safetensors")
+    # A policy saved now counts its tensors: one missing is an error, not a zero in its place.
+    del weights["unit_value"]
+    save_weights(old / "policy.safetensors", weights, read_metadata(trained / "policy.safetensors"))
+    with pytest.raises(CheckpointError, match="do not fit its spec \\(missing tensor 'unit_value'\\)"):
         WeightGenerator.load(old / "policy.safetensors")

@@ -15,7 +15,7 @@ from envs.tasks import task_from_config
 from trainer import audit
 from trainer import paths
 from trainer.bench.common import generated_policy, emit, figure, held_out_parser, held_out_seeds, paired_difference, \
-    spread
+    seed_number, spread
 from trainer.checkpoints import save_json
 from trainer.config import ExperimentConfig
 from trainer.pipeline import WeightGenerator, init_states, reference_layout, score_states
@@ -28,7 +28,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     out = a.add_mutually_exclusive_group()
     out.add_argument("--mean", action="store_true", help="audit the mean path (default: what `generate` writes)")
     out.add_argument("--sample", action="store_true", help="audit one sample per init (and a second one's agreement)")
-    a.add_argument("--sample-seed", type=int, default=0, help="seed of the policy's sampling noise (default 0)")
+    a.add_argument("--sample-seed", type=seed_number, default=0, help="seed of the policy's sampling noise (default 0)")
     a.add_argument("--json", help="per-net results (default: --out with .json, else artifacts/bench/<experiment>/"
                                   "audit.json)")
     return a

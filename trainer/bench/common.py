@@ -26,6 +26,18 @@ def count(text: str) -> int:
     return value
 
 
+def seed_number(text: str) -> int:
+    """A seed of torch's 64-bit generators: a negative one, or one past 2^63, is refused where the flag is read (it raised
+    `Overflow when unpacking long long`, or named a file `seed--00003`)."""
+    value = int(text)
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2^63), got {value}")
+    return value
+
+
+MAX_SEEDS = 10**6  # held-out seeds of one bench: one generated net and one SGD run each; more is a typo
+
+
 def pair_count(text: str) -> int:
     value = int(text)
     if value < 2:
@@ -87,10 +99,15 @@ def figure(args: argparse.Namespace, experiment: str, name: str) -> Path:
 
 def held_out_seeds(args: argparse.Namespace, cfg: ExperimentConfig) -> list[int]:
     """--seed-start .. + --seeds, checked to be held out: no zoo run started from any of them."""
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds {args.seeds}: need at least one held-out seed")
+    if not 0 <= args.seed_start < 2**63:  # a negative seed named a cache folder seed--00005; 2^64 overflowed torch
+        raise ConfigError(f"--seed-start {args.seed_start}: expected a seed in [0, 2^63)")
+    if args.seeds > MAX_SEEDS or args.seed_start + args.seeds > 2**63:  # checked before the range is built
+        raise ConfigError(f"--seeds {args.seeds} from --seed-start {args.seed_start}: expected at most {MAX_SEEDS} "
+                          f"seeds, all below 2^63")
     seeds = list(range(args.seed_start, args.seed_start + args.seeds))
     zoo = range(cfg.zoo.seed, cfg.zoo.seed + cfg.zoo.runs)
-    if not seeds:
-        raise ConfigError(f"--seeds {args.seeds}: need at least one held-out seed")
     if set(seeds) & set(zoo):
         raise ConfigError(f"held-out seeds {seeds[0]}..{seeds[-1]} overlap the zoo's seeds {zoo[0]}..{zoo[-1]} "
                           f"(choose another --seed-start)")

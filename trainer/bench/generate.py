@@ -20,7 +20,7 @@ from envs.scoring import evaluate
 from envs.tasks import task_from_config
 from trainer.audit import sgd_cache, sgd_from_seeds
 from trainer.bench.common import (count, default_policy, generated_policy, emit, figure, held_out_parser, held_out_seeds,
-                                  paired_difference, stopwatch)
+                                  paired_difference, stopwatch, seed_number)
 from trainer.config import ExperimentConfig
 from trainer.device import resolve_device
 from trainer.pipeline import (WeightGenerator, init_states, mean_path_accuracy, reference_layout, repeat_groups,
@@ -33,7 +33,7 @@ SPEED_BATCH = 64  # nets per call in the batched generation timing
 def add_parser(sub) -> argparse.ArgumentParser:
     g = held_out_parser(sub, "generate", "held-out accuracy: random init vs SGD vs policies", seeds=32, func=run)
     g.add_argument("--policy", action="append", help="policy.safetensors, repeatable (default: the imitation policy, then the GRPO policy where one was saved)")
-    g.add_argument("--sample-seed", type=int, default=0, help="seed of the policies' sampling noise (default 0)")
+    g.add_argument("--sample-seed", type=seed_number, default=0, help="seed of the policies' sampling noise (default 0)")
     g.add_argument("--best-of", type=count, nargs="*", default=[4, 16], metavar="N",
                    help="also the first policy's best of N samples per init, chosen on the reward split (what "
                         "`generate --best-of N` writes), for each N (default: 4 16; none: skip)")

@@ -34,7 +34,7 @@ from envs.tasks import task_from_config
 from trainer import paths
 from trainer.audit import sgd_cache, sgd_from_seeds
 from trainer.bench.common import (count, default_policy, emit, figure, held_out_parser, held_out_seeds,
-                                  paired_difference)
+                                  paired_difference, seed_number)
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.pipeline import WeightGenerator, init_states, reference_layout, score_states, unbatch
 
@@ -51,7 +51,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="the GRPO policy for an objective (default: artifacts/runs/<experiment>-grpo-<objective>/)")
     o.add_argument("--finetune-epochs", type=count, default=1,
                    help="epochs of the SGD nets' fine-tune for the objective (default 1)")
-    o.add_argument("--sample-seed", type=int, default=0, help="seed of a sampling policy's noise (default 0)")
+    o.add_argument("--sample-seed", type=seed_number, default=0, help="seed of a sampling policy's noise (default 0)")
     return o
 
 

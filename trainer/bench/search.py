@@ -29,7 +29,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     e.add_argument("--iterations", type=count, default=100)
     e.add_argument("--pairs", type=count, default=256, help="mirrored pairs per net and iteration (default 256)")
     e.add_argument("--sigma", type=positive, default=0.05, help="noise, in units of each tensor's RMS (default 0.05)")
-    e.add_argument("--lr", type=float, default=0.3, help="Adam's step, in units of the noise (default 0.3)")
+    e.add_argument("--lr", type=positive, default=0.3, help="Adam's step, in units of the noise (default 0.3)")
     e.add_argument("--threads", type=count, help="torch threads (default: the config's `threads`, auto: all cores)")
     return e
 

@@ -17,7 +17,7 @@ from envs.models import reference_from_config
 from envs.scoring import evaluate
 from envs.tasks import task_from_config
 from trainer.bench.common import (count, generated_policy, emit, figure, held_out_parser, held_out_seeds,
-                                  paired_difference)
+                                  paired_difference, seed_number)
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.pipeline import WeightGenerator, init_states, unbatch
 from trainer.zoo import sgd_steps, total_steps
@@ -28,7 +28,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         func=run, threads=1)
     w.add_argument("--policy", help="policy.safetensors (default: what `generate` uses, the GRPO policy where one was saved)")
     w.add_argument("--fractions", type=count, default=6, help="budgets 1/2^(N-1) .. 1 of the zoo's (default 6)")
-    w.add_argument("--sample-seed", type=int, default=0, help="seed of the policy's sampling noise (default 0)")
+    w.add_argument("--sample-seed", type=seed_number, default=0, help="seed of the policy's sampling noise (default 0)")
     return w
 
 

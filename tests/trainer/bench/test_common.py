@@ -3,6 +3,9 @@
 import ast
 from pathlib import Path
 
+import pytest
+
+from trainer.bench.__main__ import cli
 from trainer.bench.common import paired_difference
 
 PACKAGE = Path(__file__).resolve().parents[3] / "trainer" / "bench"
@@ -20,3 +23,16 @@ def test_bench_checks_raise_instead_of_asserting():
     for path in files:
         asserts = [n.lineno for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Assert)]
         assert not asserts, f"{path.name}: assert on line(s) {asserts}"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--sample-seed", "18446744073709551616"],
+     "argument --sample-seed: expected a seed in [0, 2^63), got 18446744073709551616"),  # it raised an OverflowError
+    (["warmstart", "--sample-seed", "-1"], "argument --sample-seed: expected a seed in [0, 2^63), got -1"),
+    (["search", "--lr", "0"], "argument --lr: expected a finite value > 0, got 0"),  # a search that never moved
+    (["search", "--lr", "nan"], "argument --lr: expected a finite value > 0, got nan"),
+])
+def test_seeds_and_steps_out_of_range_are_refused_where_the_flag_is_read(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
