@@ -55,7 +55,8 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     sets = sum((["--set", s] for s in args.overrides), [])
     policies = sum((["--policy", p] for p in args.policy or []), [])
     held = ["--seeds", str(args.seeds), "--seed-start", str(args.seed_start)]
-    me = ["report", *sum((["--config", p] for p in config_paths), []), *sets, *held, *policies, "--out", str(out)]
+    named = sum((["--config", p] for p in args.config or []), [])  # none: every shipped config, as this run had
+    me = ["report", *named, *sets, *held, *policies, "--out", str(out)]
     lines = ["# Results", "", f"Written by `{command(me)}` at commit {commit_stamp()} on {platform.machine()} with "
              f"{os.cpu_count()} CPUs, torch "
              f"{torch.__version__}, 1-min load average {os.getloadavg()[0]:.1f} at the start. Every section names the "

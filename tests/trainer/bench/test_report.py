@@ -39,6 +39,7 @@ def test_bench_report_writes_results_with_tables_figures_and_commands_that_repro
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
                           text=True).stdout.strip()
     assert f"at commit `{head}`" in text.splitlines()[2]  # stamped with the source's commit
+    assert text.splitlines()[2].startswith("Written by `python -m trainer.bench report --set")  # no --config: all shipped
     # Every shipped config has a section; those whose chain was not run say how to make it.
     shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
     assert re.findall(r"^## (\w+):", text, re.M) == shipped and len(shipped) >= 4
