@@ -11,7 +11,7 @@ from envs.tasks import task_from_config
 from policy.model import DenoisingPolicy
 from policy.tokenizer import Layout, Tokenizer
 from trainer.config import load_config
-from trainer.pipeline import WeightGenerator, reference_layout
+from trainer.generator import WeightGenerator, reference_layout
 
 # --- reference models of every family ---------------------------------------------------------------------------------
 

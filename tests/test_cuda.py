@@ -22,7 +22,7 @@ def test_scoring_on_the_gpu_counts_what_the_cpu_counts(family, true_fp32):
     from envs.models import reference_from_config
     from envs.scoring import score_batch
     from trainer.config import load_config
-    from trainer.pipeline import init_states
+    from trainer.generator import init_states
 
     cfg = load_config(overrides=[f"reference.family={family}", "reference.widths=[8]"])
     from envs.tasks import task_from_config
@@ -39,7 +39,7 @@ def test_imitate_generate_and_grpo_on_the_gpu_and_the_policy_loads_on_the_cpu(in
     from trainer import generate
     from trainer.config import load_config
     from trainer.grpo import GRPOTrainer
-    from trainer.pipeline import WeightGenerator
+    from trainer.generator import WeightGenerator
 
     from tests.settings import GRPO, imitate_cli
 

@@ -18,7 +18,7 @@ from trainer.cli import folder_name, guarded, use_threads
 from trainer.config import DEFAULT_CONFIG, ConfigError, load_config
 from rollout.pool import RolloutPool
 from trainer.device import worker_gpus
-from trainer.pipeline import (WeightGenerator, init_states, reference_layout, repeat_groups, score_states,
+from trainer.generator import (WeightGenerator, init_states, reference_layout, repeat_groups, score_states,
                               unbatch)
 from trainer.zoo import reference_name
 

@@ -35,7 +35,7 @@ from trainer.cli import add_run_args, parser, run_main, use_threads
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.device import worker_gpus
 from trainer.estimators import ESTIMATORS, Estimator, Rollouts
-from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy, sample_accuracy, score_states
+from trainer.generator import WeightGenerator, init_states, mean_path_accuracy, sample_accuracy, score_states
 from trainer.runlog import RunLogger, check_resumable, check_run_dir, clear_run_dir, first_layer_grid, lock_run_dir
 
 

@@ -29,7 +29,7 @@ from trainer.config import ConfigError, ExperimentConfig
 from trainer.device import resolve_device
 from trainer.runlog import RunLogger, check_resumable, check_run_dir, clear_run_dir, lock_run_dir
 from trainer.pairs import ZooPairs
-from trainer.pipeline import (WeightGenerator, bn_recompute_inputs, init_states, mean_path_accuracy,
+from trainer.generator import (WeightGenerator, bn_recompute_inputs, init_states, mean_path_accuracy,
                               reference_layout, sample_accuracy, snap_schedule)
 from trainer.zoo import build_zoo, checkpoint_steps, total_steps, zoo_at_width, zoo_variants
 

@@ -5,7 +5,7 @@ import pytest
 from envs.tasks import task_from_config
 from trainer import audit
 from trainer.config import load_config
-from trainer.pipeline import reference_layout
+from trainer.generator import reference_layout
 from trainer.zoo import train_run, write_manifest
 
 from tests.settings import TINY_POLICY, TINY_ZOO, imitate_cli

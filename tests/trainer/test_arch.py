@@ -64,7 +64,7 @@ def test_generate_at_a_width_the_policy_never_saw(trained, in_tmp):
 
 def test_a_policy_at_an_unseen_width_stays_permutation_equivariant(trained):
     from envs.tasks import task_from_config
-    from trainer.pipeline import WeightGenerator, init_states
+    from trainer.generator import WeightGenerator, init_states
 
     weight_generator = WeightGenerator.load(trained / "policy.safetensors", ["reference.widths=[13]"])
     init = init_states(weight_generator.cfg, task_from_config(weight_generator.cfg.task), [0])
@@ -122,7 +122,7 @@ def test_resnet_chain_with_generated_and_recomputed_batchnorm_statistics(in_tmp,
     assert all(torch.equal(gen[k], bn[k]) for k in gen if "running" not in k)  # only the statistics change
     assert not torch.equal(gen["bn.running_var"], bn["bn.running_var"])
     # Independently: the recomputed statistics are those of the generated net's activations on the same 2 batches.
-    from trainer.pipeline import WeightGenerator
+    from trainer.generator import WeightGenerator
 
     weight_generator = WeightGenerator.load(pol, ["generate.bn_recompute_batches=2"])
     x = weight_generator.bn_inputs
@@ -176,7 +176,7 @@ def test_the_task_loss_of_a_batchnorm_net_is_its_train_mode_cross_entropy():
     from policy.tokenizer import Tokenizer, fit_scales
     from trainer.config import load_config
     from trainer.imitate import TASK_SEED_BASE, task_loss
-    from trainer.pipeline import WeightGenerator, init_states, reference_layout
+    from trainer.generator import WeightGenerator, init_states, reference_layout
 
     cfg = load_config(CONFIGS / "digits_resnet.yaml", ["reference.widths=[4,8]", "policy.dim=16", "policy.rounds=1",
                                                        "policy.heads=2"])

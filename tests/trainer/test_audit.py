@@ -10,7 +10,7 @@ from envs.tasks import task_from_config
 from policy.tokenizer import Tokenizer
 from trainer import audit
 from trainer.config import load_config
-from trainer.pipeline import init_states, reference_layout
+from trainer.generator import init_states, reference_layout
 
 
 

@@ -12,7 +12,7 @@ from trainer import zoo
 from trainer.cli import parser, run_main
 from trainer.config import load_config
 from trainer.device import resolve_device, worker_gpus
-from trainer.pipeline import WeightGenerator, init_states
+from trainer.generator import WeightGenerator, init_states
 
 from tests.settings import untrained_generator
 

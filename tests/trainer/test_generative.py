@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from trainer import generate, imitate
-from trainer.pipeline import WeightGenerator
+from trainer.generator import WeightGenerator
 
 from tests.settings import GENERATIVE as GENERATIVE_SETTINGS, TINY
 
@@ -39,7 +39,7 @@ def test_the_default_output_is_what_imitation_measured_better(generative):
 
 def test_samples_differ_per_draw_and_the_mean_path_is_deterministic(generative):
     from envs.tasks import load_task
-    from trainer.pipeline import init_states
+    from trainer.generator import init_states
 
     weight_generator = WeightGenerator.load(generative / "policy.safetensors")
     init = init_states(weight_generator.cfg, load_task("digits", reward_size=300), [0, 1])

@@ -11,7 +11,7 @@ from policy.sampling import gaussian_kl
 from trainer import grpo
 from rollout.pool import RolloutPool
 from trainer.checkpoints import load_weights
-from trainer.pipeline import repeat_groups
+from trainer.generator import repeat_groups
 from trainer.runlog import read_scalars
 
 from tests.settings import DEFAULT, UNITS, grpo_trainer, scored_rollouts
@@ -37,7 +37,7 @@ def test_first_update_sees_ratio_one_and_zero_kl(imitation, in_tmp):
 
 
 def test_temperature_tempers_policy_and_reference_and_is_saved(imitation, in_tmp):
-    from trainer.pipeline import WeightGenerator
+    from trainer.generator import WeightGenerator
     imitated = WeightGenerator.load(imitation).policy
     t = grpo_trainer(imitation, in_tmp / "r", 1, "grpo.temperature=0.3")
     x = repeat_groups(t.collect_rollouts().steps[0].x, 4)
@@ -60,7 +60,7 @@ def test_a_policy_saved_before_sampling_had_its_own_section_loads_with_its_draws
     import json
     import shutil
 
-    from trainer.pipeline import WeightGenerator
+    from trainer.generator import WeightGenerator
     old = in_tmp / "old"
     shutil.copytree(imitation.parent, old)
     spec = json.loads((old / "policy.json").read_text())
@@ -223,7 +223,7 @@ def test_smoke_two_iterations_with_local_ray(imitation, in_tmp):
 
 def imitation_accuracies(policy) -> list[float]:
     from envs.tasks import task_from_config
-    from trainer.pipeline import WeightGenerator, mean_path_accuracy
+    from trainer.generator import WeightGenerator, mean_path_accuracy
     weight_generator = WeightGenerator.load(policy)
     imitate_cfg = weight_generator.cfg.imitate
     return mean_path_accuracy(weight_generator, task_from_config(weight_generator.cfg.task), range(imitate_cfg.eval_seed_start, imitate_cfg.eval_seeds))[0]

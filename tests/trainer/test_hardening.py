@@ -18,7 +18,7 @@ from trainer import generate, grpo, imitate, zoo
 from trainer.bench.__main__ import cli as bench_main
 from trainer.checkpoints import save_weights
 from trainer.config import load_config
-from trainer.pipeline import WeightGenerator, init_states, reference_layout
+from trainer.generator import WeightGenerator, init_states, reference_layout
 from trainer.zoo import zoo_spec
 
 from tests.settings import TINY

@@ -38,7 +38,7 @@ def test_generate_uses_the_grpo_policy_once_one_was_saved(trained, in_tmp):
     assert generate.cli(["--seeds", "0", "--name", "a"]) == 0
     report = json.loads((in_tmp / "artifacts/generated/a/report.json").read_text())
     assert report["summary"]["policy"] == "artifacts/runs/digits_mlp-imitate/policy.safetensors"
-    from trainer.pipeline import WeightGenerator
+    from trainer.generator import WeightGenerator
 
     weight_generator = WeightGenerator.load(trained / "policy.safetensors")
     with torch.no_grad():
@@ -55,7 +55,7 @@ def test_generate_uses_the_grpo_policy_once_one_was_saved(trained, in_tmp):
 @pytest.mark.parametrize("split", ["train", "reward"])
 def test_task_loss_is_the_cross_entropy_of_the_generated_nets(trained, split):
     from envs.tasks import load_task
-    from trainer.pipeline import WeightGenerator, init_states, reference_layout
+    from trainer.generator import WeightGenerator, init_states, reference_layout
 
     weight_generator = WeightGenerator.load(trained / "policy.safetensors")
     task = load_task("digits", reward_size=300)
@@ -168,7 +168,7 @@ def test_user_init_file_is_used(trained, in_tmp):
 def test_a_policy_saved_before_the_unit_latent_and_unit_codes_loads_with_them_at_zero(trained, in_tmp):
     from envs.tasks import task_from_config
     from trainer.checkpoints import CheckpointError, read_metadata
-    from trainer.pipeline import PARAMS_ADDED_LATER, WeightGenerator, init_states
+    from trainer.generator import PARAMS_ADDED_LATER, WeightGenerator, init_states
 
     weights, _ = load_weights(trained / "policy.safetensors")
     old = in_tmp / "old"

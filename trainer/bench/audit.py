@@ -18,7 +18,7 @@ from trainer.bench.common import generated_policy, emit, figure, held_out_parser
     seed_number, spread
 from trainer.checkpoints import save_json
 from trainer.config import ExperimentConfig
-from trainer.pipeline import WeightGenerator, init_states, reference_layout, score_states
+from trainer.generator import WeightGenerator, init_states, reference_layout, score_states
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

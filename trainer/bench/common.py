@@ -120,7 +120,7 @@ def default_policy(cfg: ExperimentConfig) -> str:
 
 
 def generated_policy(cfg: ExperimentConfig) -> str:
-    """What `trainer.generate` uses by default (`pipeline.best_policy`): the benches of generated nets measure it."""
+    """What `trainer.generate` uses by default (`generator.best_policy`): the benches of generated nets measure it."""
     return str(paths.best_policy(cfg.name))
 
 

@@ -14,7 +14,7 @@ from trainer.bench.common import default_policy, emit
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.generate import parse_seeds
 from trainer.pairs import ZooPairs
-from trainer.pipeline import WeightGenerator, reference_layout
+from trainer.generator import WeightGenerator, reference_layout
 from trainer.zoo import load_manifest
 
 

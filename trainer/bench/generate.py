@@ -23,7 +23,7 @@ from trainer.bench.common import (count, default_policy, generated_policy, emit,
                                   paired_difference, stopwatch, seed_number)
 from trainer.config import ExperimentConfig
 from trainer.device import resolve_device
-from trainer.pipeline import (WeightGenerator, init_states, mean_path_accuracy, reference_layout, repeat_groups,
+from trainer.generator import (WeightGenerator, init_states, mean_path_accuracy, reference_layout, repeat_groups,
                               sample_accuracy, score_states)
 from trainer.zoo import load_manifest, reference_name, sgd_steps, total_steps, zoo_at_width
 

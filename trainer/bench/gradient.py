@@ -20,7 +20,7 @@ from trainer.algos import compute_grpo_advantages
 from trainer.bench.common import count, default_policy, emit, held_out_parser
 from trainer.bench.grpo import GRPO_MODES
 from trainer.config import ExperimentConfig, load_config
-from trainer.pipeline import init_states
+from trainer.generator import init_states
 
 SCORE_MODES = ("iid", "units")  # the modes whose estimate is the score function's (pathwise is exact by construction)
 

@@ -16,7 +16,7 @@ from rollout.pool import RolloutPool
 from trainer import paths
 from trainer.bench.common import count, default_policy, emit, figure, held_out_parser, held_out_seeds
 from trainer.config import ConfigError, ExperimentConfig, load_config
-from trainer.pipeline import WeightGenerator, mean_path_accuracy
+from trainer.generator import WeightGenerator, mean_path_accuracy
 
 # The exploration modes `bench grpo` compares, each as overrides of the experiment's config with the settings it was
 # tuned with (docs/HISTORY.md).

@@ -36,7 +36,7 @@ from trainer.audit import sgd_cache, sgd_from_seeds
 from trainer.bench.common import (count, default_policy, emit, figure, held_out_parser, held_out_seeds,
                                   paired_difference, seed_number)
 from trainer.config import ConfigError, ExperimentConfig
-from trainer.pipeline import WeightGenerator, init_states, reference_layout, score_states, unbatch
+from trainer.generator import WeightGenerator, init_states, reference_layout, score_states, unbatch
 
 FINETUNE_LR = 0.1  # the fine-tune's learning rate, as a share of the zoo recipe's peak rate
 

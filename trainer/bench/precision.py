@@ -17,7 +17,7 @@ from envs.tasks import task_from_config
 from trainer.bench.common import default_policy, emit, held_out_parser, held_out_seeds, pair_count
 from trainer.config import ExperimentConfig
 from trainer.device import resolve_device
-from trainer.pipeline import WeightGenerator, init_states
+from trainer.generator import WeightGenerator, init_states
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

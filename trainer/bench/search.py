@@ -18,7 +18,7 @@ from envs.scoring import score_batch
 from envs.tasks import Split, task_from_config
 from trainer.bench.common import count, default_policy, emit, figure, held_out_parser, held_out_seeds, positive
 from trainer.config import ExperimentConfig
-from trainer.pipeline import WeightGenerator, mean_path_accuracy
+from trainer.generator import WeightGenerator, mean_path_accuracy
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

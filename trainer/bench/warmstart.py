@@ -19,7 +19,7 @@ from envs.tasks import task_from_config
 from trainer.bench.common import (count, generated_policy, emit, figure, held_out_parser, held_out_seeds,
                                   paired_difference, seed_number)
 from trainer.config import ConfigError, ExperimentConfig
-from trainer.pipeline import WeightGenerator, init_states, unbatch
+from trainer.generator import WeightGenerator, init_states, unbatch
 from trainer.zoo import sgd_steps, total_steps
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from tests.settings import TINY_ZOO as TINY
 from trainer.bench.__main__ import cli as bench_main
-from trainer.pipeline import WeightGenerator, mean_path_accuracy
+from trainer.generator import WeightGenerator, mean_path_accuracy
 
 
 def test_bench_audit_cli_writes_table_json_and_figures(tiny_zoo, tiny_policy, in_tmp, capsys):

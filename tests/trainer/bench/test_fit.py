@@ -11,7 +11,7 @@ from trainer.bench import fit
 from trainer.bench.__main__ import build_parser, cli as bench_main
 from trainer.bench.common import default_policy
 from trainer.config import load_config
-from trainer.pipeline import WeightGenerator
+from trainer.generator import WeightGenerator
 
 
 def test_bench_fit_compares_the_policy_step_with_no_move_per_tensor(in_tmp, ray_local, capsys):

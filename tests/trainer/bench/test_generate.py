@@ -7,7 +7,7 @@ import torch
 from envs.tasks import load_task
 from tests.settings import TINY
 from trainer.bench.__main__ import cli as bench_main
-from trainer.pipeline import WeightGenerator, sample_accuracy
+from trainer.generator import WeightGenerator, sample_accuracy
 
 
 def test_bench_generate_prints_random_sgd_and_policy_side_by_side(trained, in_tmp, capsys):
@@ -30,7 +30,7 @@ def test_best_of_n_keeps_the_draw_with_the_best_reward_accuracy(trained):
     """Best-of-n, recomputed: the same 16 draws per init scored on both splits, the chosen one the reward's argmax
     among the first n; best-of-1 is the first draw, and no larger n scores lower on the reward split."""
     from trainer.bench.generate import best_of_accuracy
-    from trainer.pipeline import init_states, repeat_groups, score_states
+    from trainer.generator import init_states, repeat_groups, score_states
 
     weight_generator = WeightGenerator.load(trained / "policy.safetensors", TINY)
     task = load_task("digits", reward_size=300)

@@ -10,7 +10,7 @@ from envs.tasks import task_from_config
 from tests.settings import GRPO
 from trainer.bench.__main__ import cli as bench_main
 from trainer.config import load_config
-from trainer.pipeline import WeightGenerator, mean_path_accuracy
+from trainer.generator import WeightGenerator, mean_path_accuracy
 
 
 def test_bench_grpo_measures_held_out_gain_against_evaluations(imitation, in_tmp, capsys):

@@ -9,7 +9,7 @@ from tests.settings import TINY_ZOO as TINY
 from trainer.bench.__main__ import cli as bench_main
 from trainer.bench.objectives import finetune
 from trainer.config import load_config
-from trainer.pipeline import init_states, unbatch
+from trainer.generator import init_states, unbatch
 
 
 def test_prune_then_finetune_trains_only_the_kept_weights():

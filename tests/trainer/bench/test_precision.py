@@ -10,7 +10,7 @@ from trainer.bench import precision
 from trainer.bench.__main__ import build_parser, cli as bench_main
 from trainer.bench.common import default_policy
 from trainer.config import load_config
-from trainer.pipeline import WeightGenerator, init_states, score_states
+from trainer.generator import WeightGenerator, init_states, score_states
 
 
 def test_bench_precision_compares_bf16_with_fp32_scores_of_the_same_samples(in_tmp, ray_local, capsys):

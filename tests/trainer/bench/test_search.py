@@ -8,7 +8,7 @@ from tests.settings import TINY
 from trainer.bench.__main__ import cli as bench_main
 from trainer.bench.search import es_search
 from trainer.config import load_config
-from trainer.pipeline import WeightGenerator, init_states, mean_path_accuracy
+from trainer.generator import WeightGenerator, init_states, mean_path_accuracy
 
 
 def test_es_search_raises_the_reward_it_searches_on():

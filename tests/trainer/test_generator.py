@@ -3,8 +3,8 @@
 import torch
 
 from envs.tasks import task_from_config
-from trainer import pipeline
-from trainer.pipeline import init_states
+from trainer import generator
+from trainer.generator import init_states
 
 from tests.settings import untrained_generator
 
@@ -15,7 +15,7 @@ def test_the_mean_path_in_chunks_equals_the_whole_batch(monkeypatch):
     weight_generator = untrained_generator()
     init = init_states(weight_generator.cfg, task_from_config(weight_generator.cfg.task), range(5))
     whole, whole_steps = weight_generator.generate(init, mean_only=True)
-    monkeypatch.setattr(pipeline, "GENERATION_ACTIVATION_BUDGET", 2 * 64 * 2 * 16)  # 2 nets per chunk: 3 chunks
+    monkeypatch.setattr(generator, "GENERATION_ACTIVATION_BUDGET", 2 * 64 * 2 * 16)  # 2 nets per chunk: 3 chunks
     assert weight_generator.nets_per_chunk() == 2
     chunked, steps = weight_generator.generate(init, mean_only=True)
     assert any(not torch.allclose(whole[k], init[k]) for k in init)
