@@ -50,7 +50,7 @@ def test_temperature_tempers_policy_and_reference_and_is_saved(imitation, in_tmp
                 torch.testing.assert_close(std[k], 0.3 * std0[k])
     t.checkpoint()
     saved = WeightGenerator.load(in_tmp / "r/policy.safetensors").policy
-    assert saved.sampling == Sampling("iid", 0.3, None)  # generation samples the way GRPO explored
+    assert saved.sampling == t.policy.sampling and saved.sampling.temperature == 0.3  # generation draws as GRPO did
     assert imitated.sampling == Sampling()
 
 
