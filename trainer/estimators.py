@@ -23,7 +23,6 @@ from policy.sampling import Step
 from trainer.algos import compute_grpo_advantages, control_variate_advantages, pathwise_surrogate
 
 
-
 @dataclass
 class Rollouts:
     """One iteration's trajectories: B inits x G samples, flattened to N = B * G in group-major order."""
