@@ -50,8 +50,8 @@ class WeightEvalEnv(gym.Env):
 
     The weight-generation MDP of SynthNet. The state is one set of weights of a reference model (an MLP, CNN or
     ResNet from the experiment's `reference` section) for a task (the `task` section); each action replaces them with
-    new weights. An episode is K steps that should take a freshly initialised network to a trained one: the K + 1 points of
-    `generate.schedule` (the generator's own) are its progress, so K = len(generate.schedule) - 1.
+    new weights. An episode is K steps that should take a freshly initialised network to a trained one: the K + 1
+    points of `generate.schedule` (the generator's own) are its progress, so K = len(generate.schedule) - 1.
 
     ## Action Space
 
@@ -62,7 +62,8 @@ class WeightEvalEnv(gym.Env):
 
     ## Observation Space
 
-    `Box(-inf, inf, (D,), float32)`: the current weights in the same layout. `info["t"]` is the progress after step k, `generate.schedule[k]`.
+    `Box(-inf, inf, (D,), float32)`: the current weights in the same layout. `info["t"]` is the progress after step
+    k, `generate.schedule[k]`.
 
     ## Rewards
 

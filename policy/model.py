@@ -138,9 +138,9 @@ class Round(nn.Module):
         blocks = (v + temb[:, None], fwd, bwd)
         present = [k for k, p in enumerate(blocks) if p is not None]
         missing = 3 - len(present)
-        weight_generator = (lin.weight * norm.weight).split(d, dim=1)  # the norm's gain moved into the weights: 3 x (2d, d)
-        cols = [weight_generator[k] for k in present] + ([sum(weight_generator[k] for k in range(3) if k not in present).sum(1, keepdim=True)]
-                                           if missing else [])
+        gained = (lin.weight * norm.weight).split(d, dim=1)  # the norm's gain moved into the weights: 3 x (2d, d)
+        cols = [gained[k] for k in present] + ([sum(gained[k] for k in range(3) if k not in present).sum(1, keepdim=True)]
+                                               if missing else [])
         z = torch.cat([blocks[k] for k in present] + ([v.new_zeros(*v.shape[:-1], 1)] if missing else []), dim=-1)
         mu = z.sum(-1, keepdim=True) / (3 * d)
         z = z - mu  # the extra column now holds -mu
