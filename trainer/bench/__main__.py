@@ -2,6 +2,8 @@
 
 `rollout`: evaluations per second of the scoring paths (a load_state_dict loop, batched vmap, the Ray pool).
 `generate`: test accuracy on held-out init seeds of random inits, the zoo's SGD runs and each given policy, side by side.
+`temperature`: the sampler's frontier: per std of the unit latent, a sample's accuracy, best-of-N and how often two
+samples from one init agree, beside SGD's runs from one init.
 `search`: what black-box search buys per evaluation: antithetic evolution strategies directly on the weights of a
 policy's generated nets (GRPO's signal with no policy in between), rewarded on the fixed reward split vs fresh batches.
 `warmstart`: SGD for B steps from the generated net against from the init, B = 1/32 .. 1 of the zoo's budget.
@@ -24,13 +26,14 @@ from __future__ import annotations
 import argparse
 
 from trainer.bench import (audit, common, fit, generate, gradient, grpo, objectives, precision, report, rollout,
-                           search, sensitivity, warmstart)
+                           search, sensitivity, temperature, warmstart)
 from trainer.cli import guarded, use_threads
 from trainer.config import load_config
 from trainer.device import resolve_device
 
 # The subcommands, in the order `--help` lists them.
-BENCHMARKS = [rollout, generate, search, warmstart, audit, objectives, grpo, gradient, precision, sensitivity, fit, report]
+BENCHMARKS = [rollout, generate, temperature, search, warmstart, audit, objectives, grpo, gradient, precision, sensitivity,
+              fit, report]
 
 
 def build_parser() -> argparse.ArgumentParser:
