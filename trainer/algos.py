@@ -47,6 +47,19 @@ def pathwise_surrogate(grads: dict[str, torch.Tensor], nets: dict[str, torch.Ten
     return -sum((grads[k] * nets[k]).flatten(1).sum(1) for k in grads if k in nets).mean()
 
 
+def group_spread(nets: dict[str, torch.Tensor], group: torch.Tensor) -> torch.Tensor:
+    """How far apart the nets of each group lie: the mean over a group's members of the squared L2 distance (over every
+    tensor of `nets`) to the group's mean net. nets: key -> (N, ...); group: (N,) group ids. Returns (groups,) in the
+    order of `group.unique()`; a group of one net has spread 0."""
+    ids, inverse = group.unique(return_inverse=True)
+    flat = torch.cat([v.flatten(1) for v in nets.values()], 1)
+    count = torch.zeros(len(ids), dtype=flat.dtype, device=flat.device).index_add_(0, inverse, torch.ones_like(flat[:, 0]))
+    mean = torch.zeros(len(ids), flat.shape[1], dtype=flat.dtype, device=flat.device).index_add_(0, inverse, flat)
+    mean = mean / count[:, None]
+    sq = ((flat - mean[inverse]) ** 2).sum(1)
+    return torch.zeros_like(count).index_add_(0, inverse, sq) / count
+
+
 def clipped_policy_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
                         clip_range: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO-clip objective, negated for minimisation, averaged over samples.

@@ -147,6 +147,12 @@ class GRPOConfig:
     """ratio clip; small because log-probs are averaged over weight dimensions"""
     beta_kl: float = field(default=0.1, metadata={"min": 0})
     """weight of KL(policy || imitation policy)"""
+    beta_spread: float = field(default=0.0, metadata={"min": 0})
+    """with "pathwise": weight of the spread tie, the squared log ratio of how far apart a group's sampled nets lie in
+    weight space (mean squared distance to their mean) under the policy and under the imitation policy at the same
+    draws. The KL tie is over the latent and leaves the decoder free to make its draws matter less, and the reward
+    gradient makes every sample the same best net; the spread tie keeps the draws as far apart as imitation's, so
+    the reward must find directions along which nets differ and stay good. 0: off"""
     reward: Literal["accuracy", "neg_loss"] = "accuracy"
     """what a generated net earns: "accuracy" on the reward split, or "neg_loss" (minus its mean cross-entropy there,
     capped at envs.scoring.MAX_LOSS): a smooth reward that also ranks nets whose accuracies tie"""
@@ -317,6 +323,9 @@ def config_from_dict(data: dict) -> ExperimentConfig:
     if grpo_cfg.trainable == "policy" and grpo_cfg.estimator != "pathwise":
         raise ConfigError("config key grpo.trainable: policy trains the trunk and head through the reward gradient: it "
                           "needs grpo.estimator=pathwise")
+    if grpo_cfg.beta_spread > 0 and grpo_cfg.estimator != "pathwise":
+        raise ConfigError("config key grpo.beta_spread: the spread tie acts on the nets the pathwise update recomputes: "
+                          "it needs grpo.estimator=pathwise")
     if grpo_cfg.estimator == "pathwise" and (grpo_cfg.explore == "first" or (grpo_cfg.noise != "units" and not cfg.policy.generative)):
         raise ConfigError("config key grpo.estimator: pathwise backpropagates through the last step's unit latent: it "
                           "needs grpo.noise=units (or a generative policy) and grpo.explore all or last")

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from policy.sampling import Step
-from trainer.algos import compute_grpo_advantages, control_variate_advantages, pathwise_surrogate
+from trainer.algos import compute_grpo_advantages, control_variate_advantages, group_spread, pathwise_surrogate
 
 
 @dataclass
@@ -56,6 +56,7 @@ class Estimator:
 
     def __init__(self, trainer: "GRPOTrainer"):  # trainer/grpo.py, which imports this module (so not imported here)
         self.t = trainer
+        self.stats: dict[str, list[float]] = {}  # what the update logs beside its losses, averaged per iteration
 
     def collect(self, rollouts: Rollouts) -> None:
         """Keep what the update needs from the draws (after `collect_rollouts`)."""
@@ -92,19 +93,35 @@ class Pathwise(Estimator):
         sampled step at its stored noise, so the gradient also counts how the parameters moved the earlier steps' outputs
         (with `grpo.trainable` "policy", the part "last" leaves out). With "latent" only the latent's mean learns."""
         t, grpo_cfg = self.t, self.t.cfg.grpo
+        w = self.nets(t.policy, rollouts, mb, trunk_grad=grpo_cfg.trainable == "policy")
+        loss = pathwise_surrogate({k: v[mb] for k, v in rollouts.grads.items()}, w)
+        if grpo_cfg.beta_spread > 0:  # the draws kept as far apart as the imitation policy's at the same noise
+            with torch.no_grad():
+                ref = self.nets(t.frozen, rollouts, mb, trunk_grad=False)
+            keys = list(rollouts.grads)
+            log_ratio = torch.log(group_spread({k: w[k] for k in keys}, mb // grpo_cfg.group_size) /
+                                  group_spread({k: ref[k] for k in keys}, mb // grpo_cfg.group_size))
+            self.stats.setdefault("policy/spread_ratio", []).append(log_ratio.exp().mean().item())
+            loss = loss + grpo_cfg.beta_spread * (log_ratio ** 2).mean()
+        return loss
+
+    def nets(self, policy, rollouts: Rollouts, mb: torch.Tensor, trunk_grad: bool) -> dict[str, torch.Tensor]:
+        """The trajectories `mb` recomputed by `policy` at their drawn noise: the last step from its stored input
+        (`grpo.backprop` "last") or the whole walk from the init ("walk"); the decoded nets, with the graph to the
+        latent's mean (and to the trunk and weight head with `trunk_grad`)."""
+        t, grpo_cfg = self.t, self.t.cfg.grpo
         steps = rollouts.steps if grpo_cfg.backprop == "walk" else rollouts.steps[-1:]
         noise = rollouts.noise[-len(steps):]
         n = len(next(iter(rollouts.grads.values())))  # B x G trajectories; an input a group shares has B rows
         x = {k: v[mb if len(v) == n else mb // grpo_cfg.group_size] for k, v in steps[0].x.items()}
         for step, eps in zip(steps, noise):
             t1, t2 = (torch.full((len(mb),), s, device=t.weight_generator.device) for s in (step.t1, step.t2))
-            with torch.set_grad_enabled(grpo_cfg.trainable == "policy"):
-                h, heads = t.policy.encode(x, t1, t2)
-            mean, std = t.policy.latent(h)
+            with torch.set_grad_enabled(trunk_grad):
+                h, heads = policy.encode(x, t1, t2)
+            mean, std = policy.latent(h)
             u = mean if eps is None else {k: mean[k] + std[k].view(-1, 1, 1) * eps[k][mb] for k in mean}
-            x, _ = t.policy.decode(x, t.policy.lift(h, u), heads)
-        w = t.weight_generator.tokenizer.decode(x, {k: rollouts.final[k][mb] for k in t.weight_generator.layout.frozen})
-        return pathwise_surrogate({k: v[mb] for k, v in rollouts.grads.items()}, w)
+            x, _ = policy.decode(x, policy.lift(h, u), heads)
+        return t.weight_generator.tokenizer.decode(x, {k: rollouts.final[k][mb] for k in t.weight_generator.layout.frozen})
 
 
 class ScoreCV(Estimator):

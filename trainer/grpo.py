@@ -219,7 +219,9 @@ class GRPOTrainer:
             raise ConfigError(f"GRPO diverged at iteration {self.iteration + 1}: the policy's parameters are no longer "
                               f"finite; lower grpo.lr ({grpo_cfg.lr}); " +
                               (f"the last saved policy is iteration {saved}'s" if saved else "nothing was saved"))
-        return {**{f"losses/{k}": float(np.mean(v)) if v else 0.0 for k, v in stats.items()},
+        extra = {k: float(np.mean(v)) for k, v in self.estimator.stats.items() if v}
+        self.estimator.stats.clear()
+        return {**{f"losses/{k}": float(np.mean(v)) if v else 0.0 for k, v in stats.items()}, **extra,
                 "policy/std_mean": float(np.mean(stds)) if stds else 0.0,
                 "charts/learning_rate": self.opt.param_groups[0]["lr"]}
 

@@ -93,6 +93,22 @@ def test_pathwise_surrogate_by_hand_and_its_gradient_is_the_mean_reward_gradient
     assert torch.equal(nets["a"].grad, -grads["a"] / 2)
 
 
+def test_group_spread_is_the_mean_squared_distance_to_each_groups_mean_net():
+    from trainer.algos import group_spread
+
+    gen = torch.Generator().manual_seed(0)
+    nets = {"w": torch.randn(7, 3, 2, generator=gen, dtype=torch.float64),
+            "b": torch.randn(7, 4, generator=gen, dtype=torch.float64)}
+    group = torch.tensor([4, 4, 1, 1, 1, 9, 4])  # unsorted ids, a group of one
+    flat = torch.cat([nets["w"].flatten(1), nets["b"]], 1)
+    want = []
+    for g in (1, 4, 9):  # the order of group.unique()
+        members = flat[group == g]
+        want.append(sum(((row - members.mean(0)) ** 2).sum() for row in members) / len(members))
+    torch.testing.assert_close(group_spread(nets, group), torch.stack(want))
+    assert group_spread(nets, group)[2] == 0
+
+
 def test_minibatches_by_rows_and_by_whole_groups():
     keep = torch.arange(4 * 6)  # B = 4 groups of G = 6
     rows = minibatches(keep, 6, 8, "rows", torch.Generator().manual_seed(0))

@@ -350,6 +350,42 @@ def test_pathwise_walk_is_the_reward_gradient_through_every_step(imitation, in_t
     assert sum((a - b).norm() ** 2 for a, b in zip(got, last)) > 1e-4 * sum(a.norm() ** 2 for a in got)
 
 
+def test_the_spread_tie_is_zero_at_the_imitation_policy_and_widens_draws_it_has_shrunk(imitation, in_tmp):
+    """grpo.beta_spread: at the start (policy = its imitation) the tie adds nothing; once the decoder makes its draws
+    matter less (the latent's lift halved, as GRPO's reward gradient tends to), the tie is beta x the squared log ratio
+    of the groups' spreads, and a step along its gradient alone moves the draws apart again."""
+    from trainer.algos import group_spread
+
+    t = grpo_trainer(imitation, in_tmp / "r", 1, *UNITS, "grpo.latent_std=0.2", "grpo.estimator=pathwise",
+                     "grpo.trainable=policy", "grpo.beta_spread=2.0")
+    rollouts = scored_rollouts(t)
+    g = t.cfg.grpo.group_size
+    mb = torch.arange(2 * g)  # two whole groups
+    with_tie = t.estimator.loss(rollouts, mb, mb // g, 0.0)
+    t.cfg.grpo.beta_spread = 0.0
+    torch.testing.assert_close(with_tie, t.estimator.loss(rollouts, mb, mb // g, 0.0))
+    t.cfg.grpo.beta_spread = 2.0
+    assert t.estimator.stats["policy/spread_ratio"] == [pytest.approx(1.0)]
+
+    rollouts.grads = {k: torch.zeros_like(v) for k, v in rollouts.grads.items()}  # the tie alone
+    head = t.policy.latent_mean.basis
+    head.mul_(0.5)  # the draws' lift into the unit states halved
+    ratio = lambda: (group_spread(t.estimator.nets(t.policy, rollouts, mb, False), mb // g) /
+                     group_spread(t.estimator.nets(t.frozen, rollouts, mb, False), mb // g))
+    with torch.no_grad():
+        before = ratio()
+    assert (before < 0.9).all()
+    loss = t.estimator.loss(rollouts, mb, mb // g, 0.0)
+    torch.testing.assert_close(loss, 2.0 * (before.log() ** 2).mean(), rtol=1e-4, atol=1e-6)
+    params = [p for p in t.policy.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params)
+    with torch.no_grad():
+        for p, d in zip(params, grads):
+            p -= 0.5 * d / max(float(torch.cat([x.flatten() for x in grads]).norm()), 1e-12)
+        after = ratio()
+    assert (after > before).all()
+
+
 def test_pathwise_grpo_trains_and_resumes_bit_identically(imitation, in_tmp):
     extra = [*UNITS, "grpo.estimator=pathwise"]
     straight = grpo_trainer(imitation, in_tmp / "a", 2, *extra)
