@@ -95,14 +95,16 @@ class Pathwise(Estimator):
         t, grpo_cfg = self.t, self.t.cfg.grpo
         w = self.nets(t.policy, rollouts, mb, trunk_grad=grpo_cfg.trainable == "policy")
         loss = pathwise_surrogate({k: v[mb] for k, v in rollouts.grads.items()}, w)
-        if grpo_cfg.beta_spread > 0:  # the draws kept as far apart as the imitation policy's at the same noise
+        if grpo_cfg.beta_spread > 0:  # the draws kept as far apart as the imitation policy's at the same draws
             with torch.no_grad():
                 ref = self.nets(t.frozen, rollouts, mb, trunk_grad=False)
-            keys = list(rollouts.grads)
-            log_ratio = torch.log(group_spread({k: w[k] for k in keys}, mb // grpo_cfg.group_size) /
-                                  group_spread({k: ref[k] for k in keys}, mb // grpo_cfg.group_size))
-            self.stats.setdefault("policy/spread_ratio", []).append(log_ratio.exp().mean().item())
-            loss = loss + grpo_cfg.beta_spread * (log_ratio ** 2).mean()
+            keys, group = list(rollouts.grads), mb // grpo_cfg.group_size
+            pairs = group.unique(return_counts=True)[1] > 1  # row-shuffled minibatches hold some groups' single rows
+            if pairs.any():
+                log_ratio = torch.log(group_spread({k: w[k] for k in keys}, group)[pairs] /
+                                      group_spread({k: ref[k] for k in keys}, group)[pairs])
+                self.stats.setdefault("policy/spread_ratio", []).append(log_ratio.exp().mean().item())
+                loss = loss + grpo_cfg.beta_spread * (log_ratio ** 2).mean()
         return loss
 
     def nets(self, policy, rollouts: Rollouts, mb: torch.Tensor, trunk_grad: bool) -> dict[str, torch.Tensor]:

@@ -384,6 +384,11 @@ def test_the_spread_tie_is_zero_at_the_imitation_policy_and_widens_draws_it_has_
             p -= 0.5 * d / max(float(torch.cat([x.flatten() for x in grads]).norm()), 1e-12)
         after = ratio()
     assert (after > before).all()
+    rows = torch.tensor([0, 1, 2, g])  # a row-shuffled minibatch: group 1's single row has no spread, and is left out
+    loss = t.estimator.loss(rollouts, rows, rows // g, 0.0)
+    with torch.no_grad():
+        spread = [group_spread(t.estimator.nets(p, rollouts, rows[:3], False), rows[:3] // g) for p in (t.policy, t.frozen)]
+    torch.testing.assert_close(loss, 2.0 * (spread[0] / spread[1]).log().pow(2).mean(), rtol=1e-4, atol=1e-6)
 
 
 def test_pathwise_grpo_trains_and_resumes_bit_identically(imitation, in_tmp):
