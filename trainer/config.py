@@ -148,11 +148,11 @@ class GRPOConfig:
     beta_kl: float = field(default=0.1, metadata={"min": 0})
     """weight of KL(policy || imitation policy)"""
     beta_spread: float = field(default=0.0, metadata={"min": 0})
-    """with "pathwise": weight of the spread tie, the squared log ratio of how far apart a group's sampled nets lie in
-    weight space (mean squared distance to their mean) under the policy and under the imitation policy at the same
-    draws. The KL tie is over the latent and leaves the decoder free to make its draws matter less, and the reward
-    gradient makes every sample the same best net; the spread tie keeps the draws as far apart as imitation's, so
-    the reward must find directions along which nets differ and stay good. 0: off"""
+    """with "pathwise": weight of the spread tie, the squared log ratio of how much a group's sampled nets differ in
+    what they predict (the mean squared distance of their class probabilities on 256 of the iteration's examples to
+    the group's mean) under the policy and under the imitation policy at the same draws. The KL tie is over the latent and
+    leaves the decoder free to make its draws matter less, and the reward gradient makes every sample the same best
+    net; the spread tie keeps the draws as different as imitation's. 0: off"""
     reward: Literal["accuracy", "neg_loss"] = "accuracy"
     """what a generated net earns: "accuracy" on the reward split, or "neg_loss" (minus its mean cross-entropy there,
     capped at envs.scoring.MAX_LOSS): a smooth reward that also ranks nets whose accuracies tie"""

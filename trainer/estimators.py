@@ -19,8 +19,13 @@ from typing import Optional
 
 import torch
 
+from envs.models import reference_from_config
+from envs.scoring import batched_logits
 from policy.sampling import Step
 from trainer.algos import compute_grpo_advantages, control_variate_advantages, group_spread, pathwise_surrogate
+
+
+SPREAD_PROBE = 256  # examples the spread tie (`grpo.beta_spread`) compares a group's nets on
 
 
 @dataclass
@@ -75,6 +80,7 @@ class Estimator:
 class Pathwise(Estimator):
     ratio_objective = False
     sample_grads = True
+    model: Optional[torch.nn.Module] = None  # the reference model the spread tie runs the nets through
 
     def collect(self, rollouts: Rollouts) -> None:  # the draws as noise, so the update can move their mean under them
         rollouts.noise = [self.standard_noise(step) if step.sampled else None for step in rollouts.steps]
@@ -95,17 +101,29 @@ class Pathwise(Estimator):
         t, grpo_cfg = self.t, self.t.cfg.grpo
         w = self.nets(t.policy, rollouts, mb, trunk_grad=grpo_cfg.trainable == "policy")
         loss = pathwise_surrogate({k: v[mb] for k, v in rollouts.grads.items()}, w)
-        if grpo_cfg.beta_spread > 0:  # the draws kept as far apart as the imitation policy's at the same draws
+        if grpo_cfg.beta_spread > 0:  # the draws kept as different as the imitation policy's at the same draws
             with torch.no_grad():
                 ref = self.nets(t.frozen, rollouts, mb, trunk_grad=False)
-            keys, group = list(rollouts.grads), mb // grpo_cfg.group_size
+            group = mb // grpo_cfg.group_size
             pairs = group.unique(return_counts=True)[1] > 1  # row-shuffled minibatches hold some groups' single rows
             if pairs.any():
-                log_ratio = torch.log(group_spread({k: w[k] for k in keys}, group)[pairs] /
-                                      group_spread({k: ref[k] for k in keys}, group)[pairs])
+                log_ratio = torch.log(group_spread({"out": self.outputs(w)}, group)[pairs] /
+                                      group_spread({"out": self.outputs(ref)}, group)[pairs])
                 self.stats.setdefault("policy/spread_ratio", []).append(log_ratio.exp().mean().item())
                 loss = loss + grpo_cfg.beta_spread * (log_ratio ** 2).mean()
         return loss
+
+    def outputs(self, nets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The nets' class probabilities on the spread tie's probe: the first `SPREAD_PROBE` of the iteration's reward
+        examples. (N, probe, classes), differentiable in `nets`. Probabilities, not log-probabilities: those differ most
+        in the classes a net rules out, and a tie on them held while the nets' predictions became the same."""
+        t = self.t
+        examples = t.reward_examples()
+        split = t.task.reward if examples is None else t.task.train
+        idx = torch.arange(min(SPREAD_PROBE, len(split))) if examples is None else torch.as_tensor(examples[:SPREAD_PROBE])
+        if self.model is None:
+            self.model = reference_from_config(t.cfg.reference, t.task).to(t.weight_generator.device).eval()
+        return batched_logits(self.model, nets, split.x[idx].to(t.weight_generator.device)).softmax(-1)
 
     def nets(self, policy, rollouts: Rollouts, mb: torch.Tensor, trunk_grad: bool) -> dict[str, torch.Tensor]:
         """The trajectories `mb` recomputed by `policy` at their drawn noise: the last step from its stored input

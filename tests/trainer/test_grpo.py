@@ -353,8 +353,11 @@ def test_pathwise_walk_is_the_reward_gradient_through_every_step(imitation, in_t
 def test_the_spread_tie_is_zero_at_the_imitation_policy_and_widens_draws_it_has_shrunk(imitation, in_tmp):
     """grpo.beta_spread: at the start (policy = its imitation) the tie adds nothing; once the decoder makes its draws
     matter less (the latent's lift halved, as GRPO's reward gradient tends to), the tie is beta x the squared log ratio
-    of the groups' spreads, and a step along its gradient alone moves the draws apart again."""
-    from trainer.algos import group_spread
+    of how much the groups' nets differ in their class probabilities on the probe examples, and a step along its
+    gradient alone makes the draws differ more again."""
+    from envs.models import reference_from_config
+    from envs.scoring import batched_logits
+    from trainer.estimators import SPREAD_PROBE
 
     t = grpo_trainer(imitation, in_tmp / "r", 1, *UNITS, "grpo.latent_std=0.2", "grpo.estimator=pathwise",
                      "grpo.trainable=policy", "grpo.beta_spread=2.0")
@@ -367,28 +370,34 @@ def test_the_spread_tie_is_zero_at_the_imitation_policy_and_widens_draws_it_has_
     t.cfg.grpo.beta_spread = 2.0
     assert t.estimator.stats["policy/spread_ratio"] == [pytest.approx(1.0)]
 
+    probe = t.task.train.x[torch.as_tensor(t.reward_examples()[:SPREAD_PROBE])]  # the iteration's examples
+    model = reference_from_config(t.cfg.reference, t.task).eval()
+
+    def spread(policy, rows):  # an independent computation: each group's mean squared distance to its mean net's
+        out = batched_logits(model, t.estimator.nets(policy, rollouts, rows, False), probe).softmax(-1)
+        return torch.stack([((out[rows // g == i] - out[rows // g == i].mean(0)) ** 2).sum((1, 2)).mean()
+                            for i in (rows // g).unique()])
+
     rollouts.grads = {k: torch.zeros_like(v) for k, v in rollouts.grads.items()}  # the tie alone
-    head = t.policy.latent_mean.basis
-    head.mul_(0.5)  # the draws' lift into the unit states halved
-    ratio = lambda: (group_spread(t.estimator.nets(t.policy, rollouts, mb, False), mb // g) /
-                     group_spread(t.estimator.nets(t.frozen, rollouts, mb, False), mb // g))
+    t.policy.latent_mean.basis.mul_(0.5)  # the draws' lift into the unit states halved
     with torch.no_grad():
-        before = ratio()
+        before = spread(t.policy, mb) / spread(t.frozen, mb)
     assert (before < 0.9).all()
     loss = t.estimator.loss(rollouts, mb, mb // g, 0.0)
     torch.testing.assert_close(loss, 2.0 * (before.log() ** 2).mean(), rtol=1e-4, atol=1e-6)
     params = [p for p in t.policy.parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss, params)
     with torch.no_grad():
+        norm = float(torch.cat([x.flatten() for x in grads]).norm())
         for p, d in zip(params, grads):
-            p -= 0.5 * d / max(float(torch.cat([x.flatten() for x in grads]).norm()), 1e-12)
-        after = ratio()
+            p -= 0.5 * d / max(norm, 1e-12)
+        after = spread(t.policy, mb) / spread(t.frozen, mb)
     assert (after > before).all()
     rows = torch.tensor([0, 1, 2, g])  # a row-shuffled minibatch: group 1's single row has no spread, and is left out
     loss = t.estimator.loss(rollouts, rows, rows // g, 0.0)
     with torch.no_grad():
-        spread = [group_spread(t.estimator.nets(p, rollouts, rows[:3], False), rows[:3] // g) for p in (t.policy, t.frozen)]
-    torch.testing.assert_close(loss, 2.0 * (spread[0] / spread[1]).log().pow(2).mean(), rtol=1e-4, atol=1e-6)
+        ratio = spread(t.policy, rows[:3]) / spread(t.frozen, rows[:3])
+    torch.testing.assert_close(loss, 2.0 * ratio.log().pow(2).mean(), rtol=1e-4, atol=1e-6)
 
 
 def test_pathwise_grpo_trains_and_resumes_bit_identically(imitation, in_tmp):
