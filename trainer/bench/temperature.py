@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -89,10 +90,10 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                    agree_same_init=same, agree_other_init=other)
     results = dict(experiment=cfg.name, policy=str(policy), seeds=seeds, best_of=args.best_of,
                    mean_path=mean.tolist(), rows=rows, sgd=sgd)
-    emit(table(results), args.out)
-    if args.plots:
-        plot(results, figure(args, cfg.name, "temperature"))
-    return results
+    text = table(results)
+    emit(text, args.out)
+    figures = [plot(results, figure(args, cfg.name, "temperature"))] if args.plots else []
+    return dict(table=text, figures=figures, results=results)
 
 
 def table(r: dict) -> str:
@@ -113,7 +114,7 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(r: dict, path) -> None:
+def plot(r: dict, path) -> Path:
     from trainer import plots  # matplotlib: slow to import, only when figures are asked for
 
     agree = [row["agree_same_init"] for row in r["rows"]]
@@ -122,6 +123,6 @@ def plot(r: dict, path) -> None:
     if r["sgd"]:
         lines["SGD, another data order"] = ([r["sgd"]["agree_same_init"]], [r["sgd"]["accuracy"]])
     stds = ", ".join(f"{row['latent_std']:g}" for row in r["rows"])
-    plots.curves({f"{r['experiment']}, latent std {stds} (right to left)": lines},
-                 "accuracy against diversity of sampled nets", "two nets from one init agree on (test predictions)",
-                 "test accuracy (median over inits)", path)
+    return plots.curves({f"{r['experiment']}, latent std {stds} (right to left)": lines},
+                        "accuracy against diversity of sampled nets", "two nets from one init agree on (test predictions)",
+                        "test accuracy (median over inits)", path)
