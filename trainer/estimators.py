@@ -97,7 +97,9 @@ class Pathwise(Estimator):
         is the reward gradient through the policy (DRaFT, Clark et al. 2023). With `grpo.backprop` "last", W is the last
         step's output from its stored input (DRaFT-1); with "walk", the whole walk is recomputed from the init, every
         sampled step at its stored noise, so the gradient also counts how the parameters moved the earlier steps' outputs
-        (with `grpo.trainable` "policy", the part "last" leaves out). With "latent" only the latent's mean learns."""
+        (with `grpo.trainable` "policy", the part "last" leaves out). With "latent" only the latent's mean learns.
+        With `grpo.beta_spread`, plus the spread tie: beta x the squared log ratio of each group's spread of class
+        probabilities under the policy and under the frozen imitation policy, both at the drawn noise."""
         t, grpo_cfg = self.t, self.t.cfg.grpo
         w = self.nets(t.policy, rollouts, mb, trunk_grad=grpo_cfg.trainable == "policy")
         loss = pathwise_surrogate({k: v[mb] for k, v in rollouts.grads.items()}, w)
