@@ -12,13 +12,14 @@ BatchNorm parameters and statistics stay in float, as deployed int kernels keep 
 
 `score_objective` scores G nets on one objective: the transformed nets on the (maybe noised) split. The env, the
 scoring workers and the trainer's held-out evaluations all call it. Its reward gradient (`grad=True`) is taken at the
-transformed weights and passed straight through the transform (the straight-through estimator of quantisation-aware
-training; for pruning it reaches the pruned weights too, so they can grow back).
+transformed weights and carried back to the generated ones (`Objective.pullback`): through the quantiser's
+straight-through rounding and its max-based scale (LSQ-style), and straight through pruning (it reaches the pruned
+weights too, so they can grow back).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Optional
 
 import torch
@@ -60,6 +61,20 @@ class Objective:
             return prune(stacked, self.sparsity)
         return dict(stacked)
 
+    def pullback(self, stacked: Mapping[str, torch.Tensor], grad: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The reward's gradient at the generated weights from its gradient `grad` at the deployed ones: through
+        `quantize`'s straight-through rounding and its scale; the identity for the other objectives (pruned weights
+        get their gradient, so they can grow back)."""
+        if self.name != "quantized":
+            return dict(grad)
+        out = dict(grad)
+        for k, g in grad.items():
+            if transformed(stacked[k]):
+                w = stacked[k].detach().to(g.dtype).requires_grad_(True)
+                with torch.enable_grad():
+                    out[k] = torch.autograd.grad(quantize(w, self.bits), w, g)[0]
+        return out
+
     def inputs(self, split: Split, seed: int) -> Split:
         """The split the nets are scored on: with noise drawn from `seed` for "noisy", else `split` itself."""
         if self.name != "noisy":
@@ -76,11 +91,20 @@ def transformed(v: torch.Tensor) -> bool:
 def quantize(w: torch.Tensor, bits: int) -> torch.Tensor:
     """Symmetric uniform quantisation of each of G tensors (G, *shape) to `bits` bits, one scale per tensor:
     w -> round(w / s) * s with s = max|w| / (2^(bits-1) - 1), so the levels are -L..L for L = 2^(bits-1) - 1. An
-    all-zero tensor stays zero."""
+    all-zero tensor stays zero.
+
+    Differentiable as learned-step-size quantisation (LSQ) reads it: the rounding is passed straight through, and
+    the scale is a function of the largest |w|, so d q_i / d w_i = 1 and the largest weight also collects
+    sum_i g_i (round(w_i / s) - w_i / s) / L. That second term is what lets a reward shrink an outlier weight to give
+    the other weights finer levels: with the scale detached, every weight in the zero bin moves without changing the
+    deployed net (docs/HISTORY.md: 4-bit)."""
     levels = 2 ** (bits - 1) - 1
-    scale = w.detach().abs().flatten(1).amax(1).clamp_min(torch.finfo(w.dtype).tiny) / levels
+    scale = w.abs().flatten(1).amax(1).clamp_min(torch.finfo(w.dtype).tiny) / levels
     scale = scale.view(-1, *[1] * (w.dim() - 1))
-    return torch.round(w / scale).clamp(-levels, levels) * scale
+    x = w / scale
+    q = torch.round(x.detach()).clamp(-levels, levels)
+    surrogate = (x + (q - x).detach()) * scale  # the gradient's path; its value equals q * scale up to rounding
+    return (q * scale).detach() + (surrogate - surrogate.detach())
 
 
 def prune(stacked: Mapping[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
@@ -113,4 +137,5 @@ def score_objective(model: nn.Module, weights: Weights, split: Split, objective:
     if objective is None or objective.plain:
         return score_batch(model, weights, split, chunk_size, grad=grad)
     stacked = stack_weights(weights, model.state_dict())
-    return score_batch(model, objective.weights(stacked), objective.inputs(split, noise_seed), chunk_size, grad=grad)
+    scores = score_batch(model, objective.weights(stacked), objective.inputs(split, noise_seed), chunk_size, grad=grad)
+    return replace(scores, grad=objective.pullback(stacked, scores.grad)) if grad else scores

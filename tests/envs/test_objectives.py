@@ -89,15 +89,34 @@ def test_scores_equal_a_model_evaluated_by_hand(objective):
     assert not torch.equal(plain.loss, scores.loss)  # the objective changes the score
 
 
-def test_reward_gradient_is_straight_through_the_quantiser():
+def test_reward_gradient_passes_the_rounding_straight_and_reaches_the_scale():
     model, stacked = nets()
     split = task_from_config(TaskConfig()).reward
     objective = Objective("quantized", bits=4)
-    ste = score_objective(model, stacked, split, objective, grad=True).grad
+    got = score_objective(model, stacked, split, objective, grad=True).grad
     at_deployed = score_batch(model, objective.weights(stacked), split, grad=True).grad
-    for k in ste:
-        torch.testing.assert_close(ste[k], at_deployed[k])
-        assert ste[k].abs().sum() > 0
+    levels = 7
+    for k in got:
+        if stacked[k].dim() < 3:  # biases are not quantised: their gradient is the deployed net's
+            torch.testing.assert_close(got[k], at_deployed[k])
+            continue
+        for i in range(len(stacked[k])):  # LSQ by hand: straight through the rounding, and the scale max|w| / L
+            w, g = stacked[k][i].double().numpy().ravel(), at_deployed[k][i].double().numpy().ravel()
+            s = np.abs(w).max() / levels
+            expected = g.copy()
+            top = np.abs(w).argmax()
+            expected[top] += np.sign(w[top]) / levels * (g * (np.clip(np.round(w / s), -levels, levels) - w / s)).sum()
+            np.testing.assert_allclose(got[k][i].double().numpy().ravel(), expected, rtol=1e-4, atol=1e-7)
+            assert abs(expected[top] - g[top]) > 1e-6  # the scale's term is there: not the plain straight-through
+
+
+def test_quantize_values_are_unchanged_by_its_gradient_path():
+    _, stacked = nets()
+    w = next(v for v in stacked.values() if v.dim() == 3).double().requires_grad_(True)
+    q = quantize(w, 4)
+    with torch.no_grad():
+        scale = w.abs().flatten(1).amax(1).view(-1, 1, 1) / 7
+        assert torch.equal(q.detach(), torch.round(w / scale).clamp(-7, 7) * scale)
 
 
 def test_env_rewards_the_objective_and_reports_plain_accuracy():
