@@ -37,6 +37,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--best-of", type=count, nargs="*", default=[4, 16], metavar="N",
                    help="also the first policy's best of N samples per init, chosen on the reward split (what "
                         "`generate --best-of N` writes), for each N (default: 4 16; none: skip)")
+    g.add_argument("--same-init-sgd", action="store_true",
+                   help="also SGD with the zoo's recipe from these held-out inits (trained once, cached) and each "
+                        "policy's gap to it per seed: how far from SGD's own outcome each generated net is")
     g.add_argument("--speed", action="store_true",
                    help="also time it: ms/net of the first policy's mean path (1 and 64 nets per call) against SGD's "
                         "time from held-out seeds to that policy's median test accuracy, interleaved in this process")
@@ -58,20 +61,22 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     task = task_from_config(cfg.task)
     random = score_states(cfg, task, init_states(cfg, task, seeds), "test")
     rows = [(f"random init ({cfg.reference.init})", "-", float(np.median(random)), "")]
+    per_seed = {}  # name -> test accuracy per held-out seed (for the figure, and the same-init comparison)
     if manifest is not None:
         zoo_accs = [r["checkpoints"][-1]["test_accuracy"] for r in manifest["runs"]]
         rows.append((f"SGD ({len(manifest['runs'])} zoo runs, final checkpoint)", "-", float(np.median(zoo_accs)), ""))
-        per_seed = {"SGD (zoo runs)": zoo_accs}
-    else:  # a width no zoo run has: SGD with the zoo's recipe from the held-out seeds themselves (cached)
-        print(f"bench: no zoo at {reference_name(cfg)} from {cfg.reference.init} inits; training SGD from the {len(seeds)} held-out seeds "
-              f"(cached in {sgd_cache(cfg)}) ...", file=sys.stderr, flush=True)
+        per_seed["SGD (zoo runs)"] = zoo_accs
+    same_init = None  # SGD's test accuracy from each held-out init, where it is trained
+    if manifest is None or args.same_init_sgd:  # SGD with the zoo's recipe from the held-out seeds themselves
+        why = f"no zoo at {reference_name(cfg)} from {cfg.reference.init} inits" if manifest is None else "--same-init-sgd"
+        print(f"bench: {why}; training SGD from the {len(seeds)} held-out seeds (cached in {sgd_cache(cfg)}) ...",
+              file=sys.stderr, flush=True)
         t = time.perf_counter()
         one = dataclasses.replace(cfg, zoo=dataclasses.replace(cfg.zoo, widths=[]))
-        sgd_nets = sgd_from_seeds(one, seeds, reference_layout(cfg, task)[0].state_dict())
-        zoo_accs = score_states(cfg, task, sgd_nets, "test")
-        rows.append((f"SGD from these {len(seeds)} held-out seeds (zoo recipe, trained here; "
-                     f"{time.perf_counter() - t:.0f} s)", "-", float(np.median(zoo_accs)), ""))
-        per_seed = {"SGD (held-out seeds)": zoo_accs}
+        same_init = score_states(cfg, task, sgd_from_seeds(one, seeds, reference_layout(cfg, task)[0].state_dict()), "test")
+        rows.append((f"SGD from these {len(seeds)} held-out seeds (zoo recipe, trained here or cached; "
+                     f"{time.perf_counter() - t:.0f} s)", "-", float(np.median(same_init)), ""))
+        per_seed["SGD (held-out seeds)"] = same_init
     sgd = rows[-1][2]
     first, first_sampled = None, None
     for path, weight_generator in policies.items():
@@ -104,6 +109,8 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
              "| weights | steps | test accuracy (median) | / SGD | per seed vs the first policy |",
              "| --- | --- | --- | --- | --- |"]
     lines += [f"| {name} | {k} | {acc:.4f} | {acc / sgd:.3f} | {paired} |" for name, k, acc, paired in rows]
+    if same_init is not None:
+        lines += ["", same_init_table(per_seed, same_init)]
     if args.speed:
         path, weight_generator = next(iter(policies.items()))
         lines += ["", speed_table(args, cfg, weight_generator, path, task, seeds[:args.speed_seeds], float(np.median(first)))]
@@ -119,6 +126,17 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                                     f"median {np.median(random):.3f}, off the axis)", "test accuracy",
                                     figure(args, cfg.name, "generate")))
     return dict(table=table, figures=figures)
+
+
+def same_init_table(per_seed: dict[str, list[float]], same_init: list[float]) -> str:
+    """Each policy output's test accuracy minus SGD's from the same init, per seed (mean +- s.e., share better): how
+    far a generated net is from what training its own init gives, the ceiling a further gain (GRPO's, say) meets
+    before it passes SGD."""
+    lines = ["Per seed against SGD from the same init (policy minus SGD):", "",
+             "| policy output | minus SGD from the same init |", "| --- | --- |"]
+    lines += [f"| {name} | {paired_difference(same_init, accs)} |" for name, accs in per_seed.items()
+              if not name.startswith("SGD")]
+    return "\n".join(lines)
 
 
 def best_of_accuracy(weight_generator: WeightGenerator, task, seeds: list[int], ns: list[int], sample_seed: int

@@ -54,3 +54,25 @@ def test_bench_generate_speed_times_generation_against_sgd_to_equal_accuracy(tra
     assert [r[1].strip() for r in rows] == ["1", "64", "1"] and rows[2][0].startswith(" SGD (sgd, batch 16)")
     assert all(float(r[2]) >= 0 and float(r[3]) >= 0 for r in rows)  # ms/net, wall and CPU
     assert rows[2][5].strip() == "1x" and int(rows[2][4]) % 5 == 0  # SGD steps: checked every 5
+
+
+def test_same_init_sgd_gives_each_output_minus_sgd_from_its_own_init(trained, in_tmp, capsys):
+    """--same-init-sgd: SGD from the held-out inits themselves, and per seed each policy output minus it, recomputed
+    from SGD run here by the audit's recipe and the policy's mean path."""
+    from trainer.audit import sgd_from_seeds
+    from trainer.bench.common import paired_difference
+    from trainer.generator import mean_path_accuracy, reference_layout, score_states
+
+    args = ["generate", "--seeds", "3", "--best-of", "--same-init-sgd"] + sum((["--set", s] for s in TINY), [])
+    assert bench_main(args) == 0
+    out = capsys.readouterr().out
+    assert "| SGD from these 3 held-out seeds" in out
+    rows = out[out.index("Per seed against SGD from the same init"):].splitlines()
+    rows = [r.split("|")[1:-1] for r in rows if r.startswith("| ") and "---" not in r][1:]
+    assert [r[0].strip().rsplit(" (", 1)[1] for r in rows] == ["mean path)", "samples)"]
+    weight_generator = WeightGenerator.load(trained / "policy.safetensors", TINY)
+    cfg, task = weight_generator.cfg, load_task("digits", reward_size=300)
+    sgd = score_states(cfg, task, sgd_from_seeds(cfg, [0, 1, 2], reference_layout(cfg, task)[0].state_dict()), "test")
+    mean = mean_path_accuracy(weight_generator, task, [0, 1, 2])[0]
+    assert rows[0][1].strip() == paired_difference(sgd, mean)
+    assert float(rows[0][1].split()[0]) < 0  # a tiny policy is below SGD from its own inits
