@@ -158,8 +158,8 @@ def finetune(cfg: ExperimentConfig, task, state: dict[str, torch.Tensor], object
              seed: int) -> dict[str, torch.Tensor]:
     """What a user would do instead: the zoo's optimizer at FINETUNE_LR of its peak rate, cosine-decayed over
     `epochs`, training the net as the objective deploys it. quantized: the forward pass sees the quantised weights
-    and the gradient passes straight through (QAT); pruned: the net is pruned once and only the kept weights train;
-    noisy: every minibatch gets fresh input noise. Returns the fine-tuned weights (pruned ones with their zeros)."""
+    and the gradient passes through the rounding and the max-based scale (QAT, by `envs.objectives.quantize`);
+    pruned: the net is pruned once and only the kept weights train; noisy: every minibatch gets fresh input noise. Returns the fine-tuned weights (pruned ones with their zeros)."""
     model = reference_from_config(cfg.reference, task)
     model.load_state_dict(state)
     params = dict(model.named_parameters())
@@ -185,9 +185,8 @@ def finetune(cfg: ExperimentConfig, task, state: dict[str, torch.Tensor], object
             if objective.name == "noisy":
                 x = x + torch.randn(x.shape, generator=gen) * objective.noise_std
             p = dict(params)
-            if objective.name == "quantized":
-                q = objective.weights({k: v.detach()[None] for k, v in params.items()})
-                p = {k: v + (q[k][0] - v).detach() for k, v in params.items()}  # straight-through
+            if objective.name == "quantized":  # the deployed weights, differentiable as `quantize` is (LSQ-style)
+                p = {k: v[0] for k, v in objective.weights({k: v[None] for k, v in params.items()}).items()}
             elif mask is not None:
                 p = {k: v * mask[k] if k in mask else v for k, v in params.items()}
             loss = F.cross_entropy(torch.func.functional_call(model, p, (x,)), task.train.y[idx])

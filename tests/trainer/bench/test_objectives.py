@@ -53,3 +53,17 @@ def test_bench_objectives_end_to_end_with_a_grpo_policy(tiny_zoo, tiny_policy, i
     assert (in_tmp / "figs/digits_mlp-objectives.png").stat().st_size > 0
     with pytest.raises(SystemExit):
         bench_main(["objectives", "--objective", "int4"] + tiny_policy)
+
+
+
+def test_quantisation_aware_finetune_trains_through_the_objectives_quantiser():
+    """QAT sees the deployed weights: its run departs from the same recipe without the quantiser (same data order),
+    and its weights moved. The quantiser's gradient itself is checked in tests/envs/test_objectives.py."""
+    cfg = load_config(overrides=TINY)
+    task = task_from_config(cfg.task)
+    state = unbatch(init_states(cfg, task, [3]), 0)
+    qat = finetune(cfg, task, state, Objective("quantized", bits=3), 1, seed=0)
+    plain = finetune(cfg, task, state, Objective(), 1, seed=0)
+    for k in state:
+        if state[k].dim() >= 2:
+            assert not torch.equal(qat[k], state[k]) and not torch.allclose(qat[k], plain[k], atol=1e-4)
