@@ -309,6 +309,9 @@ CASES = [
      "wide.safetensors: tensor 'layers.0.weight' has shape (9, 64), expected (8, 64)"),
     ("bench, bad config", "bench", lambda t, p: ["generate"] + sets("imitate.eval_seeds=0"),
      "config key imitate.eval_seeds: expected >= 1, got 0"),
+    ("bench generate on an objective (it printed plain accuracy)", "bench",
+     lambda t, p: ["generate"] + sets("env.objective=quantized"),
+     "config key env.objective: bench generate scores plain test accuracy, got 'quantized'"),
     # issue 26: integers past 64 bits, negative seeds, names, schedules, bad draw counts
     ("seed=2^64", "zoo", lambda t, p: sets("seed=18446744073709551616"),
      "config key seed: 18446744073709551616 does not fit in a 64-bit integer"),

@@ -21,7 +21,7 @@ from envs.tasks import task_from_config
 from trainer.audit import sgd_cache, sgd_from_seeds
 from trainer.bench.common import (count, default_policy, generated_policy, emit, figure, held_out_parser, held_out_seeds,
                                   paired_difference, stopwatch, seed_number)
-from trainer.config import ExperimentConfig
+from trainer.config import ConfigError, ExperimentConfig
 from trainer.device import resolve_device
 from trainer.generator import (WeightGenerator, init_states, mean_path_accuracy, reference_layout, repeat_groups,
                               sample_accuracy, score_states)
@@ -53,6 +53,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     """Median test accuracy over held-out seeds: random init, SGD (the zoo's final checkpoints), each policy's mean path."""
     cfg = cfgs[0]
+    if cfg.env.objective != "plain":  # its SGD rows and every policy row are plain accuracy: refuse, not mislead
+        raise ConfigError(f"config key env.objective: bench generate scores plain test accuracy, got "
+                          f"{cfg.env.objective!r}; `python -m trainer.bench objectives --objective "
+                          f"{cfg.env.objective}` scores nets as that objective deploys them")
     seeds = held_out_seeds(args, cfg)
     zoo = zoo_at_width(cfg)
     manifest = load_manifest(zoo.zoo_dir) if zoo is not None else None
