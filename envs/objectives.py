@@ -13,8 +13,7 @@ BatchNorm parameters and statistics stay in float, as deployed int kernels keep 
 `score_objective` scores G nets on one objective: the transformed nets on the (maybe noised) split. The env, the
 scoring workers and the trainer's held-out evaluations all call it. Its reward gradient (`grad=True`) is taken at the
 transformed weights and carried back to the generated ones (`Objective.pullback`): through the quantiser's
-straight-through rounding and its max-based scale (LSQ-style), and straight through pruning (it reaches the pruned
-weights too, so they can grow back).
+straight-through rounding and its max-based scale (LSQ-style), and through pruning's mask (kept weights only).
 """
 
 from __future__ import annotations
@@ -63,8 +62,12 @@ class Objective:
 
     def pullback(self, stacked: Mapping[str, torch.Tensor], grad: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The reward's gradient at the generated weights from its gradient `grad` at the deployed ones: through
-        `quantize`'s straight-through rounding and its scale; the identity for the other objectives (pruned weights
-        get their gradient, so they can grow back)."""
+        `quantize`'s straight-through rounding and its scale; through pruning's mask (a pruned weight gets none: it
+        does not touch the deployed net, and passing it the gradient straight through let weights grow past the
+        threshold unchecked until GRPO into the whole policy diverged on MNIST); the identity for the others."""
+        if self.name == "pruned":
+            kept = prune(stacked, self.sparsity)
+            return {k: g * (kept[k] != 0).to(g.dtype) if transformed(stacked[k]) else g for k, g in grad.items()}
         if self.name != "quantized":
             return dict(grad)
         out = dict(grad)

@@ -110,6 +110,23 @@ def test_reward_gradient_passes_the_rounding_straight_and_reaches_the_scale():
             assert abs(expected[top] - g[top]) > 1e-6  # the scale's term is there: not the plain straight-through
 
 
+def test_reward_gradient_through_pruning_reaches_the_kept_weights_only():
+    model, stacked = nets()
+    split = task_from_config(TaskConfig()).reward
+    objective = Objective("pruned", sparsity=0.7)
+    got = score_objective(model, stacked, split, objective, grad=True).grad
+    deployed = objective.weights(stacked)
+    at_deployed = score_batch(model, deployed, split, grad=True).grad
+    for k in got:
+        if stacked[k].dim() < 3:
+            torch.testing.assert_close(got[k], at_deployed[k])
+        else:
+            kept = deployed[k] != 0
+            assert torch.equal(got[k][~kept], torch.zeros_like(got[k][~kept])) and (~kept).any()
+            torch.testing.assert_close(got[k][kept], at_deployed[k][kept])
+            assert at_deployed[k][~kept].abs().sum() > 0  # the deployed net's gradient there was not zero
+
+
 def test_quantize_values_are_unchanged_by_its_gradient_path():
     _, stacked = nets()
     w = next(v for v in stacked.values() if v.dim() == 3).double().requires_grad_(True)
