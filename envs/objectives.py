@@ -60,14 +60,15 @@ class Objective:
             return prune(stacked, self.sparsity)
         return dict(stacked)
 
-    def pullback(self, stacked: Mapping[str, torch.Tensor], grad: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The reward's gradient at the generated weights from its gradient `grad` at the deployed ones: through
-        `quantize`'s straight-through rounding and its scale; through pruning's mask (a pruned weight gets none: it
-        does not touch the deployed net, and passing it the gradient straight through let weights grow past the
-        threshold unchecked until GRPO into the whole policy diverged on MNIST); the identity for the others."""
+    def pullback(self, stacked: Mapping[str, torch.Tensor], deployed: Mapping[str, torch.Tensor],
+                 grad: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The reward's gradient at the generated weights `stacked` from its gradient `grad` at their deployed form
+        (`weights(stacked)`): through `quantize`'s straight-through rounding and its scale; through pruning's mask (a
+        pruned weight gets none: it does not touch the deployed net, and passing it the gradient straight through
+        let weights grow past the threshold unchecked until GRPO into the whole policy diverged on MNIST); the
+        identity for the others."""
         if self.name == "pruned":
-            kept = prune(stacked, self.sparsity)
-            return {k: g * (kept[k] != 0).to(g.dtype) if transformed(stacked[k]) else g for k, g in grad.items()}
+            return {k: g * (deployed[k] != 0).to(g.dtype) if transformed(stacked[k]) else g for k, g in grad.items()}
         if self.name != "quantized":
             return dict(grad)
         out = dict(grad)
@@ -140,5 +141,6 @@ def score_objective(model: nn.Module, weights: Weights, split: Split, objective:
     if objective is None or objective.plain:
         return score_batch(model, weights, split, chunk_size, grad=grad)
     stacked = stack_weights(weights, model.state_dict())
-    scores = score_batch(model, objective.weights(stacked), objective.inputs(split, noise_seed), chunk_size, grad=grad)
-    return replace(scores, grad=objective.pullback(stacked, scores.grad)) if grad else scores
+    deployed = objective.weights(stacked)
+    scores = score_batch(model, deployed, objective.inputs(split, noise_seed), chunk_size, grad=grad)
+    return replace(scores, grad=objective.pullback(stacked, deployed, scores.grad)) if grad else scores

@@ -159,7 +159,8 @@ def finetune(cfg: ExperimentConfig, task, state: dict[str, torch.Tensor], object
     """What a user would do instead: the zoo's optimizer at FINETUNE_LR of its peak rate, cosine-decayed over
     `epochs`, training the net as the objective deploys it. quantized: the forward pass sees the quantised weights
     and the gradient passes through the rounding and the max-based scale (QAT, by `envs.objectives.quantize`);
-    pruned: the net is pruned once and only the kept weights train; noisy: every minibatch gets fresh input noise. Returns the fine-tuned weights (pruned ones with their zeros)."""
+    pruned: the net is pruned once and only the kept weights train; noisy: every minibatch gets fresh input noise.
+    Returns the fine-tuned weights (pruned ones with their zeros)."""
     model = reference_from_config(cfg.reference, task)
     model.load_state_dict(state)
     params = dict(model.named_parameters())

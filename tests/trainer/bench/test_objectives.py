@@ -55,7 +55,6 @@ def test_bench_objectives_end_to_end_with_a_grpo_policy(tiny_zoo, tiny_policy, i
         bench_main(["objectives", "--objective", "int4"] + tiny_policy)
 
 
-
 def test_quantisation_aware_finetune_trains_through_the_objectives_quantiser():
     """QAT sees the deployed weights: its run departs from the same recipe without the quantiser (same data order),
     and its weights moved. The quantiser's gradient itself is checked in tests/envs/test_objectives.py."""
