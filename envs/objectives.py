@@ -28,6 +28,8 @@ from envs.scoring import Scores, Weights, score_batch, stack_weights
 from envs.tasks import Split
 
 OBJECTIVES = ("plain", "quantized", "pruned", "noisy")
+PARAMETER = {"quantized": "bits", "pruned": "sparsity", "noisy": "noise_std"}
+"""each objective's own parameter (an `env` key)"""
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,10 @@ class Objective:
 
     @classmethod
     def of(cls, env_cfg) -> "Objective":
-        return cls(env_cfg.objective, env_cfg.bits, env_cfg.sparsity, env_cfg.noise_std)
+        """The objective `env_cfg` names, with its own parameter read from it (the others keep their defaults, so two
+        objectives are equal when what they score is: a noisy-input policy is not another objective at other bits)."""
+        own = PARAMETER.get(env_cfg.objective)
+        return cls(env_cfg.objective, **({own: getattr(env_cfg, own)} if own else {}))
 
     @property
     def plain(self) -> bool:

@@ -157,3 +157,14 @@ def test_env_rewards_the_objective_and_reports_plain_accuracy():
 def test_bad_objective_settings_are_config_errors(key, value):
     with pytest.raises(ConfigError, match=f"env.{key}"):
         check_fields(EnvConfig(**{key: value}), "env.")
+
+
+def test_an_objective_is_its_name_and_its_own_parameter():
+    """Two `env` sections name the same objective when its own parameter agrees, whatever the others say: a noisy-input
+    policy trained at `env.bits=4` is scored on the objective a `bits: 3` config names, and a 4-bit one is not."""
+    noisy = Objective.of(EnvConfig(objective="noisy", bits=4, noise_std=0.5))
+    assert noisy == Objective.of(EnvConfig(objective="noisy", bits=3, sparsity=0.5, noise_std=0.5))
+    assert noisy != Objective.of(EnvConfig(objective="noisy", noise_std=1.0))
+    assert Objective.of(EnvConfig(objective="quantized", bits=4)) != Objective.of(EnvConfig(objective="quantized", bits=3))
+    assert Objective.of(EnvConfig(objective="quantized", bits=3)).bits == 3
+    assert Objective.of(EnvConfig(objective="plain", bits=3)) == Objective()
