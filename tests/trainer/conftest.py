@@ -1,5 +1,8 @@
 """Fixtures of the trainer tests: tiny zoos and policies made by the real entry points."""
 
+import os
+import shutil
+
 import pytest
 
 from envs.tasks import task_from_config
@@ -11,18 +14,31 @@ from trainer.zoo import train_run, write_manifest
 from tests.settings import TINY_POLICY, TINY_ZOO, imitate_cli
 
 
+@pytest.fixture(scope="session")
+def tiny_chain(tmp_path_factory, ray_local):
+    """The TINY chain run once per session by the real entry point (zoo by Ray tasks, then imitation), in a folder of
+    its own: its `artifacts/`, which each test gets a copy of (the chain is deterministic; 40 tests used to rerun it)."""
+    folder = tmp_path_factory.mktemp("tiny_chain")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        assert imitate_cli() == 0
+    finally:
+        os.chdir(cwd)
+    return folder / "artifacts"
+
+
 @pytest.fixture
-def trained(in_tmp, ray_local):
-    """The TINY chain's imitation run folder (zoo built by Ray tasks)."""
-    assert imitate_cli() == 0
+def trained(in_tmp, tiny_chain):
+    """The TINY chain's imitation run folder, in this test's working directory (a copy of the session's chain)."""
+    shutil.copytree(tiny_chain, in_tmp / "artifacts")
     return in_tmp / "artifacts/runs/digits_mlp-imitate"
 
 
 @pytest.fixture
-def imitation(in_tmp, ray_local):
+def imitation(trained):
     """The TINY chain's imitation policy file, the start of every GRPO test."""
-    assert imitate_cli() == 0
-    return in_tmp / "artifacts/runs/digits_mlp-imitate/policy.safetensors"
+    return trained / "policy.safetensors"
 
 
 @pytest.fixture(scope="module")
