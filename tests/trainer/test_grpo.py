@@ -1,5 +1,6 @@
 """Tiny-budget GRPO runs on the digits task with a local Ray instance."""
 
+import json
 import statistics
 
 import pytest
@@ -188,11 +189,14 @@ def test_explore_samples_one_step_and_ties_the_others_by_kl(imitation, in_tmp, e
 def test_smoke_two_iterations_with_local_ray(imitation, in_tmp):
     args = sum((["--set", s] for s in DEFAULT + ["grpo.iterations=2"]), [])
     assert grpo.cli(args) == 0
-    # The other mode, on an objective: its reward curve with the plain accuracy beside it.
+    # The other mode, on an objective, from the first run's policy: its reward curve with the plain accuracy beside it.
     # The paired gain every other iteration: its curve has the first iteration's point alone.
     assert grpo.cli(args + sum((["--set", s] for s in UNITS + ["env.objective=pruned", "grpo.gain_every=2"]), [])
-                    + ["--name", "units"]) == 0
+                    + ["--name", "units", "--init-policy", "artifacts/runs/digits_mlp-grpo"]) == 0
     units = in_tmp / "artifacts/runs/units"
+    first, second = (json.loads((in_tmp / f"artifacts/runs/{r}/policy.json").read_text()) for r in ("digits_mlp-grpo", "units"))
+    assert first["grpo_wall_s"] == first["wall_s"] > 0  # from imitation: its own time
+    assert second["grpo_wall_s"] == pytest.approx(first["wall_s"] + second["wall_s"])  # the chain's GRPO time
     assert [s for s, _ in read_scalars(units, "rollout/gain_vs_imitation")] == [8]
     assert [s for s, _ in read_scalars(units, "rollout/plain_accuracy_mean_path")] == [8]
     assert [s for s, _ in read_scalars(units, "rollout/reward_mean")] == [8, 16]

@@ -83,7 +83,8 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
             if trained != objectives[o]:
                 raise ConfigError(f"{path}: trained on {trained}, not on {objectives[o]} (pass the same --set "
                                   f"env.* as its run)")
-            policies[o] = (weight_generator, json.loads(path.with_suffix(".json").read_text()).get("wall_s"))
+            spec = json.loads(path.with_suffix(".json").read_text())
+            policies[o] = (weight_generator, spec.get("wall_s"), spec.get("grpo_wall_s"))
     print(f"bench: SGD from the {len(seeds)} held-out seeds (zoo recipe, cached in {sgd_cache(cfg)}) ...",
           file=sys.stderr, flush=True)
     template = reference_layout(cfg, task)[0].state_dict()
@@ -106,8 +107,11 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                 f"SGD, then {FINETUNE[name]} ({args.finetune_epochs} epoch, {tune_s * 1000:.0f} ms/net)": tuned,
                 "imitation policy": imitated}
         if name in policies:
-            weight_generator, wall = policies[name]
-            label = "GRPO policy on this objective" + (f" ({wall / 60:.1f} min of GRPO)" if wall else "")
+            weight_generator, wall, chain = policies[name]
+            label = "GRPO policy on this objective" + (f" ({wall / 60:.1f} min of GRPO" if wall else "")
+            if wall and chain and chain > wall + 1:  # started from another GRPO policy: the whole chain's GRPO time
+                label += f"; {chain / 60:.1f} min from imitation, with the GRPO run it started from"
+            label += ")" if wall else ""
             rows[label] = generated(weight_generator, inits, torch.Generator().manual_seed(args.sample_seed))
         results = {label: (score_states(cfg, task, nets, "test", objective),
                            plain_sgd if nets is sgd else score_states(cfg, task, nets, "test"))
