@@ -8,7 +8,7 @@ samples from one init agree, beside SGD's runs from one init.
 policy's generated nets (GRPO's signal with no policy in between), rewarded on the fixed reward split vs fresh batches.
 `warmstart`: SGD for B steps from the generated net against from the init, B = 1/32 .. 1 of the zoo's budget.
 `audit`: are generated nets new, or copies of zoo checkpoints, and do they land where SGD from the same init lands?
-`objectives`: 4-bit, sparse and noise-robust nets: SGD then quantise/prune (and fine-tune) vs the policies' nets.
+`objectives`: quantised, sparse and noise-robust nets: SGD then quantise/prune (and fine-tune) vs the policies' nets.
 `grpo`: GRPO's held-out gain over the imitation policy against the evaluations it spent, per exploration mode.
 `gradient`: the cosine of GRPO's policy-gradient estimate with the exact gradient of the expected reward, per mode.
 `precision`: bf16 autocast vs fp32 scoring: how GRPO's reward ranking within a group of sampled nets changes.

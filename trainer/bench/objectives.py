@@ -42,7 +42,7 @@ FINETUNE_LR = 0.1  # the fine-tune's learning rate, as a share of the zoo recipe
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    o = held_out_parser(sub, "objectives", "4-bit, sparse, noisy: SGD then quantise/prune (+ fine-tune) vs policies",
+    o = held_out_parser(sub, "objectives", "quantised, sparse, noisy: SGD then quantise/prune (+ fine-tune) vs policies",
                         seeds=32, func=run, threads=1)
     o.add_argument("--objective", nargs="+", choices=OBJECTIVES[1:], default=list(OBJECTIVES[1:]),
                    help="objectives to compare on (default: all three)")

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                  ("Novelty and fidelity audit",
                   ["audit", *common, *held, *policies[:2], "--json", str(tables / "audit.json")], AUDIT_GUIDE),
                  ("Scoring throughput", ["rollout", *common, "--threads", "1"], ""),
-                 ("Objectives: 4-bit, sparse and noise-robust nets", ["objectives", *common, *held, *policies[:2]],
+                 ("Objectives: quantised, sparse and noise-robust nets", ["objectives", *common, *held, *policies[:2]],
                   OBJECTIVES_GUIDE)]
         for title, argv, guide in steps:
             argv = argv + ["--out", str(tables / f"{argv[0]}.md"), "--plots", str(fig_dir)]
