@@ -68,12 +68,10 @@ class Objective:
     def pullback(self, stacked: Mapping[str, torch.Tensor], deployed: Mapping[str, torch.Tensor],
                  grad: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The reward's gradient at the generated weights `stacked` from its gradient `grad` at their deployed form
-        (`weights(stacked)`): through `quantize`'s straight-through rounding and its scale; through pruning's mask (a
-        pruned weight gets none: it does not touch the deployed net, and passing it the gradient straight through
-        let weights grow past the threshold unchecked until GRPO into the whole policy diverged on MNIST); the
-        identity for the others."""
+        (`weights(stacked)`): through `quantize`'s straight-through rounding and its scale; through pruning as a soft
+        top-k (`prune_pullback`); the identity for the others."""
         if self.name == "pruned":
-            return {k: g * (deployed[k] != 0).to(g.dtype) if transformed(stacked[k]) else g for k, g in grad.items()}
+            return prune_pullback(stacked, deployed, grad)
         if self.name != "quantized":
             return dict(grad)
         out = dict(grad)
@@ -129,6 +127,40 @@ def prune(stacked: Mapping[str, torch.Tensor], sparsity: float) -> dict[str, tor
     for k in keys:
         n = stacked[k][0].numel()
         out[k] = stacked[k] * keep[:, offset:offset + n].view_as(stacked[k])
+        offset += n
+    return out
+
+
+def prune_pullback(stacked: Mapping[str, torch.Tensor], deployed: Mapping[str, torch.Tensor],
+                   grad: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The reward's gradient `grad` at the deployed weights carried through global magnitude pruning, read as a soft
+    top-k: per net the mask m_i = sigmoid((|w_i| - theta) / tau), theta the net's threshold (its smallest kept |w|)
+    moving so that sum_i m_i, the budget, stays fixed, and tau = theta / 4. The deployed net keeps the hard mask; the
+    gradient is g_j 1[w_j kept] + s_j sign(w_j) (g_j w_j - c), with s = m' / tau and c = sum_i s_i g_i w_i / sum_i s_i:
+    a weight near the threshold is pushed in when what it would add beats what the weights it would push out give.
+    (The gradient masked to the kept weights alone let pruned weights that move with kept ones through the shared
+    policy cross the threshold unseen and push others out: on digits the first layer's share of the budget fell from
+    6.4% to 1.9% of its weights, and GRPO lost 2.68 pts against imitation.)"""
+    keys = [k for k in grad if transformed(stacked[k])]
+    if not keys:
+        return dict(grad)
+    dtype = grad[keys[0]].dtype
+    w = torch.cat([stacked[k].detach().flatten(1) for k in keys], 1).to(dtype)  # (G, P)
+    g = torch.cat([grad[k].flatten(1) for k in keys], 1)
+    kept = torch.cat([(deployed[k] != 0).flatten(1) for k in keys], 1).to(dtype)
+    a = w.abs()
+    theta = torch.where(kept > 0, a, torch.full_like(a, float("inf"))).min(1, keepdim=True).values
+    theta = torch.where(torch.isfinite(theta), theta, torch.zeros_like(theta))
+    tau = (theta / 4).clamp_min(torch.finfo(dtype).tiny)
+    m = torch.sigmoid((a - theta) / tau)
+    s = m * (1 - m) / tau
+    gw = g * w
+    c = (s * gw).sum(1, keepdim=True) / s.sum(1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+    flat = g * kept + s * torch.sign(w) * (gw - c)
+    out, offset = dict(grad), 0
+    for k in keys:
+        n = grad[k][0].numel()
+        out[k] = flat[:, offset:offset + n].view_as(grad[k])
         offset += n
     return out
 

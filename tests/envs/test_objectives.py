@@ -110,21 +110,57 @@ def test_reward_gradient_passes_the_rounding_straight_and_reaches_the_scale():
             assert abs(expected[top] - g[top]) > 1e-6  # the scale's term is there: not the plain straight-through
 
 
-def test_reward_gradient_through_pruning_reaches_the_kept_weights_only():
-    model, stacked = nets()
-    split = task_from_config(TaskConfig()).reward
+def test_reward_gradient_through_pruning_is_a_soft_top_k_that_keeps_the_budget():
+    """Against finite differences of sum_i g_i w_i m_i(w), the mask m_i = sigmoid((|w_i| - theta(w)) / tau) with the
+    threshold theta(w) solved (bisection, in numpy) to keep sum_i m_i fixed: the gradient's mask term equals it; kept
+    weights far above the threshold get the deployed net's gradient; and a step along the mask term leaves the budget
+    unchanged to first order. The workers' path (score_objective) applies it."""
+    gen = torch.Generator().manual_seed(0)
+    stacked = {"a": torch.randn(2, 6, 5, generator=gen, dtype=torch.float64),
+               "b": torch.randn(2, 3, 6, generator=gen, dtype=torch.float64) * 2,
+               "bias": torch.randn(2, 6, generator=gen)}
+    grad = {k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in stacked.items()}
     objective = Objective("pruned", sparsity=0.7)
-    got = score_objective(model, stacked, split, objective, grad=True).grad
     deployed = objective.weights(stacked)
-    at_deployed = score_batch(model, deployed, split, grad=True).grad
-    for k in got:
-        if stacked[k].dim() < 3:
-            torch.testing.assert_close(got[k], at_deployed[k])
-        else:
-            kept = deployed[k] != 0
-            assert torch.equal(got[k][~kept], torch.zeros_like(got[k][~kept])) and (~kept).any()
-            torch.testing.assert_close(got[k][kept], at_deployed[k][kept])
-            assert at_deployed[k][~kept].abs().sum() > 0  # the deployed net's gradient there was not zero
+    got = objective.pullback(stacked, deployed, grad)
+    assert torch.equal(got["bias"], grad["bias"])  # not pruned: passed as it is
+    sig = lambda z: 1 / (1 + np.exp(-z))
+    for i in range(2):
+        w = np.concatenate([stacked[k][i].numpy().ravel() for k in "ab"])
+        g = np.concatenate([grad[k][i].numpy().ravel() for k in "ab"])
+        kept = np.concatenate([(deployed[k][i] != 0).numpy().ravel() for k in "ab"])
+        out = np.concatenate([got[k][i].numpy().ravel() for k in "ab"])
+        theta0 = np.abs(w[kept]).min()
+        tau = theta0 / 4
+        budget = sig((np.abs(w) - theta0) / tau).sum()
+
+        def soft(v):  # sum_i g_i v_i m_i(v), theta solved for the budget
+            lo, hi = 0.0, 10 * np.abs(v).max()
+            for _ in range(200):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if sig((np.abs(v) - mid) / tau).sum() > budget else (lo, mid)
+            return (g * v * sig((np.abs(v) - lo) / tau)).sum()
+
+        m = sig((np.abs(w) - theta0) / tau)
+        mask_term = out - g * kept
+        for j in range(len(w)):
+            e = np.zeros_like(w)
+            e[j] = 1e-6
+            fd = (soft(w + e) - soft(w - e)) / 2e-6 - g[j] * m[j]  # the value term's soft part left out
+            assert mask_term[j] == pytest.approx(fd, abs=1e-5)
+        s = m * (1 - m) / tau
+        assert abs((np.sign(w) * mask_term).sum()) < 1e-9 * np.abs(mask_term).sum()  # the budget, to first order
+        far = np.abs(w) > 4 * theta0
+        np.testing.assert_allclose(out[far & kept], g[far & kept], atol=1e-6)
+        assert (np.abs(mask_term) > 1e-3).sum() >= 2 and (s > 0).all()  # weights near the threshold do learn
+
+    model, nets_ = nets()
+    split = task_from_config(TaskConfig()).reward
+    through = score_objective(model, nets_, split, objective, grad=True).grad
+    at_deployed = score_batch(model, objective.weights(nets_), split, grad=True).grad
+    expected = objective.pullback(nets_, objective.weights(nets_), at_deployed)
+    for k in through:
+        torch.testing.assert_close(through[k], expected[k])
 
 
 def test_quantize_values_are_unchanged_by_its_gradient_path():
