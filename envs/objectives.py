@@ -13,7 +13,8 @@ BatchNorm parameters and statistics stay in float, as deployed int kernels keep 
 `score_objective` scores G nets on one objective: the transformed nets on the (maybe noised) split. The env, the
 scoring workers and the trainer's held-out evaluations all call it. Its reward gradient (`grad=True`) is taken at the
 transformed weights and carried back to the generated ones (`Objective.pullback`): through the quantiser's
-straight-through rounding and its max-based scale (LSQ-style), and through pruning's mask (kept weights only).
+straight-through rounding and its max-based scale (LSQ-style), and through pruning as a soft top-k that keeps the
+budget of kept weights (`prune_pullback`).
 """
 
 from __future__ import annotations

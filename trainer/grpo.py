@@ -30,7 +30,7 @@ from rollout.pool import RolloutPool
 from trainer import paths
 from trainer.algos import clipped_policy_loss, learning_rate, minibatches
 from trainer.audit import prediction_agreement
-from trainer.checkpoints import (CheckpointError, load_policy_files, load_training_state, save_training_state,
+from trainer.checkpoints import (CheckpointError, load_training_state, policy_file, read_json, save_training_state,
                                  training_state_info)
 from trainer.cli import add_run_args, parser, run_main, use_threads
 from trainer.config import ConfigError, ExperimentConfig
@@ -57,9 +57,9 @@ class GRPOTrainer:
         """`pool`: a scoring pool its owner opened and closes (a benchmark running several trainers on one pool);
         without one, `train` opens its own and closes it on return."""
         self.weight_generator = WeightGenerator.load(init_policy, cfg=cfg)
-        started = load_policy_files(init_policy)[1]
         # GRPO's wall time from imitation on: a GRPO policy as the start brings its own (`grpo_wall_s` in policy.json)
-        self.prior_wall_s = started.get("grpo_wall_s", started.get("wall_s", 0.0)) if "grpo_iterations" in started else 0.0
+        started = read_json(policy_file(init_policy).with_suffix(".json"))
+        self.prior_wall_s = started.get("grpo_wall_s", started["wall_s"]) if "grpo_iterations" in started else 0.0
         self.cfg: ExperimentConfig = self.weight_generator.cfg
         grpo_cfg = self.cfg.grpo
         check_sizes(self.cfg, self.weight_generator)

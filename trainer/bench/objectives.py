@@ -108,10 +108,10 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                 "imitation policy": imitated}
         if name in policies:
             weight_generator, wall, chain = policies[name]
-            label = "GRPO policy on this objective" + (f" ({wall / 60:.1f} min of GRPO" if wall else "")
-            if wall and chain and chain > wall + 1:  # started from another GRPO policy: the whole chain's GRPO time
-                label += f"; {chain / 60:.1f} min from imitation, with the GRPO run it started from"
-            label += ")" if wall else ""
+            label = "GRPO policy on this objective"
+            if wall:  # started from another GRPO policy: the whole chain's GRPO time too
+                since = f"; {chain / 60:.1f} min from imitation, with the GRPO run it started from" if (chain or 0) > wall + 1 else ""
+                label += f" ({wall / 60:.1f} min of GRPO{since})"
             rows[label] = generated(weight_generator, inits, torch.Generator().manual_seed(args.sample_seed))
         results = {label: (score_states(cfg, task, nets, "test", objective),
                            plain_sgd if nets is sgd else score_states(cfg, task, nets, "test"))
