@@ -42,7 +42,7 @@ FINETUNE_LR = 0.1  # the fine-tune's learning rate, as a share of the zoo recipe
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    o = held_out_parser(sub, "objectives", "quantised, sparse, noisy: SGD then quantise/prune (+ fine-tune) vs policies",
+    o = held_out_parser(sub, "objectives", "quantised, sparse, noisy: SGD then deployed (+ fine-tune) vs policies",
                         seeds=32, func=run, threads=1)
     o.add_argument("--objective", nargs="+", choices=OBJECTIVES[1:], default=list(OBJECTIVES[1:]),
                    help="objectives to compare on (default: all three)")
@@ -110,7 +110,8 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
             weight_generator, wall, chain = policies[name]
             label = "GRPO policy on this objective"
             if wall:  # started from another GRPO policy: the whole chain's GRPO time too
-                since = f"; {chain / 60:.1f} min from imitation, with the GRPO run it started from" if (chain or 0) > wall + 1 else ""
+                chained = (chain or 0) > wall + 1
+                since = f"; {chain / 60:.1f} min from imitation, with the GRPO run it started from" if chained else ""
                 label += f" ({wall / 60:.1f} min of GRPO{since})"
             rows[label] = generated(weight_generator, inits, torch.Generator().manual_seed(args.sample_seed))
         results = {label: (score_states(cfg, task, nets, "test", objective),
