@@ -222,6 +222,15 @@ class GenerateConfig:
     bn_recompute_batches: int = field(default=0, metadata={"min": 0})
     """0: BatchNorm running statistics are generated like every other tensor; N > 0: they are recomputed after
     generation from N train-split batches (zoo.batch_size examples each) through the generated net. Needs BN"""
+    redraw: float = field(default=0.05, metadata={"min": 0, "max": 1})
+    """how a draw differs from the mean path: this share of each init tensor's entries (each entry with this
+    probability) is replaced by an entry drawn at random from the same tensor, and the mean path walks from there.
+    The generator, like SGD, turns a small change of the init into another, equally good net: at 0.05 two draws from
+    one MNIST init agree on 0.972 of test predictions, as two SGD runs with different data orders do (0.970). 0: every
+    draw is the mean path"""
+    best_of: int = field(default=16, metadata={"min": 1})
+    """draws per init behind `generate`'s default output: the draw with the lowest loss on the reward split is kept
+    (MNIST, 96 held-out inits: +0.2 pts per seed over the mean path; README: Generate)"""
 
 
 @dataclass

@@ -18,8 +18,7 @@ from trainer.cli import folder_name, guarded, use_threads
 from trainer.config import DEFAULT_CONFIG, ConfigError, load_config
 from rollout.pool import RolloutPool
 from trainer.device import worker_gpus
-from trainer.generator import (WeightGenerator, init_states, reference_layout, repeat_groups, score_states,
-                              unbatch)
+from trainer.generator import WeightGenerator, init_states, lowest_loss, reference_layout, score_states, unbatch
 from trainer.zoo import reference_name
 
 
@@ -91,37 +90,41 @@ def earlier_nets(out: Path) -> list[Path]:
     return [out / name for name in listed]
 
 
-def output_mode(args: argparse.Namespace, weight_generator: WeightGenerator) -> tuple[bool, int]:
-    """(sample?, draws per init): the flags, else the policy's measured default."""
-    draws = max(args.samples, args.best_of)
-    return not args.mean and (args.sample or draws > 1 or weight_generator.default_output == "samples"), draws
+def output_mode(args: argparse.Namespace, weight_generator: WeightGenerator) -> tuple[str, int, bool]:
+    """("mean" | "draws" | "best", nets drawn per init, whether the draws sample the policy's latent): the flags, else
+    the best of `generate.best_of` draws."""
+    latent = args.sample or weight_generator.default_output == "samples"
+    if args.mean:
+        return "mean", 1, False
+    if args.samples is not None:
+        return "draws", args.samples, latent
+    n = args.best_of if args.best_of is not None else 1 if args.sample else weight_generator.cfg.generate.best_of
+    return ("best" if n > 1 else "draws"), n, latent
 
 
-def why_default(weight_generator: WeightGenerator) -> str:
-    if weight_generator.policy.cfg.generative:
-        return "the policy's default: the better of samples and mean path in imitation's last evaluation"
-    return "a regressor's default: its samples are per-weight noise around the mean, not nets"
-
-
-def describe(sampling: bool, draws: int, best_of: int) -> str:
-    if not sampling:
-        return "the mean path"
-    if best_of > 1:
-        return f"the best of {draws} samples per init on the reward split"
-    return f"{draws} samples per init" if draws > 1 else "one sample per init"
+def describe(mode: str, draws: int, latent: bool, redraw: float) -> str:
+    if mode == "mean":
+        return "the mean path from each init"
+    what = (f"draw{'s' if draws > 1 else ''} ({redraw:g} of the init's entries re-drawn, then the "
+            f"{'sampled walk' if latent else 'mean path'})")
+    if mode == "best":
+        return f"the best of {draws} {what} per init, by loss on the reward split"
+    return f"{draws} {what} per init" if draws > 1 else f"one {what} per init"
 
 
 def check_counts(args: argparse.Namespace) -> None:
     if not 0 <= args.sample_seed < 2**63:
         raise ConfigError(f"--sample-seed {args.sample_seed}: expected a value in [0, 2^63)")
     for flag, n in (("--samples", args.samples), ("--best-of", args.best_of)):
+        if n is None:
+            continue
         if n < 1:
             raise ConfigError(f"{flag} {n}: expected at least 1")
         if n > MAX_SEEDS:  # nets per init: 2^63 of them overflowed torch's size count
             raise ConfigError(f"{flag} {n}: expected at most {MAX_SEEDS}")
-    if args.samples > 1 and args.best_of > 1:
+    if args.samples is not None and args.best_of is not None:
         raise ConfigError("--samples and --best-of: choose one (N nets per init, or the best of N per init)")
-    if args.mean and (args.samples > 1 or args.best_of > 1):
+    if args.mean and (args.samples is not None or args.best_of is not None):
         raise ConfigError("--mean: the mean path is one net per init; drop --samples / --best-of, or --mean")
 
 
@@ -155,24 +158,26 @@ def run(args: argparse.Namespace) -> dict:
         init = init_states(cfg, task, seeds)
         ids, sources = [f"seed-{s:06d}" for s in seeds], [{"seed": s} for s in seeds]
 
-    sampling, draws = output_mode(args, weight_generator)
-    asked = args.mean or args.sample or draws > 1
-    print(f"output: {describe(sampling, draws, args.best_of)} "
-          f"({'as asked' if asked else why_default(weight_generator)})", file=sys.stderr)
+    mode, draws, latent = output_mode(args, weight_generator)
+    asked = args.mean or args.sample or args.samples is not None or args.best_of is not None
+    output = describe(mode, draws, latent, cfg.generate.redraw)
+    print(f"output: {output} ({'as asked' if asked else 'the default: generate.best_of'})", file=sys.stderr)
     gen = torch.Generator().manual_seed(args.sample_seed)
-    final, _ = weight_generator.generate(repeat_groups(init, draws), mean_only=not sampling, generator=gen, trajectory=False)
+    if mode == "mean":
+        final, _ = weight_generator.generate(init, mean_only=True, trajectory=False)
+    else:
+        final = weight_generator.draw(init, draws, gen, sample_latent=latent)
     chosen = None
-    if args.best_of > 1:  # score every draw on the reward split with the Ray pool, keep each init's best
+    if mode == "best":  # score every draw on the reward split with the Ray pool, keep each init's lowest loss
         pool = RolloutPool(cfg, gpus_per_worker=worker_gpus(cfg))
         try:
-            candidates = pool.score(final).accuracy.view(len(ids), draws)
+            scores = pool.score(final)
         finally:
             pool.close()
-        best = candidates.argmax(1)
-        rows = torch.arange(len(ids)) * draws + best
-        final = {k: v[rows.to(v.device)] for k, v in final.items()}
-        chosen = [dict(best_of=draws, chosen_draw=int(b), candidate_reward_accuracy=c.tolist())
-                  for b, c in zip(best, candidates)]
+        loss, acc = scores.loss.view(len(ids), draws), scores.accuracy.view(len(ids), draws)
+        final, best = lowest_loss(final, loss)
+        chosen = [dict(best_of=draws, chosen_draw=int(b), candidate_reward_loss=l.tolist(),
+                       candidate_reward_accuracy=a.tolist()) for b, l, a in zip(best, loss, acc)]
     elif draws > 1:  # every draw is a net of its own
         ids = [f"{i}-draw{d:02d}" for i in ids for d in range(draws)]
         sources = [dict(src, draw=d) for src in sources for d in range(draws)]
@@ -192,12 +197,13 @@ def run(args: argparse.Namespace) -> dict:
         file = out / f"{ident}.safetensors"
         how = dict(src, **(chosen[i] if chosen else {}))
         meta = dict(experiment=cfg.name, task=cfg.task.name, reference=reference_name(cfg), policy=str(policy_path),
-                    schedule=weight_generator.schedule, mean_path=not sampling, reward_accuracy=reward_acc[i],
-                    test_accuracy=test_acc[i], **{k: v for k, v in how.items() if k != "candidate_reward_accuracy"})
+                    schedule=weight_generator.schedule, mean_path=mode == "mean", reward_accuracy=reward_acc[i],
+                    test_accuracy=test_acc[i], **{k: v for k, v in how.items() if not k.startswith("candidate_")})
         save_weights(file, unbatch(final, i), meta)
         samples.append(dict(file=str(file), **how, reward_accuracy=reward_acc[i], test_accuracy=test_acc[i]))
     summary = dict(count=len(samples), non_finite=non_finite, steps=len(weight_generator.schedule) - 1, schedule=weight_generator.schedule,
-                   mean_path=not sampling, output=describe(sampling, draws, args.best_of), sample_seed=args.sample_seed,
+                   mean_path=mode == "mean", output=output, redraw=0.0 if mode == "mean" else cfg.generate.redraw,
+                   latent_sampled=latent, sample_seed=args.sample_seed,
                    policy=str(policy_path), test_accuracy_median=float(np.median(test_acc)),
                    test_accuracy_mean=float(np.mean(test_acc)), reward_accuracy_median=float(np.median(reward_acc)))
     report = {"samples": samples, "summary": summary}
@@ -224,13 +230,15 @@ def cli(argv: list[str] | None = None) -> int:
     src.add_argument("--seeds", default="0..7", help="fresh PyTorch default inits from these seeds: N, A..B or A,B,C")
     src.add_argument("--init", help="a user's own init of the reference model (safetensors)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--mean", action="store_true", help="the deterministic mean path (default: what the policy "
-                                                          "measured better in imitation, samples or the mean path)")
-    mode.add_argument("--sample", action="store_true", help="one sample per init, whatever the policy's default")
-    p.add_argument("--samples", type=int, default=1, metavar="N", help="N sampled nets per init, each saved")
-    p.add_argument("--best-of", type=int, default=1, metavar="N",
-                   help="N samples per init scored on the reward split by the Ray pool; the best is saved")
-    p.add_argument("--sample-seed", type=int, default=0, help="seed of the policy's sampling noise")
+    mode.add_argument("--mean", action="store_true", help="the deterministic mean path from each init itself "
+                                                          "(default: the best of generate.best_of draws per init)")
+    mode.add_argument("--sample", action="store_true", help="draws sample the policy's latent too (how GRPO "
+                                                            "explores); alone: one such draw per init")
+    p.add_argument("--samples", type=int, default=None, metavar="N", help="N draws per init, each saved")
+    p.add_argument("--best-of", type=int, default=None, metavar="N",
+                   help="N draws per init scored on the reward split by the Ray pool; the lowest loss is saved "
+                        "(default: generate.best_of, 16)")
+    p.add_argument("--sample-seed", type=int, default=0, help="seed of the draws' noise")
     p.add_argument("--name", type=folder_name,
                    help="output folder name under artifacts/generated/ (default: the experiment)")
     p.add_argument("--out", help="output folder (overrides --name)")

@@ -14,7 +14,7 @@ import torch
 
 from envs.models import reference_from_config
 from envs.objectives import Objective, score_objective
-from envs.scoring import recompute_bn_stats
+from envs.scoring import Scores, recompute_bn_stats
 from envs.spec import ReferenceConfig, drop_removed_keys, from_dict
 from envs.tasks import Task, task_from_config
 from policy.model import DenoisingPolicy, PolicyConfig, Sampling
@@ -78,15 +78,47 @@ def unbatch(states: Mapping[str, torch.Tensor], i: int) -> dict[str, torch.Tenso
     return {k: v[i] for k, v in states.items()}
 
 
-def score_states(cfg: ExperimentConfig, task: Task, states: Mapping[str, torch.Tensor], split: str,
-                 objective: Optional[Objective] = None) -> list[float]:
-    """Accuracy of every weight set in a batch on a split (batched vmap scoring, on the device the weights are on);
-    non-finite sets score 0. `objective`: the nets as it deploys them (None: plain), input noise from the experiment's
-    seed (the same for every net: paired)."""
+def split_scores(cfg: ExperimentConfig, task: Task, states: Mapping[str, torch.Tensor], split: str,
+                 objective: Optional[Objective] = None) -> Scores:
+    """Scores of every weight set in a batch on a split (batched vmap scoring, on the device the weights are on);
+    non-finite sets score 0 and loss +inf. `objective`: the nets as it deploys them (None: plain), input noise from
+    the experiment's seed (the same for every net: paired)."""
     device = next(iter(states.values())).device
     model = reference_from_config(cfg.reference, task).to(device)
-    return score_objective(model, states, task.split(split).to(device), objective, cfg.seed,
-                           cfg.rollout.chunk_size).accuracy.tolist()
+    return score_objective(model, states, task.split(split).to(device), objective, cfg.seed, cfg.rollout.chunk_size)
+
+
+def score_states(cfg: ExperimentConfig, task: Task, states: Mapping[str, torch.Tensor], split: str,
+                 objective: Optional[Objective] = None) -> list[float]:
+    """Accuracy of every weight set in a batch on a split (`split_scores`)."""
+    return split_scores(cfg, task, states, split, objective).accuracy.tolist()
+
+
+def redraw_entries(init: Mapping[str, torch.Tensor], share: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Batched inits (key -> (B, *shape)), each floating entry replaced, with probability `share`, by an entry of the
+    same net's same tensor drawn uniformly at random. Where a tensor's entries are i.i.d. (PyTorch's default inits,
+    Kaiming's), the result is again an init of the same scheme, whatever the scheme (a user's own init included);
+    constant tensors (zero biases, BatchNorm's ones) stay as they are. Drawn on the CPU, so a seed gives the same
+    draws on any device."""
+    out = {}
+    for k, v in init.items():
+        if not v.is_floating_point() or share == 0:
+            out[k] = v
+            continue
+        flat = v.flatten(1).cpu()
+        pick = torch.randint(flat.shape[1], flat.shape, generator=generator)
+        swap = torch.rand(flat.shape, generator=generator, dtype=torch.float64) < share
+        out[k] = torch.where(swap, flat.gather(1, pick), flat).view_as(v).to(v.device)
+    return out
+
+
+def lowest_loss(draws: Mapping[str, torch.Tensor], loss: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Each init's draw with the lowest loss: draws key -> (B * N, ...) group-major, loss (B, N). Returns the B chosen
+    state dicts and the index of each among its init's draws (a non-finite net's +inf loss is never chosen over a
+    finite one)."""
+    best = loss.nan_to_num(nan=float("inf")).argmin(1)
+    rows = torch.arange(loss.shape[0]) * loss.shape[1] + best
+    return {k: v[rows.to(v.device)] for k, v in draws.items()}, best
 
 
 def mean_path_accuracy(weight_generator: "WeightGenerator", task: Task, seeds: Sequence[int], split: str = "test",
@@ -217,6 +249,15 @@ class WeightGenerator:
         final = {k: torch.cat([p[0][k] for p in parts]) for k in tokens}
         steps = [cat_steps(s) for s in zip(*(p[1] for p in parts))] if trajectory else []
         return self.finish(self.tokenizer.decode(final, init)), steps
+
+    def draw(self, init: Mapping[str, torch.Tensor], draws: int, generator: torch.Generator,
+             sample_latent: bool = False) -> dict[str, torch.Tensor]:
+        """`draws` nets per init (key -> (B * draws, ...), group-major): each walks from its init with a share
+        `generate.redraw` of the entries re-drawn (`redraw_entries`), by the mean path, or with the policy's own
+        sampling noise as well when `sample_latent`. The generator is as sensitive to its init as SGD is: the draws are
+        as accurate as the mean path and differ the way SGD's runs from one init do."""
+        start = redraw_entries(repeat_groups(init, draws), self.cfg.generate.redraw, generator)
+        return self.generate(start, mean_only=not sample_latent, generator=generator, trajectory=False)[0]
 
     def nets_per_chunk(self) -> int:
         """Nets whose widest activation (the node MLP's hidden layer over the largest unit group) fits the budget."""

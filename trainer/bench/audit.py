@@ -26,9 +26,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                       "generated nets", seeds=32, func=run, threads=1)
     a.add_argument("--policy", help="policy.safetensors (default: what `generate` uses, the GRPO policy where one was saved)")
     out = a.add_mutually_exclusive_group()
-    out.add_argument("--mean", action="store_true", help="audit the mean path (default: what `generate` writes)")
-    out.add_argument("--sample", action="store_true", help="audit one sample per init (and a second one's agreement)")
-    a.add_argument("--sample-seed", type=seed_number, default=0, help="seed of the policy's sampling noise (default 0)")
+    out.add_argument("--mean", action="store_true", help="audit the mean path from each init (the default)")
+    out.add_argument("--sample", action="store_true", help="audit one draw per init, as `generate` draws (a share "
+                                                           "generate.redraw of the init re-drawn), and a second "
+                                                           "draw's agreement with it")
+    a.add_argument("--sample-seed", type=seed_number, default=0, help="seed of the draws (default 0)")
     a.add_argument("--json", help="per-net results (default: --out with .json, else artifacts/bench/<experiment>/"
                                   "audit.json)")
     return a
@@ -100,10 +102,14 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     zoo = audit.zoo_finals(cfg, template.state_dict())
     t = time.perf_counter()
     inits = init_states(cfg, task, seeds)
-    sampling = args.sample or (not args.mean and weight_generator.default_output == "samples")
-    gen = torch.Generator().manual_seed(args.sample_seed)
-    generated, _ = weight_generator.generate(inits, mean_only=not sampling, generator=gen, trajectory=False)
-    second = weight_generator.generate(inits, generator=gen, trajectory=False)[0] if sampling else None
+    sampling = args.sample
+    second = None
+    if sampling:  # two draws per init, as `generate` draws them: the first audited, the pair's agreement measured
+        pair = weight_generator.draw(inits, 2, torch.Generator().manual_seed(args.sample_seed),
+                                     sample_latent=weight_generator.default_output == "samples")
+        generated, second = ({k: v[i::2] for k, v in pair.items()} for i in (0, 1))
+    else:
+        generated, _ = weight_generator.generate(inits, mean_only=True, trajectory=False)
     print(f"audit: training SGD from {len(seeds)} held-out inits, twice (cached in {audit.sgd_cache(cfg)}) ...",
           file=sys.stderr, flush=True)
     sgd = audit.sgd_from_seeds(cfg, seeds, template.state_dict())
@@ -111,7 +117,7 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     print(f"audit: aligning and scoring against {next(iter(zoo.values())).shape[0]} zoo nets ...", file=sys.stderr,
           flush=True)
     results = dict(experiment=cfg.name, policy=str(policy), seeds=seeds,
-                   output="one sample per init" if sampling else "the mean path",
+                   output=f"one draw per init, {cfg.generate.redraw:g} of it re-drawn" if sampling else "the mean path",
                    **audit.audit_nets(cfg, task, layout, zoo, inits, generated, sgd, replicate, second=second))
     if weight_generator.policy.cfg.generative:  # the decoder told where SGD went: is the gap in the prior, or in the decoder?
         ckpts = audit.sgd_checkpoints(cfg, seeds, template.state_dict(), weight_generator.schedule)

@@ -23,8 +23,8 @@ from trainer.bench.common import (count, default_policy, generated_policy, emit,
                                   paired_difference, stopwatch, seed_number)
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.device import resolve_device
-from trainer.generator import (WeightGenerator, init_states, mean_path_accuracy, reference_layout, repeat_groups,
-                              sample_accuracy, score_states)
+from trainer.generator import (WeightGenerator, init_states, mean_path_accuracy, reference_layout, score_states,
+                              split_scores)
 from trainer.zoo import load_manifest, reference_name, sgd_steps, total_steps, zoo_at_width
 
 SPEED_BATCH = 64  # nets per call in the batched generation timing
@@ -33,9 +33,9 @@ SPEED_BATCH = 64  # nets per call in the batched generation timing
 def add_parser(sub) -> argparse.ArgumentParser:
     g = held_out_parser(sub, "generate", "held-out accuracy: random init vs SGD vs policies", seeds=32, func=run)
     g.add_argument("--policy", action="append", help="policy.safetensors, repeatable (default: the imitation policy, then the GRPO policy where one was saved)")
-    g.add_argument("--sample-seed", type=seed_number, default=0, help="seed of the policies' sampling noise (default 0)")
+    g.add_argument("--sample-seed", type=seed_number, default=0, help="seed of the policies' draws (default 0)")
     g.add_argument("--best-of", type=count, nargs="*", default=[4, 16], metavar="N",
-                   help="also the first policy's best of N samples per init, chosen on the reward split (what "
+                   help="also the first policy's best of N draws per init, chosen by reward-split loss (what "
                         "`generate --best-of N` writes), for each N (default: 4 16; none: skip)")
     g.add_argument("--same-init-sgd", action="store_true",
                    help="also SGD with the zoo's recipe from these held-out inits (trained once, cached) and each "
@@ -93,21 +93,21 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
         first = accs if first is None else first
         per_seed[f"{Path(path).parent.name} (mean path)"] = accs
         # The same noise for every policy (one generator seed, same shapes): paired draws, the first one's the base.
-        sampled = sample_accuracy(weight_generator, task, seeds, torch.Generator().manual_seed(args.sample_seed))
-        rows.append((f"policy {path} (one sample per init, sample seed {args.sample_seed}"
-                     f"{'; the default output' if weight_generator.default_output == 'samples' else ''}; per seed vs "
-                     f"{'its mean path' if first_sampled is None else 'the first policy' + chr(39) + 's samples'})",
+        test, loss = draw_scores(weight_generator, task, seeds, max([1, *args.best_of]), args.sample_seed)
+        sampled = test[:, 0].tolist()
+        rows.append((f"policy {path} (one draw per init: {cfg.generate.redraw:g} of the init re-drawn, sample seed "
+                     f"{args.sample_seed}; per seed vs {'its mean path' if first_sampled is None else 'the first policy' + chr(39) + 's draws'})",
                      str(len(weight_generator.schedule) - 1), float(np.median(sampled)),
                      paired_difference(accs if first_sampled is None else first_sampled, sampled)))
+        if first_sampled is None:
+            for n, best in best_of(test, loss, args.best_of).items():
+                per_seed[f"{Path(path).parent.name} (best of {n} draws)"] = best
+                rows.append((f"policy {path} (best of {n} draws per init by reward-split loss, what `generate` writes "
+                             f"{'by default' if n == cfg.generate.best_of else f'with --best-of {n}'}; per seed vs "
+                             f"its mean path)", str(len(weight_generator.schedule) - 1), float(np.median(best)),
+                             paired_difference(accs, best)))
         first_sampled = sampled if first_sampled is None else first_sampled
-        per_seed[f"{Path(path).parent.name} (samples)"] = sampled
-    if args.best_of:
-        path, weight_generator = next(iter(policies.items()))
-        base = per_seed[f"{Path(path).parent.name} ({'samples' if weight_generator.default_output == 'samples' else 'mean path'})"]
-        for n, accs in best_of_accuracy(weight_generator, task, seeds, args.best_of, args.sample_seed).items():
-            rows.append((f"policy {path} (best of {n} samples per init on the reward split; per seed vs its default "
-                         f"output, the {weight_generator.default_output.replace('mean', 'mean path')})", str(len(weight_generator.schedule) - 1),
-                         float(np.median(accs)), paired_difference(base, accs)))
+        per_seed[f"{Path(path).parent.name} (draws)"] = sampled
     lines = [f"{cfg.name} ({reference_name(cfg)}): median test accuracy over {len(seeds)} held-out init seeds "
              f"{seeds[0]}..{seeds[-1]}", "",
              "| weights | steps | test accuracy (median) | / SGD | per seed vs the first policy |",
@@ -143,17 +143,21 @@ def same_init_table(per_seed: dict[str, list[float]], same_init: list[float]) ->
     return "\n".join(lines)
 
 
-def best_of_accuracy(weight_generator: WeightGenerator, task, seeds: list[int], ns: list[int], sample_seed: int
-                     ) -> dict[int, list[float]]:
-    """Test accuracy per seed of the best of n samples per init, chosen by reward-split accuracy, for each n in `ns`:
-    the first n of max(ns) draws per init (one stream), so a larger n only adds candidates."""
-    most = max(ns)
-    draws, _ = weight_generator.generate(repeat_groups(init_states(weight_generator.cfg, task, seeds), most),
-                           generator=torch.Generator().manual_seed(sample_seed), trajectory=False)
-    reward = torch.tensor(score_states(weight_generator.cfg, task, draws, "reward"), dtype=torch.float64).view(len(seeds), most)
-    test = torch.tensor(score_states(weight_generator.cfg, task, draws, "test"), dtype=torch.float64).view(len(seeds), most)
-    rows = torch.arange(len(seeds))
-    return {n: test[rows, reward[:, :n].argmax(1)].tolist() for n in sorted(set(ns))}
+def draw_scores(weight_generator: WeightGenerator, task, seeds: list[int], n: int, sample_seed: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """n draws per init (`WeightGenerator.draw`, one stream): test accuracy and reward-split loss, each (seeds, n)."""
+    draws = weight_generator.draw(init_states(weight_generator.cfg, task, seeds), n,
+                                  torch.Generator().manual_seed(sample_seed))
+    test = np.array(score_states(weight_generator.cfg, task, draws, "test")).reshape(len(seeds), n)
+    loss = split_scores(weight_generator.cfg, task, draws, "reward").loss.numpy().reshape(len(seeds), n)
+    return test, loss
+
+
+def best_of(test: np.ndarray, loss: np.ndarray, ns: list[int]) -> dict[int, list[float]]:
+    """Test accuracy per init of the draw with the lowest reward-split loss among the first n, for each n in `ns`
+    (what `generate --best-of n` keeps): a larger n only adds candidates."""
+    return {n: test[np.arange(len(test)), np.nan_to_num(loss[:, :n], nan=np.inf).argmin(1)].tolist()
+            for n in sorted(set(ns))}
 
 
 def sgd_time_to_accuracy(cfg: ExperimentConfig, task, seed: int, target: float, check_every: int) -> dict:

@@ -7,7 +7,7 @@ import torch
 from envs.tasks import load_task
 from tests.settings import TINY
 from trainer.bench.__main__ import cli as bench_main
-from trainer.generator import WeightGenerator, sample_accuracy
+from trainer.generator import WeightGenerator, init_states, redraw_entries, repeat_groups, score_states, split_scores
 
 
 def test_bench_generate_prints_random_sgd_and_policy_side_by_side(trained, in_tmp, capsys):
@@ -16,33 +16,42 @@ def test_bench_generate_prints_random_sgd_and_policy_side_by_side(trained, in_tm
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [r.split("|")[1].split()[0] for r in rows] == ["random", "SGD"] + ["policy"] * 4
-    assert "(mean path, " in rows[2] and "(one sample per init, sample seed 0" in rows[3]
+    assert "(mean path, " in rows[2] and "(one draw per init: 0.05 of the init re-drawn, sample seed 0" in rows[3]
     ratios = [float(r.split("|")[4]) for r in rows]
     assert ratios[1] == 1.0 and 0.0 <= ratios[0] < 0.5
     weight_generator = WeightGenerator.load(trained / "policy.safetensors", TINY)
-    gen = torch.Generator().manual_seed(0)
-    want = np.median(sample_accuracy(weight_generator, load_task("digits", reward_size=300), [0, 1, 2], gen))
-    assert float(rows[3].split("|")[3]) == pytest.approx(want, abs=1e-4)  # the samples' median, recomputed
-    assert "(best of 4 samples per init on the reward split" in rows[4] and "(best of 16 " in rows[5]
+    task = load_task("digits", reward_size=300)
+    test, _ = independent_draws(weight_generator, task, 16, 0)
+    assert float(rows[3].split("|")[3]) == pytest.approx(np.median(test[:, 0]), abs=1e-4)  # the draws' median, recomputed
+    assert "(best of 4 draws per init by reward-split loss, what `generate` writes with --best-of 4" in rows[4]
+    assert "(best of 16 draws per init by reward-split loss, what `generate` writes by default" in rows[5]
 
 
-def test_best_of_n_keeps_the_draw_with_the_best_reward_accuracy(trained):
-    """Best-of-n, recomputed: the same 16 draws per init scored on both splits, the chosen one the reward's argmax
-    among the first n; best-of-1 is the first draw, and no larger n scores lower on the reward split."""
-    from trainer.bench.generate import best_of_accuracy
-    from trainer.generator import init_states, repeat_groups, score_states
+def independent_draws(weight_generator, task, n, seed):
+    """n draws per init of seeds 0..2 built here from their parts: entries re-drawn, then the mean path."""
+    gen = torch.Generator().manual_seed(seed)
+    start = redraw_entries(repeat_groups(init_states(weight_generator.cfg, task, [0, 1, 2]), n), 0.05, gen)
+    draws, _ = weight_generator.generate(start, mean_only=True, trajectory=False)
+    test = np.array(score_states(weight_generator.cfg, task, draws, "test")).reshape(3, n)
+    return test, split_scores(weight_generator.cfg, task, draws, "reward").loss.numpy().reshape(3, n)
+
+
+def test_best_of_n_keeps_the_draw_with_the_lowest_reward_loss(trained):
+    """Best-of-n, recomputed: the same 16 draws per init scored on both splits, the chosen one the reward loss's
+    argmin among the first n; best-of-1 is the first draw, and no larger n has a higher reward loss."""
+    from trainer.bench.generate import best_of, draw_scores
 
     weight_generator = WeightGenerator.load(trained / "policy.safetensors", TINY)
     task = load_task("digits", reward_size=300)
-    got = best_of_accuracy(weight_generator, task, [0, 1, 2], [1, 4, 16], sample_seed=5)
-    draws, _ = weight_generator.generate(repeat_groups(init_states(weight_generator.cfg, task, [0, 1, 2]), 16),
-                           generator=torch.Generator().manual_seed(5), trajectory=False)
-    reward = np.array(score_states(weight_generator.cfg, task, draws, "reward")).reshape(3, 16)
-    test = np.array(score_states(weight_generator.cfg, task, draws, "test")).reshape(3, 16)
+    test, loss = draw_scores(weight_generator, task, [0, 1, 2], 16, sample_seed=5)
+    want_test, want_loss = independent_draws(weight_generator, task, 16, 5)
+    np.testing.assert_allclose(test, want_test, atol=1e-6)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+    got = best_of(test, loss, [1, 4, 16])
     assert len(set(test.flatten())) > 3  # the draws differ, so the choice matters
     for n in (1, 4, 16):
-        assert got[n] == [test[i, reward[i, :n].argmax()] for i in range(3)]
-    assert all(reward[i, :16].max() >= reward[i, :4].max() for i in range(3))
+        assert got[n] == [want_test[i, want_loss[i, :n].argmin()] for i in range(3)]
+    assert got[1] == want_test[:, 0].tolist()
 
 
 def test_bench_generate_speed_times_generation_against_sgd_to_equal_accuracy(trained, in_tmp, capsys):
@@ -69,7 +78,7 @@ def test_same_init_sgd_gives_each_output_minus_sgd_from_its_own_init(trained, in
     assert "| SGD from these 3 held-out seeds" in out
     rows = out[out.index("Per seed against SGD from the same init"):].splitlines()
     rows = [r.split("|")[1:-1] for r in rows if r.startswith("| ") and "---" not in r][1:]
-    assert [r[0].strip().rsplit(" (", 1)[1] for r in rows] == ["mean path)", "samples)"]
+    assert [r[0].strip().rsplit(" (", 1)[1] for r in rows] == ["mean path)", "draws)"]
     weight_generator = WeightGenerator.load(trained / "policy.safetensors", TINY)
     cfg, task = weight_generator.cfg, load_task("digits", reward_size=300)
     sgd = score_states(cfg, task, sgd_from_seeds(cfg, [0, 1, 2], reference_layout(cfg, task)[0].state_dict()), "test")
