@@ -71,7 +71,7 @@ def audit_table(r: dict) -> str:
               f"{spread(fid['agree_sgd_other_init'])} | {spread(fid['sgd_to_sgd_same_init'])} | "
               f"{spread(fid['sgd_to_sgd_other_init'])} |"]
     if "agree_generated_two_draws" in fid:
-        lines.append(f"| a second sample from init(i) vs generated(i) | {spread(fid['agree_generated_two_draws'])} "
+        lines.append(f"| a second draw from init(i) vs generated(i) | {spread(fid['agree_generated_two_draws'])} "
                      f"| | | |")
     if "posterior_walk" in r:
         lines += ["", "| where the samples' gap sits | test accuracy |", "| --- | --- |",
