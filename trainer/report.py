@@ -112,7 +112,10 @@ def audit_reading(r: dict) -> str:
             f"{m['agree_generated_same_init']:.3f} of test predictions and with SGD(j) on "
             f"{m['agree_generated_other_init']:.3f} (SGD(i) with its replicate: {m['agree_sgd_same_init']:.3f}, with "
             f"SGD(j): {m['agree_sgd_other_init']:.3f}); its distance to SGD(i) is "
-            f"{m['generated_to_sgd_same_init']:.2f} of SGD's travel from the init, to SGD(j) {m['generated_to_sgd_other_init']:.2f}.")
+            f"{m['generated_to_sgd_same_init']:.2f} of SGD's travel from the init, to SGD(j) {m['generated_to_sgd_other_init']:.2f}."
+            + (f" Two draws from one init agree on {m['agree_generated_two_draws']:.3f} of test predictions, two SGD "
+               f"runs from one init with different data orders on {m['agree_sgd_same_init']:.3f}."
+               if "agree_generated_two_draws" in m else ""))
 
 
 def grpo_section(cfg: ExperimentConfig, fig_dir: Path, out_dir: Path) -> list[str]:

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
             continue
         steps = [("Held-out accuracy: random init, SGD and the policy", ["generate", *common, *held, *policies], ""),
                  ("Novelty and fidelity audit",
-                  ["audit", *common, *held, *policies[:2], "--json", str(tables / "audit.json")], AUDIT_GUIDE),
+                  ["audit", *common, *held, *policies[:2], "--sample", "--json", str(tables / "audit.json")], AUDIT_GUIDE),
                  ("Scoring throughput", ["rollout", *common, "--threads", "1"], ""),
                  ("Objectives: quantised, sparse and noise-robust nets", ["objectives", *common, *held, *policies[:2]],
                   OBJECTIVES_GUIDE)]

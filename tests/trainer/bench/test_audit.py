@@ -32,6 +32,26 @@ def test_bench_audit_cli_writes_table_json_and_figures(tiny_zoo, tiny_policy, in
     assert all((in_tmp / "figs" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 
+def test_bench_audit_sample_audits_the_first_of_two_draws_and_their_agreement(tiny_zoo, tiny_policy, in_tmp):
+    """--sample: the audited nets are the first of two draws per init (`WeightGenerator.draw`), and the two draws'
+    agreement is recomputed here from their predictions."""
+    import torch
+
+    from trainer.audit import predictions, split_logits
+    from trainer.generator import init_states, score_states
+
+    cfg, task = tiny_zoo[:2]
+    assert bench_main(["audit", "--seeds", "3", "--sample", "--sample-seed", "7", "--out", "audit.md"] + tiny_policy) == 0
+    r = json.loads((in_tmp / "audit.json").read_text())
+    assert r["output"] == "one draw per init, 0.05 of it re-drawn"
+    weight_generator = WeightGenerator.load(in_tmp / "artifacts/runs/digits_mlp-imitate/policy.safetensors")
+    pair = weight_generator.draw(init_states(weight_generator.cfg, task, [0, 1, 2]), 2, torch.Generator().manual_seed(7))
+    first, second = ({k: v[i::2] for k, v in pair.items()} for i in (0, 1))
+    assert r["accuracy"]["generated"] == pytest.approx(score_states(weight_generator.cfg, task, first, "test"), abs=1e-12)
+    a, b = (predictions(split_logits(weight_generator.cfg, task, s)) for s in (first, second))
+    assert r["fidelity"]["agree_generated_two_draws"] == pytest.approx((a == b).double().mean(1).tolist(), abs=1e-12)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--seed-start", "1001"], "held-out seeds 1001..1032 overlap the zoo's seeds 1000..1002"),
     (["--seeds", "0"], "--seeds 0: need at least one held-out seed"),
