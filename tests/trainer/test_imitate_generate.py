@@ -38,6 +38,11 @@ def test_generate_uses_the_grpo_policy_once_one_was_saved(trained, in_tmp):
     assert generate.cli(["--seeds", "0", "--name", "a"]) == 0
     report = json.loads((in_tmp / "artifacts/generated/a/report.json").read_text())
     assert report["summary"]["policy"] == "artifacts/runs/digits_mlp-imitate/policy.safetensors"
+    # The default output: the best of generate.best_of draws, its choice recorded, never the mean path.
+    (net,) = report["samples"]
+    assert report["summary"]["output"].startswith("the best of 16 draws (0.05 of the init's entries re-drawn")
+    assert not report["summary"]["mean_path"] and report["summary"]["redraw"] == 0.05
+    assert net["best_of"] == 16 and net["chosen_draw"] == min(range(16), key=lambda i: net["candidate_reward_loss"][i])
     from trainer.generator import WeightGenerator
 
     weight_generator = WeightGenerator.load(trained / "policy.safetensors")
