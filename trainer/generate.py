@@ -23,6 +23,7 @@ from trainer.zoo import reference_name
 
 
 MAX_SEEDS = 10**6  # one generated net, or one SGD run, per seed: a range beyond this is a typo
+BEST_OF_NETS = 4096  # candidate nets held at once by the best-of choice (inits go in blocks of BEST_OF_NETS // N)
 
 
 def parse_seeds(text: str, flag: str = "--seeds", what: str = "seed") -> list[int]:
@@ -128,6 +129,30 @@ def check_counts(args: argparse.Namespace) -> None:
         raise ConfigError("--mean: the mean path is one net per init; drop --samples / --best-of, or --mean")
 
 
+def best_draws(weight_generator: WeightGenerator, init: dict[str, torch.Tensor], draws: int, gen: torch.Generator,
+               latent: bool) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Each init's draw with the lowest reward-split loss among `draws`, scored by the Ray pool, and how it was chosen.
+    Inits go in blocks, so that at most BEST_OF_NETS candidates are held at once (only the chosen ones are kept)."""
+    n = next(iter(init.values())).shape[0]
+    block = max(1, BEST_OF_NETS // draws)
+    kept, chosen = [], []
+    pool = RolloutPool(weight_generator.cfg, gpus_per_worker=worker_gpus(weight_generator.cfg))
+    try:
+        for lo in range(0, n, block):
+            part = {k: v[lo:lo + block] for k, v in init.items()}
+            candidates = weight_generator.draw(part, draws, gen, sample_latent=latent)
+            scores = pool.score(candidates)
+            rows = next(iter(part.values())).shape[0]
+            loss, acc = scores.loss.view(rows, draws), scores.accuracy.view(rows, draws)
+            best_nets, best = lowest_loss(candidates, loss)
+            kept.append(best_nets)
+            chosen += [dict(best_of=draws, chosen_draw=int(b), candidate_reward_loss=l.tolist(),
+                            candidate_reward_accuracy=a.tolist()) for b, l, a in zip(best, loss, acc)]
+    finally:
+        pool.close()
+    return {k: torch.cat([p[k] for p in kept]) for k in kept[0]}, chosen
+
+
 def run(args: argparse.Namespace) -> dict:
     check_counts(args)
     seeds = None if args.init else parse_seeds(args.seeds)  # argument errors first, before anything loads
@@ -163,22 +188,14 @@ def run(args: argparse.Namespace) -> dict:
     output = describe(mode, draws, latent, cfg.generate.redraw)
     print(f"output: {output} ({'as asked' if asked else 'the default: generate.best_of'})", file=sys.stderr)
     gen = torch.Generator().manual_seed(args.sample_seed)
+    chosen = None
     if mode == "mean":
         final, _ = weight_generator.generate(init, mean_only=True, trajectory=False)
+    elif mode == "best":
+        final, chosen = best_draws(weight_generator, init, draws, gen, latent)
     else:
         final = weight_generator.draw(init, draws, gen, sample_latent=latent)
-    chosen = None
-    if mode == "best":  # score every draw on the reward split with the Ray pool, keep each init's lowest loss
-        pool = RolloutPool(cfg, gpus_per_worker=worker_gpus(cfg))
-        try:
-            scores = pool.score(final)
-        finally:
-            pool.close()
-        loss, acc = scores.loss.view(len(ids), draws), scores.accuracy.view(len(ids), draws)
-        final, best = lowest_loss(final, loss)
-        chosen = [dict(best_of=draws, chosen_draw=int(b), candidate_reward_loss=l.tolist(),
-                       candidate_reward_accuracy=a.tolist()) for b, l, a in zip(best, loss, acc)]
-    elif draws > 1:  # every draw is a net of its own
+    if mode == "draws" and draws > 1:  # every draw is a net of its own
         ids = [f"{i}-draw{d:02d}" for i in ids for d in range(draws)]
         sources = [dict(src, draw=d) for src in sources for d in range(draws)]
     reward_acc = score_states(cfg, task, final, "reward")

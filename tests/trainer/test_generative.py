@@ -69,6 +69,30 @@ def test_samples_and_best_of_write_what_they_say(generative, in_tmp):
         assert s["reward_accuracy"] == pytest.approx(accs[s["chosen_draw"]], abs=1e-6)  # scored again, in-process
 
 
+def test_best_of_in_blocks_of_inits_keeps_each_inits_lowest_loss_draw(trained, in_tmp, monkeypatch):
+    """With room for one init's candidates at a time, the best-of choice goes init by init; each net written is the
+    lowest reward-split loss among its init's draws, rebuilt here from one generator stream and scored in-process."""
+    from envs.tasks import load_task
+    from trainer.checkpoints import load_weights
+    from trainer.generator import init_states, split_scores
+
+    monkeypatch.setattr(generate, "BEST_OF_NETS", 4)
+    assert generate.cli(["--seeds", "0..2", "--best-of", "4", "--sample-seed", "3",
+                         "--out", "blocks"]) == 0
+    report = json.loads((in_tmp / "blocks/report.json").read_text())
+    weight_generator = WeightGenerator.load(trained / "policy.safetensors")
+    task = load_task("digits", reward_size=300)
+    gen = torch.Generator().manual_seed(3)
+    for seed, net in zip([0, 1, 2], report["samples"]):
+        draws = weight_generator.draw(init_states(weight_generator.cfg, task, [seed]), 4, gen)
+        loss = split_scores(weight_generator.cfg, task, draws, "reward").loss
+        assert net["candidate_reward_loss"] == pytest.approx(loss.tolist(), rel=1e-6)
+        best = int(loss.argmin())
+        assert net["chosen_draw"] == best
+        saved = load_weights(net["file"])[0]
+        assert all(torch.allclose(saved[k], draws[k][best]) for k in saved)
+
+
 @pytest.mark.parametrize("argv", [["--samples", "0"], ["--best-of", "-1"], ["--samples", "2", "--best-of", "2"],
                                   ["--mean", "--samples", "2"]])
 def test_bad_draw_counts_are_one_line_errors_before_any_work(argv, in_tmp, capsys):
