@@ -35,7 +35,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--policy", action="append", help="policy.safetensors, repeatable (default: the imitation policy, then the GRPO policy where one was saved)")
     g.add_argument("--sample-seed", type=seed_number, default=0, help="seed of the policies' draws (default 0)")
     g.add_argument("--best-of", type=count, nargs="*", default=[4, 16], metavar="N",
-                   help="also the first policy's best of N draws per init, chosen by reward-split loss (what "
+                   help="also each policy's best of N draws per init, chosen by reward-split loss (what "
                         "`generate --best-of N` writes), for each N (default: 4 16; none: skip)")
     g.add_argument("--same-init-sgd", action="store_true",
                    help="also SGD with the zoo's recipe from these held-out inits (trained once, cached) and each "
@@ -99,15 +99,14 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                      f"{args.sample_seed}; per seed vs {'its mean path' if first_sampled is None else 'the first policy' + chr(39) + 's draws'})",
                      str(len(weight_generator.schedule) - 1), float(np.median(sampled)),
                      paired_difference(accs if first_sampled is None else first_sampled, sampled)))
-        if first_sampled is None:
-            for n, best in best_of(test, loss, args.best_of).items():
-                per_seed[f"{Path(path).parent.name} (best of {n} draws)"] = best
-                rows.append((f"policy {path} (best of {n} draws per init by reward-split loss, what `generate` writes "
-                             f"{'by default' if n == cfg.generate.best_of else f'with --best-of {n}'}; per seed vs "
-                             f"its mean path)", str(len(weight_generator.schedule) - 1), float(np.median(best)),
-                             paired_difference(accs, best)))
-        first_sampled = sampled if first_sampled is None else first_sampled
         per_seed[f"{Path(path).parent.name} (draws)"] = sampled
+        for n, best in best_of(test, loss, args.best_of).items():
+            per_seed[f"{Path(path).parent.name} (best of {n} draws)"] = best
+            rows.append((f"policy {path} (best of {n} draws per init by reward-split loss, what `generate` writes "
+                         f"{'by default' if n == cfg.generate.best_of else f'with --best-of {n}'}; per seed vs "
+                         f"its mean path)", str(len(weight_generator.schedule) - 1), float(np.median(best)),
+                         paired_difference(accs, best)))
+        first_sampled = sampled if first_sampled is None else first_sampled
     lines = [f"{cfg.name} ({reference_name(cfg)}): median test accuracy over {len(seeds)} held-out init seeds "
              f"{seeds[0]}..{seeds[-1]}", "",
              "| weights | steps | test accuracy (median) | / SGD | per seed vs the first policy |",
