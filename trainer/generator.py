@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
@@ -354,5 +355,9 @@ class WeightGenerator:
         schedule = spec["schedule"]
         if cfg.generate.schedule != stored.generate.schedule:
             schedule = snap_schedule(cfg.generate.schedule, spec["grid"])
+            if len(schedule) != len(spec["schedule"]):  # allowed (a shorter walk is a measured choice), never silent
+                print(f"note: {path} was trained on a {len(spec['schedule']) - 1}-step walk; it walks "
+                      f"generate.schedule's {len(schedule) - 1} steps {[round(t, 4) for t in schedule]}",
+                      file=sys.stderr)
         default = spec.get("default_output", "samples" if policy.cfg.generative else "mean")
         return cls(cfg, policy, tokenizer, schedule, spec["grid"], bn_recompute_inputs(cfg, task), default)

@@ -202,3 +202,18 @@ def test_a_policy_saved_before_the_unit_latent_and_unit_codes_loads_with_them_at
     save_weights(old / "policy.safetensors", weights, read_metadata(trained / "policy.safetensors"))
     with pytest.raises(CheckpointError, match="do not fit its spec \\(missing tensor 'unit_value'\\)"):
         WeightGenerator.load(old / "policy.safetensors")
+
+
+def test_a_walk_of_another_step_count_than_the_policy_was_trained_on_is_said(trained, capsys):
+    """A policy loaded under a schedule of another length walks it (a shorter walk is a choice), with one note on
+    stderr; the same length, snapped, or the policy's own schedule says nothing."""
+    from trainer.generator import WeightGenerator
+
+    own = WeightGenerator.load(trained / "policy.safetensors")
+    assert len(own.schedule) == 3 and capsys.readouterr().err == ""
+    short = WeightGenerator.load(trained / "policy.safetensors", ["generate.schedule=[0.0,1.0]"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert short.schedule == [0.0, 1.0] and len(err) == 1
+    assert err[0].startswith("note: ") and "trained on a 2-step walk; it walks generate.schedule's 1 steps" in err[0]
+    WeightGenerator.load(trained / "policy.safetensors", ["generate.schedule=[0.0,0.45,1.0]"])
+    assert "note:" not in capsys.readouterr().err
