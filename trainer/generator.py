@@ -113,11 +113,16 @@ def redraw_entries(init: Mapping[str, torch.Tensor], share: float, generator: to
     return out
 
 
+def lowest_loss_draw(loss: torch.Tensor) -> torch.Tensor:
+    """loss (B, N) -> per init, the index of its draw with the lowest loss (a NaN or +inf loss, a non-finite net's, is
+    never chosen over a finite one; ties go to the first)."""
+    return loss.nan_to_num(nan=float("inf")).argmin(1)
+
+
 def lowest_loss(draws: Mapping[str, torch.Tensor], loss: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Each init's draw with the lowest loss: draws key -> (B * N, ...) group-major, loss (B, N). Returns the B chosen
-    state dicts and the index of each among its init's draws (a non-finite net's +inf loss is never chosen over a
-    finite one)."""
-    best = loss.nan_to_num(nan=float("inf")).argmin(1)
+    """Each init's draw with the lowest loss (`lowest_loss_draw`): draws key -> (B * N, ...) group-major, loss (B, N).
+    Returns the B chosen state dicts and the index of each among its init's draws."""
+    best = lowest_loss_draw(loss)
     rows = torch.arange(loss.shape[0]) * loss.shape[1] + best
     return {k: v[rows.to(v.device)] for k, v in draws.items()}, best
 

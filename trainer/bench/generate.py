@@ -23,8 +23,8 @@ from trainer.bench.common import (count, default_policy, generated_policy, emit,
                                   paired_difference, stopwatch, seed_number)
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.device import resolve_device
-from trainer.generator import (WeightGenerator, init_states, mean_path_accuracy, reference_layout, score_states,
-                              split_scores)
+from trainer.generator import (WeightGenerator, init_states, lowest_loss_draw, mean_path_accuracy, reference_layout,
+                              score_states, split_scores)
 from trainer.zoo import load_manifest, reference_name, sgd_steps, total_steps, zoo_at_width
 
 SPEED_BATCH = 64  # nets per call in the batched generation timing
@@ -155,7 +155,7 @@ def draw_scores(weight_generator: WeightGenerator, task, seeds: list[int], n: in
 def best_of(test: np.ndarray, loss: np.ndarray, ns: list[int]) -> dict[int, list[float]]:
     """Test accuracy per init of the draw with the lowest reward-split loss among the first n, for each n in `ns`
     (what `generate --best-of n` keeps): a larger n only adds candidates."""
-    return {n: test[np.arange(len(test)), np.nan_to_num(loss[:, :n], nan=np.inf).argmin(1)].tolist()
+    return {n: test[np.arange(len(test)), lowest_loss_draw(torch.from_numpy(loss[:, :n])).numpy()].tolist()
             for n in sorted(set(ns))}
 
 
