@@ -310,10 +310,12 @@ class WeightGenerator:
         """Load policy.safetensors + policy.json onto the experiment's device (the weights are read on the CPU, then
         moved: a policy saved on a GPU loads on a CPU-only machine). The experiment is `cfg` if given, else the stored
         one with `overrides` (`a.b=c`) applied, its device back to "auto" (where it was trained is no concern here);
-        either way it must describe the reference model the policy was made for."""
+        either way it must describe the reference model the policy was made for. It walks its own schedule; `overrides`
+        may ask for another, and a `cfg`'s (a bench's, GRPO's) re-times it at the same step count only."""
         weights, spec = load_policy_files(path)
         policy_cfg, sampling = check_spec(spec, Path(path))
         stored = stored_experiment(spec, Path(path))
+        explicit = cfg is None  # then a changed schedule can only be the caller's own --set
         if cfg is None:
             data = drop_removed_keys(copy.deepcopy(spec["experiment"]))  # saved by an older version
             data["device"] = "auto"
@@ -359,10 +361,16 @@ class WeightGenerator:
         policy.to(resolve_device(cfg.device)).eval()
         schedule = spec["schedule"]
         if cfg.generate.schedule != stored.generate.schedule:
-            schedule = snap_schedule(cfg.generate.schedule, spec["grid"])
-            if len(schedule) != len(spec["schedule"]):  # allowed (a shorter walk is a measured choice), never silent
-                print(f"note: {path} was trained on a {len(spec['schedule']) - 1}-step walk; it walks "
-                      f"generate.schedule's {len(schedule) - 1} steps {[round(t, 4) for t in schedule]}",
-                      file=sys.stderr)
+            asked = snap_schedule(cfg.generate.schedule, spec["grid"])
+            own, steps = len(spec["schedule"]) - 1, len(asked) - 1
+            if steps == own or explicit:  # a re-timed walk, or one asked of this policy (a shorter walk is a choice)
+                schedule = asked
+                if steps != own:  # never silent
+                    print(f"note: {path} was trained on a {own}-step walk; it walks generate.schedule's {steps} "
+                          f"steps {[round(t, 4) for t in schedule]}", file=sys.stderr)
+            else:  # a config's schedule is for the policies trained on it: a policy of another step count keeps its own
+                print(f"note: {path} walks the {own}-step schedule it was trained on, not the config's {steps}-step "
+                      f"generate.schedule", file=sys.stderr)
+                cfg = dataclasses.replace(cfg, generate=dataclasses.replace(cfg.generate, schedule=list(schedule)))
         default = spec.get("default_output", "samples" if policy.cfg.generative else "mean")
         return cls(cfg, policy, tokenizer, schedule, spec["grid"], bn_recompute_inputs(cfg, task), default)

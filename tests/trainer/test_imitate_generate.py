@@ -205,8 +205,9 @@ def test_a_policy_saved_before_the_unit_latent_and_unit_codes_loads_with_them_at
 
 
 def test_a_walk_of_another_step_count_than_the_policy_was_trained_on_is_said(trained, capsys):
-    """A policy loaded under a schedule of another length walks it (a shorter walk is a choice), with one note on
-    stderr; the same length, snapped, or the policy's own schedule says nothing."""
+    """A policy asked (by --set) to walk a schedule of another length walks it (a shorter walk is a choice), with one
+    note on stderr; the same length, snapped, or the policy's own schedule says nothing. A config's schedule of another
+    length leaves the policy on its own, with a note."""
     from trainer.generator import WeightGenerator
 
     own = WeightGenerator.load(trained / "policy.safetensors")
@@ -217,3 +218,14 @@ def test_a_walk_of_another_step_count_than_the_policy_was_trained_on_is_said(tra
     assert err[0].startswith("note: ") and "trained on a 2-step walk; it walks generate.schedule's 1 steps" in err[0]
     WeightGenerator.load(trained / "policy.safetensors", ["generate.schedule=[0.0,0.45,1.0]"])
     assert "note:" not in capsys.readouterr().err
+    # A config (a bench's, GRPO's) of another step count does not change the policy's walk: it keeps its own, and says so.
+    cfg = WeightGenerator.load(trained / "policy.safetensors", ["generate.schedule=[0.0,1.0]"]).cfg
+    capsys.readouterr()
+    kept = WeightGenerator.load(trained / "policy.safetensors", cfg=cfg)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert kept.schedule == own.schedule == kept.cfg.generate.schedule and len(err) == 1  # what it saves says so too
+    assert cfg.generate.schedule == [0.0, 1.0]  # the caller's config is left as it was
+    assert err[0].startswith("note: ") and "walks the 2-step schedule it was trained on, not the config's 1-step" in err[0]
+    asked = WeightGenerator.load(trained / "policy.safetensors", ["generate.schedule=[0.0,0.005,1.0]"])
+    retimed = WeightGenerator.load(trained / "policy.safetensors", cfg=asked.cfg)  # the same step count: re-timed
+    assert retimed.schedule == asked.schedule != own.schedule and "note:" not in capsys.readouterr().err
