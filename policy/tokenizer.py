@@ -72,6 +72,19 @@ class Layout:
         Two layouts with equal structure differ only in how many units their hidden groups hold."""
         return {**self.raw, "groups": [dict(g, size=None) if not g["fixed"] else g for g in self.raw["groups"]]}
 
+    def batchnormed(self) -> list[tuple[str, list[str], str, str]]:
+        """Each BatchNorm's input layer, as (weight key, bias keys, running-mean key, running-variance key): the
+        nearest weight before the BatchNorm in the layout writing into the same group, and any bias between them."""
+        out = []
+        for i, t in enumerate(self.tensors):
+            if t.kind != "bn_mean":
+                continue
+            before = [u for u in self.tensors[:i] if u.out == t.out]
+            j = max(k for k, u in enumerate(before) if u.kind == "weight")
+            var = next(u.key for u in self.tensors[i:] if u.out == t.out and u.kind == "bn_var")
+            out.append((before[j].key, [u.key for u in before[j + 1:] if u.kind == "bias"], t.key, var))
+        return out
+
     def fan_in(self, key: str) -> int:
         """Incoming connections per unit of a weight tensor; for a per-unit tensor, that of the nearest weight before
         it in the layout writing into the same group (the layer it belongs to: bias after its weight)."""

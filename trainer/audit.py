@@ -260,7 +260,8 @@ def posterior_walk(weight_generator, checkpoints: list[dict[str, torch.Tensor]])
         h, heads = policy.encode(x, t1s, t2s)
         q_mean, _ = policy.posterior(h, weight_generator.encode(target), t1s, t2s)
         x, _ = policy.decode(x, policy.lift(h, q_mean), heads)
-    return weight_generator.finish(weight_generator.tokenizer.decode(x, {k: v.to(weight_generator.device) for k, v in checkpoints[0].items()}))
+    init = {k: v.to(weight_generator.device) for k, v in checkpoints[0].items()}
+    return weight_generator.finish(weight_generator.tokenizer.decode(x, init), init)
 
 
 def summary(values) -> dict[str, float]:

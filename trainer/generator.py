@@ -113,6 +113,24 @@ def redraw_entries(init: Mapping[str, torch.Tensor], share: float, generator: to
     return out
 
 
+def init_norm_rows(layout: Layout, states: Mapping[str, torch.Tensor],
+                   init: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every weight that feeds a BatchNorm, rescaled per output unit to the norm of that unit's row in the init, with
+    its bias and the BatchNorm's running mean (x s) and variance (x s^2): the same function, exactly up to BatchNorm's
+    eps, since BatchNorm divides the scale out. A walk leaves that scale free (no loss sees it), and the ResNet
+    policy's drifts to 20-30x SGD's; here it comes back to the init's, as SGD keeps it (1.2-1.6x), so L2 distances and
+    SGD from a generated net mean what they do for SGD's. All-zero rows stay. Batched: key -> (B, *shape)."""
+    out = dict(states)
+    for w, biases, mean, var in layout.batchnormed():
+        norm = states[w].flatten(2).norm(dim=2)
+        s = torch.where(norm > 0, init[w].to(norm).flatten(2).norm(dim=2) / norm.clamp_min(1e-30), torch.ones_like(norm))
+        out[w] = states[w] * s.view(*s.shape, *[1] * (states[w].dim() - 2))
+        for k in biases + [mean]:
+            out[k] = states[k] * s
+        out[var] = states[var] * s ** 2
+    return out
+
+
 def lowest_loss_draw(loss: torch.Tensor) -> torch.Tensor:
     """loss (B, N) -> per init, the index of its draw with the lowest loss (a NaN or +inf loss, a non-finite net's, is
     never chosen over a finite one; ties go to the first)."""
@@ -247,14 +265,14 @@ class WeightGenerator:
         chunk = self.nets_per_chunk()
         if not mean_only or grad or b <= chunk:  # a draw's noise depends on the batch it is drawn for: walk it whole
             final, steps = walk(self.policy, tokens, self.schedule, mean_only, generator, antithetic, grad)
-            return self.finish(self.tokenizer.decode(final, init), grad), steps if trajectory else []
+            return self.finish(self.tokenizer.decode(final, init), init, grad), steps if trajectory else []
         # The mean path treats rows independently: in chunks its activations stay in cache and off fresh mmaps
         # (measured on MNIST: 64 nets at once cost 1.35x the CPU time per net of chunks of 16 to 32).
         parts = [walk(self.policy, {k: v[i:i + chunk] for k, v in tokens.items()}, self.schedule, True)
                  for i in range(0, b, chunk)]
         final = {k: torch.cat([p[0][k] for p in parts]) for k in tokens}
         steps = [cat_steps(s) for s in zip(*(p[1] for p in parts))] if trajectory else []
-        return self.finish(self.tokenizer.decode(final, init)), steps
+        return self.finish(self.tokenizer.decode(final, init), init), steps
 
     def draw(self, init: Mapping[str, torch.Tensor], draws: int, generator: torch.Generator,
              sample_latent: bool = False) -> dict[str, torch.Tensor]:
@@ -270,10 +288,16 @@ class WeightGenerator:
         widest = max(g.size for g in self.layout.groups) * 2 * self.policy.cfg.dim
         return max(1, GENERATION_ACTIVATION_BUDGET // widest)
 
-    def finish(self, states: dict[str, torch.Tensor], grad: bool = False) -> dict[str, torch.Tensor]:
-        """Generated state dicts as they leave the generator: with generate.bn_recompute_batches, their BatchNorm
-        statistics recomputed on task data (not under `grad`: the task loss differentiates the generated ones)."""
-        if self.bn_inputs is None or grad:
+    def finish(self, states: dict[str, torch.Tensor], init: Optional[Mapping[str, torch.Tensor]] = None,
+               grad: bool = False) -> dict[str, torch.Tensor]:
+        """Generated state dicts as they leave the generator: the weights BatchNorm normalises at their init's scale
+        (`init_norm_rows`, given the `init`: the same function), and with generate.bn_recompute_batches their
+        BatchNorm statistics recomputed on task data. Not under `grad`: the task loss differentiates the walk's own."""
+        if grad:
+            return states
+        if init is not None and self.layout.batchnormed():
+            states = init_norm_rows(self.layout, states, init)
+        if self.bn_inputs is None:
             return states
         template = reference_from_config(self.cfg.reference, task_from_config(self.cfg.task))
         return recompute_bn_stats(template, states, self.bn_inputs, self.cfg.zoo.batch_size)
