@@ -118,7 +118,7 @@ def init_norm_rows(layout: Layout, states: Mapping[str, torch.Tensor],
     """Every weight that feeds a BatchNorm, rescaled per output unit to the norm of that unit's row in the init, with
     its bias and the BatchNorm's running mean (x s) and variance (x s^2): the same function, exactly up to BatchNorm's
     eps, since BatchNorm divides the scale out. A walk leaves that scale free (no loss sees it), and the ResNet
-    policy's drifts to 20-30x SGD's; here it comes back to the init's, as SGD keeps it (1.2-1.6x), so L2 distances and
+    policy's drifts to 20-40x SGD's; here it comes back to the init's, as SGD keeps it (1.2-1.6x), so L2 distances and
     SGD from a generated net mean what they do for SGD's. All-zero rows stay. Batched: key -> (B, *shape)."""
     out = dict(states)
     for w, biases, mean, var in layout.batchnormed():
