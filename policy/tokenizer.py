@@ -72,27 +72,30 @@ class Layout:
         Two layouts with equal structure differ only in how many units their hidden groups hold."""
         return {**self.raw, "groups": [dict(g, size=None) if not g["fixed"] else g for g in self.raw["groups"]]}
 
+    def layer_of(self, i: int) -> Optional[int]:
+        """Index of the layer tensor `i` belongs to: the nearest weight at or before it in the layout writing into the
+        same group (a bias or a BatchNorm after its weight); None if there is none."""
+        return next((j for j in range(i, -1, -1)
+                     if self.tensors[j].kind == "weight" and self.tensors[j].out == self.tensors[i].out), None)
+
     def batchnormed(self) -> list[tuple[str, list[str], str, str]]:
-        """Each BatchNorm's input layer, as (weight key, bias keys, running-mean key, running-variance key): the
-        nearest weight before the BatchNorm in the layout writing into the same group, and any bias between them."""
+        """Each BatchNorm's input layer, as (weight key, bias keys, running-mean key, running-variance key): the layer
+        the BatchNorm belongs to (`layer_of`), and any bias between them."""
         out = []
         for i, t in enumerate(self.tensors):
             if t.kind != "bn_mean":
                 continue
-            before = [u for u in self.tensors[:i] if u.out == t.out]
-            j = max(k for k, u in enumerate(before) if u.kind == "weight")
+            j = self.layer_of(i)
             var = next(u.key for u in self.tensors[i:] if u.out == t.out and u.kind == "bn_var")
-            out.append((before[j].key, [u.key for u in before[j + 1:] if u.kind == "bias"], t.key, var))
+            biases = [u.key for u in self.tensors[j + 1:i] if u.out == t.out and u.kind == "bias"]
+            out.append((self.tensors[j].key, biases, t.key, var))
         return out
 
     def fan_in(self, key: str) -> int:
-        """Incoming connections per unit of a weight tensor; for a per-unit tensor, that of the nearest weight before
-        it in the layout writing into the same group (the layer it belongs to: bias after its weight)."""
-        i = next(i for i, t in enumerate(self.tensors) if t.key == key)
-        for t in reversed(self.tensors[:i + 1]):
-            if t.kind == "weight" and t.out == self.tensors[i].out:
-                return math.prod(t.shape[1:])
-        return 1
+        """Incoming connections per unit of a weight tensor; for a per-unit tensor, that of the layer it belongs to
+        (`layer_of`)."""
+        j = self.layer_of(next(i for i, t in enumerate(self.tensors) if t.key == key))
+        return 1 if j is None else math.prod(self.tensors[j].shape[1:])
 
     @property
     def num_values(self) -> int:

@@ -295,7 +295,7 @@ class WeightGenerator:
         BatchNorm statistics recomputed on task data. Not under `grad`: the task loss differentiates the walk's own."""
         if grad:
             return states
-        if init is not None and self.layout.batchnormed():
+        if init is not None:
             states = init_norm_rows(self.layout, states, init)
         if self.bn_inputs is None:
             return states
