@@ -14,6 +14,8 @@ policy's generated nets (GRPO's signal with no policy in between), rewarded on t
 `precision`: bf16 autocast vs fp32 scoring: how GRPO's reward ranking within a group of sampled nets changes.
 `sensitivity`: how SGD's trained weights move when the init moves a little, against another data order.
 `fit`: per tensor, how well the policy's one step from zoo runs' inits reaches their end (imitated runs vs others).
+`ceiling`: the generator against the same policy fitted to each init alone, and SGD: the amortisation gap and the reach
+of the walk.
 `report`: generate, audit and rollout on one experiment -> docs/RESULTS.md with the tables, figures and commands.
 Every subcommand but `fit` and `report` takes `--plots DIR` to write PNG figures next to its table.
 
@@ -25,15 +27,15 @@ from __future__ import annotations
 
 import argparse
 
-from trainer.bench import (audit, common, fit, generate, gradient, grpo, objectives, precision, report, rollout,
-                           search, sensitivity, temperature, warmstart)
+from trainer.bench import (audit, ceiling, common, fit, generate, gradient, grpo, objectives, precision, report,
+                           rollout, search, sensitivity, temperature, warmstart)
 from trainer.cli import guarded, use_threads
 from trainer.config import load_config
 from trainer.device import resolve_device
 
 # The subcommands, in the order `--help` lists them.
 BENCHMARKS = [rollout, generate, temperature, search, warmstart, audit, objectives, grpo, gradient, precision, sensitivity,
-              fit, report]
+              fit, ceiling, report]
 
 
 def build_parser() -> argparse.ArgumentParser:
