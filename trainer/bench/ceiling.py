@@ -1,7 +1,10 @@
 """`python -m trainer.bench ceiling`: where the gap between the generator and SGD sits.
 
-From each held-out init, three nets:
+From each held-out init, four nets:
 - the generator's: the policy's mean path, one policy for every init;
+- the same policy fitted across fresh inits (`--amortised` steps of 8 inits each, their own seeds), with the same loss
+  and gradient as below: what the policy could reach for every init at once by the exact gradient, with no estimator in
+  between (GRPO's pathwise estimator, at its end, should be level with it);
 - the same policy fitted to that init alone: Adam on all of the policy's parameters, the loss the train split's
   cross-entropy of the net the mean walk writes from the init, backpropagated through every step of the walk; the net
   is then finished as `generate` finishes it and scored at checkpoints of the fit;
@@ -16,6 +19,7 @@ nets. A generator with no amortisation gap and a reach past SGD would be held ba
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 
 import numpy as np
 import torch
@@ -40,6 +44,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="Adam steps of the fit at which the fitted net is scored (default 25 100 400)")
     c.add_argument("--lr", type=positive, default=1e-4, help="Adam's learning rate (default 1e-4)")
     c.add_argument("--batch", type=count, default=512, help="train-split examples per step (default 512)")
+    c.add_argument("--amortised", type=int, default=300,
+                   help="Adam steps of the fit across fresh inits, 8 per step (default 300; 0: leave it out)")
     return c
 
 
@@ -47,11 +53,12 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     cfg = cfgs[0]
     seeds = held_out_seeds(args, cfg)
     steps = sorted(set(args.steps))
-    if steps[-1] > 100_000:
-        raise ConfigError(f"--steps {steps[-1]}: expected at most 100000 steps of fitting per init")
+    if steps[-1] > 100_000 or not 0 <= args.amortised <= 100_000:
+        raise ConfigError(f"--steps {steps[-1]} / --amortised {args.amortised}: expected at most 100000 steps of "
+                          f"fitting (and --amortised >= 0)")
     weight_generator = WeightGenerator.load(args.policy or generated_policy(cfg), cfg=cfg)
     task = task_from_config(cfg.task)
-    r = ceiling(cfg, weight_generator, task, seeds, steps, args.lr, args.batch)
+    r = ceiling(cfg, weight_generator, task, seeds, steps, args.lr, args.batch, args.amortised)
     out = table(cfg.name, seeds, r)
     emit(out, args.out)
     figures = []
@@ -68,11 +75,11 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     return dict(table=out, figures=figures, results=r)
 
 
-def fit_to_init(weight_generator: WeightGenerator, task: Task, init: dict[str, torch.Tensor], steps: list[int],
-                lr: float, batch: int, seed: int) -> list[float]:
-    """Test accuracy of the net the policy's mean walk writes from one init (key -> (1, *shape)) after each of `steps`
-    Adam steps on the train split's cross-entropy of that net, the gradient through every step of the walk. The
-    policy's parameters are put back afterwards."""
+def fit(weight_generator: WeightGenerator, task: Task, inits: Callable[[int], dict[str, torch.Tensor]],
+        steps: list[int], lr: float, batch: int, seed: int, score: Callable[[], list[float]]) -> list[list[float]]:
+    """Adam on all of the policy's parameters for steps[-1] steps, each on the train split's cross-entropy of the nets
+    its mean walk writes from `inits(step)` (key -> (B, *shape)), the gradient through every step of the walk;
+    `score()` after each of `steps`. The policy's parameters are put back afterwards."""
     policy, cfg = weight_generator.policy, weight_generator.cfg
     saved = {k: v.detach().clone() for k, v in policy.state_dict().items()}
     model = reference_from_config(cfg.reference, task).to(weight_generator.device).eval()
@@ -83,34 +90,65 @@ def fit_to_init(weight_generator: WeightGenerator, task: Task, init: dict[str, t
     try:
         for step in range(1, steps[-1] + 1):
             idx = torch.randint(len(y), (min(batch, len(y)),), generator=draw)
-            net, _ = weight_generator.generate(init, mean_only=True, grad=True, trajectory=False)
-            logits = batched_logits(model, net, x[idx].to(weight_generator.device))[0]
-            loss = F.cross_entropy(logits, y[idx].to(logits.device))
+            nets, _ = weight_generator.generate(inits(step), mean_only=True, grad=True, trajectory=False)
+            logits = batched_logits(model, nets, x[idx].to(weight_generator.device))  # (B, batch, classes)
+            loss = F.cross_entropy(logits.flatten(0, 1), y[idx].to(logits.device).repeat(logits.shape[0]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if step in steps:
-                with torch.no_grad():
-                    net, _ = weight_generator.generate(init, mean_only=True, trajectory=False)
-                out.append(score_states(cfg, task, net, "test")[0])
+                out.append(score())
     finally:
         policy.load_state_dict(saved)
     return out
 
 
-def ceiling(cfg: ExperimentConfig, weight_generator: WeightGenerator, task: Task, seeds: list[int], steps: list[int],
-            lr: float, batch: int) -> dict:
-    """Per seed: the mean path's test accuracy, the fitted net's at each of `steps`, and SGD's from the same init."""
-    inits = init_states(cfg, task, seeds)
+def mean_path_test(weight_generator: WeightGenerator, task: Task, inits: dict[str, torch.Tensor]) -> list[float]:
+    """Test accuracy of the nets the policy's mean walk writes from `inits`, finished as `generate` finishes them."""
     with torch.no_grad():
-        generated, _ = weight_generator.generate(inits, mean_only=True, trajectory=False)
+        nets, _ = weight_generator.generate(inits, mean_only=True, trajectory=False)
+    return score_states(weight_generator.cfg, task, nets, "test")
+
+
+def fit_to_init(weight_generator: WeightGenerator, task: Task, init: dict[str, torch.Tensor], steps: list[int],
+                lr: float, batch: int, seed: int) -> list[float]:
+    """Test accuracy of the net the policy's mean walk writes from one init (key -> (1, *shape)) after each of `steps`
+    Adam steps of `fit` on that init alone."""
+    return [a[0] for a in fit(weight_generator, task, lambda _: init, steps, lr, batch, seed,
+                              lambda: mean_path_test(weight_generator, task, init))]
+
+
+AMORTISED_INITS = 8
+AMORTISED_SEED_START = 7 * 10**12
+"""the fit across inits draws its inits from here on: no zoo, GRPO or held-out seed is near"""
+
+
+def fit_across_inits(weight_generator: WeightGenerator, task: Task, held_out: dict[str, torch.Tensor], steps: int,
+                     lr: float, batch: int) -> list[float]:
+    """Test accuracy on the `held_out` inits of the policy's mean path after `steps` Adam steps of `fit`, each on
+    AMORTISED_INITS fresh inits."""
+    cfg, b = weight_generator.cfg, AMORTISED_INITS
+
+    def inits(step: int) -> dict[str, torch.Tensor]:
+        return init_states(cfg, task, range(AMORTISED_SEED_START + (step - 1) * b, AMORTISED_SEED_START + step * b))
+
+    return fit(weight_generator, task, inits, [steps], lr, batch, 0,
+               lambda: mean_path_test(weight_generator, task, held_out))[0]
+
+
+def ceiling(cfg: ExperimentConfig, weight_generator: WeightGenerator, task: Task, seeds: list[int], steps: list[int],
+            lr: float, batch: int, amortised: int = 0) -> dict:
+    """Per seed: the mean path's test accuracy, the policy's after `amortised` steps fitted across fresh inits (None:
+    0 steps), the fitted net's at each of `steps`, and SGD's from the same init."""
+    inits = init_states(cfg, task, seeds)
+    generated = mean_path_test(weight_generator, task, inits)
+    across = fit_across_inits(weight_generator, task, inits, amortised, lr, batch) if amortised else None
     fitted = [fit_to_init(weight_generator, task, {k: v[i:i + 1] for k, v in inits.items()}, steps, lr, batch, s)
               for i, s in enumerate(seeds)]
     budget = total_steps(cfg, task)
     sgd = [sgd_from(cfg, task, unbatch(inits, i), s, budget) for i, s in enumerate(seeds)]
-    return dict(steps=steps, lr=lr, batch=batch, sgd_steps=budget,
-                generated=score_states(cfg, task, generated, "test"),
-                fitted=[list(f) for f in zip(*fitted)], sgd=sgd)
+    return dict(steps=steps, lr=lr, batch=batch, sgd_steps=budget, generated=generated, amortised=amortised,
+                across=across, fitted=[list(f) for f in zip(*fitted)], sgd=sgd)
 
 
 def table(name: str, seeds: list[int], r: dict) -> str:
@@ -122,6 +160,10 @@ def table(name: str, seeds: list[int], r: dict) -> str:
              "| net | median | vs the generator, per seed | vs SGD, per seed |", "| --- | --- | --- | --- |",
              f"| the generator (mean path) | {np.median(r['generated']):.4f} | | "
              f"{paired_difference(r['sgd'], r['generated'])} |"]
+    if r.get("across") is not None:
+        lines.append(f"| fitted across fresh inits, {r['amortised']} steps of {AMORTISED_INITS} | "
+                     f"{np.median(r['across']):.4f} | {paired_difference(r['generated'], r['across'])} | "
+                     f"{paired_difference(r['sgd'], r['across'])} |")
     for s, f in zip(r["steps"], r["fitted"]):
         lines.append(f"| fitted to its init, {s} steps | {np.median(f):.4f} | {paired_difference(r['generated'], f)} | "
                      f"{paired_difference(r['sgd'], f)} |")
