@@ -173,6 +173,6 @@ def table(name: str, seeds: list[int], r: dict) -> str:
     gap, reach = np.median(best) - np.median(r["generated"]), np.median(best) - np.median(r["sgd"])
     lines += ["", f"Amortisation gap (fitted at {r['steps'][-1]} steps minus the generator, medians): {gap * 100:+.2f} "
               f"pts. The walk's reach for one init against SGD: {reach * 100:+.2f} pts ("
-              + ("the walk can write a net past SGD's from each init: the gap is in sharing one policy across inits)"
+              + ("the walk can write a net as good as SGD's from each init: the gap is in sharing one policy across inits)"
                  if reach >= 0 else "below SGD: the walk itself cannot write SGD's net)")]
     return "\n".join(lines)

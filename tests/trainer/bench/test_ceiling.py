@@ -50,7 +50,7 @@ def test_the_table_names_the_gap_and_the_reach():
     assert "| fitted across fresh inits, 30 steps of 8 | 0.9250 | +1.50 +- 0.50 pts, better on 100% |" in text
     assert "| fitted to its init, 40 steps | 0.9700 | +6.00 +- 0.00 pts, better on 100% | +2.00 +- 1.00 pts, better on 100% |" in text
     assert "Amortisation gap (fitted at 40 steps minus the generator, medians): +6.00 pts" in text
-    assert "against SGD: +2.00 pts (the walk can write a net past SGD's" in text
+    assert "against SGD: +2.00 pts (the walk can write a net as good as SGD's" in text
 
 
 def test_bench_ceiling_end_to_end_and_bad_steps(tiny_policy, in_tmp, capsys):
