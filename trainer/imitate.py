@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from envs.scoring import batched_logits, weight_keys
+from envs.scoring import batch_size_of, batched_logits, weight_keys
 from envs.tasks import Task, task_from_config
 from policy.model import DenoisingPolicy
 from policy.sampling import gaussian_log_prob, latent_kl, sample, walk
@@ -126,10 +126,18 @@ def task_loss(weight_generator: WeightGenerator, template: torch.nn.Module, task
     differentiable through every step of the walk (the reward-gradient route: DRaFT, Clark et al. 2023). The test
     split stays for reporting."""
     seeds = (TASK_SEED_BASE + torch.randint(10**9, (inits,), generator=gen)).tolist()
+    return walk_loss(weight_generator, template, task, split, init_states(weight_generator.cfg, task, seeds), examples, gen)
+
+
+def walk_loss(weight_generator: WeightGenerator, template: torch.nn.Module, task: Task, split: str,
+              init: dict[str, torch.Tensor], examples: int, gen: torch.Generator) -> torch.Tensor:
+    """Cross-entropy, on `examples` examples of `split` drawn from `gen`, of the nets the policy writes from the
+    batched inits `init` (key -> (B, *shape)), differentiable through every step of the walk."""
     # A generative policy is trained on its samples (reparameterised: the latent draws carry the gradient), which are
     # what it generates; a regressor on its mean path.
-    final, _ = weight_generator.generate(init_states(weight_generator.cfg, task, seeds), mean_only=not weight_generator.policy.cfg.generative, generator=gen,
-                           grad=True)
+    final, _ = weight_generator.generate(init, mean_only=not weight_generator.policy.cfg.generative, generator=gen,
+                                         grad=True)
+    inits = batch_size_of(final)
     # A net with BatchNorm runs in train mode here, normalising by its batch's statistics (what its generated
     # statistics are recomputed from, generate.bn_recompute_batches): torch's batch norm has no gradient for running
     # statistics, and generated ones need not be positive yet. They are updated on copies and learn from imitation.

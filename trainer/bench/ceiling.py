@@ -5,8 +5,8 @@ From each held-out init, four nets:
 - the same policy fitted across fresh inits (`--amortised` steps of 8 inits each, their own seeds), with the same loss
   and gradient as below: what the policy could reach for every init at once by the exact gradient, with no estimator in
   between (GRPO's pathwise estimator, at its end, should be level with it);
-- the same policy fitted to that init alone: Adam on all of the policy's parameters, the loss the train split's
-  cross-entropy of the net the mean walk writes from the init, backpropagated through every step of the walk; the net
+- the same policy fitted to that init alone: Adam on all of the policy's parameters, the loss imitation's task loss
+  (the train split's cross-entropy of the net the walk writes from the init, backpropagated through every step); the net
   is then finished as `generate` finishes it and scored at checkpoints of the fit;
 - SGD with the zoo's recipe from the same init (its full budget).
 
@@ -23,17 +23,19 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from envs.models import reference_from_config
-from envs.scoring import batched_logits
 from envs.tasks import Task, task_from_config
 from trainer.bench.common import (count, emit, figure, generated_policy, held_out_parser, held_out_seeds,
-                                  paired_difference, positive)
+                                  non_negative_count, paired_difference, positive)
 from trainer.bench.warmstart import sgd_from
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.generator import WeightGenerator, init_states, score_states, unbatch
+from trainer.imitate import walk_loss
 from trainer.zoo import total_steps
+
+
+MAX_FIT_STEPS = 100_000
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -44,7 +46,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="Adam steps of the fit at which the fitted net is scored (default 25 100 400)")
     c.add_argument("--lr", type=positive, default=1e-4, help="Adam's learning rate (default 1e-4)")
     c.add_argument("--batch", type=count, default=512, help="train-split examples per step (default 512)")
-    c.add_argument("--amortised", type=int, default=300,
+    c.add_argument("--amortised", type=non_negative_count, default=300,
                    help="Adam steps of the fit across fresh inits, 8 per step (default 300; 0: leave it out)")
     return c
 
@@ -53,9 +55,9 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     cfg = cfgs[0]
     seeds = held_out_seeds(args, cfg)
     steps = sorted(set(args.steps))
-    if steps[-1] > 100_000 or not 0 <= args.amortised <= 100_000:
-        raise ConfigError(f"--steps {steps[-1]} / --amortised {args.amortised}: expected at most 100000 steps of "
-                          f"fitting (and --amortised >= 0)")
+    for flag, n in (("--steps", steps[-1]), ("--amortised", args.amortised)):
+        if n > MAX_FIT_STEPS:
+            raise ConfigError(f"{flag} {n}: expected at most {MAX_FIT_STEPS} steps of fitting")
     weight_generator = WeightGenerator.load(args.policy or generated_policy(cfg), cfg=cfg)
     task = task_from_config(cfg.task)
     r = ceiling(cfg, weight_generator, task, seeds, steps, args.lr, args.batch, args.amortised)
@@ -77,22 +79,18 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
 
 def fit(weight_generator: WeightGenerator, task: Task, inits: Callable[[int], dict[str, torch.Tensor]],
         steps: list[int], lr: float, batch: int, seed: int, score: Callable[[], list[float]]) -> list[list[float]]:
-    """Adam on all of the policy's parameters for steps[-1] steps, each on the train split's cross-entropy of the nets
-    its mean walk writes from `inits(step)` (key -> (B, *shape)), the gradient through every step of the walk;
-    `score()` after each of `steps`. The policy's parameters are put back afterwards."""
+    """Adam on all of the policy's parameters for steps[-1] steps, each on imitation's task loss (`walk_loss`: the
+    cross-entropy on `batch` train-split examples of the nets the walk writes from `inits(step)`, through every step
+    of the walk); `score()` after each of `steps`. The policy's parameters are put back afterwards."""
     policy, cfg = weight_generator.policy, weight_generator.cfg
     saved = {k: v.detach().clone() for k, v in policy.state_dict().items()}
-    model = reference_from_config(cfg.reference, task).to(weight_generator.device).eval()
-    x, y = task.train.x, task.train.y
+    template = reference_from_config(cfg.reference, task).to(weight_generator.device).eval()
     draw = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
     out = []
     try:
         for step in range(1, steps[-1] + 1):
-            idx = torch.randint(len(y), (min(batch, len(y)),), generator=draw)
-            nets, _ = weight_generator.generate(inits(step), mean_only=True, grad=True, trajectory=False)
-            logits = batched_logits(model, nets, x[idx].to(weight_generator.device))  # (B, batch, classes)
-            loss = F.cross_entropy(logits.flatten(0, 1), y[idx].to(logits.device).repeat(logits.shape[0]))
+            loss = walk_loss(weight_generator, template, task, "train", inits(step), batch, draw)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -26,6 +26,13 @@ def count(text: str) -> int:
     return value
 
 
+def non_negative_count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a count >= 0, got {value}")
+    return value
+
+
 def seed_number(text: str) -> int:
     """A seed of torch's 64-bit generators: a negative one, or one past 2^63, is refused where the flag is read (it raised
     `Overflow when unpacking long long`, or named a file `seed--00003`)."""

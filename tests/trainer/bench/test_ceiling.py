@@ -65,3 +65,6 @@ def test_bench_ceiling_end_to_end_and_bad_steps(tiny_policy, in_tmp, capsys):
     with pytest.raises(SystemExit) as e:
         bench_main(["ceiling", "--steps", "0"] + tiny_policy)
     assert e.value.code == 2 and "argument --steps: expected a count >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        bench_main(["ceiling", "--amortised", "-1"] + tiny_policy)
+    assert e.value.code == 2 and "argument --amortised: expected a count >= 0, got -1" in capsys.readouterr().err
