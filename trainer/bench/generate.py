@@ -9,7 +9,6 @@ import itertools
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -91,7 +90,7 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                      str(len(weight_generator.schedule) - 1), float(np.median(accs)),
                      "" if first is None else paired_difference(first, accs)))
         first = accs if first is None else first
-        per_seed[f"{Path(path).parent.name} (mean path)"] = accs
+        per_seed[f"{path} (mean path)"] = accs
         # The same noise for every policy (one generator seed, same shapes): paired draws, the first one's the base.
         test, loss = draw_scores(weight_generator, task, seeds, max([1, *args.best_of]), args.sample_seed)
         sampled = test[:, 0].tolist()
@@ -99,9 +98,9 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                      f"{args.sample_seed}; per seed vs {'its mean path' if first_sampled is None else 'the first policy' + chr(39) + 's draws'})",
                      str(len(weight_generator.schedule) - 1), float(np.median(sampled)),
                      paired_difference(accs if first_sampled is None else first_sampled, sampled)))
-        per_seed[f"{Path(path).parent.name} (draws)"] = sampled
+        per_seed[f"{path} (draws)"] = sampled
         for n, best in best_of(test, loss, args.best_of).items():
-            per_seed[f"{Path(path).parent.name} (best of {n} draws)"] = best
+            per_seed[f"{path} (best of {n} draws)"] = best
             rows.append((f"policy {path} (best of {n} draws per init by reward-split loss, what `generate` writes "
                          f"{'by default' if n == cfg.generate.best_of else f'with --best-of {n}'}; per seed vs "
                          f"its mean path)", str(len(weight_generator.schedule) - 1), float(np.median(best)),

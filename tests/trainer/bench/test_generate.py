@@ -85,3 +85,15 @@ def test_same_init_sgd_gives_each_output_minus_sgd_from_its_own_init(trained, in
     mean = mean_path_accuracy(weight_generator, task, [0, 1, 2])[0]
     assert rows[0][1].strip() == paired_difference(sgd, mean)
     assert float(rows[0][1].split()[0]) < 0  # a tiny policy is below SGD from its own inits
+
+
+def test_same_init_sgd_keeps_one_row_per_policy_given_as_folder_or_file(trained, in_tmp, capsys):
+    """Policies given as run folders (whose parent is `runs` for all of them) or files each keep their own rows in the
+    per-seed table against SGD, labelled as given."""
+    args = ["generate", "--seeds", "2", "--best-of", "--same-init-sgd", "--policy", str(trained),
+            "--policy", str(trained / "policy.safetensors")] + sum((["--set", s] for s in TINY), [])
+    assert bench_main(args) == 0
+    out = capsys.readouterr().out
+    rows = out[out.index("Per seed against SGD from the same init"):].splitlines()
+    labels = [r.split("|")[1].strip() for r in rows if r.startswith("| ") and "---" not in r][1:]
+    assert labels == [f"{p} ({what})" for p in (trained, trained / "policy.safetensors") for what in ("mean path", "draws")]
