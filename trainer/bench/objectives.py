@@ -48,7 +48,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="objectives to compare on (default: all three)")
     o.add_argument("--policy", help="the imitation policy (default: artifacts/runs/<experiment>-imitate/)")
     o.add_argument("--grpo", action="append", default=[], metavar="OBJECTIVE=POLICY",
-                   help="the GRPO policy for an objective (default: artifacts/runs/<experiment>-grpo-<objective>/)")
+                   help="the GRPO policy (file or run folder) for an objective (default: "
+                        "artifacts/runs/<experiment>-grpo-<objective>/)")
     o.add_argument("--finetune-epochs", type=count, default=1,
                    help="epochs of the SGD nets' fine-tune for the objective (default 1)")
     o.add_argument("--sample-seed", type=seed_number, default=0, help="seed of a sampling policy's noise (default 0)")
@@ -62,9 +63,10 @@ def grpo_policies(args: argparse.Namespace, cfg: ExperimentConfig) -> dict[str, 
         if not sep or name not in OBJECTIVES[1:]:
             raise ConfigError(f"--grpo {item}: expected OBJECTIVE=POLICY with OBJECTIVE one of "
                               f"{', '.join(OBJECTIVES[1:])}")
-        if not Path(path).is_file():
-            raise ConfigError(f"--grpo {item}: {path} not found")
-        given[name] = Path(path)
+        file = Path(path) / "policy.safetensors" if Path(path).is_dir() else Path(path)  # a run folder, as elsewhere
+        if not file.is_file():
+            raise ConfigError(f"--grpo {item}: {file} not found")
+        given[name] = file
     return {o: given.get(o, paths.grpo_run(cfg.name, o) / "policy.safetensors") for o in args.objective}
 
 

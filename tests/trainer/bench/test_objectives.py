@@ -41,7 +41,8 @@ def test_bench_objectives_end_to_end_with_a_grpo_policy(tiny_zoo, tiny_policy, i
     # Scored on another sparsity than it was trained on: refused before any work, naming both.
     assert bench_main(args + ["--grpo", f"pruned={policy}"] + tiny_policy) == 2
     assert "trained on Objective(name='pruned'" in capsys.readouterr().err and not (in_tmp / "o.md").exists()
-    assert bench_main(args + ["--grpo", f"pruned={policy}", "--set", "env.sparsity=0.8"] + tiny_policy) == 0
+    # A run folder names its policy as the file does.
+    assert bench_main(args + ["--grpo", f"pruned={in_tmp / 'artifacts/runs/g'}", "--set", "env.sparsity=0.8"] + tiny_policy) == 0
     text = (in_tmp / "o.md").read_text()
     assert "### accuracy at 80% sparsity (pruned)" in text and "### accuracy at 4-bit weights (quantized)" in text
     rows = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "---" not in line]
