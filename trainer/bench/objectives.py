@@ -35,6 +35,7 @@ from trainer import paths
 from trainer.audit import sgd_cache, sgd_from_seeds
 from trainer.bench.common import (count, default_policy, emit, figure, held_out_parser, held_out_seeds,
                                   paired_difference, seed_number)
+from trainer.checkpoints import policy_file
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.generator import WeightGenerator, init_states, reference_layout, score_states, unbatch
 
@@ -63,7 +64,7 @@ def grpo_policies(args: argparse.Namespace, cfg: ExperimentConfig) -> dict[str, 
         if not sep or name not in OBJECTIVES[1:]:
             raise ConfigError(f"--grpo {item}: expected OBJECTIVE=POLICY with OBJECTIVE one of "
                               f"{', '.join(OBJECTIVES[1:])}")
-        file = Path(path) / "policy.safetensors" if Path(path).is_dir() else Path(path)  # a run folder, as elsewhere
+        file = policy_file(path)  # a run folder names its policy, as everywhere else
         if not file.is_file():
             raise ConfigError(f"--grpo {item}: {file} not found")
         given[name] = file
