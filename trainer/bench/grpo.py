@@ -19,31 +19,28 @@ from trainer.config import ConfigError, ExperimentConfig, load_config
 from trainer.generator import WeightGenerator, mean_path_accuracy
 
 # The exploration modes `bench grpo` compares, each as overrides of the experiment's config with the settings it was
-# tuned with (docs/HISTORY.md).
+# tuned with (docs/HISTORY.md). Every mode but "config*" pins its group and where it explores, so that a config whose own
+# GRPO recipe differs (MNIST: one antithetic pair per init, exploring the last step) leaves the modes as they were tuned.
+TUNED = ["grpo.group_size=16", "grpo.epochs=2", "grpo.explore=all"]  # each mode's tuning ran with these
+UNITS = ["grpo.noise=units", "grpo.latent_std=0.3", "grpo.cosine=true", "grpo.beta_kl=0.01", "grpo.reward=neg_loss",
+         "grpo.reward_batch=fresh"]
 GRPO_MODES = {
-    "iid": ["grpo.noise=iid", "grpo.estimator=score", "grpo.trainable=latent", "grpo.lr=3e-4", "grpo.cosine=false", "grpo.beta_kl=0.1", "grpo.reward=accuracy",
-            "grpo.reward_batch=fixed"],
-    "units": ["grpo.noise=units", "grpo.estimator=score", "grpo.trainable=latent", "grpo.latent_std=0.3", "grpo.lr=1e-3", "grpo.cosine=true", "grpo.beta_kl=0.01",
-              "grpo.reward=neg_loss", "grpo.reward_batch=fresh"],
+    "iid": TUNED + ["grpo.noise=iid", "grpo.estimator=score", "grpo.trainable=latent", "grpo.lr=3e-4",
+                    "grpo.cosine=false", "grpo.beta_kl=0.1", "grpo.reward=accuracy", "grpo.reward_batch=fixed"],
+    "units": TUNED + UNITS + ["grpo.estimator=score", "grpo.trainable=latent", "grpo.lr=1e-3"],
     # the workers' reward gradients through the last step's latent, with the units settings
-    "pathwise": ["grpo.noise=units", "grpo.latent_std=0.3", "grpo.lr=1e-3", "grpo.cosine=true", "grpo.beta_kl=0.01",
-                 "grpo.reward=neg_loss", "grpo.reward_batch=fresh", "grpo.estimator=pathwise", "grpo.trainable=latent"],
+    "pathwise": TUNED + UNITS + ["grpo.estimator=pathwise", "grpo.trainable=latent", "grpo.lr=1e-3"],
     # the score function at the last step alone, without and with the reward's linearisation as a control variate
-    "units-last": ["grpo.noise=units", "grpo.estimator=score", "grpo.trainable=latent", "grpo.explore=last",
-                   "grpo.latent_std=0.3", "grpo.lr=1e-3", "grpo.cosine=true", "grpo.beta_kl=0.01",
-                   "grpo.reward=neg_loss", "grpo.reward_batch=fresh"],
-    "score_cv": ["grpo.noise=units", "grpo.estimator=score_cv", "grpo.trainable=latent", "grpo.explore=last",
-                 "grpo.latent_std=0.3", "grpo.lr=1e-3", "grpo.cosine=true", "grpo.beta_kl=0.01",
-                 "grpo.reward=neg_loss", "grpo.reward_batch=fresh"],
-    # the same reward gradients into the whole policy (trunk and weight head), at the rate that suits it
-    "pathwise-policy": ["grpo.noise=units", "grpo.latent_std=0.3", "grpo.lr=3e-5", "grpo.cosine=true",
-                        "grpo.beta_kl=0.01", "grpo.reward=neg_loss", "grpo.reward_batch=fresh",
-                        "grpo.estimator=pathwise", "grpo.trainable=policy"],
-    # the same, the reward gradient through every step of the walk (the exact gradient; "pathwise-policy" stops at
-    # the last step)
-    "pathwise-walk": ["grpo.noise=units", "grpo.latent_std=0.3", "grpo.lr=3e-5", "grpo.cosine=true",
-                      "grpo.beta_kl=0.01", "grpo.reward=neg_loss", "grpo.reward_batch=fresh",
-                      "grpo.estimator=pathwise", "grpo.trainable=policy", "grpo.backprop=walk"],
+    "units-last": TUNED + UNITS + ["grpo.explore=last", "grpo.estimator=score", "grpo.trainable=latent", "grpo.lr=1e-3"],
+    "score_cv": TUNED + UNITS + ["grpo.explore=last", "grpo.estimator=score_cv", "grpo.trainable=latent",
+                                 "grpo.lr=1e-3"],
+    # the same reward gradients into the whole policy (trunk and weight head), at the rate that suits it, through the
+    # last step of the walk
+    "pathwise-policy": TUNED + UNITS + ["grpo.estimator=pathwise", "grpo.trainable=policy", "grpo.lr=3e-5",
+                                        "grpo.backprop=last"],
+    # the same, the reward gradient through every step of the walk (the exact gradient)
+    "pathwise-walk": TUNED + UNITS + ["grpo.estimator=pathwise", "grpo.trainable=policy", "grpo.lr=3e-5",
+                                      "grpo.backprop=walk"],
     # the experiment's own GRPO settings, with each estimator (a generative policy explores at its prior's std)
     "config": [],
     "config-pathwise": ["grpo.estimator=pathwise"],
@@ -59,8 +56,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
                     help=f"modes among {', '.join(GRPO_MODES)} (default: {' '.join(DEFAULT_MODES)})")
     gr.add_argument("--runs", type=count, default=3, help="independent GRPO runs per mode (default 3)")
     gr.add_argument("--iterations", type=count, default=40, help="GRPO iterations per run (default 40)")
+    gr.add_argument("--evaluations", type=count, help="instead of --iterations: each mode's runs get the iterations "
+                                                       "that spend this many evaluations (inits x group per iteration), "
+                                                       "so that modes with different groups meet at equal budgets")
     gr.add_argument("--points", type=count, default=4, help="budgets along each run measured on the held-out seeds")
     return gr
+
+
+def mode_iterations(args: argparse.Namespace, mode_cfg: ExperimentConfig) -> int:
+    """A mode's iterations per run: --iterations, or the iterations that spend --evaluations with its group."""
+    if args.evaluations is None:
+        return args.iterations
+    return max(1, round(args.evaluations / (mode_cfg.grpo.inits_per_iter * mode_cfg.grpo.group_size)))
 
 
 def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
@@ -78,7 +85,6 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     task = task_from_config(cfg.task)
     base = np.asarray(mean_path_accuracy(WeightGenerator.load(policy, cfg=cfg), task, seeds)[0])
     config = (args.config or args.default_configs)[0]
-    checkpoints = sorted({max(1, round(args.iterations * (i + 1) / args.points)) for i in range(args.points)})
     curves: dict[str, dict[int, list[float]]] = {}
     walls: dict[str, dict[int, list[float]]] = {}
     agreement: dict[str, list[tuple[float, float]]] = {}  # per mode, at the end of each run: (same init, across)
@@ -86,10 +92,12 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     with RolloutPool(cfg) as pool:
         for mode in args.modes:
             curves[mode], walls[mode] = {0: [0.0] * args.runs}, {0: [0.0] * args.runs}
+            iterations = mode_iterations(args, load_config(config, args.overrides + GRPO_MODES[mode]))
+            checkpoints = sorted({max(1, round(iterations * (i + 1) / args.points)) for i in range(args.points)})
             for r in range(args.runs):
                 run_cfg = load_config(config, args.overrides + GRPO_MODES[mode] + [
-                    f"seed={r}", f"grpo.seed_start={100000 * (r + 1)}", f"grpo.iterations={args.iterations}",
-                    f"grpo.eval_every={args.iterations}", f"grpo.save_every={args.iterations}"])
+                    f"seed={r}", f"grpo.seed_start={100000 * (r + 1)}", f"grpo.iterations={iterations}",
+                    f"grpo.eval_every={iterations}", f"grpo.save_every={iterations}"])
                 run_dir = paths.bench_dir(cfg.name) / f"grpo-{mode}-{r}"
                 trainer = GRPOTrainer(run_cfg, policy, run_dir, progress=False, pool=pool)
                 for it in tqdm(checkpoints, desc=f"grpo {mode} run {r}"):
@@ -131,7 +139,8 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                                     figure(args, cfg.name, "grpo")))
     # Run as `python -m trainer.bench`, argv[0] is this package's __main__.py: record the command as it was typed.
     command = "python -m trainer.bench " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).match("bench/__main__.py") \
-        else f"python -m trainer.bench grpo --config {config} --runs {args.runs} --iterations {args.iterations}"
+        else (f"python -m trainer.bench grpo --config {config} --runs {args.runs} " +
+              (f"--evaluations {args.evaluations}" if args.evaluations else f"--iterations {args.iterations}"))
     results = paths.bench_dir(cfg.name) / "grpo.json"
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps({"command": command, "table": table, "figures": [str(f) for f in figures],

@@ -21,7 +21,7 @@ def test_bench_grpo_measures_held_out_gain_against_evaluations(imitation, in_tmp
     assert results["table"] in out and (in_tmp / "figs/digits_mlp-grpo.png").stat().st_size > 0
     for mode in ("iid", "units"):
         curve = results["curves"][mode]
-        assert curve["evaluations"] == [0, 8, 16] and curve["gain"][0] == 0.0  # B x G = 8 evaluations an iteration
+        assert curve["evaluations"] == [0, 32, 64] and curve["gain"][0] == 0.0  # B x G = 2 x 16, the modes' group
     cfg = load_config(overrides=GRPO)
     task = task_from_config(cfg.task)
     base = mean_path_accuracy(WeightGenerator.load(imitation, cfg=cfg), task, range(3))[0]
@@ -31,6 +31,23 @@ def test_bench_grpo_measures_held_out_gain_against_evaluations(imitation, in_tmp
         gains.append((np.asarray(mean_path_accuracy(tuned, task, range(3))[0]) - base).mean() * 100)
     assert results["curves"]["units"]["gain"][-1] == pytest.approx(np.mean(gains), abs=1e-6)
     assert bench_main(["grpo", "--modes", "bogus"]) == 2
+
+
+def test_bench_grpo_modes_keep_their_tuned_group_and_meet_at_equal_evaluations():
+    """A mode pins the group it was tuned with whatever the config's (MNIST ships pairs); --evaluations gives each mode
+    the iterations that spend that budget, so a group of 16 runs an eighth of a pair's iterations."""
+    import argparse
+
+    from trainer.bench.grpo import GRPO_MODES, mode_iterations
+
+    mnist_like = GRPO + ["grpo.group_size=2", "grpo.epochs=1", "grpo.explore=last"]
+    units = load_config(overrides=mnist_like + GRPO_MODES["units"])
+    config = load_config(overrides=mnist_like + GRPO_MODES["config"])
+    assert (units.grpo.group_size, units.grpo.epochs, units.grpo.explore) == (16, 2, "all")
+    assert (config.grpo.group_size, config.grpo.explore) == (2, "last")
+    budget = argparse.Namespace(evaluations=256, iterations=40)
+    assert (mode_iterations(budget, units), mode_iterations(budget, config)) == (8, 64)  # 2 inits an iteration
+    assert mode_iterations(argparse.Namespace(evaluations=None, iterations=40), units) == 40
 
 
 def test_bench_gradient_compares_the_estimate_with_the_exact_gradient(imitation, in_tmp, capsys):
