@@ -264,6 +264,28 @@ def posterior_walk(weight_generator, checkpoints: list[dict[str, torch.Tensor]])
     return weight_generator.finish(weight_generator.tokenizer.decode(x, init), init)
 
 
+def unit_features(blocks: Blocks, layout: Layout, group: str) -> torch.Tensor:
+    """(N, units, features): everything each unit of `group` reads, the rows of every tensor the group owns as output
+    (an MLP unit: its incoming weights and its bias)."""
+    return torch.cat([_rows(blocks[t.key]) for t in layout.tensors if t.out == group], dim=2)
+
+
+def feature_overlap(features: torch.Tensor, chunk: int = 1024) -> dict:
+    """How much N nets share their hidden features, from their units (N, units, F): each unit's largest cosine with
+    any unit of another net (near 1 for every unit: the nets are drawn from one dictionary of features), and the
+    effective rank of all N x units unit directions pooled (the participation ratio of their singular values)."""
+    n, u, _ = features.shape
+    units = torch.nn.functional.normalize(features.reshape(n * u, -1).double(), dim=1)
+    net = torch.arange(n).repeat_interleave(u)
+    best = []
+    for lo in range(0, n * u, chunk):
+        cos = units[lo:lo + chunk] @ units.T
+        cos[net[lo:lo + chunk, None] == net[None, :]] = -1.0  # a net's own units are not another net's
+        best.append(cos.max(1).values)
+    s2 = torch.linalg.svdvals(units).pow(2)
+    return dict(best_cosine=torch.cat(best).tolist(), effective_rank=float(s2.sum() ** 2 / s2.pow(2).sum()))
+
+
 def summary(values) -> dict[str, float]:
     v = np.asarray(values, dtype=float)
     return dict(median=float(np.median(v)), mean=float(v.mean()), q10=float(np.quantile(v, 0.1)),
@@ -327,8 +349,13 @@ def audit_nets(cfg: ExperimentConfig, task: Task, layout: Layout, zoo: Mapping[s
         fidelity["agree_generated_two_draws"] = agreement(predictions(split_logits(cfg, task, second)),
                                                           preds["generated"]).diagonal().tolist()
     n = len(acc["generated"])
+    # all n nets in one ensemble too: near the limit of averaging the distribution's predictions
     ensembles = {str(k): dict(generated=ensemble_accuracy(logits["generated"], y, k),
-                              sgd=ensemble_accuracy(logits["sgd"], y, k)) for k in ks if k <= n}
+                              sgd=ensemble_accuracy(logits["sgd"], y, k)) for k in sorted({*ks, n}) if k <= n}
+    named = (("init", init_b), ("generated", blocks["generated"]), ("sgd", blocks["sgd"]),
+             ("zoo", {k: v[:n] for k, v in zb.items()}))
+    features = {g: {name: feature_overlap(unit_features(b, layout, g)) for name, b in named}
+                for g in hidden_groups(layout)}
     return dict(nets=n, zoo_runs=len(acc["zoo"]), test_examples=len(y),
                 accuracy={k: v.tolist() for k, v in acc.items()}, novelty=novelty, noise_baseline=noise,
-                fidelity=fidelity, ensembles=ensembles)
+                fidelity=fidelity, ensembles=ensembles, features=features)

@@ -90,3 +90,17 @@ def test_error_iou_agreement_and_ensembles_on_hand_made_nets():
     assert audit.ensemble_accuracy(logits, y, 2) == [1.0]
 
 
+
+
+def test_feature_overlap_matches_units_across_nets_only_and_counts_directions():
+    e = torch.eye(3)
+    # net 0 reads e1 and e2, net 1 reads e1 and -e2: e1 has a copy in the other net; e2 only its opposite (-1), so
+    # its best match is the orthogonal e1 (0)
+    got = audit.feature_overlap(torch.stack([torch.stack([e[0], e[1]]), torch.stack([e[0], -e[1]])]))
+    assert got["best_cosine"] == pytest.approx([1.0, 0.0, 1.0, 0.0]) and got["effective_rank"] == pytest.approx(2.0)
+    # a unit is never matched with its own net's units, and scale does not matter
+    got = audit.feature_overlap(torch.stack([torch.stack([e[0], 3 * e[0]]), torch.stack([e[1], e[2]])]))
+    assert got["best_cosine"] == pytest.approx([0.0, 0.0, 0.0, 0.0])
+    # every net the same dictionary, permuted: every unit has a copy, and the pooled units span 2 directions
+    one = audit.feature_overlap(torch.stack([torch.stack([e[0], e[1]]), torch.stack([e[1], 2 * e[0]])]), chunk=1)
+    assert one["best_cosine"] == pytest.approx([1.0] * 4) and one["effective_rank"] == pytest.approx(2.0)

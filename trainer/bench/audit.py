@@ -88,6 +88,20 @@ def audit_table(r: dict) -> str:
               "| --- | --- | --- | --- |"]
     for k, e in r["ensembles"].items():
         lines.append(f"| k = {k} | {np.mean(e['generated']):.4f} | {np.mean(e['sgd']):.4f} | {len(e['sgd'])} |")
+    if "features" in r:
+        lines += ["", "An ensemble of all the nets is near the limit of averaging the distribution's predictions: "
+                  "more nets of the same kind cannot add beyond it.", "",
+                  "| hidden features | unit group | a unit's best cosine with another net's units | share above 0.9 "
+                  "| effective rank of the pooled units |", "| --- | --- | --- | --- | --- |"]
+        names = {"init": "the inits", "generated": "generated", "sgd": "SGD from the same inits",
+                 "zoo": f"zoo nets (the first {min(r['nets'], r['zoo_runs'])})"}
+        for group, per in r["features"].items():
+            for key, name in names.items():
+                best = per[key]["best_cosine"]
+                lines.append(f"| {name} | {group} | {spread(best)} | {np.mean(np.asarray(best) > 0.9):.2f} | "
+                             f"{per[key]['effective_rank']:.1f} |")
+        lines += ["", "Near 1 for nearly every unit, with a low effective rank: the nets are assembled from one "
+                  "dictionary of features, and their ensemble has little to average."]
     return "\n".join(lines)
 
 

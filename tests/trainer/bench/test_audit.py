@@ -16,7 +16,7 @@ def test_bench_audit_cli_writes_table_json_and_figures(tiny_zoo, tiny_policy, in
     table = (in_tmp / "audit.md").read_text()
     assert "| generated (the mean path) |" in table and "| k = 4 |" in table and "| k = 16 |" not in table
     r = json.loads((in_tmp / "audit.json").read_text())
-    assert r["seeds"] == [0, 1, 2, 3] and r["zoo_runs"] == 3 and list(r["ensembles"]) == ["1", "4"]
+    assert r["seeds"] == [0, 1, 2, 3] and r["zoo_runs"] == 3 and list(r["ensembles"]) == ["1", "4"]  # k = 4 is all 4 nets
     weight_generator = WeightGenerator.load(in_tmp / "artifacts/runs/digits_mlp-imitate/policy.safetensors")  # its own experiment
     assert r["accuracy"]["generated"] == pytest.approx(mean_path_accuracy(weight_generator, task, [0, 1, 2, 3])[0], abs=1e-12)
     assert r["ensembles"]["1"]["generated"] == pytest.approx(r["accuracy"]["generated"], abs=1e-12)
@@ -27,6 +27,10 @@ def test_bench_audit_cli_writes_table_json_and_figures(tiny_zoo, tiny_policy, in
     record = json.loads(run.read_text())
     assert record["seed"] == 2 and r["accuracy"]["sgd"][2] == record["checkpoints"][-1]["test_accuracy"]
     assert 0.0 < min(r["fidelity"]["sgd_travel"]) and max(r["novelty"]["zoo"]["max_iou"]) <= 1.0
+    (group, per), = r["features"].items()  # the MLP's one hidden group, for the inits, generated, SGD and the zoo
+    assert sorted(per) == ["generated", "init", "sgd", "zoo"] and f"| generated | {group} |" in table
+    for name, v in per.items():  # 8 units a net; 4 nets, but the zoo has only 3
+        assert len(v["best_cosine"]) == (3 if name == "zoo" else 4) * 8 and 1.0 <= v["effective_rank"] <= 4 * 8
     pngs = sorted(p.name for p in (in_tmp / "figs").glob("*.png"))
     assert pngs == ["digits_mlp-audit-distance.png", "digits_mlp-audit-ensembles.png", "digits_mlp-audit-iou.png"]
     assert all((in_tmp / "figs" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
