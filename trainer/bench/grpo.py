@@ -21,7 +21,7 @@ from trainer.generator import WeightGenerator, mean_path_accuracy
 # The exploration modes `bench grpo` compares, each as overrides of the experiment's config with the settings it was
 # tuned with (docs/HISTORY.md). Every mode but "config*" pins its group and where it explores, so that a config whose own
 # GRPO recipe differs (MNIST: one antithetic pair per init, exploring the last step) leaves the modes as they were tuned.
-TUNED = ["grpo.group_size=16", "grpo.epochs=2", "grpo.explore=all"]  # each mode's tuning ran with these
+TUNED = ["grpo.group_size=16", "grpo.epochs=2", "grpo.explore=all", "grpo.backprop=last"]  # each mode's tuning
 UNITS = ["grpo.noise=units", "grpo.latent_std=0.3", "grpo.cosine=true", "grpo.beta_kl=0.01", "grpo.reward=neg_loss",
          "grpo.reward_batch=fresh"]
 GRPO_MODES = {
@@ -82,9 +82,12 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     unknown = [m for m in args.modes if m not in GRPO_MODES]
     if unknown:
         raise ConfigError(f"--modes: unknown mode {unknown[0]!r} (valid: {', '.join(GRPO_MODES)})")
+    config = (args.config or args.default_configs)[0]
+    # every mode's settings checked before the first run: a mode the config cannot take fails now, not an hour in
+    iterations = {mode: mode_iterations(args, load_config(config, args.overrides + GRPO_MODES[mode]))
+                  for mode in args.modes}
     task = task_from_config(cfg.task)
     base = np.asarray(mean_path_accuracy(WeightGenerator.load(policy, cfg=cfg), task, seeds)[0])
-    config = (args.config or args.default_configs)[0]
     curves: dict[str, dict[int, list[float]]] = {}
     walls: dict[str, dict[int, list[float]]] = {}
     agreement: dict[str, list[tuple[float, float]]] = {}  # per mode, at the end of each run: (same init, across)
@@ -92,12 +95,11 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     with RolloutPool(cfg) as pool:
         for mode in args.modes:
             curves[mode], walls[mode] = {0: [0.0] * args.runs}, {0: [0.0] * args.runs}
-            iterations = mode_iterations(args, load_config(config, args.overrides + GRPO_MODES[mode]))
-            checkpoints = sorted({max(1, round(iterations * (i + 1) / args.points)) for i in range(args.points)})
+            checkpoints = sorted({max(1, round(iterations[mode] * (i + 1) / args.points)) for i in range(args.points)})
             for r in range(args.runs):
                 run_cfg = load_config(config, args.overrides + GRPO_MODES[mode] + [
-                    f"seed={r}", f"grpo.seed_start={100000 * (r + 1)}", f"grpo.iterations={iterations}",
-                    f"grpo.eval_every={iterations}", f"grpo.save_every={iterations}"])
+                    f"seed={r}", f"grpo.seed_start={100000 * (r + 1)}", f"grpo.iterations={iterations[mode]}",
+                    f"grpo.eval_every={iterations[mode]}", f"grpo.save_every={iterations[mode]}"])
                 run_dir = paths.bench_dir(cfg.name) / f"grpo-{mode}-{r}"
                 trainer = GRPOTrainer(run_cfg, policy, run_dir, progress=False, pool=pool)
                 for it in tqdm(checkpoints, desc=f"grpo {mode} run {r}"):

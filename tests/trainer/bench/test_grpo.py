@@ -33,6 +33,15 @@ def test_bench_grpo_measures_held_out_gain_against_evaluations(imitation, in_tmp
     assert bench_main(["grpo", "--modes", "bogus"]) == 2
 
 
+def test_bench_grpo_checks_every_mode_before_the_first_run(imitation, in_tmp, monkeypatch, capsys):
+    from trainer.bench import grpo
+
+    monkeypatch.setitem(grpo.GRPO_MODES, "broken", ["grpo.estimator=score", "grpo.backprop=walk"])
+    args = ["grpo", "--modes", "units", "broken", "--runs", "1", "--iterations", "1", "--seeds", "2"]
+    assert bench_main(args + sum((["--set", s] for s in GRPO), [])) == 2
+    assert "grpo.backprop" in capsys.readouterr().err and not (in_tmp / "artifacts/bench").exists()
+
+
 def test_bench_grpo_modes_keep_their_tuned_group_and_meet_at_equal_evaluations():
     """A mode pins the group it was tuned with whatever the config's (MNIST ships pairs); --evaluations gives each mode
     the iterations that spend that budget, so a group of 16 runs an eighth of a pair's iterations."""
@@ -45,6 +54,9 @@ def test_bench_grpo_modes_keep_their_tuned_group_and_meet_at_equal_evaluations()
     config = load_config(overrides=mnist_like + GRPO_MODES["config"])
     assert (units.grpo.group_size, units.grpo.epochs, units.grpo.explore) == (16, 2, "all")
     assert (config.grpo.group_size, config.grpo.explore) == (2, "last")
+    walk = GRPO + ["grpo.estimator=pathwise", "grpo.trainable=policy", "grpo.backprop=walk"]  # MNIST's recipe
+    assert all(load_config(overrides=walk + GRPO_MODES[m]).grpo.backprop == "last" for m in ("score_cv", "units-last"))
+    assert load_config(overrides=walk + GRPO_MODES["pathwise-walk"]).grpo.backprop == "walk"
     budget = argparse.Namespace(evaluations=256, iterations=40)
     assert (mode_iterations(budget, units), mode_iterations(budget, config)) == (8, 64)  # 2 inits an iteration
     assert mode_iterations(argparse.Namespace(evaluations=None, iterations=40), units) == 40
