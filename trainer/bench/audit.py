@@ -100,8 +100,9 @@ def audit_table(r: dict) -> str:
                 best = per[key]["best_cosine"]
                 lines.append(f"| {name} | {group} | {spread(best)} | {np.mean(np.asarray(best) > 0.9):.2f} | "
                              f"{per[key]['effective_rank']:.1f} |")
-        lines += ["", "Near 1 for nearly every unit, with a low effective rank: the nets are assembled from one "
-                  "dictionary of features, and their ensemble has little to average."]
+        lines += ["", "How to read it: where nearly every unit has a cosine near 1 and the pool's effective rank is "
+                  "low, the nets are assembled from one dictionary of features, and their ensemble has little to "
+                  "average."]
     return "\n".join(lines)
 
 
