@@ -90,8 +90,6 @@ def test_error_iou_agreement_and_ensembles_on_hand_made_nets():
     assert audit.ensemble_accuracy(logits, y, 2) == [1.0]
 
 
-
-
 def test_feature_overlap_matches_units_across_nets_only_and_counts_directions():
     e = torch.eye(3)
     # net 0 reads e1 and e2, net 1 reads e1 and -e2: e1 has a copy in the other net; e2 only its opposite (-1), so

@@ -88,10 +88,10 @@ def audit_table(r: dict) -> str:
               "| --- | --- | --- | --- |"]
     for k, e in r["ensembles"].items():
         lines.append(f"| k = {k} | {np.mean(e['generated']):.4f} | {np.mean(e['sgd']):.4f} | {len(e['sgd'])} |")
+    lines += ["", "The last row, all the nets in one ensemble, is near the limit of averaging the distribution's "
+              "predictions: more nets of the same kind cannot add beyond it."]
     if "features" in r:
-        lines += ["", "An ensemble of all the nets is near the limit of averaging the distribution's predictions: "
-                  "more nets of the same kind cannot add beyond it.", "",
-                  "| hidden features | unit group | a unit's best cosine with another net's units | share above 0.9 "
+        lines += ["", "| hidden features | unit group | a unit's best cosine with another net's units | share above 0.9 "
                   "| effective rank of the pooled units |", "| --- | --- | --- | --- | --- |"]
         names = {"init": "the inits", "generated": "generated", "sgd": "SGD from the same inits",
                  "zoo": f"zoo nets (the first {min(r['nets'], r['zoo_runs'])})"}

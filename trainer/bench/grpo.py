@@ -19,8 +19,9 @@ from trainer.config import ConfigError, ExperimentConfig, load_config
 from trainer.generator import WeightGenerator, mean_path_accuracy
 
 # The exploration modes `bench grpo` compares, each as overrides of the experiment's config with the settings it was
-# tuned with (docs/HISTORY.md). Every mode but "config*" pins its group and where it explores, so that a config whose own
-# GRPO recipe differs (MNIST: one antithetic pair per init, exploring the last step) leaves the modes as they were tuned.
+# tuned with (docs/HISTORY.md). Every mode but "config*" pins its group, epochs, where it explores and how far back its
+# gradient goes (`TUNED`), so that a config whose own GRPO recipe differs (MNIST: one antithetic pair per init, exploring
+# the last step, the gradient through the whole walk) leaves the modes as they were tuned.
 TUNED = ["grpo.group_size=16", "grpo.epochs=2", "grpo.explore=all", "grpo.backprop=last"]  # each mode's tuning
 UNITS = ["grpo.noise=units", "grpo.latent_std=0.3", "grpo.cosine=true", "grpo.beta_kl=0.01", "grpo.reward=neg_loss",
          "grpo.reward_batch=fresh"]
@@ -36,8 +37,7 @@ GRPO_MODES = {
                                  "grpo.lr=1e-3"],
     # the same reward gradients into the whole policy (trunk and weight head), at the rate that suits it, through the
     # last step of the walk
-    "pathwise-policy": TUNED + UNITS + ["grpo.estimator=pathwise", "grpo.trainable=policy", "grpo.lr=3e-5",
-                                        "grpo.backprop=last"],
+    "pathwise-policy": TUNED + UNITS + ["grpo.estimator=pathwise", "grpo.trainable=policy", "grpo.lr=3e-5"],
     # the same, the reward gradient through every step of the walk (the exact gradient)
     "pathwise-walk": TUNED + UNITS + ["grpo.estimator=pathwise", "grpo.trainable=policy", "grpo.lr=3e-5",
                                       "grpo.backprop=walk"],
