@@ -173,12 +173,15 @@ def noisy_inputs(x: torch.Tensor, std: float, seed: int) -> torch.Tensor:
 
 
 def score_objective(model: nn.Module, weights: Weights, split: Split, objective: Optional[Objective] = None,
-                    noise_seed: int = 0, chunk_size: int = 16, grad: bool = False) -> Scores:
+                    noise_seed: int = 0, chunk_size: int = 16, grad: bool = False, per_example: bool = False,
+                    example_weights: Optional[torch.Tensor] = None) -> Scores:
     """`envs.scoring.score_batch` of the nets' deployed form on the objective's split (None: plain). With `grad`,
-    the reward gradient at the deployed weights, passed straight through the transform."""
+    the reward gradient at the deployed weights, passed straight through the transform; `per_example` and
+    `example_weights` as `score_batch` reads them."""
+    extra = {"grad": grad, "per_example": per_example, "example_weights": example_weights}
     if objective is None or objective.plain:
-        return score_batch(model, weights, split, chunk_size, grad=grad)
+        return score_batch(model, weights, split, chunk_size, **extra)
     stacked = stack_weights(weights, model.state_dict())
     deployed = objective.weights(stacked)
-    scores = score_batch(model, deployed, objective.inputs(split, noise_seed), chunk_size, grad=grad)
+    scores = score_batch(model, deployed, objective.inputs(split, noise_seed), chunk_size, **extra)
     return replace(scores, grad=objective.pullback(stacked, deployed, scores.grad)) if grad else scores

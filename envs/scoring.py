@@ -192,7 +192,11 @@ class Scores:
     n: int  # examples in the split
     grad: Optional[dict[str, torch.Tensor]] = None
     """on request (`score_batch(grad=True)`): the gradient of the differentiable reward, minus the mean cross-entropy
-    over the split, with respect to every weight tensor of each set, key -> (G, *shape); zeros for non-finite sets"""
+    over the split (each example's term weighted by `example_weights` when given), with respect to every weight tensor
+    of each set, key -> (G, *shape); zeros for non-finite sets"""
+    example_loss: Optional[torch.Tensor] = None
+    """on request (`score_batch(per_example=True)`): (G, N) float32, each set's cross-entropy on every example (+inf
+    for a non-finite set)"""
 
     @property
     def accuracy(self) -> torch.Tensor:  # (G,) float64
@@ -214,8 +218,9 @@ class Scores:
     def cat(parts: Sequence["Scores"]) -> "Scores":
         assert parts and len({p.n for p in parts}) == 1, "scores of different splits"
         grad = None if parts[0].grad is None else {k: torch.cat([p.grad[k] for p in parts]) for k in parts[0].grad}
+        example_loss = None if parts[0].example_loss is None else torch.cat([p.example_loss for p in parts])
         return Scores(torch.cat([p.correct for p in parts]), torch.cat([p.loss for p in parts]),
-                      torch.cat([p.finite for p in parts]), parts[0].n, grad)
+                      torch.cat([p.finite for p in parts]), parts[0].n, grad, example_loss)
 
 
 def batched_logits(model: nn.Module, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -256,14 +261,17 @@ def _finite(stacked: Mapping[str, torch.Tensor]) -> torch.Tensor:
 
 
 def score_batch(model: nn.Module, weights: Weights, split: Split, chunk_size: int = 16,
-                batch_size: Optional[int] = None, grad: bool = False) -> Scores:
+                batch_size: Optional[int] = None, grad: bool = False, per_example: bool = False,
+                example_weights: Optional[torch.Tensor] = None) -> Scores:
     """Score G weight sets of `model`'s architecture on `split` with one vmapped functional call per chunk and batch.
 
     `model` supplies the architecture and the integer buffers; it is run in eval mode, so BatchNorm normalises with each
     set's own running statistics, on its device (weights and examples are moved there; the scores come back on the
     CPU). Memory is bounded by `chunk_size` sets x `batch_size` examples per call (None: sized
     by `auto_batch_size`). An example whose logits are not all finite (overflowing but finite weights) counts as wrong.
-    `grad`: also the reward's gradient with respect to each set's weights (`Scores.grad`), by the same vmapped passes.
+    `grad`: also the reward's gradient with respect to each set's weights (`Scores.grad`), by the same vmapped passes,
+    with each example's cross-entropy weighted by `example_weights` (G, N) when given (`trainer.algos.
+    ensemble_example_weights`). `per_example`: also every set's cross-entropy on every example (`Scores.example_loss`).
     """
     stacked = stack_weights(weights, model.state_dict())
     g = batch_size_of(stacked)
@@ -272,6 +280,9 @@ def score_batch(model: nn.Module, weights: Weights, split: Split, chunk_size: in
     loss_sum = torch.zeros(g, dtype=torch.float64)
     keys = weight_keys(model.state_dict()) if grad else []
     grads = {k: torch.zeros(stacked[k].shape, dtype=stacked[k].dtype) for k in keys}
+    if example_weights is not None and tuple(example_weights.shape) != (g, len(split)):
+        raise ValueError(f"example_weights have shape {tuple(example_weights.shape)}, expected ({g}, {len(split)})")
+    example_loss = torch.full((g, len(split)), float("inf")) if per_example else None
     with torch.set_grad_enabled(grad):
         for idx, rows, logits, params in _batched_passes(model, stacked, split, chunk_size, batch_size, keys):
             y = split.y[rows].to(logits.device)
@@ -279,13 +290,18 @@ def score_batch(model: nn.Module, weights: Weights, split: Split, chunk_size: in
             correct[idx] += ok.sum(1).cpu()
             wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 autocast: the loss in fp32
             ce = F.cross_entropy(wide.flatten(0, 1), y.repeat(len(idx)), reduction="none")
-            loss_sum[idx] += ce.view(len(idx), -1).double().sum(1).detach().cpu()
+            ce = ce.view(len(idx), -1)
+            loss_sum[idx] += ce.double().sum(1).detach().cpu()
+            if per_example:
+                example_loss[idx, rows] = ce.detach().float().cpu()
             if grad:  # d(-mean CE)/dW: each set's loss depends on its own weights alone, so one backward serves all
+                if example_weights is not None:
+                    ce = ce * example_weights[idx][:, rows].to(ce.device, ce.dtype)
                 parts = torch.autograd.grad(-ce.sum() / len(split), [params[k] for k in keys])
                 for k, d in zip(keys, parts):
                     grads[k][idx] += d.detach().cpu()
     loss = torch.where(finite, loss_sum / len(split), torch.full_like(loss_sum, float("inf")))
-    return Scores(correct, loss, finite, len(split), grads if grad else None)
+    return Scores(correct, loss, finite, len(split), grads if grad else None, example_loss)
 
 
 @torch.no_grad()

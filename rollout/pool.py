@@ -112,16 +112,19 @@ class RolloutPool:
         return ray.get([a.node.remote() for a in self._actors], timeout=self.timeout_s)
 
     def score(self, weights: Weights, examples: Optional[np.ndarray] = None, grad: bool = False,
-              objective: Optional[Objective] = None, noise_seed: int = 0) -> Scores:
+              objective: Optional[Objective] = None, noise_seed: int = 0, per_example: bool = False,
+              example_weights: Optional[np.ndarray] = None) -> Scores:
         """Scores of G weight sets (any `envs.scoring.Weights` form), in input order: on the pool's split, or on the
         train-split examples at indices `examples` when given; `grad`: with each set's reward gradient
         (`Scores.grad`), computed by the workers; `objective`: the nets scored as deployed (None: plain), with input
-        noise drawn from `noise_seed` (the same on every worker)."""
+        noise drawn from `noise_seed` (the same on every worker); `per_example`: with each set's cross-entropy on every
+        example (`Scores.example_loss`); `example_weights` (G, N): the gradient's per-example weights."""
         g = batch_size_of(weights)
         if g == 0:
             raise ValueError("no weight sets to score")
         ref = ray.put(as_numpy(weights))  # once: every actor reads the same object, and only its slice of it
-        extra = (None if examples is None else ray.put(np.asarray(examples)), grad, objective, noise_seed)
+        extra = (None if examples is None else ray.put(np.asarray(examples)), grad, objective, noise_seed, per_example,
+                 None if example_weights is None else ray.put(np.asarray(example_weights, dtype=np.float32)))
         bounds = np.linspace(0, g, self.num_workers + 1).round().astype(int).tolist()
         shares = {i: (a, b) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])) if b > a}
         tries = dict.fromkeys(shares, 0)

@@ -51,17 +51,22 @@ class ScoringWorker:
 
     def score(self, weights: Weights, start: int = 0, stop: Optional[int] = None,
               examples: Optional[np.ndarray] = None, grad: bool = False, objective: Optional[Objective] = None,
-              noise_seed: int = 0) -> Scores:
+              noise_seed: int = 0, per_example: bool = False, example_weights: Optional[np.ndarray] = None) -> Scores:
         """Scores of weight sets [start, stop) of `weights` (any `envs.scoring.Weights` form, torch or numpy), on the
         worker's split, or on the train-split examples at indices `examples` when given (fresh reward batches).
         `grad`: with the gradient of the differentiable reward (minus the mean cross-entropy) per set. `objective`:
-        scored as deployed (`envs.objectives`; None: plain), input noise drawn from `noise_seed`."""
+        scored as deployed (`envs.objectives`; None: plain), input noise drawn from `noise_seed`. `per_example`: with each
+        set's cross-entropy on every example; `example_weights` (all G sets' rows, this share's taken here): the
+        gradient's per-example weights (`envs.scoring.score_batch`)."""
         if self.delay_s:
             time.sleep(self.delay_s)
         mine = as_torch(slice_weights(weights, start, stop))
+        if example_weights is not None:
+            example_weights = torch.tensor(np.asarray(example_weights)[start:stop])
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             return score_objective(self.model, mine, self.split if examples is None else self.examples(examples),
-                                   objective, noise_seed, self.chunk_size, grad=grad)
+                                   objective, noise_seed, self.chunk_size, grad=grad, per_example=per_example,
+                                   example_weights=example_weights)
 
     def examples(self, index: np.ndarray) -> Split:
         if self.train is None:

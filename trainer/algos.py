@@ -47,6 +47,29 @@ def pathwise_surrogate(grads: dict[str, torch.Tensor], nets: dict[str, torch.Ten
     return -sum((grads[k] * nets[k]).flatten(1).sum(1) for k in grads if k in nets).mean()
 
 
+def ensemble_example_weights(example_loss: torch.Tensor, weight: float) -> torch.Tensor:
+    """Per-example weights on each net's cross-entropy that make its gradient (1 - weight) x its own loss's plus
+    weight x B x the loss of the ensemble it belongs to (negative correlation learning, Liu and Yao 1999).
+
+    example_loss: (B, G, N), the cross-entropy -log p_bgn(y_n) of the net from init b, draw g, on example n; the
+    ensemble of draw g is its B nets, one per init, averaging their class probabilities. Since
+    d(-log mean_b p_b(y)) / d(logits_b) = r_b x d(-log p_b(y)) / d(logits_b) / B with r_b = p_b(y) / sum_b' p_b'(y)
+    (net b's share of the ensemble's probability of the right class, its responsibility), the mix is one weighted
+    cross-entropy per net: weights 1 + weight x (B r - 1), (B, G, N), averaging 1 over an ensemble's members. A net is
+    pushed hardest on the examples it already gets right more than its ensemble does: each net specialises, and the
+    ensemble gains. The weights are constants (computed from a forward pass first)."""
+    b = example_loss.shape[0]
+    share = torch.exp(-example_loss - torch.logsumexp(-example_loss, dim=0, keepdim=True))  # r, stable in log space
+    return 1 + weight * (b * share - 1)
+
+
+def ensemble_loss(example_loss: torch.Tensor) -> torch.Tensor:
+    """The cross-entropy of each ensemble (the B nets of a draw, class probabilities averaged), over its examples.
+    example_loss: (B, G, N) as in `ensemble_example_weights`. Returns (G,)."""
+    b = example_loss.shape[0]
+    return (math.log(b) - torch.logsumexp(-example_loss, dim=0)).mean(-1)
+
+
 def group_spread(nets: dict[str, torch.Tensor], group: torch.Tensor) -> torch.Tensor:
     """How far apart the nets of each group lie: the mean over a group's members of the squared L2 distance (over every
     tensor of `nets`) to the group's mean net. nets: key -> (N, ...); group: (N,) group ids. Returns (groups,) in the

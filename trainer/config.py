@@ -153,6 +153,11 @@ class GRPOConfig:
     the group's mean) under the policy and under the imitation policy at the same draws. The KL tie is over the latent and
     leaves the decoder free to make its draws matter less, and the reward gradient makes every sample the same best
     net; the spread tie keeps the draws as different as imitation's. 0: off"""
+    ensemble: float = field(default=0.0, metadata={"min": 0, "max": 1})
+    """with "pathwise": the share of each net's reward gradient that comes from the loss of an ensemble it belongs to
+    (the B nets of one draw index, from the iteration's B inits, class probabilities averaged) in place of its own loss:
+    negative correlation learning, so that nets from different inits make different errors and an ensemble of them
+    gains (`trainer.algos.ensemble_example_weights`; one more forward pass of the rollouts per iteration). 0: off"""
     reward: Literal["accuracy", "neg_loss"] = "accuracy"
     """what a generated net earns: "accuracy" on the reward split, or "neg_loss" (minus its mean cross-entropy there,
     capped at envs.scoring.MAX_LOSS): a smooth reward that also ranks nets whose accuracies tie"""
@@ -332,6 +337,10 @@ def config_from_dict(data: dict) -> ExperimentConfig:
     if grpo_cfg.trainable == "policy" and grpo_cfg.estimator != "pathwise":
         raise ConfigError("config key grpo.trainable: policy trains the trunk and head through the reward gradient: it "
                           "needs grpo.estimator=pathwise")
+    if grpo_cfg.ensemble > 0 and (grpo_cfg.estimator != "pathwise" or grpo_cfg.inits_per_iter < 2):
+        raise ConfigError("config key grpo.ensemble: the ensemble's loss reaches each net through the workers' reward "
+                          "gradients over an ensemble of the iteration's inits: it needs grpo.estimator=pathwise and "
+                          "grpo.inits_per_iter >= 2")
     if grpo_cfg.beta_spread > 0 and grpo_cfg.estimator != "pathwise":
         raise ConfigError("config key grpo.beta_spread: the spread tie acts on the nets the pathwise update recomputes: "
                           "it needs grpo.estimator=pathwise")

@@ -48,6 +48,7 @@ class Rollouts:
     # latent draws (None for a step that took the mean)
     mean_reward: Optional[torch.Tensor] = None  # "score_cv": (B,) the reward of each group's mean net (its linearisation
     mean_grads: Optional[dict[str, torch.Tensor]] = None  # point), and d(reward)/dW there, (B, *shape)
+    ensemble_loss: Optional[float] = None  # `grpo.ensemble`: the mean cross-entropy of the G ensembles of B nets
     cv_scale: float = 1.0  # "score_cv": the iteration's reward spread, dividing both halves of the estimate
     timing: dict[str, float] = field(default_factory=dict)
 

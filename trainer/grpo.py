@@ -22,13 +22,13 @@ from tqdm import tqdm
 
 from envs.models import reference_from_config
 from envs.objectives import Objective
-from envs.scoring import predict_batch
+from envs.scoring import MAX_LOSS, predict_batch
 from envs.tasks import task_from_config
 from policy.model import Sampling
 from policy.sampling import Step, gaussian_kl, gaussian_log_prob
 from rollout.pool import RolloutPool
 from trainer import paths
-from trainer.algos import clipped_policy_loss, learning_rate, minibatches
+from trainer.algos import clipped_policy_loss, ensemble_example_weights, ensemble_loss, learning_rate, minibatches
 from trainer.audit import prediction_agreement
 from trainer.checkpoints import (CheckpointError, load_training_state, policy_file, read_json, save_training_state,
                                  training_state_info)
@@ -125,7 +125,9 @@ class GRPOTrainer:
         grads = self.estimator.sample_grads
         examples = self.reward_examples()
         nets = rollouts.final if rollouts.paths is None else {k: torch.cat([rollouts.final[k], rollouts.paths[k]]) for k in rollouts.final}
-        scores = self.pool.score(nets, examples, grad=grads, objective=self.objective, noise_seed=self.noise_seed())
+        weights = self.ensemble_weights(rollouts, examples) if grpo_cfg.ensemble > 0 else None
+        scores = self.pool.score(nets, examples, grad=grads, objective=self.objective, noise_seed=self.noise_seed(),
+                                 example_weights=weights)
         self.estimator.score(rollouts, examples, self.noise_seed())
         if rollouts.paths is not None and not self.objective.plain:
             rollouts.plain = self.pool.score({k: v[:b] for k, v in rollouts.paths.items()}, examples).accuracy.float()
@@ -135,6 +137,19 @@ class GRPOTrainer:
         rollouts.rewards = rollouts.accuracy if grpo_cfg.reward == "accuracy" else scores.neg_loss()[:n].float().view_as(rollouts.accuracy)
         if rollouts.paths is not None:
             rollouts.gain = (scores.accuracy[n:n + b] - scores.accuracy[n + b:]).float()
+
+    def ensemble_weights(self, rollouts: Rollouts, examples: Optional[np.ndarray]) -> torch.Tensor:
+        """With `grpo.ensemble`: a forward pass of the sampled nets for their per-example losses, and from them the
+        per-example weights that mix each net's gradient with its ensemble's (`ensemble_example_weights`): (rows of
+        the nets `score` sends, N), the mean paths' rows all ones. Logs the ensembles' loss (`rollout/ensemble_loss`)."""
+        grpo_cfg = self.cfg.grpo
+        b, g = grpo_cfg.inits_per_iter, grpo_cfg.group_size
+        loss = self.pool.score(rollouts.final, examples, objective=self.objective, noise_seed=self.noise_seed(),
+                               per_example=True).example_loss.clamp(max=MAX_LOSS).view(b, g, -1)
+        rollouts.ensemble_loss = ensemble_loss(loss).mean().item()
+        weights = ensemble_example_weights(loss, grpo_cfg.ensemble).flatten(0, 1)
+        extra = 0 if rollouts.paths is None else len(next(iter(rollouts.paths.values())))
+        return torch.cat([weights, torch.ones(extra, weights.shape[1])])
 
     def noise_seed(self) -> int:
         """The seed of this iteration's input noise (objective "noisy"): new every iteration, the same on resume."""
@@ -258,6 +273,7 @@ class GRPOTrainer:
                    "rollout/accuracy_mean": rollouts.accuracy.mean().item(),
                    **({} if rollouts.gain is None else {"rollout/gain_vs_imitation": rollouts.gain.mean().item()}), **losses,
                    **({} if rollouts.plain is None else {"rollout/plain_accuracy_mean_path": rollouts.plain.mean().item()}),
+                   **({} if rollouts.ensemble_loss is None else {"rollout/ensemble_loss": rollouts.ensemble_loss}),
                    "perf/evals_per_s": n / max(rollouts.timing["score"], 1e-9),
                    "perf/evaluations_total": self.evaluations, "perf/iteration": self.iteration,
                    **{f"timing_s/{k}": v for k, v in rollouts.timing.items()}}
