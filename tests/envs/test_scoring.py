@@ -205,3 +205,31 @@ def test_reward_gradients_equal_autograd_on_each_net_in_float64(task, family):
         for (k, _), w in zip(m.named_parameters(), want):
             torch.testing.assert_close(scores.grad[k][i], w, rtol=1e-9, atol=1e-12)
         assert scores.loss[i].item() == pytest.approx(loss.item(), rel=1e-9)
+
+
+def test_weighted_gradients_and_per_example_losses_equal_autograd(task):
+    """score_batch(grad=True, example_weights=w): d(-sum_n w_gn CE_gn / N)/dW per set, as plain autograd of each model
+    on the whole split in float64, across chunks and batches; per_example: every set's CE on every example (+inf for a
+    non-finite set); weights of the wrong shape: a ValueError naming both shapes."""
+    split = task.test
+    split = type(split)(split.x[:300].double(), split.y[:300])
+    models = [make(task, "mlp", seed=s).double().eval() for s in range(3)]
+    states = [m.state_dict() for m in models]
+    states[1] = {k: v.clone() for k, v in states[1].items()}
+    states[1][weight_keys(states[1])[0]][0, 0] = float("nan")
+    w = torch.rand(3, len(split), generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    scores = score_batch(models[0], states, split, chunk_size=2, batch_size=128, grad=True, per_example=True,
+                         example_weights=w)
+    plain = score_batch(models[0], states, split, chunk_size=2, batch_size=128, grad=True)
+    assert plain.example_loss is None and torch.isinf(scores.example_loss[1]).all()
+    for i in (0, 2):
+        m = models[i]
+        ce = F.cross_entropy(m(split.x), split.y, reduction="none")
+        torch.testing.assert_close(scores.example_loss[i], ce.detach().float())
+        want = torch.autograd.grad(-(w[i] * ce).sum() / len(split), [p for _, p in m.named_parameters()])
+        for (k, _), g in zip(m.named_parameters(), want):
+            torch.testing.assert_close(scores.grad[k][i], g, rtol=1e-9, atol=1e-12)
+            assert not torch.allclose(scores.grad[k][i], plain.grad[k][i])  # the weights do change the gradient
+        assert scores.loss[i].item() == pytest.approx(ce.mean().item(), rel=1e-9)  # the reward stays the plain loss
+    with pytest.raises(ValueError, match=r"example_weights have shape \(3, 299\), expected \(3, 300\)"):
+        score_batch(models[0], states, split, grad=True, example_weights=w[:, :299])

@@ -17,6 +17,9 @@ import pytest
 import ray
 import torch
 
+from envs.models import build_reference
+from envs.scoring import score_batch
+from envs.tasks import load_task
 from rollout.pool import RolloutError, RolloutPool
 from rollout.worker import ScoringWorker
 
@@ -41,6 +44,15 @@ def test_pool_returns_results_in_input_order(batch, ray_local):
         assert_same(pool.score(stacked), expected)
         assert_same(pool.score(sets), expected)  # a list of state dicts, another accepted form
         assert_same(pool.score({k: v[5:6] for k, v in stacked.items()}), score_batch_slice(expected, 5, 6))
+        # per-example losses and weighted gradients: each worker takes its own rows of the weights
+        task = load_task("digits")
+        w = torch.rand(7, len(task.reward), generator=torch.Generator().manual_seed(0))
+        got = pool.score(stacked, grad=True, per_example=True, example_weights=w.numpy())
+        want = score_batch(build_reference("mlp", [8], task.input_shape, task.num_classes), stacked, task.reward,
+                           grad=True, per_example=True, example_weights=w)
+        torch.testing.assert_close(got.example_loss, want.example_loss)
+        for k in want.grad:
+            torch.testing.assert_close(got.grad[k], want.grad[k])
         assert pool.restarts == 0
 
 

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from trainer import algos
 from trainer.algos import clipped_policy_loss, compute_grpo_advantages, control_variate_advantages, minibatches
 
 
@@ -125,3 +126,23 @@ def test_minibatches_by_rows_and_by_whole_groups():
 
     dropped = torch.cat([keep[:6], keep[12:]])  # drop_zero_spread left group 1 out
     assert sorted(torch.cat(minibatches(dropped, 6, 6, "groups", torch.Generator())).tolist()) == dropped.tolist()
+
+
+def test_ensemble_example_weights_give_the_mixed_ensemble_gradient():
+    """Per-net cross-entropies weighted by `ensemble_example_weights` have, on every net's logits, the gradient of
+    (1 - a) x sum_b CE_b + a x B x CE(mean_b softmax_b) summed over the G ensembles (autograd, float64); a = 0 gives
+    weights of one; `ensemble_loss` is that ensemble CE, computed here from the averaged probabilities."""
+    gen = torch.Generator().manual_seed(0)
+    b, g, n, c = 4, 3, 5, 6
+    logits = (torch.randn(b, g, n, c, generator=gen, dtype=torch.float64) * 3).requires_grad_(True)
+    y = torch.randint(c, (n,), generator=gen)
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 2), y.repeat(b * g), reduction="none").view(b, g, n)
+    ens = -torch.log(logits.softmax(-1).mean(0).gather(-1, y.view(1, n, 1).expand(g, n, 1)).squeeze(-1))  # (G, N)
+    torch.testing.assert_close(algos.ensemble_loss(ce.detach()), ens.mean(-1).detach())
+    assert (algos.ensemble_example_weights(ce.detach(), 0.0) == 1).all()
+    for a in (0.3, 1.0):
+        want = torch.autograd.grad((1 - a) * ce.sum() + a * b * ens.sum(), logits, retain_graph=True)[0]
+        w = algos.ensemble_example_weights(ce.detach(), a)
+        torch.testing.assert_close(w.mean(0), torch.ones(g, n, dtype=torch.float64))
+        got = torch.autograd.grad((w * ce).sum(), logits, retain_graph=True)[0]
+        torch.testing.assert_close(got, want)

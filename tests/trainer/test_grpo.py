@@ -315,6 +315,35 @@ def test_pathwise_loss_is_the_reward_gradient_through_the_last_step(imitation, i
         assert got[trunk.index(True)].abs().sum() > 0
 
 
+def test_ensemble_reward_gradient_is_the_mixed_ensemble_loss_gradient(imitation, in_tmp):
+    """grpo.ensemble=a: the workers' gradient for net (b, g) is that of -[(1 - a) CE_bg + a B CE(ensemble g)] / N, the
+    ensemble of draw g being the B inits' nets with their class probabilities averaged: autograd of that loss on the
+    stored nets, here, on the iteration's examples. The logged ensemble loss is that CE, and the rewards stay each
+    net's own loss."""
+    from envs.models import reference_from_config
+    from envs.scoring import batched_logits
+
+    a = 0.4
+    t = grpo_trainer(imitation, in_tmp / "r", 1, *UNITS, "grpo.latent_std=0.2", "grpo.estimator=pathwise",
+                     "grpo.trainable=policy", f"grpo.ensemble={a}")
+    rollouts = scored_rollouts(t)
+    b, g = t.cfg.grpo.inits_per_iter, t.cfg.grpo.group_size
+    split = t.task.split("train")
+    idx = torch.as_tensor(t.reward_examples())
+    x, y = split.x[idx].double(), split.y[idx]
+    nets = {k: v.double().requires_grad_(True) for k, v in rollouts.final.items()}
+    logits = batched_logits(reference_from_config(t.cfg.reference, t.task).double().eval(), nets, x)  # (B G, N, C)
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(b * g), reduction="none").view(b, g, -1)
+    p_true = logits.softmax(-1).gather(-1, y.view(1, -1, 1).expand(b * g, -1, 1)).view(b, g, -1)
+    ens = -p_true.mean(0).log()  # (G, N)
+    loss = ((1 - a) * ce.sum() + a * b * ens.sum()) / len(y)
+    want = torch.autograd.grad(-loss, list(nets.values()))
+    for k, w in zip(nets, want):
+        torch.testing.assert_close(rollouts.grads[k].double(), w, rtol=1e-3, atol=1e-6)
+    assert rollouts.ensemble_loss == pytest.approx(ens.mean().item(), rel=1e-4)
+    torch.testing.assert_close(rollouts.rewards.double(), -ce.mean(-1).detach(), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("explore", ["all", "last"])
 def test_pathwise_walk_is_the_reward_gradient_through_every_step(imitation, in_tmp, explore):
     """With grpo.backprop=walk the surrogate's gradient is the true reward's, differentiated on the learner through the

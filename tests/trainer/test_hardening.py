@@ -354,6 +354,8 @@ CASES = [
     ("the whole policy by the score function", "grpo", lambda t, p: ["--init-policy", str(p)] + sets("grpo.estimator=score"),
      "config key grpo.trainable: policy trains the trunk and head through the reward gradient: it needs "
      "grpo.estimator=pathwise"),
+    ("an ensemble of one init", "grpo", lambda t, p: ["--init-policy", str(p)] + sets("grpo.ensemble=0.5", "grpo.inits_per_iter=1"),
+     "config key grpo.ensemble: the ensemble's loss reaches each net through the workers' reward gradients"),
 ]
 
 
