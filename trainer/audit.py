@@ -194,6 +194,14 @@ def ensemble_accuracy(logits: torch.Tensor, y: torch.Tensor, k: int) -> list[flo
     return [float((probs[i:i + k].mean(0).argmax(-1) == y).double().mean()) for i in range(0, len(probs) - k + 1, k)]
 
 
+def ensemble_gain(logits: torch.Tensor, y: torch.Tensor, k: int) -> float:
+    """How much an ensemble of k nets beats its members: the mean, over the disjoint groups of k nets in order, of the
+    group's ensemble accuracy (`ensemble_accuracy`) minus its nets' mean accuracy. logits (N >= k, n, classes)."""
+    m = len(logits) // k * k
+    single = (predictions(logits[:m]) == y).double().mean(1).view(-1, k).mean(1)
+    return float(np.mean(ensemble_accuracy(logits[:m], y, k)) - single.mean())
+
+
 # --- the nets compared -----------------------------------------------------------------------------------------------
 
 def zoo_finals(cfg: ExperimentConfig, template: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -29,7 +29,7 @@ from policy.sampling import Step, gaussian_kl, gaussian_log_prob
 from rollout.pool import RolloutPool
 from trainer import paths
 from trainer.algos import clipped_policy_loss, ensemble_example_weights, ensemble_loss, learning_rate, minibatches
-from trainer.audit import prediction_agreement
+from trainer.audit import ensemble_gain, prediction_agreement, split_logits
 from trainer.checkpoints import (CheckpointError, load_training_state, policy_file, read_json, save_training_state,
                                  training_state_info)
 from trainer.cli import add_run_args, parser, run_main, use_threads
@@ -257,6 +257,9 @@ class GRPOTrainer:
                              self.task.split("test").to(weight_generator.device), self.cfg.rollout.chunk_size)
         same, across = prediction_agreement(pred, DIVERSITY_SAMPLES)
         out = {"accuracy": accs, "final": final, "same": same, "across": across}
+        if len(self.eval_seeds) >= DIVERSITY_INITS:  # what an ensemble of the mean paths from 8 inits gains
+            logits = split_logits(self.cfg, self.task, {k: v.cpu() for k, v in final.items()})
+            out["ensemble_gain"] = ensemble_gain(logits, self.task.split("test").y, DIVERSITY_INITS)
         if not self.objective.plain:
             out["plain"] = score_states(self.cfg, self.task, final, "test")
         if weight_generator.policy.cfg.generative:  # what `generate` writes: one sample per init, the same noise for both policies
@@ -292,6 +295,9 @@ class GRPOTrainer:
                             "diversity/agreement_across_inits": ev["across"],
                             "diversity/imitation_agreement_same_init": imitate_cfg["same"],
                             "diversity/imitation_agreement_across_inits": imitate_cfg["across"]})
+            if "ensemble_gain" in ev:
+                metrics.update({"diversity/ensemble_gain": ev["ensemble_gain"],
+                                "diversity/imitation_ensemble_gain": imitate_cfg["ensemble_gain"]})
             if "plain" in ev:  # what the objective costs in plain accuracy
                 metrics.update({"eval/plain_accuracy_median": float(np.median(ev["plain"])),
                                 "eval/imitation_plain_accuracy_median": float(np.median(imitate_cfg["plain"]))})

@@ -102,3 +102,16 @@ def test_feature_overlap_matches_units_across_nets_only_and_counts_directions():
     # every net the same dictionary, permuted: every unit has a copy, and the pooled units span 2 directions
     one = audit.feature_overlap(torch.stack([torch.stack([e[0], e[1]]), torch.stack([e[1], 2 * e[0]])]), chunk=1)
     assert one["best_cosine"] == pytest.approx([1.0] * 4) and one["effective_rank"] == pytest.approx(2.0)
+
+
+def test_ensemble_gain_is_the_ensembles_accuracy_over_their_members():
+    """Two nets each wrong on one of three examples, confidently right elsewhere: their averaged softmax is right on
+    all three, a gain of 1 - 2/3; a third net, in no whole group of k = 2, is left out."""
+    from trainer.audit import ensemble_gain
+
+    y = torch.tensor([0, 1, 2])
+    a = torch.tensor([[5.0, 0, 0], [0, 5, 0], [0, 2, 0]])  # wrong on the last example, mildly
+    b = torch.tensor([[0.0, 2, 0], [0, 5, 0], [0, 0, 5]])  # wrong on the first, mildly
+    wrong = torch.tensor([[0.0, 9, 0], [9, 0, 0], [9, 0, 0]])
+    assert ensemble_gain(torch.stack([a, b, wrong]), y, 2) == pytest.approx(1 / 3)
+    assert ensemble_gain(torch.stack([a, a]), y, 2) == pytest.approx(0.0)
