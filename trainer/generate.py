@@ -12,6 +12,7 @@ import torch
 
 from envs.tasks import task_from_config
 from trainer import paths
+from trainer.audit import ensemble_accuracy, split_logits
 from trainer.checkpoints import (CheckpointError, check_writable_folder, load_weights, read_json, save_json,
                                  save_weights)
 from trainer.cli import folder_name, guarded, use_threads
@@ -218,11 +219,16 @@ def run(args: argparse.Namespace) -> dict:
                     test_accuracy=test_acc[i], **{k: v for k, v in how.items() if not k.startswith("candidate_")})
         save_weights(file, unbatch(final, i), meta)
         samples.append(dict(file=str(file), **how, reward_accuracy=reward_acc[i], test_accuracy=test_acc[i]))
+    ensemble = None  # every finite net written, class probabilities averaged: what the nets give as one ensemble
+    if int(finite.sum()) >= 2:
+        logits = split_logits(cfg, task, {k: v[finite.cpu()].cpu() for k, v in final.items()})
+        ensemble = ensemble_accuracy(logits, task.split("test").y, len(logits))[0]
     summary = dict(count=len(samples), non_finite=non_finite, steps=len(weight_generator.schedule) - 1, schedule=weight_generator.schedule,
                    mean_path=mode == "mean", output=output, redraw=0.0 if mode == "mean" else cfg.generate.redraw,
                    latent_sampled=latent, sample_seed=args.sample_seed,
                    policy=str(policy_path), test_accuracy_median=float(np.median(test_acc)),
-                   test_accuracy_mean=float(np.mean(test_acc)), reward_accuracy_median=float(np.median(reward_acc)))
+                   test_accuracy_mean=float(np.mean(test_acc)), reward_accuracy_median=float(np.median(reward_acc)),
+                   test_accuracy_ensemble=ensemble)
     report = {"samples": samples, "summary": summary}
     save_json(out / "report.json", report)
 
@@ -230,7 +236,8 @@ def run(args: argparse.Namespace) -> dict:
     for s, ident in zip(samples, ids):
         print(f"{ident:<28} {s['reward_accuracy']:>10.4f} {s['test_accuracy']:>9.4f}")
     print(f"{len(samples)} nets in {summary['steps']} steps -> {out}  (test accuracy median "
-          f"{summary['test_accuracy_median']:.4f})")
+          f"{summary['test_accuracy_median']:.4f}" + ("" if ensemble is None else
+                                                      f"; the nets as one ensemble, softmax averaged: {ensemble:.4f}") + ")")
     return report
 
 

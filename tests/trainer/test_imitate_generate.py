@@ -29,8 +29,18 @@ def test_imitate_then_generate_end_to_end(trained, in_tmp, capsys):
     from envs.scoring import evaluate
     from envs.tasks import load_task
     ref.load_state_dict(load_weights(report["samples"][0]["file"])[0])
-    assert evaluate(ref, load_task("digits", reward_size=300).test)[1] == report["samples"][0]["test_accuracy"]
-    assert "3 nets in 2 steps" in capsys.readouterr().out
+    test = load_task("digits", reward_size=300).test
+    assert evaluate(ref, test)[1] == report["samples"][0]["test_accuracy"]
+    # the three nets as one ensemble: their softmax averaged, one model at a time
+    probs = 0
+    for s in report["samples"]:
+        ref.load_state_dict(load_weights(s["file"])[0])
+        with torch.no_grad():
+            probs = probs + ref.eval()(test.x).softmax(-1) / 3
+    ensemble = (probs.argmax(-1) == test.y).double().mean().item()
+    assert report["summary"]["test_accuracy_ensemble"] == pytest.approx(ensemble, abs=1e-12)
+    out = capsys.readouterr().out
+    assert "3 nets in 2 steps" in out and f"the nets as one ensemble, softmax averaged: {ensemble:.4f}" in out
 
 
 def test_generate_uses_the_grpo_policy_once_one_was_saved(trained, in_tmp):
