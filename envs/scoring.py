@@ -270,8 +270,8 @@ def score_batch(model: nn.Module, weights: Weights, split: Split, chunk_size: in
     CPU). Memory is bounded by `chunk_size` sets x `batch_size` examples per call (None: sized
     by `auto_batch_size`). An example whose logits are not all finite (overflowing but finite weights) counts as wrong.
     `grad`: also the reward's gradient with respect to each set's weights (`Scores.grad`), by the same vmapped passes,
-    with each example's cross-entropy weighted by `example_weights` (G, N) when given (`trainer.algos.
-    ensemble_example_weights`). `per_example`: also every set's cross-entropy on every example (`Scores.example_loss`).
+    with each example's cross-entropy weighted by `example_weights` (G, N) when given (GRPO's ensemble mix computes
+    them). `per_example`: also every set's cross-entropy on every example (`Scores.example_loss`).
     """
     stacked = stack_weights(weights, model.state_dict())
     g = batch_size_of(stacked)

@@ -12,7 +12,7 @@ import torch
 
 from envs.tasks import task_from_config
 from trainer import paths
-from trainer.audit import ensemble_accuracy, split_logits
+from trainer.audit import split_logits
 from trainer.checkpoints import (CheckpointError, check_writable_folder, load_weights, read_json, save_json,
                                  save_weights)
 from trainer.cli import folder_name, guarded, use_threads
@@ -220,9 +220,12 @@ def run(args: argparse.Namespace) -> dict:
         save_weights(file, unbatch(final, i), meta)
         samples.append(dict(file=str(file), **how, reward_accuracy=reward_acc[i], test_accuracy=test_acc[i]))
     ensemble = None  # every finite net written, class probabilities averaged: what the nets give as one ensemble
-    if int(finite.sum()) >= 2:
-        logits = split_logits(cfg, task, {k: v[finite.cpu()].cpu() for k, v in final.items()})
-        ensemble = ensemble_accuracy(logits, task.split("test").y, len(logits))[0]
+    if int(finite.sum()) >= 2:  # summed chunk by chunk: memory stays one chunk's logits however many nets
+        kept = {k: v[finite.to(v.device)].cpu() for k, v in final.items() if v.is_floating_point()}
+        chunk, n = cfg.rollout.chunk_size, int(finite.sum())
+        probs = sum(split_logits(cfg, task, {k: v[i:i + chunk] for k, v in kept.items()}).softmax(-1).sum(0)
+                    for i in range(0, n, chunk))
+        ensemble = float((probs.argmax(-1) == task.split("test").y).double().mean())
     summary = dict(count=len(samples), non_finite=non_finite, steps=len(weight_generator.schedule) - 1, schedule=weight_generator.schedule,
                    mean_path=mode == "mean", output=output, redraw=0.0 if mode == "mean" else cfg.generate.redraw,
                    latent_sampled=latent, sample_seed=args.sample_seed,
