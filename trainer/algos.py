@@ -70,6 +70,24 @@ def ensemble_loss(example_loss: torch.Tensor) -> torch.Tensor:
     return (math.log(b) - torch.logsumexp(-example_loss, dim=0)).mean(-1)
 
 
+def feature_repulsion(features: torch.Tensor, group: torch.Tensor, temperature: float
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """How close each net's hidden features sit to other inits' features, as a penalty to push them apart.
+
+    features: (N, U, F), each of N nets' U units as the vector it reads (its incoming weights and bias); group: (N,)
+    the init each net came from (nets of one init do not repel each other). For every unit, the soft maximum over the
+    units of other inits' nets of their cosine, temperature x logsumexp(cos / temperature). Returns (the penalty,
+    its mean over units; the hard maximum's mean, a constant for logging). Both are permutation-invariant: they see
+    units as a set. Needs nets of at least two inits."""
+    n, u, _ = features.shape
+    units = torch.nn.functional.normalize(features.reshape(n * u, -1), dim=1)
+    cos = units @ units.T
+    own = group.repeat_interleave(u)
+    cos = cos.masked_fill(own[:, None] == own[None, :], float("-inf"))
+    soft = temperature * torch.logsumexp(cos / temperature, dim=1)
+    return soft.mean(), cos.detach().max(1).values.mean()
+
+
 def group_spread(nets: dict[str, torch.Tensor], group: torch.Tensor) -> torch.Tensor:
     """How far apart the nets of each group lie: the mean over a group's members of the squared L2 distance (over every
     tensor of `nets`) to the group's mean net. nets: key -> (N, ...); group: (N,) group ids. Returns (groups,) in the

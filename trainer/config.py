@@ -158,6 +158,11 @@ class GRPOConfig:
     (the B nets of one draw index, from the iteration's B inits, class probabilities averaged) in place of its own loss:
     negative correlation learning, so that nets from different inits make different errors and an ensemble of them
     gains (`trainer.algos.ensemble_example_weights`; one more forward pass of the rollouts per iteration). 0: off"""
+    repel: float = field(default=0.0, metadata={"min": 0})
+    """with "pathwise": weight of the feature repulsion, the mean over the first hidden layer's units of their soft
+    maximum cosine (temperature 0.05) with the units of the other inits' nets in the minibatch
+    (`trainer.algos.feature_repulsion`; logged as `policy/feature_cosine`). Without it the generated nets build every
+    hidden layer from one dictionary of features, and their ensembles stop short of SGD's. 0: off"""
     reward: Literal["accuracy", "neg_loss"] = "accuracy"
     """what a generated net earns: "accuracy" on the reward split, or "neg_loss" (minus its mean cross-entropy there,
     capped at envs.scoring.MAX_LOSS): a smooth reward that also ranks nets whose accuracies tie"""
@@ -341,6 +346,9 @@ def config_from_dict(data: dict) -> ExperimentConfig:
         raise ConfigError("config key grpo.ensemble: the ensemble's loss reaches each net through the workers' reward "
                           "gradients over an ensemble of the iteration's inits: it needs grpo.estimator=pathwise and "
                           "grpo.inits_per_iter >= 2")
+    if grpo_cfg.repel > 0 and (grpo_cfg.estimator != "pathwise" or grpo_cfg.inits_per_iter < 2):
+        raise ConfigError("config key grpo.repel: the repulsion acts between the nets of different inits that the "
+                          "pathwise update recomputes: it needs grpo.estimator=pathwise and grpo.inits_per_iter >= 2")
     if grpo_cfg.beta_spread > 0 and grpo_cfg.estimator != "pathwise":
         raise ConfigError("config key grpo.beta_spread: the spread tie acts on the nets the pathwise update recomputes: "
                           "it needs grpo.estimator=pathwise")

@@ -22,10 +22,12 @@ import torch
 from envs.models import reference_from_config
 from envs.scoring import batched_logits
 from policy.sampling import Step
-from trainer.algos import compute_grpo_advantages, control_variate_advantages, group_spread, pathwise_surrogate
+from trainer.algos import (compute_grpo_advantages, control_variate_advantages, feature_repulsion, group_spread,
+                           pathwise_surrogate)
 
 
 SPREAD_PROBE = 256  # examples the spread tie (`grpo.beta_spread`) compares a group's nets on
+REPEL_TEMPERATURE = 0.05  # of the feature repulsion's soft maximum over cosines (`grpo.repel`)
 
 
 @dataclass
@@ -114,7 +116,20 @@ class Pathwise(Estimator):
                                       group_spread({"out": self.outputs(ref)}, group)[pairs])
                 self.stats.setdefault("policy/spread_ratio", []).append(log_ratio.exp().mean().item())
                 loss = loss + grpo_cfg.beta_spread * (log_ratio ** 2).mean()
+        if grpo_cfg.repel > 0:  # the first hidden layer's units pushed away from other inits' units
+            group = mb // grpo_cfg.group_size
+            if len(group.unique()) > 1:
+                penalty, best = feature_repulsion(self.features(w), group, REPEL_TEMPERATURE)
+                self.stats.setdefault("policy/feature_cosine", []).append(best.item())
+                loss = loss + grpo_cfg.repel * penalty
         return loss
+
+    def features(self, nets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(N, units, F): each unit of the first hidden group as what it reads, the rows of every tensor it owns."""
+        layout = self.t.weight_generator.layout
+        first = next(g.name for g in layout.groups if not g.fixed)
+        return torch.cat([nets[t.key].flatten(2) if nets[t.key].dim() > 2 else nets[t.key][..., None]
+                          for t in layout.tensors if t.out == first], dim=2)
 
     def outputs(self, nets: dict[str, torch.Tensor]) -> torch.Tensor:
         """The nets' class probabilities on the spread tie's probe: the first `SPREAD_PROBE` of the iteration's reward

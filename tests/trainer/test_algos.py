@@ -146,3 +146,42 @@ def test_ensemble_example_weights_give_the_mixed_ensemble_gradient():
         torch.testing.assert_close(w.mean(0), torch.ones(g, n, dtype=torch.float64))
         got = torch.autograd.grad((w * ce).sum(), logits, retain_graph=True)[0]
         torch.testing.assert_close(got, want)
+
+
+def test_feature_repulsion_by_hand_is_scale_and_permutation_invariant_and_ignores_its_own_init():
+    """Each unit's soft maximum of its cosine with the units of other inits' nets, on hand-made features: two inits,
+    the first with two nets. Scaling a unit or permuting a net's units changes nothing; a net's own units and its
+    init's other nets never count; as the temperature falls the penalty tends to the mean hard maximum."""
+    s = 2 ** -0.5
+    f = torch.tensor([[[1.0, 0.0], [0.0, 1.0]],   # init 0
+                      [[1.0, 0.0], [0.0, -1.0]],  # init 0 again: shares a unit with the first net, never repels it
+                      [[s, s], [-1.0, 0.0]]],      # init 1
+                     dtype=torch.float64)
+    group = torch.tensor([0, 0, 1])
+    tau = 0.1
+    lse = lambda *c: tau * math.log(sum(math.exp(v / tau) for v in c))  # noqa: E731
+    want = [lse(s, -1), lse(s, 0),           # net 0's units against init 1's two units
+            lse(s, -1), lse(-s, 0),          # net 1's
+            lse(s, s, s, -s), lse(-1, 0, -1, 0)]  # init 1's units against all four of init 0's
+    penalty, best = algos.feature_repulsion(f, group, tau)
+    assert penalty.item() == pytest.approx(sum(want) / 6, rel=1e-12)
+    assert best.item() == pytest.approx((s + s + s + 0 + s + 0) / 6, rel=1e-12)
+    scaled = f * torch.tensor([3.0, 0.5, 7.0], dtype=torch.float64).view(3, 1, 1)
+    permuted = f[:, [1, 0]]
+    for other in (scaled, permuted):
+        torch.testing.assert_close(algos.feature_repulsion(other, group, tau)[0], penalty)
+    cold = algos.feature_repulsion(f, group, 1e-4)[0]
+    assert cold.item() == pytest.approx(best.item(), abs=1e-3)
+
+
+def test_feature_repulsion_gradient_pushes_the_closest_units_apart():
+    """A gradient step on the penalty lowers every net's largest cosine with another init's unit."""
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(1, 4, 6, generator=gen, dtype=torch.float64)
+    f = (base + 0.1 * torch.randn(3, 4, 6, generator=gen, dtype=torch.float64)).requires_grad_(True)  # one dictionary
+    group = torch.arange(3)
+    penalty, best = algos.feature_repulsion(f, group, 0.05)
+    penalty.backward()
+    with torch.no_grad():
+        after = algos.feature_repulsion(f - 0.05 * f.grad / f.grad.norm() * f.norm(), group, 0.05)
+    assert after[0] < penalty and after[1] < best

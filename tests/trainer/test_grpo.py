@@ -344,6 +344,35 @@ def test_ensemble_reward_gradient_is_the_mixed_ensemble_loss_gradient(imitation,
     torch.testing.assert_close(rollouts.rewards.double(), -ce.mean(-1).detach(), rtol=1e-4, atol=1e-5)
 
 
+def test_repel_adds_the_feature_repulsion_of_the_first_layer_across_inits(imitation, in_tmp):
+    """grpo.repel=c adds c x the soft maximum cosine of every first-hidden-layer unit (its incoming weights and bias)
+    with the units of the other inits' nets in the minibatch, computed here from the stored nets; a net's own init's
+    draws do not count, and it logs the hard maximum as policy/feature_cosine. Its gradient reaches the policy."""
+    c, tau = 0.5, 0.05
+    t = grpo_trainer(imitation, in_tmp / "r", 1, *UNITS, "grpo.latent_std=0.2", "grpo.estimator=pathwise",
+                     "grpo.trainable=policy", f"grpo.repel={c}")
+    rollouts = scored_rollouts(t)
+    g = t.cfg.grpo.group_size
+    mb = torch.tensor([0, 1, 3, 5])
+    loss = t.estimator.loss(rollouts, mb, mb // g, 0.0)
+    assert t.estimator.stats["policy/feature_cosine"]
+    grad = torch.autograd.grad(loss, t.policy.out_left.weight)[0]
+    t.cfg.grpo.repel = 0.0
+    plain = t.estimator.loss(rollouts, mb, mb // g, 0.0)
+    assert (torch.autograd.grad(plain, t.policy.out_left.weight)[0] - grad).abs().sum() > 0
+    first = t.weight_generator.layout.tensors[0]  # the first layer's weight, then its bias
+    rows = torch.cat([rollouts.final[first.key][mb].flatten(2),
+                      rollouts.final[t.weight_generator.layout.tensors[1].key][mb][..., None]], dim=2).double()
+    units = rows / rows.norm(dim=2, keepdim=True)
+    want = []
+    for i in range(len(mb)):
+        for j in range(units.shape[1]):
+            cos = [units[i, j] @ units[k, m] for k in range(len(mb)) if mb[k] // g != mb[i] // g
+                   for m in range(units.shape[1])]
+            want.append(tau * torch.logsumexp(torch.stack(cos) / tau, 0))
+    assert (loss - plain).item() == pytest.approx(c * torch.stack(want).mean().item(), rel=1e-4)
+
+
 @pytest.mark.parametrize("explore", ["all", "last"])
 def test_pathwise_walk_is_the_reward_gradient_through_every_step(imitation, in_tmp, explore):
     """With grpo.backprop=walk the surrogate's gradient is the true reward's, differentiated on the learner through the

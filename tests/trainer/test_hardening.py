@@ -356,6 +356,8 @@ CASES = [
      "grpo.estimator=pathwise"),
     ("an ensemble of one init", "grpo", lambda t, p: ["--init-policy", str(p)] + sets("grpo.ensemble=0.5", "grpo.inits_per_iter=1"),
      "config key grpo.ensemble: the ensemble's loss reaches each net through the workers' reward gradients"),
+    ("repulsion by the score function", "grpo", lambda t, p: ["--init-policy", str(p)] + sets("grpo.repel=0.1", "grpo.estimator=score", "grpo.trainable=latent"),
+     "config key grpo.repel: the repulsion acts between the nets of different inits"),
 ]
 
 
