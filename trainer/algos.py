@@ -74,7 +74,7 @@ def feature_repulsion(features: torch.Tensor, group: torch.Tensor, temperature: 
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """How close each net's hidden features sit to other inits' features, as a penalty to push them apart.
 
-    features: (N, U, F), each of N nets' U units as the vector it reads (its incoming weights and bias); group: (N,)
+    features: (N, U, F), each of N nets' U units as a vector (say, its responses to a batch of inputs); group: (N,)
     the init each net came from (nets of one init do not repel each other). For every unit, the soft maximum over the
     units of other inits' nets of their cosine, temperature x logsumexp(cos / temperature). Returns (the penalty,
     its mean over units; the hard maximum's mean, a constant for logging). Both are permutation-invariant: they see

@@ -160,9 +160,10 @@ class GRPOConfig:
     gains (`trainer.algos.ensemble_example_weights`; one more forward pass of the rollouts per iteration). 0: off"""
     repel: float = field(default=0.0, metadata={"min": 0})
     """with "pathwise": weight of the feature repulsion, the mean over the first hidden layer's units of their soft
-    maximum cosine (temperature 0.05) with the units of the other inits' nets in the minibatch
-    (`trainer.algos.feature_repulsion`; logged as `policy/feature_cosine`). Without it the generated nets build every
-    hidden layer from one dictionary of features, and their ensembles stop short of SGD's. 0: off"""
+    maximum cosine (temperature 0.05) with the units of the other inits' nets in the minibatch, each unit seen as its
+    centred pre-activations on 256 of the iteration's examples (`trainer.algos.feature_repulsion`; logged as
+    `policy/feature_cosine`). Without it the generated nets build their first layer from one dictionary of features,
+    and their ensembles stop short of SGD's. 0: off"""
     reward: Literal["accuracy", "neg_loss"] = "accuracy"
     """what a generated net earns: "accuracy" on the reward split, or "neg_loss" (minus its mean cross-entropy there,
     capped at envs.scoring.MAX_LOSS): a smooth reward that also ranks nets whose accuracies tie"""

@@ -102,7 +102,9 @@ class Pathwise(Estimator):
         sampled step at its stored noise, so the gradient also counts how the parameters moved the earlier steps' outputs
         (with `grpo.trainable` "policy", the part "last" leaves out). With "latent" only the latent's mean learns.
         With `grpo.beta_spread`, plus the spread tie: beta x the squared log ratio of each group's spread of class
-        probabilities under the policy and under the frozen imitation policy, both at the drawn noise."""
+        probabilities under the policy and under the frozen imitation policy, both at the drawn noise. With
+        `grpo.repel`, plus repel x each first-layer unit's soft maximum cosine with the units of other inits' nets, in
+        what they detect on the probe (`features`, `trainer.algos.feature_repulsion`)."""
         t, grpo_cfg = self.t, self.t.cfg.grpo
         w = self.nets(t.policy, rollouts, mb, trunk_grad=grpo_cfg.trainable == "policy")
         loss = pathwise_surrogate({k: v[mb] for k, v in rollouts.grads.items()}, w)
@@ -116,7 +118,7 @@ class Pathwise(Estimator):
                                       group_spread({"out": self.outputs(ref)}, group)[pairs])
                 self.stats.setdefault("policy/spread_ratio", []).append(log_ratio.exp().mean().item())
                 loss = loss + grpo_cfg.beta_spread * (log_ratio ** 2).mean()
-        if grpo_cfg.repel > 0:  # the first hidden layer's units pushed away from other inits' units
+        if grpo_cfg.repel > 0:  # the first hidden layer's units pushed away from other inits' units, in function
             group = mb // grpo_cfg.group_size
             if len(group.unique()) > 1:
                 penalty, best = feature_repulsion(self.features(w), group, REPEL_TEMPERATURE)
@@ -124,24 +126,36 @@ class Pathwise(Estimator):
                 loss = loss + grpo_cfg.repel * penalty
         return loss
 
-    def features(self, nets: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(N, units, F): each unit of the first hidden group as what it reads, the rows of every tensor it owns."""
-        layout = self.t.weight_generator.layout
-        first = next(g.name for g in layout.groups if not g.fixed)
-        return torch.cat([nets[t.key].flatten(2) if nets[t.key].dim() > 2 else nets[t.key][..., None]
-                          for t in layout.tensors if t.out == first], dim=2)
-
-    def outputs(self, nets: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The nets' class probabilities on the spread tie's probe: the first `SPREAD_PROBE` of the iteration's reward
-        examples. (N, probe, classes), differentiable in `nets`. Probabilities, not log-probabilities: those differ most
-        in the classes a net rules out, and a tie on them held while the nets' predictions became the same."""
+    def probe(self) -> torch.Tensor:
+        """The spread tie's and the repulsion's probe inputs: the first `SPREAD_PROBE` of the iteration's reward
+        examples, on the policy's device."""
         t = self.t
         examples = t.reward_examples()
         split = t.task.reward if examples is None else t.task.train
         idx = torch.arange(min(SPREAD_PROBE, len(split))) if examples is None else torch.as_tensor(examples[:SPREAD_PROBE])
         if self.model is None:
             self.model = reference_from_config(t.cfg.reference, t.task).to(t.weight_generator.device).eval()
-        return batched_logits(self.model, nets, split.x[idx].to(t.weight_generator.device)).softmax(-1)
+        return split.x[idx].to(t.weight_generator.device)
+
+    def outputs(self, nets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The nets' class probabilities on the probe (`probe`): (N, probe, classes), differentiable in `nets`.
+        Probabilities, not log-probabilities: those differ most in the classes a net rules out, and a tie on them held
+        while the nets' predictions became the same."""
+        x = self.probe()
+        return batched_logits(self.model, nets, x).softmax(-1)
+
+    def features(self, nets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What each unit of the first hidden layer detects: its pre-activation on the probe (`probe`), centred over
+        the probe, (N, units, probe x positions), differentiable in `nets`. Function, not weights: weights can move
+        apart along directions the data never excites (measured: the repulsion then bought noise, `docs/HISTORY.md`)."""
+        x = self.probe()
+        first = self.t.weight_generator.layout.tensors[0].key
+        prefix = first.rsplit(".", 1)[0]
+        module = self.model.get_submodule(prefix)
+        params = {k[len(prefix) + 1:]: v for k, v in nets.items() if k.rsplit(".", 1)[0] == prefix}
+        z = batched_logits(module, params, x.flatten(1) if isinstance(module, torch.nn.Linear) else x)
+        z = z.movedim(2, 1).flatten(2)  # (N, units, probe x positions)
+        return z - z.mean(2, keepdim=True)
 
     def nets(self, policy, rollouts: Rollouts, mb: torch.Tensor, trunk_grad: bool) -> dict[str, torch.Tensor]:
         """The trajectories `mb` recomputed by `policy` at their drawn noise: the last step from its stored input

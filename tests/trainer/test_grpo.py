@@ -345,9 +345,10 @@ def test_ensemble_reward_gradient_is_the_mixed_ensemble_loss_gradient(imitation,
 
 
 def test_repel_adds_the_feature_repulsion_of_the_first_layer_across_inits(imitation, in_tmp):
-    """grpo.repel=c adds c x the soft maximum cosine of every first-hidden-layer unit (its incoming weights and bias)
-    with the units of the other inits' nets in the minibatch, computed here from the stored nets; a net's own init's
-    draws do not count, and it logs the hard maximum as policy/feature_cosine. Its gradient reaches the policy."""
+    """grpo.repel=c adds c x the soft maximum cosine of every first-hidden-layer unit (its centred pre-activations on
+    the iteration's first 256 examples) with the units of the other inits' nets in the minibatch, computed here from
+    the stored nets; a net's own init's draws do not count, and it logs the hard maximum as policy/feature_cosine. Its
+    gradient reaches the policy."""
     c, tau = 0.5, 0.05
     t = grpo_trainer(imitation, in_tmp / "r", 1, *UNITS, "grpo.latent_std=0.2", "grpo.estimator=pathwise",
                      "grpo.trainable=policy", f"grpo.repel={c}")
@@ -360,10 +361,12 @@ def test_repel_adds_the_feature_repulsion_of_the_first_layer_across_inits(imitat
     t.cfg.grpo.repel = 0.0
     plain = t.estimator.loss(rollouts, mb, mb // g, 0.0)
     assert (torch.autograd.grad(plain, t.policy.out_left.weight)[0] - grad).abs().sum() > 0
-    first = t.weight_generator.layout.tensors[0]  # the first layer's weight, then its bias
-    rows = torch.cat([rollouts.final[first.key][mb].flatten(2),
-                      rollouts.final[t.weight_generator.layout.tensors[1].key][mb][..., None]], dim=2).double()
-    units = rows / rows.norm(dim=2, keepdim=True)
+    examples = torch.as_tensor(t.reward_examples()[:256])  # the probe: the iteration's first 256 examples
+    x = t.task.split("train").x[examples].flatten(1).double()
+    first, bias = (t.weight_generator.layout.tensors[i].key for i in (0, 1))
+    z = torch.einsum("nuf,ef->nue", rollouts.final[first][mb].double(), x) + rollouts.final[bias][mb].double()[..., None]
+    z = z - z.mean(2, keepdim=True)  # what each unit detects, centred over the probe
+    units = z / z.norm(dim=2, keepdim=True)
     want = []
     for i in range(len(mb)):
         for j in range(units.shape[1]):
