@@ -46,6 +46,23 @@ def run_step(argv: list[str]) -> dict:
     return args.func(args, [load_config(path, args.overrides) for path in args.config or args.default_configs])
 
 
+PREAMBLE = ["# Results", "", "Written by `python -m trainer.bench report`. Each experiment's section names the command and the "
+            "commit that wrote it, and every table the command that reproduces it with its figures (figures in "
+            "`figures/`, tables also under `artifacts/bench/`). Never edited by hand: rerun the command to refresh "
+            "it. With `--config`, only the named experiments' sections are rewritten.", ""]
+
+
+def split_sections(text: str) -> tuple[list[str], dict[str, list[str]]]:
+    """A report's lines before its first experiment section, and each section's lines by experiment name (in order)."""
+    head, sections, current = [], {}, None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            current = line[3:].split(":")[0]
+            sections[current] = []
+        (head if current is None else sections[current]).append(line)
+    return head, sections
+
+
 def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     check_inputs(args, cfgs)
     out = Path(args.out)
@@ -55,17 +72,23 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     sets = sum((["--set", s] for s in args.overrides), [])
     policies = sum((["--policy", p] for p in args.policy or []), [])
     held = ["--seeds", str(args.seeds), "--seed-start", str(args.seed_start)]
-    named = sum((["--config", p] for p in args.config or []), [])  # none: every shipped config, as this run had
-    me = ["report", *named, *sets, *held, *policies, "--out", str(out)]
-    lines = ["# Results", "", f"Written by `{command(me)}` at commit {commit_stamp()} on {platform.machine()} with "
-             f"{os.cpu_count()} CPUs, torch "
-             f"{torch.__version__}, 1-min load average {os.getloadavg()[0]:.1f} at the start. Every section names the "
-             "command that reproduces its table and figures (figures in `figures/`, tables also under "
-             "`artifacts/bench/`). Never edited by hand: rerun the command to refresh it.", ""]
+    # Named experiments replace their own sections of an existing report; without --config it is written anew.
+    sections = {}
+    if args.config and out.is_file():
+        head, sections = split_sections(out.read_text())
+        stamp = [line for line in head if line.startswith("Written by `") and " at commit " in line]
+        for lines in sections.values():  # a report written whole stamped its head, not its sections
+            if stamp and not any(line.startswith("Written by `") for line in lines[:4]):
+                lines[1:1] = ["", stamp[0]]
     for path, cfg in zip(config_paths, cfgs):
         tables = paths.bench_dir(cfg.name)
         common = ["--config", path, *sets]
-        lines += [f"## {cfg.name}: {cfg.reference.family} {cfg.reference.widths} on {cfg.task.name}", ""]
+        me = ["report", *common, *held, *policies, "--out", str(out)]
+        lines = [f"## {cfg.name}: {cfg.reference.family} {cfg.reference.widths} on {cfg.task.name}", "",
+                 f"Written by `{command(me)}` at commit {commit_stamp()} on {platform.machine()} with "
+                 f"{os.cpu_count()} CPUs, torch {torch.__version__}, 1-min load average {os.getloadavg()[0]:.1f} at "
+                 "the start.", ""]
+        sections[cfg.name] = lines
         missing = missing_inputs(args, cfg, path)
         if missing:  # a shipped config whose chain was not run here: the section says how to make it
             lines += [f"Not measured in this report: {missing}", ""]
@@ -84,7 +107,14 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                 guide = guide + "\n\n" + audit_reading(result["results"])
             lines += section(title, argv, result, out.parent, guide)
         lines += grpo_section(cfg, fig_dir, out.parent)
+    body = []
+    for name in sorted(sections):
+        lines = sections[name]
+        while lines and not lines[-1]:
+            lines.pop()
+        body += lines + [""]
+    text = "\n".join(PREAMBLE + body).rstrip() + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines).rstrip() + "\n")
+    out.write_text(text)
     print(f"report: {out} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    return dict(table="\n".join(lines), figures=sorted(fig_dir.glob("*.png")))
+    return dict(table=text, figures=sorted(fig_dir.glob("*.png")))

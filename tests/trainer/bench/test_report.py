@@ -38,8 +38,9 @@ def test_bench_report_writes_results_with_tables_figures_and_commands_that_repro
     assert "| rollout stub |" in text and "| grpo table |" in text and "python -m trainer.bench grpo --budget 3" in text
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
                           text=True).stdout.strip()
-    assert f"at commit `{head}`" in text.splitlines()[2]  # stamped with the source's commit
-    assert text.splitlines()[2].startswith("Written by `python -m trainer.bench report --set")  # no --config: all shipped
+    stamp = text.split("## digits_mlp:")[1].splitlines()[2]
+    assert f"at commit `{head}`" in stamp  # each section stamped with the source's commit and its own command
+    assert stamp.startswith("Written by `python -m trainer.bench report --config configs/digits_mlp.yaml --set")
     # Every shipped config has a section; those whose chain was not run say how to make it.
     shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
     assert re.findall(r"^## (\w+):", text, re.M) == shipped and len(shipped) >= 4
@@ -54,6 +55,20 @@ def test_bench_report_writes_results_with_tables_figures_and_commands_that_repro
     argv[argv.index("--out") + 1] = "again.md"
     assert bench_main(argv) == 0
     assert (in_tmp / "again.md").read_text().strip() in text
+
+    # With --config, only that experiment's section is rewritten. A report written whole by an earlier version stamped
+    # only its head: the sections it keeps take that stamp.
+    old_head = "Written by `python -m trainer.bench report --out docs/RESULTS.md` at commit `0000000` on x86_64."
+    (in_tmp / "docs/RESULTS.md").write_text(f"# Results\n\n{old_head}\n\n## digits_mlp: old\n\nold table\n\n"
+                                            "## mnist_mlp: mlp [32] on mnist\n\n### A table\n\n| kept |\n")
+    assert bench_main(["report", "--config", "configs/digits_mlp.yaml", "--seeds", "3", "--out", "docs/RESULTS.md"]
+                      + tiny_policy) == 0
+    merged = (in_tmp / "docs/RESULTS.md").read_text()
+    assert re.findall(r"^## (\w+):", merged, re.M) == ["digits_mlp", "mnist_mlp"]
+    digits = merged.split("## digits_mlp:")[1].split("\n## ")[0]
+    assert "old table" not in digits and f"at commit `{head}`" in digits.splitlines()[2]
+    assert "--seeds 3" in digits.splitlines()[2] and "| rollout stub |" in digits
+    assert merged.split("## mnist_mlp:")[1].splitlines()[1:] == ["", old_head, "", "### A table", "", "| kept |"]
 
 
 def test_bench_report_checks_every_step_before_the_first_runs(tiny_zoo, in_tmp, capsys):
