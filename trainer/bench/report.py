@@ -76,7 +76,8 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     sections = {}
     if args.config and out.is_file():
         head, sections = split_sections(out.read_text())
-        stamp = [line for line in head if line.startswith("Written by `") and " at commit " in line]
+        stamp = [line.split(" at the start.")[0] + " at the start." for line in head
+                 if line.startswith("Written by `") and " at commit " in line]  # its first sentence
         for lines in sections.values():  # a report written whole stamped its head, not its sections
             if stamp and not any(line.startswith("Written by `") for line in lines[:4]):
                 lines[1:1] = ["", stamp[0]]

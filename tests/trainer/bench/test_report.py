@@ -58,8 +58,9 @@ def test_bench_report_writes_results_with_tables_figures_and_commands_that_repro
 
     # With --config, only that experiment's section is rewritten. A report written whole by an earlier version stamped
     # only its head: the sections it keeps take that stamp.
-    old_head = "Written by `python -m trainer.bench report --out docs/RESULTS.md` at commit `0000000` on x86_64."
-    (in_tmp / "docs/RESULTS.md").write_text(f"# Results\n\n{old_head}\n\n## digits_mlp: old\n\nold table\n\n"
+    old_head = "Written by `python -m trainer.bench report --out docs/RESULTS.md` at commit `0000000` at the start."
+    (in_tmp / "docs/RESULTS.md").write_text(f"# Results\n\n{old_head} Never edited by hand.\n\n"
+                                            "## digits_mlp: old\n\nold table\n\n"
                                             "## mnist_mlp: mlp [32] on mnist\n\n### A table\n\n| kept |\n")
     assert bench_main(["report", "--config", "configs/digits_mlp.yaml", "--seeds", "3", "--out", "docs/RESULTS.md"]
                       + tiny_policy) == 0
