@@ -33,6 +33,9 @@ REPLICATE_DATA_SEED = 10**9
 
 # --- alignment -------------------------------------------------------------------------------------------------------
 
+FUNCTION_PROBE = 2000  # values per unit (test examples x positions) the audit compares units' responses on
+
+
 def unit_blocks(states: Mapping[str, torch.Tensor], layout: Layout) -> Blocks:
     """Batched state dicts -> (out units, in units, rest) blocks in raw weight units (no tokenizer scaling)."""
     return Tokenizer(layout, {t.key: 1.0 for t in layout.tensors}).encode(states)
@@ -278,6 +281,19 @@ def unit_features(blocks: Blocks, layout: Layout, group: str) -> torch.Tensor:
     return torch.cat([_rows(blocks[t.key]) for t in layout.tensors if t.out == group], dim=2)
 
 
+def first_layer_responses(model: torch.nn.Module, layout: Layout, nets: Mapping[str, torch.Tensor],
+                          x: torch.Tensor) -> torch.Tensor:
+    """What each unit of the first layer detects: its pre-activations on inputs x, centred over them, one row per
+    unit, (N, units, examples x positions), differentiable in `nets`. Run through `model`'s own first module (the
+    module owning the layout's first tensor), so a Linear and a conv layer alike."""
+    prefix = layout.tensors[0].key.rsplit(".", 1)[0]
+    module = model.get_submodule(prefix)
+    params = {k[len(prefix) + 1:]: v for k, v in nets.items() if k.rsplit(".", 1)[0] == prefix}
+    z = batched_logits(module, params, x.flatten(1) if isinstance(module, torch.nn.Linear) else x)
+    z = z.movedim(2, 1).flatten(2)
+    return z - z.mean(2, keepdim=True)
+
+
 def feature_overlap(features: torch.Tensor, chunk: int = 1024) -> dict:
     """How much N nets share their hidden features, from their units (N, units, F): each unit's largest cosine with
     any unit of another net (near 1 for every unit: the nets are drawn from one dictionary of features), and the
@@ -364,6 +380,14 @@ def audit_nets(cfg: ExperimentConfig, task: Task, layout: Layout, zoo: Mapping[s
              ("zoo", {k: v[:n] for k, v in zb.items()}))
     features = {g: {name: feature_overlap(unit_features(b, layout, g)) for name, b in named}
                 for g in hidden_groups(layout)}
+    # The first layer's units also by what they detect: weights can differ along directions the data never excites.
+    model = reference_from_config(cfg.reference, task).eval()
+    with torch.no_grad():
+        shape = first_layer_responses(model, layout, {k: v[:1] for k, v in inits.items()}, task.test.x[:1]).shape
+        probe = task.test.x[:max(1, min(FUNCTION_PROBE, FUNCTION_PROBE // shape[2]))]
+        named_states = (("init", inits), ("generated", generated), ("sgd", sgd), ("zoo", {k: v[:n] for k, v in zoo.items()}))
+        function = {name: feature_overlap(first_layer_responses(model, layout, states, probe)) for name, states in named_states}
     return dict(nets=n, zoo_runs=len(acc["zoo"]), test_examples=len(y),
                 accuracy={k: v.tolist() for k, v in acc.items()}, novelty=novelty, noise_baseline=noise,
-                fidelity=fidelity, ensembles=ensembles, features=features)
+                fidelity=fidelity, ensembles=ensembles, features=features,
+                function=dict(group=layout.tensors[0].out, examples=len(probe), **function))

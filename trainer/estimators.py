@@ -24,6 +24,7 @@ from envs.scoring import batched_logits
 from policy.sampling import Step
 from trainer.algos import (compute_grpo_advantages, control_variate_advantages, feature_repulsion, group_spread,
                            pathwise_surrogate)
+from trainer.audit import first_layer_responses
 
 
 SPREAD_PROBE = 256  # examples the spread tie (`grpo.beta_spread`) compares a group's nets on
@@ -148,14 +149,8 @@ class Pathwise(Estimator):
         """What each unit of the first hidden layer detects: its pre-activation on the probe (`probe`), centred over
         the probe, (N, units, probe x positions), differentiable in `nets`. Function, not weights: weights can move
         apart along directions the data never excites (measured: the repulsion then bought noise, `docs/HISTORY.md`)."""
-        x = self.probe()
-        first = self.t.weight_generator.layout.tensors[0].key
-        prefix = first.rsplit(".", 1)[0]
-        module = self.model.get_submodule(prefix)
-        params = {k[len(prefix) + 1:]: v for k, v in nets.items() if k.rsplit(".", 1)[0] == prefix}
-        z = batched_logits(module, params, x.flatten(1) if isinstance(module, torch.nn.Linear) else x)
-        z = z.movedim(2, 1).flatten(2)  # (N, units, probe x positions)
-        return z - z.mean(2, keepdim=True)
+        x = self.probe()  # builds self.model on first use
+        return first_layer_responses(self.model, self.t.weight_generator.layout, nets, x)
 
     def nets(self, policy, rollouts: Rollouts, mb: torch.Tensor, trunk_grad: bool) -> dict[str, torch.Tensor]:
         """The trajectories `mb` recomputed by `policy` at their drawn noise: the last step from its stored input

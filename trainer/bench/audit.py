@@ -100,9 +100,19 @@ def audit_table(r: dict) -> str:
                 best = per[key]["best_cosine"]
                 lines.append(f"| {name} | {group} | {spread(best)} | {np.mean(np.asarray(best) > 0.9):.2f} | "
                              f"{per[key]['effective_rank']:.1f} |")
+        if "function" in r:
+            fn = r["function"]
+            lines += ["", f"| what the first layer's units detect (pre-activations on {fn['examples']} test examples, "
+                      "centred) | unit group | best cosine with another net's units | share above 0.9 | effective rank |",
+                      "| --- | --- | --- | --- | --- |"]
+            for key, name in names.items():
+                best = fn[key]["best_cosine"]
+                lines.append(f"| {name} | {fn['group']} | {spread(best)} | {np.mean(np.asarray(best) > 0.9):.2f} | "
+                             f"{fn[key]['effective_rank']:.1f} |")
         lines += ["", "How to read it: where nearly every unit has a cosine near 1 and the pool's effective rank is "
                   "low, the nets are assembled from one dictionary of features, and their ensemble has little to "
-                  "average."]
+                  "average. The second table compares units by what they do on data, which weights can hide: SGD "
+                  "leaves its init's noise on inputs the data never excites."]
     return "\n".join(lines)
 
 

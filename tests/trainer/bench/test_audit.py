@@ -4,6 +4,7 @@ there)."""
 import json
 
 import pytest
+import torch
 
 from tests.settings import TINY_ZOO as TINY
 from trainer.bench.__main__ import cli as bench_main
@@ -31,6 +32,18 @@ def test_bench_audit_cli_writes_table_json_and_figures(tiny_zoo, tiny_policy, in
     assert sorted(per) == ["generated", "init", "sgd", "zoo"] and f"| generated | {group} |" in table
     for name, v in per.items():  # 8 units a net; 4 nets, but the zoo has only 3
         assert len(v["best_cosine"]) == (3 if name == "zoo" else 4) * 8 and 1.0 <= v["effective_rank"] <= 4 * 8
+    fn = r["function"]  # the same units by what they detect: centred pre-activations on the first test examples
+    assert fn["group"] == group and fn["examples"] == min(2000, len(task.test.y))
+    assert f"| generated | {group} |" in table.split("what the first layer's units detect")[1]
+    from trainer.audit import feature_overlap
+    from trainer.generator import init_states
+    with torch.no_grad():
+        nets = weight_generator.generate(init_states(weight_generator.cfg, task, [0, 1, 2, 3]), mean_only=True)[0]
+    x = task.test.x[:fn["examples"]].flatten(1)
+    z = torch.einsum("nuf,ef->nue", nets["layers.0.weight"], x) + nets["layers.0.bias"][..., None]
+    want = feature_overlap(z - z.mean(2, keepdim=True))
+    assert fn["generated"]["best_cosine"] == pytest.approx(want["best_cosine"], abs=1e-5)
+    assert fn["generated"]["effective_rank"] == pytest.approx(want["effective_rank"], rel=1e-5)
     pngs = sorted(p.name for p in (in_tmp / "figs").glob("*.png"))
     assert pngs == ["digits_mlp-audit-distance.png", "digits_mlp-audit-ensembles.png", "digits_mlp-audit-iou.png"]
     assert all((in_tmp / "figs" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
