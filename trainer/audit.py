@@ -20,6 +20,7 @@ from scipy.optimize import linear_sum_assignment
 from envs.models import reference_from_config
 from envs.scoring import batched_logits, weight_keys
 from envs.tasks import Task
+from policy.sampling import walk
 from policy.tokenizer import Layout, Tokenizer
 from trainer import paths
 from trainer.checkpoints import load_weights
@@ -273,6 +274,21 @@ def posterior_walk(weight_generator, checkpoints: list[dict[str, torch.Tensor]])
         x, _ = policy.decode(x, policy.lift(h, q_mean), heads)
     init = {k: v.to(weight_generator.device) for k, v in checkpoints[0].items()}
     return weight_generator.finish(weight_generator.tokenizer.decode(x, init), init)
+
+
+@torch.no_grad()
+def handoff_walk(weight_generator, checkpoints: list[dict[str, torch.Tensor]], j: int) -> dict[str, torch.Tensor]:
+    """SGD's own nets at the schedule's j-th progress value, walked by the policy's mean path over the rest of its
+    schedule: which steps make the generated nets' features, the first (from the init) or every one. `checkpoints`:
+    stacked states at the schedule's progress values (`sgd_checkpoints`); the first is the inits."""
+    n, chunk = len(next(iter(checkpoints[0].values()))), weight_generator.nets_per_chunk()
+    parts = []
+    for lo in range(0, n, chunk):  # in chunks, as `generate` walks the mean path: memory bounded
+        start, init = ({k: v[lo:lo + chunk].to(weight_generator.device) for k, v in c.items()}
+                       for c in (checkpoints[j], checkpoints[0]))
+        final, _ = walk(weight_generator.policy, weight_generator.encode(start), weight_generator.schedule[j:], True)
+        parts.append(weight_generator.finish(weight_generator.tokenizer.decode(final, start), init))
+    return {k: torch.cat([p[k].cpu() for p in parts]) for k in parts[0]}
 
 
 def unit_features(blocks: Blocks, layout: Layout, group: str) -> torch.Tensor:

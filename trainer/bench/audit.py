@@ -113,7 +113,36 @@ def audit_table(r: dict) -> str:
                   "low, the nets are assembled from one dictionary of features, and their ensemble has little to "
                   "average. The second table compares units by what they do on data, which weights can hide: SGD "
                   "leaves its init's noise on inputs the data never excites."]
+    if "handoff" in r:
+        lines += ["", f"| walk (mean path) | test accuracy (mean) | ensembles of 8 (mean) | all {r['nets']} in one | "
+                  "hidden features: best cosine | share above 0.9 | effective rank |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for h in r["handoff"]:
+            name = ("the policy's own walk from the init" if h["sgd_to"] == 0 else "SGD alone" if h["steps"] == 0
+                    else f"SGD to t = {h['sgd_to']:.4g}, then the policy's last {h['steps']} step(s)")
+            ens = f"{np.mean(h['ensemble_8']):.4f}" if h["ensemble_8"] else "-"
+            best = h["features"]["best_cosine"]
+            lines.append(f"| {name} | {np.mean(h['accuracy']):.4f} | {ens} | {h['ensemble_all']:.4f} | "
+                         f"{np.median(best):.3f} | {np.mean(np.asarray(best) > 0.9):.2f} | "
+                         f"{h['features']['effective_rank']:.1f} |")
+        lines += ["", "How to read it: SGD's own nets from the same inits, at each point of the policy's schedule, "
+                  "walked on by the policy. If the features stay SGD's (diverse) only when the policy's first step "
+                  "is skipped, the first step makes the dictionary; if every step brings it back, every step does."]
     return "\n".join(lines)
+
+
+def handoff(cfg: ExperimentConfig, task, layout, weight_generator: WeightGenerator, ckpts: list[dict], j: int) -> dict:
+    """SGD to the schedule's j-th point, then the policy's remaining steps (j = 0: the policy's own walk; j = K: SGD
+    alone): accuracy, ensembles of 8 and of all, and the first hidden group's feature overlap."""
+    nets = ckpts[j] if j == len(ckpts) - 1 else audit.handoff_walk(weight_generator, ckpts, j)
+    logits = audit.split_logits(cfg, task, nets)
+    y = task.test.y
+    group = audit.hidden_groups(layout)[0]
+    return dict(sgd_to=weight_generator.schedule[j], steps=len(ckpts) - 1 - j,
+                accuracy=(audit.predictions(logits) == y).double().mean(1).tolist(),
+                ensemble_8=audit.ensemble_accuracy(logits, y, 8) if len(logits) >= 8 else [],
+                ensemble_all=audit.ensemble_accuracy(logits, y, len(logits))[0],
+                features=audit.feature_overlap(audit.unit_features(audit.unit_blocks(nets, layout), layout, group)))
 
 
 def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
@@ -144,10 +173,11 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     results = dict(experiment=cfg.name, policy=str(policy), seeds=seeds,
                    output=f"one draw per init, {cfg.generate.redraw:g} of it re-drawn" if sampling else "the mean path",
                    **audit.audit_nets(cfg, task, layout, zoo, inits, generated, sgd, replicate, second=second))
+    ckpts = audit.sgd_checkpoints(cfg, seeds, template.state_dict(), weight_generator.schedule)
     if weight_generator.policy.cfg.generative:  # the decoder told where SGD went: is the gap in the prior, or in the decoder?
-        ckpts = audit.sgd_checkpoints(cfg, seeds, template.state_dict(), weight_generator.schedule)
         walked = audit.posterior_walk(weight_generator, ckpts)
         results["posterior_walk"] = score_states(cfg, task, walked, "test")
+    results["handoff"] = [handoff(cfg, task, layout, weight_generator, ckpts, j) for j in range(len(ckpts))]
     results["seconds"] = time.perf_counter() - t
     json_path = Path(args.json or (Path(args.out) if args.out else paths.bench_dir(cfg.name) / "audit.md").with_suffix(".json"))
     save_json(json_path, results)

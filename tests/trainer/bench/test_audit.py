@@ -44,6 +44,14 @@ def test_bench_audit_cli_writes_table_json_and_figures(tiny_zoo, tiny_policy, in
     want = feature_overlap(z - z.mean(2, keepdim=True))
     assert fn["generated"]["best_cosine"] == pytest.approx(want["best_cosine"], abs=1e-5)
     assert fn["generated"]["effective_rank"] == pytest.approx(want["effective_rank"], rel=1e-5)
+    # SGD's own nets handed to the walk at each schedule point: from t = 0 it is the policy's own mean path, and with
+    # no step left it is SGD alone.
+    hand = r["handoff"]
+    assert [h["steps"] for h in hand] == list(range(len(weight_generator.schedule) - 1, -1, -1))
+    assert hand[0]["accuracy"] == pytest.approx(r["accuracy"]["generated"], abs=1e-12)
+    assert hand[-1]["accuracy"] == pytest.approx(r["accuracy"]["sgd"], abs=1e-12)
+    assert hand[0]["features"]["best_cosine"] == pytest.approx(r["features"][group]["generated"]["best_cosine"])
+    assert "then the policy's last 1 step(s)" in table
     pngs = sorted(p.name for p in (in_tmp / "figs").glob("*.png"))
     assert pngs == ["digits_mlp-audit-distance.png", "digits_mlp-audit-ensembles.png", "digits_mlp-audit-iou.png"]
     assert all((in_tmp / "figs" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
