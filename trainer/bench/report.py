@@ -72,6 +72,7 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     sets = sum((["--set", s] for s in args.overrides), [])
     policies = sum((["--policy", p] for p in args.policy or []), [])
     held = ["--seeds", str(args.seeds), "--seed-start", str(args.seed_start)]
+    stamp_now = commit_stamp()  # before the report writes anything: its own outputs are not source changes
     # Named experiments replace their own sections of an existing report; without --config it is written anew.
     sections = {}
     if args.config and out.is_file():
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
         common = ["--config", path, *sets]
         me = ["report", *common, *held, *policies, "--out", str(out)]
         lines = [f"## {cfg.name}: {cfg.reference.family} {cfg.reference.widths} on {cfg.task.name}", "",
-                 f"Written by `{command(me)}` at commit {commit_stamp()} on {platform.machine()} with "
+                 f"Written by `{command(me)}` at commit {stamp_now} on {platform.machine()} with "
                  f"{os.cpu_count()} CPUs, torch {torch.__version__}, 1-min load average {os.getloadavg()[0]:.1f} at "
                  "the start.", ""]
         sections[cfg.name] = lines
