@@ -34,9 +34,6 @@ REPLICATE_DATA_SEED = 10**9
 
 # --- alignment -------------------------------------------------------------------------------------------------------
 
-FUNCTION_PROBE = 2000  # values per unit (test examples x positions) the audit compares units' responses on
-
-
 def unit_blocks(states: Mapping[str, torch.Tensor], layout: Layout) -> Blocks:
     """Batched state dicts -> (out units, in units, rest) blocks in raw weight units (no tokenizer scaling)."""
     return Tokenizer(layout, {t.key: 1.0 for t in layout.tensors}).encode(states)
@@ -297,6 +294,9 @@ def unit_features(blocks: Blocks, layout: Layout, group: str) -> torch.Tensor:
     return torch.cat([_rows(blocks[t.key]) for t in layout.tensors if t.out == group], dim=2)
 
 
+FUNCTION_PROBE = 2000  # values per unit (test examples x positions) the audit compares units' responses on
+
+
 def first_layer_responses(model: torch.nn.Module, layout: Layout, nets: Mapping[str, torch.Tensor],
                           x: torch.Tensor) -> torch.Tensor:
     """What each unit of the first layer detects: its pre-activations on inputs x, centred over them, one row per
@@ -400,7 +400,7 @@ def audit_nets(cfg: ExperimentConfig, task: Task, layout: Layout, zoo: Mapping[s
     model = reference_from_config(cfg.reference, task).eval()
     with torch.no_grad():
         shape = first_layer_responses(model, layout, {k: v[:1] for k, v in inits.items()}, task.test.x[:1]).shape
-        probe = task.test.x[:max(1, min(FUNCTION_PROBE, FUNCTION_PROBE // shape[2]))]
+        probe = task.test.x[:max(1, FUNCTION_PROBE // shape[2])]
         named_states = (("init", inits), ("generated", generated), ("sgd", sgd), ("zoo", {k: v[:n] for k, v in zoo.items()}))
         function = {name: feature_overlap(first_layer_responses(model, layout, states, probe)) for name, states in named_states}
     return dict(nets=n, zoo_runs=len(acc["zoo"]), test_examples=len(y),

@@ -163,8 +163,8 @@ class GRPOConfig:
     maximum cosine (temperature 0.05) with the units of the other inits' nets in the minibatch, each unit seen as its
     centred pre-activations on 256 of the iteration's examples (`trainer.algos.feature_repulsion`; logged as
     `policy/feature_cosine`). The generated nets build their first layer from one dictionary of features; this spreads
-    it (MNIST, 0.3: almost as far as SGD's), at a cost per net, and helps ensembles of 16 or more, not of 8 (docs/
-    HISTORY.md). 0: off"""
+    it (MNIST, 0.3: almost as far as SGD's), at a cost per net, and helps ensembles of 16 or more, not of 8
+    (docs/HISTORY.md). 0: off"""
     reward: Literal["accuracy", "neg_loss"] = "accuracy"
     """what a generated net earns: "accuracy" on the reward split, or "neg_loss" (minus its mean cross-entropy there,
     capped at envs.scoring.MAX_LOSS): a smooth reward that also ranks nets whose accuracies tie"""

@@ -115,3 +115,22 @@ def test_ensemble_gain_is_the_ensembles_accuracy_over_their_members():
     wrong = torch.tensor([[0.0, 9, 0], [9, 0, 0], [9, 0, 0]])
     assert ensemble_gain(torch.stack([a, b, wrong]), y, 2) == pytest.approx(1 / 3)
     assert ensemble_gain(torch.stack([a, a]), y, 2) == pytest.approx(0.0)
+
+
+def test_first_layer_responses_of_a_conv_layer_are_each_channels_centred_map():
+    """For a CNN each first-layer channel is its whole pre-activation map on the inputs (every example and position),
+    centred: the conv computed here one net at a time. What `grpo.repel` and the audit's function table compare."""
+    from envs.models import CNN
+    from policy.tokenizer import Layout
+
+    gen = torch.Generator().manual_seed(0)
+    model = CNN(widths=[4, 6], input_shape=(1, 8, 8), num_classes=10).eval()
+    layout = Layout(model.unit_layout(), {k: v.shape for k, v in model.state_dict().items()})
+    nets = {k: torch.randn(3, *v.shape, generator=gen) for k, v in model.state_dict().items()}
+    x = torch.randn(5, 1, 8, 8, generator=gen)
+    got = audit.first_layer_responses(model, layout, nets, x)
+    assert got.shape == (3, 4, 5 * 8 * 8)
+    for n in range(3):
+        z = torch.nn.functional.conv2d(x, nets["convs.0.weight"][n], nets["convs.0.bias"][n], padding=1)  # (5, 4, 8, 8)
+        z = z.transpose(0, 1).flatten(1)
+        torch.testing.assert_close(got[n], z - z.mean(1, keepdim=True))

@@ -535,24 +535,3 @@ def test_score_cv_linearises_the_reward_at_each_group_mean_net(imitation, in_tmp
     imitated = load_weights(imitation)[0]
     assert any(not torch.equal(a[k], imitated[k]) for k in a if k.startswith("latent_mean."))
 
-
-def test_repel_features_of_a_conv_first_layer_are_each_channels_centred_map():
-    """For a CNN the repulsion sees each first-layer channel as its whole pre-activation map on the probe (every
-    example and position), centred: the conv computed here one net at a time."""
-    from types import SimpleNamespace
-
-    from envs.models import CNN
-    from policy.tokenizer import Layout
-    from trainer.estimators import Pathwise
-
-    gen = torch.Generator().manual_seed(0)
-    model = CNN(widths=[4, 6], input_shape=(1, 8, 8), num_classes=10).eval()
-    layout = Layout(model.unit_layout(), {k: v.shape for k, v in model.state_dict().items()})
-    nets = {k: torch.randn(3, *v.shape, generator=gen) for k, v in model.state_dict().items()}
-    x = torch.randn(5, 1, 8, 8, generator=gen)
-    fake = SimpleNamespace(model=model, probe=lambda: x, t=SimpleNamespace(weight_generator=SimpleNamespace(layout=layout)))
-    got = Pathwise.features(fake, nets)
-    for n in range(3):
-        z = torch.nn.functional.conv2d(x, nets["convs.0.weight"][n], nets["convs.0.bias"][n], padding=1)  # (5, 4, 8, 8)
-        z = z.transpose(0, 1).flatten(1)
-        torch.testing.assert_close(got[n], z - z.mean(1, keepdim=True))
