@@ -19,6 +19,7 @@ budget of kept weights (`prune_pullback`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Mapping, Optional
 
@@ -41,6 +42,9 @@ class Objective:
     bits: int = 4
     sparsity: float = 0.9
     noise_std: float = 1.0
+    input_noise: float = 0.0
+    """std of Gaussian noise added to the inputs on top of the objective's own: GRPO's `grpo.input_noise`, a
+    regulariser of the reward it trains on (like data augmentation); evaluations never set it"""
 
     @classmethod
     def of(cls, env_cfg) -> "Objective":
@@ -83,11 +87,17 @@ class Objective:
                     out[k] = torch.autograd.grad(quantize(w, self.bits), w, g)[0]
         return out
 
+    @property
+    def input_std(self) -> float:
+        """The std of the Gaussian noise on the inputs the nets are scored on: the "noisy" objective's and the
+        training noise (`input_noise`) together, as one draw (independent Gaussians add in variance)."""
+        return math.hypot(self.noise_std if self.name == "noisy" else 0.0, self.input_noise)
+
     def inputs(self, split: Split, seed: int) -> Split:
-        """The split the nets are scored on: with noise drawn from `seed` for "noisy", else `split` itself."""
-        if self.name != "noisy":
+        """The split the nets are scored on: with noise of std `input_std` drawn from `seed`, else `split` itself."""
+        if self.input_std == 0:
             return split
-        return Split(noisy_inputs(split.x, self.noise_std, seed), split.y)
+        return Split(noisy_inputs(split.x, self.input_std, seed), split.y)
 
 
 def transformed(v: torch.Tensor) -> bool:
@@ -179,7 +189,7 @@ def score_objective(model: nn.Module, weights: Weights, split: Split, objective:
     the reward gradient at the deployed weights, passed straight through the transform; `per_example` and
     `example_weights` as `score_batch` reads them."""
     extra = {"grad": grad, "per_example": per_example, "example_weights": example_weights}
-    if objective is None or objective.plain:
+    if objective is None or (objective.plain and objective.input_std == 0):
         return score_batch(model, weights, split, chunk_size, **extra)
     stacked = stack_weights(weights, model.state_dict())
     deployed = objective.weights(stacked)

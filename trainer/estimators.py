@@ -178,8 +178,8 @@ class ScoreCV(Estimator):
         """The groups' mean nets (the last step at the mean latent), with the reward's gradient there."""
         t = self.t
         b = t.cfg.grpo.inits_per_iter
-        at_mean = t.pool.score({k: v[:b] for k, v in rollouts.paths.items()}, examples, grad=True, objective=t.objective,
-                               noise_seed=noise_seed)
+        at_mean = t.pool.score({k: v[:b] for k, v in rollouts.paths.items()}, examples, grad=True,
+                               objective=t.reward_objective, noise_seed=noise_seed)
         rollouts.mean_reward = (at_mean.accuracy if t.cfg.grpo.reward == "accuracy" else at_mean.neg_loss()).float()
         rollouts.mean_grads = {k: v.to(t.weight_generator.device) for k, v in at_mean.grad.items()}
 

@@ -66,6 +66,8 @@ class GRPOTrainer:
         self.run_dir, self.progress = run_dir, progress
         self.task = task_from_config(self.cfg.task)
         self.objective = Objective.of(self.cfg.env)
+        # what the sampled nets are scored on: the objective, on inputs with GRPO's training noise (grpo.input_noise)
+        self.reward_objective = dataclasses.replace(self.objective, input_noise=grpo_cfg.input_noise)
         self.policy = self.weight_generator.policy
         # A generative policy explores in its own latent, at its prior's std unless grpo.latent_std says otherwise:
         # the draws are then nets like SGD's, and GRPO selects among them.
@@ -119,15 +121,17 @@ class GRPOTrainer:
 
     def score(self, rollouts: Rollouts) -> None:
         """The G samples of every group, and both mean paths from the B inits, on the same reward examples, as the
-        objective deploys them (with an objective other than plain, the policy's mean paths also as they are)."""
+        objective deploys them (with an objective other than plain, the policy's mean paths also as they are). The
+        samples' inputs carry `grpo.input_noise`; the mean paths', for the paired gain, do not (a second call then)."""
         grpo_cfg = self.cfg.grpo
         b, n = grpo_cfg.inits_per_iter, grpo_cfg.inits_per_iter * grpo_cfg.group_size
         grads = self.estimator.sample_grads
         examples = self.reward_examples()
-        nets = rollouts.final if rollouts.paths is None else {k: torch.cat([rollouts.final[k], rollouts.paths[k]]) for k in rollouts.final}
-        weights = self.ensemble_weights(rollouts, examples) if grpo_cfg.ensemble > 0 else None
-        scores = self.pool.score(nets, examples, grad=grads, objective=self.objective, noise_seed=self.noise_seed(),
-                                 example_weights=weights)
+        together = rollouts.paths is not None and self.reward_objective == self.objective  # the mean paths in one call
+        nets = {k: torch.cat([rollouts.final[k], rollouts.paths[k]]) for k in rollouts.final} if together else rollouts.final
+        weights = self.ensemble_weights(rollouts, examples, 2 * b if together else 0) if grpo_cfg.ensemble > 0 else None
+        scores = self.pool.score(nets, examples, grad=grads, objective=self.reward_objective,
+                                 noise_seed=self.noise_seed(), example_weights=weights)
         self.estimator.score(rollouts, examples, self.noise_seed())
         if rollouts.paths is not None and not self.objective.plain:
             rollouts.plain = self.pool.score({k: v[:b] for k, v in rollouts.paths.items()}, examples).accuracy.float()
@@ -136,19 +140,21 @@ class GRPOTrainer:
         rollouts.accuracy = scores.accuracy[:n].float().view(b, grpo_cfg.group_size)
         rollouts.rewards = rollouts.accuracy if grpo_cfg.reward == "accuracy" else scores.neg_loss()[:n].float().view_as(rollouts.accuracy)
         if rollouts.paths is not None:
-            rollouts.gain = (scores.accuracy[n:n + b] - scores.accuracy[n + b:]).float()
+            paths = (scores.accuracy[n:] if together else
+                     self.pool.score(rollouts.paths, examples, objective=self.objective, noise_seed=self.noise_seed()).accuracy)
+            rollouts.gain = (paths[:b] - paths[b:]).float()
 
-    def ensemble_weights(self, rollouts: Rollouts, examples: Optional[np.ndarray]) -> torch.Tensor:
+    def ensemble_weights(self, rollouts: Rollouts, examples: Optional[np.ndarray], extra: int) -> torch.Tensor:
         """With `grpo.ensemble`: a forward pass of the sampled nets for their per-example losses, and from them the
         per-example weights that mix each net's gradient with its ensemble's (`ensemble_example_weights`): (rows of
-        the nets `score` sends, N), the mean paths' rows all ones. Logs the ensembles' loss (`rollout/ensemble_loss`)."""
+        the nets `score` sends, N), the `extra` rows of the mean paths sent with them all ones. Logs the ensembles'
+        loss (`rollout/ensemble_loss`)."""
         grpo_cfg = self.cfg.grpo
         b, g = grpo_cfg.inits_per_iter, grpo_cfg.group_size
-        loss = self.pool.score(rollouts.final, examples, objective=self.objective, noise_seed=self.noise_seed(),
+        loss = self.pool.score(rollouts.final, examples, objective=self.reward_objective, noise_seed=self.noise_seed(),
                                per_example=True).example_loss.clamp(max=MAX_LOSS).view(b, g, -1)
         rollouts.ensemble_loss = ensemble_loss(loss).mean().item()
         weights = ensemble_example_weights(loss, grpo_cfg.ensemble).flatten(0, 1)
-        extra = 0 if rollouts.paths is None else len(next(iter(rollouts.paths.values())))
         return torch.cat([weights, torch.ones(extra, weights.shape[1])])
 
     def noise_seed(self) -> int:

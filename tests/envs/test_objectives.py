@@ -89,6 +89,23 @@ def test_scores_equal_a_model_evaluated_by_hand(objective):
     assert not torch.equal(plain.loss, scores.loss)  # the objective changes the score
 
 
+def test_training_noise_adds_to_the_objectives_own_in_variance():
+    """`input_noise` (GRPO's grpo.input_noise) noises a plain objective's inputs, and joins a noisy objective's own
+    as one draw of std hypot(noise_std, input_noise); without it every objective scores as before."""
+    model, stacked = nets()
+    split = task_from_config(TaskConfig()).reward
+    for objective, std in [(Objective(input_noise=0.3), 0.3), (Objective("noisy", noise_std=0.4, input_noise=0.3), 0.5),
+                           (Objective("noisy", noise_std=0.7), 0.7), (Objective(), 0.0)]:
+        assert objective.input_std == pytest.approx(std, abs=1e-12)
+        x = split.x + torch.randn(split.x.shape, generator=torch.Generator().manual_seed(5)) * std
+        want = score_batch(model, objective.weights(stacked), Split(x, split.y))
+        got = score_objective(model, stacked, split, objective, noise_seed=5)
+        torch.testing.assert_close(got.loss, want.loss, rtol=1e-6, atol=1e-7)
+        assert torch.equal(got.accuracy, want.accuracy)
+    assert score_objective(model, stacked, split, Objective(input_noise=0.3), noise_seed=5).loss[0] != \
+        score_objective(model, stacked, split, Objective(), noise_seed=5).loss[0]
+
+
 def test_reward_gradient_passes_the_rounding_straight_and_reaches_the_scale():
     model, stacked = nets()
     split = task_from_config(TaskConfig()).reward

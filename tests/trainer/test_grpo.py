@@ -73,16 +73,22 @@ def test_a_policy_saved_before_sampling_had_its_own_section_loads_with_its_draws
     assert loaded.sampling == Sampling("units", 0.5, 0.3) and loaded.cfg.latent_std == 0.3
 
 
-@pytest.mark.parametrize("reward,batch,objective", [
-    ("accuracy", "fixed", "plain"), ("neg_loss", "fixed", "plain"), ("accuracy", "fresh", "plain"),
-    ("neg_loss", "fixed", "quantized"), ("accuracy", "fresh", "pruned"), ("neg_loss", "fresh", "noisy")])
-def test_rewards_equal_an_independent_evaluation(imitation, in_tmp, reward, batch, objective):
+@pytest.mark.parametrize("reward,batch,objective,input_noise", [
+    ("accuracy", "fixed", "plain", 0.0), ("neg_loss", "fixed", "plain", 0.0), ("accuracy", "fresh", "plain", 0.0),
+    ("neg_loss", "fixed", "quantized", 0.0), ("accuracy", "fresh", "pruned", 0.0), ("neg_loss", "fresh", "noisy", 0.0),
+    ("neg_loss", "fresh", "plain", 0.3), ("accuracy", "fixed", "noisy", 0.4)])
+def test_rewards_equal_an_independent_evaluation(imitation, in_tmp, reward, batch, objective, input_noise):
+    """The samples' rewards on the objective at GRPO's training noise (`grpo.input_noise`, on top of a noisy
+    objective's own: one draw of std hypot(0.5, input_noise)); the paired gain's mean paths on the objective alone."""
+    import math
+
     from envs.models import reference_from_config
     from envs.objectives import noisy_inputs, prune, quantize
     from envs.scoring import evaluate
     from envs.tasks import Split, task_from_config
     t = grpo_trainer(imitation, in_tmp / "r", 1, f"grpo.reward={reward}", f"grpo.reward_batch={batch}",
-                     f"env.objective={objective}", "env.bits=3", "env.sparsity=0.7", "env.noise_std=0.5")
+                     f"env.objective={objective}", "env.bits=3", "env.sparsity=0.7", "env.noise_std=0.5",
+                     f"grpo.input_noise={input_noise}")
     rollouts = t.collect_rollouts()
     t.pool = RolloutPool(t.cfg)
     try:
@@ -98,32 +104,38 @@ def test_rewards_equal_an_independent_evaluation(imitation, in_tmp, reward, batc
         assert not torch.equal(idx, torch.from_numpy(t.reward_examples()))
         examples = Split(task.train.x[idx], task.train.y[idx])
         t.iteration -= 1
-    plain_examples = examples
-    if objective == "noisy":  # one noise draw per iteration, for every net
-        examples = Split(noisy_inputs(examples.x, 0.5, t.noise_seed()), examples.y)
+
+    def noised(std):  # one noise draw per iteration, for every net
+        return Split(noisy_inputs(examples.x, std, t.noise_seed()), examples.y) if std else examples
+
+    objective_std = 0.5 if objective == "noisy" else 0.0
+    sample_examples, path_examples = noised(math.hypot(objective_std, input_noise)), noised(objective_std)
     model = reference_from_config(t.cfg.reference, task)
 
-    def independent(state, deployed=True):
+    def independent(state, on, deployed=True):
         if deployed and objective == "quantized":
             state = {k: quantize(v[None], 3)[0] if v.dim() >= 2 else v for k, v in state.items()}
         if deployed and objective == "pruned":
             state = {k: v[0] for k, v in prune({k: v[None] for k, v in state.items()}, 0.7).items()}
         model.load_state_dict(state)
-        return evaluate(model, examples if deployed else plain_examples)
+        return evaluate(model, on if deployed else examples)
 
     for i in range(len(rollouts.seeds) * t.cfg.grpo.group_size):
-        loss, acc = independent({k: v[i] for k, v in rollouts.final.items()})
+        loss, acc = independent({k: v[i] for k, v in rollouts.final.items()}, sample_examples)
         b, g = divmod(i, t.cfg.grpo.group_size)
         assert rollouts.accuracy[b, g].item() == pytest.approx(acc, abs=1e-6)
         assert rollouts.rewards[b, g].item() == pytest.approx(acc if reward == "accuracy" else -loss, abs=1e-5)
+    if input_noise:  # the training noise changes what the samples are scored on
+        plain_loss, _ = independent({k: v[0] for k, v in rollouts.final.items()}, path_examples)
+        assert rollouts.rewards[0, 0].item() != pytest.approx(-plain_loss, abs=1e-4)
     for b in range(len(rollouts.seeds)):  # the paired gain: the policy's mean path minus the imitation policy's, same inits
-        mine = independent({k: v[b] for k, v in rollouts.paths.items()})[1]
-        theirs = independent({k: v[len(rollouts.seeds) + b] for k, v in rollouts.paths.items()})[1]
+        mine = independent({k: v[b] for k, v in rollouts.paths.items()}, path_examples)[1]
+        theirs = independent({k: v[len(rollouts.seeds) + b] for k, v in rollouts.paths.items()}, path_examples)[1]
         assert rollouts.gain[b].item() == pytest.approx(mine - theirs, abs=1e-6)
         if objective == "plain":
             assert rollouts.plain is None
         else:  # beside the objective, the policy's mean path as it is
-            plain = independent({k: v[b] for k, v in rollouts.paths.items()}, deployed=False)[1]
+            plain = independent({k: v[b] for k, v in rollouts.paths.items()}, path_examples, deployed=False)[1]
             assert rollouts.plain[b].item() == pytest.approx(plain, abs=1e-6) and plain != mine
 
 
@@ -315,22 +327,26 @@ def test_pathwise_loss_is_the_reward_gradient_through_the_last_step(imitation, i
         assert got[trunk.index(True)].abs().sum() > 0
 
 
-def test_ensemble_reward_gradient_is_the_mixed_ensemble_loss_gradient(imitation, in_tmp):
+@pytest.mark.parametrize("input_noise", [0.0, 0.3])
+def test_ensemble_reward_gradient_is_the_mixed_ensemble_loss_gradient(imitation, in_tmp, input_noise):
     """grpo.ensemble=a: the workers' gradient for net (b, g) is that of -[(1 - a) CE_bg + a B CE(ensemble g)] / N, the
     ensemble of draw g being the B inits' nets with their class probabilities averaged: autograd of that loss on the
-    stored nets, here, on the iteration's examples. The logged ensemble loss is that CE, and the rewards stay each
-    net's own loss."""
+    stored nets, here, on the iteration's examples (with grpo.input_noise, on them noised). The logged ensemble loss
+    is that CE, and the rewards stay each net's own loss."""
     from envs.models import reference_from_config
+    from envs.objectives import noisy_inputs
     from envs.scoring import batched_logits
 
     a = 0.4
     t = grpo_trainer(imitation, in_tmp / "r", 1, *UNITS, "grpo.latent_std=0.2", "grpo.estimator=pathwise",
-                     "grpo.trainable=policy", f"grpo.ensemble={a}")
+                     "grpo.trainable=policy", f"grpo.ensemble={a}", f"grpo.input_noise={input_noise}")
     rollouts = scored_rollouts(t)
+    assert rollouts.paths is not None  # the mean paths' rows (scored with the samples, or apart) carry no weights
     b, g = t.cfg.grpo.inits_per_iter, t.cfg.grpo.group_size
     split = t.task.split("train")
     idx = torch.as_tensor(t.reward_examples())
-    x, y = split.x[idx].double(), split.y[idx]
+    x, y = split.x[idx], split.y[idx]
+    x = (noisy_inputs(x, input_noise, t.noise_seed()) if input_noise else x).double()
     nets = {k: v.double().requires_grad_(True) for k, v in rollouts.final.items()}
     logits = batched_logits(reference_from_config(t.cfg.reference, t.task).double().eval(), nets, x)  # (B G, N, C)
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(b * g), reduction="none").view(b, g, -1)
