@@ -69,7 +69,7 @@ DEFAULT = TINY + ["grpo.inits_per_iter=2", "grpo.group_size=4", "grpo.epochs=2",
                   "grpo.eval_every=2", "grpo.save_every=1", "grpo.clip_range=0.05",
                   "rollout.num_workers=2"]  # the shipped GRPO settings, on a tiny budget
 GRPO = DEFAULT + ["grpo.noise=iid", "grpo.estimator=score", "grpo.trainable=latent", "grpo.lr=1e-3",
-                  "grpo.reward=accuracy", "grpo.reward_batch=fixed", "grpo.cosine=false"]
+                  "grpo.reward=accuracy", "grpo.reward_batch=fixed", "grpo.cosine=false", "grpo.input_noise=0"]
 UNITS = ["grpo.noise=units", "grpo.estimator=score", "grpo.trainable=latent", "grpo.lr=1e-3", "grpo.reward=neg_loss",
          "grpo.reward_batch=fresh", "grpo.cosine=true"]
 

@@ -208,8 +208,9 @@ class GRPOConfig:
     input_noise: float = field(default=0.0, metadata={"min": 0})
     """std of Gaussian noise added to the (normalised) inputs of the examples the sampled nets are scored on, drawn
     afresh every iteration and shared by its nets, on top of the objective's own: a regulariser of the reward, as data
-    augmentation is of SGD (digits, 0.3: the reward gradient stops fitting the 1,048 training examples; docs/HISTORY.md).
-    The paired gain's mean paths and every evaluation are scored without it. 0: off"""
+    augmentation is of SGD. Digits (the config's 0.3, 320 iterations): +1.76 pts over imitation against +1.33 without;
+    without it the reward gradient fits the 1,048 training examples (train loss 0.03, test loss no better than
+    imitation's; docs/HISTORY.md). The paired gain's mean paths and every evaluation are scored without it. 0: off"""
     reward_batch: Literal["fixed", "fresh"] = "fixed"
     """the examples a generated net is scored on: "fixed" (the task's reward split, every iteration) or "fresh" (as
     many examples drawn anew from the train split each iteration, so the reward cannot be learned by heart)"""

@@ -22,7 +22,8 @@ from trainer.generator import WeightGenerator, mean_path_accuracy
 # tuned with (docs/HISTORY.md). Every mode but "config*" pins its group, epochs, where it explores and how far back its
 # gradient goes (`TUNED`), so that a config whose own GRPO recipe differs (MNIST: one antithetic pair per init, exploring
 # the last step, the gradient through the whole walk) leaves the modes as they were tuned.
-TUNED = ["grpo.group_size=16", "grpo.epochs=2", "grpo.explore=all", "grpo.backprop=last"]  # each mode's tuning
+TUNED = ["grpo.group_size=16", "grpo.epochs=2", "grpo.explore=all", "grpo.backprop=last",  # each mode's tuning
+         "grpo.input_noise=0"]
 UNITS = ["grpo.noise=units", "grpo.latent_std=0.3", "grpo.cosine=true", "grpo.beta_kl=0.01", "grpo.reward=neg_loss",
          "grpo.reward_batch=fresh"]
 GRPO_MODES = {
