@@ -134,6 +134,9 @@ def saved_run(tmp, name, overrides, info):
     save_weights(folder / "state.safetensors", {"model.x": torch.zeros(1)}, {"info": json.dumps(info)})
 
 
+DEFAULT_GRPO = load_config().grpo  # the default config's GRPO budget: what a finished run ran, which seeds it takes
+LAST_GRPO_SEED = DEFAULT_GRPO.seed_start + DEFAULT_GRPO.iterations * DEFAULT_GRPO.inits_per_iter - 1
+
 # (id, entry point, argv given (tmp, policy) -> list (it sets up the files the case needs), what the message says)
 CASES = [
     # config values: every one a one-line ConfigError naming the key and the valid range
@@ -196,9 +199,10 @@ CASES = [
      ["--resume", "--init-policy", str(p)] + sets(*TINY, "seed=5"),
      "config key seed: 5 differs from the run being resumed (0)"),
     ("grpo --resume of a finished run", "grpo",
-     lambda t, p: saved_run(t, "digits_mlp-grpo", TINY, {"iteration": 160}) or
+     lambda t, p: saved_run(t, "digits_mlp-grpo", TINY, {"iteration": DEFAULT_GRPO.iterations}) or
      ["--resume", "--init-policy", str(p)] + sets(*TINY),
-     "digits_mlp-grpo/state.safetensors: the run finished its 160 iterations; nothing to resume"),
+     f"digits_mlp-grpo/state.safetensors: the run finished its {DEFAULT_GRPO.iterations} iterations; nothing to "
+     f"resume"),
     ("grpo --resume, a policy.json that is not one", "grpo",
      lambda t, p: saved_run(t, "digits_mlp-grpo", TINY, {"iteration": 2}) or
      written(t / "artifacts/runs/digits_mlp-grpo/policy.json", b"[1]") and
@@ -334,8 +338,8 @@ CASES = [
     ("an empty config file (it ran on the code's defaults)", "zoo",
      lambda t, p: written(t / "c.yaml", b"") and ["--config", str(t / "c.yaml")], "c.yaml: empty"),
     ("zoo seeds among GRPO's", "zoo", lambda t, p: sets("zoo.seed=100000"),
-     "config key grpo.seed_start: GRPO init seeds 100000..101279 (grpo.iterations x grpo.inits_per_iter from it) "
-     "overlap the zoo's seeds 100000..100255"),
+     f"config key grpo.seed_start: GRPO init seeds 100000..{LAST_GRPO_SEED} (grpo.iterations x grpo.inits_per_iter "
+     f"from it) overlap the zoo's seeds 100000..100255"),
     ("bench --seed-start negative (a cache folder seed--00005)", "bench", lambda t, p: ["audit", "--seed-start", "-5"],
      "--seed-start -5: expected a seed in [0, 2^63)"),
     ("bench --seed-start past 2^64", "bench", lambda t, p: ["generate", "--seed-start", "18446744073709551616"],
