@@ -43,6 +43,13 @@ class PolicyConfig:
     sees the pair (W at t1, W at t2) infers each unit's latent, a nonlinear per-unit decoder lifts it into the unit's
     state before the weight head, and the prior is N(latent mean, latent_std) given W at t1. Its samples are each like
     one SGD run; with false the policy is a regressor of their average (the latent only explores, in GRPO)"""
+    flow: bool = False
+    """a flow from the init to SGD's final weights (rectified flow, Liu et al. 2022): the policy predicts the final
+    weights from weights on the straight line between an init and its run's final weights, at the line's position t1,
+    and a step from t1 to t2 moves the share (t2 - t1) / (1 - t1) of the way to that prediction (an Euler step of the
+    flow). Imitation then fits the end from points of every line rather than SGD's outcome from SGD's own checkpoints,
+    so a walk of many small steps carries the inits' distribution to that of SGD's nets, each unit moved from where it
+    is, instead of writing every net from the average of SGD's outcomes. Time is the line's, not SGD's progress"""
     posterior_rounds: int = field(default=2, metadata={"min": 0})
     """message-passing rounds of the posterior encoder's own trunk over W at t2 (generative policies only)"""
     input_state: Literal["messages", "static"] = "messages"
@@ -313,10 +320,13 @@ class DenoisingPolicy(nn.Module):
         return mean, std
 
     def encode(self, x: dict[str, torch.Tensor], t1: torch.Tensor, t2: torch.Tensor) -> tuple[dict, torch.Tensor]:
-        """Message passing and attention: (unit states, group -> (B, n, d); per-tensor head outputs (B, T, 2))."""
+        """Message passing and attention: (unit states, group -> (B, n, d); per-tensor heads (B, T, 3): the gain on
+        the current values, the raw std, and the share of the predicted update the step takes (1, but for a flow)."""
         layout = self.layout
         b = t1.shape[0]
-        temb = self.time(t1, t2)  # (B, d)
+        # A flow policy predicts the end of the line whatever the step: its trunk sees (t1, 1), and the step's share of
+        # the way travels beside the per-tensor heads to `decode`.
+        temb = self.time(t1, torch.ones_like(t2) if self.cfg.flow else t2)  # (B, d)
         h = {}
         for gi, g in enumerate(layout.groups):
             v = self.group_emb.weight[gi] + self.position[g.name] if g.fixed else self.group_emb.weight[gi][None]
@@ -336,7 +346,9 @@ class DenoisingPolicy(nn.Module):
         for rnd in self.rounds:
             h = rnd(h, edges, temb, self.attend, self.static)
         h = {g: self.out_norm(v) for g, v in h.items()}
-        return h, self.tensor_head(self.tensor_emb.weight[: len(layout.tensors)][None] + temb[:, None])
+        heads = self.tensor_head(self.tensor_emb.weight[: len(layout.tensors)][None] + temb[:, None])  # (B, T, 2)
+        share = (t2 - t1) / (1 - t1).clamp(min=1e-6) if self.cfg.flow else torch.ones_like(t1)
+        return h, torch.cat([heads, share.view(b, 1, 1).expand(b, heads.shape[1], 1)], dim=2)
 
     def decode(self, x: dict[str, torch.Tensor], h: dict, heads: torch.Tensor) -> tuple[dict, dict]:
         """The weight head: (unit states, tensor heads) -> (mean, std) of the weights at t2."""
@@ -354,7 +366,11 @@ class DenoisingPolicy(nn.Module):
                 delta = _mix_t(left, h[t.inp], self.out_right).view(b, o, r, i).transpose(2, 3)
             else:
                 delta = self.unit_head(h[t.out])[..., KINDS.index(t.kind)] + h[t.out] @ self.unit_out[ti]
-            gain = heads[:, ti, 0].view(-1, *([1] * (cur.dim() - 1)))
-            mean[t.key] = cur + delta + gain * (cur - self.centre[ti])
+            gain, share = (heads[:, ti, c].view(-1, *([1] * (cur.dim() - 1))) for c in (0, 2))
             std[t.key] = self.sampling.temperature * (cfg.std_floor + F.softplus(heads[:, ti, 1] + self.std_bias))
+            if cfg.flow:  # the share of the way to the predicted end
+                mean[t.key] = cur + share * (delta + gain * (cur - self.centre[ti]))
+                std[t.key] = heads[:, ti, 2] * std[t.key]
+            else:
+                mean[t.key] = cur + delta + gain * (cur - self.centre[ti])
         return mean, std

@@ -329,6 +329,12 @@ def config_from_dict(data: dict) -> ExperimentConfig:
             raise ConfigError(f"config key zoo.widths: {w} is not a width list like reference.widths "
                               f"{cfg.reference.widths} (same length, positive)")
     imitate_cfg = cfg.imitate
+    if cfg.policy.flow and cfg.policy.generative:
+        raise ConfigError("config key policy.flow: a flow policy is fitted to points on lines from inits to finals, a "
+                          "generative one by the ELBO on checkpoint pairs: set one of policy.flow and policy.generative")
+    if cfg.policy.flow and imitate_cfg.walked_frac > 0:
+        raise ConfigError("config key imitate.walked_frac: a flow policy learns from points on lines from inits to "
+                          "finals, not from its own walked states: set it to 0 with policy.flow")
     if imitate_cfg.eval_seed_start < cfg.zoo.seed + cfg.zoo.runs and cfg.zoo.seed < imitate_cfg.eval_seed_start + imitate_cfg.eval_seeds:
         raise ConfigError(f"config key imitate.eval_seed_start: held-out seeds {imitate_cfg.eval_seed_start}.."
                           f"{imitate_cfg.eval_seed_start + imitate_cfg.eval_seeds - 1} overlap the zoo's seeds {cfg.zoo.seed}.."

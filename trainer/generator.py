@@ -59,6 +59,16 @@ def init_states(cfg: ExperimentConfig, task: Task, seeds: Iterable[int]) -> dict
     return {k: torch.stack([sd[k] for sd in sds]) for k in sds[0]}
 
 
+FLOW_GRID = [i / 64 for i in range(65)]
+"""The points a flow policy's schedule may stop at (`PolicyConfig.flow`): its time is the position on a line from the
+init to the final weights, not the zoo's checkpoint progress."""
+
+
+def walk_grid(policy_cfg: PolicyConfig, zoo_grid: Sequence[float]) -> list[float]:
+    """The progress values a policy's schedule snaps to: the zoo's checkpoint grid, or a flow policy's `FLOW_GRID`."""
+    return list(FLOW_GRID) if policy_cfg.flow else list(zoo_grid)
+
+
 def snap_schedule(schedule: Sequence[float], grid: Sequence[float]) -> list[float]:
     """Each schedule point moved to the nearest progress value the zoo has checkpoints at. Two points that snap to
     one are an error (the walk would quietly lose a step)."""

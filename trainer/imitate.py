@@ -10,6 +10,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from trainer.device import resolve_device
 from trainer.runlog import RunLogger, check_resumable, check_run_dir, clear_run_dir, lock_run_dir
 from trainer.pairs import ZooPairs
 from trainer.generator import (WeightGenerator, bn_recompute_inputs, init_states, mean_path_accuracy,
-                              reference_layout, sample_accuracy, snap_schedule)
+                              reference_layout, sample_accuracy, snap_schedule, walk_grid)
 from trainer.zoo import build_zoo, checkpoint_steps, total_steps, zoo_at_width, zoo_variants
 
 
@@ -48,6 +49,20 @@ def sample_pairs(t: torch.Tensor, sched_idx: list[int], batch: int, schedule_fra
     i = torch.where(on_schedule, s[k], i)
     j = torch.where(on_schedule, s[k + 1], j)
     return r, i, j
+
+
+def line_points(wd: "WidthData", batch: int, gen: torch.Generator) -> tuple[dict, dict, torch.Tensor]:
+    """A flow policy's imitation data: for `batch` random runs and positions s ~ U[0, 1), the point
+    (1 - s) W_0 + s W_1 on the straight line from the run's init to its final weights, and those final weights.
+    Returns (points, finals, s)."""
+    r = torch.randint(wd.runs, (batch,), generator=gen)
+    s = torch.rand(batch, generator=gen)
+    points, finals = {}, {}
+    for k, v in wd.data.items():
+        w0, w1 = v[r, 0], v[r, -1]
+        at = s.to(v.device).view(-1, *[1] * (w0.dim() - 1))
+        points[k], finals[k] = (1 - at) * w0 + at * w1, w1
+    return points, finals, s.to(next(iter(wd.data.values())).device)
 
 
 @torch.no_grad()
@@ -184,6 +199,28 @@ def zoo_data(cfg: ExperimentConfig, task: Task) -> tuple[Tokenizer, list[WidthDa
     return tok, widths, grid
 
 
+def pair_loss(policy: DenoisingPolicy, wd: WidthData, walked: Optional[dict], sched_idx: list[int],
+              sched_pos: torch.Tensor, imitate_cfg, gen: torch.Generator,
+              device: torch.device) -> tuple[torch.Tensor, dict, dict]:
+    """The imitation loss on a batch of ordered checkpoint pairs of one width (`sample_pairs`), some inputs at schedule
+    points replaced by the policy's own walked states (`walked`, or None): the regressor's `imitation_loss`, or a
+    generative policy's `elbo_loss`. Returns (loss, logged parts, the step's std)."""
+    ri, i, j = sample_pairs(wd.t, sched_idx, imitate_cfg.batch_size, imitate_cfg.schedule_frac, gen)
+    x1 = {k: v[ri, i] for k, v in wd.data.items()}
+    if walked is not None:  # some inputs at schedule points become the policy's own walked states
+        pos = sched_pos[i]
+        use = ((torch.rand(len(ri), generator=gen) < imitate_cfg.walked_frac) & (pos >= 1)).to(device)
+        for k, v in walked.items():
+            x1[k] = torch.where(use.view(-1, *[1] * (v.dim() - 2)), v[ri, pos.clamp(min=0)], x1[k])
+    x2 = {k: v[ri, j] for k, v in wd.data.items()}
+    t1, t2 = wd.t[ri, i].to(device), wd.t[ri, j].to(device)
+    if policy.cfg.generative:
+        return elbo_loss(policy, x1, x2, t1, t2, imitate_cfg.kl_weight, imitate_cfg.free_bits, gen)
+    mean, std = policy(x1, t1, t2)
+    loss, parts = imitation_loss(mean, std, x2)
+    return loss, parts, std
+
+
 def check_sizes(cfg: ExperimentConfig, layout: Layout) -> None:
     """Allocate, and free at once, what training will hold: the policy's parameters with their gradients and Adam's two
     moments, both sides of a batch of pairs, and the nets the task loss walks. A size the machine cannot hold
@@ -218,7 +255,7 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
     check_sizes(cfg, layout)
     # The zoo's checkpoint grid follows from its recipe: a schedule that collapses on it fails before the zoo is built.
     total = total_steps(cfg, task)
-    snap_schedule(cfg.generate.schedule, [s / total for s in checkpoint_steps(total, cfg.zoo.checkpoints)])
+    snap_schedule(cfg.generate.schedule, walk_grid(cfg.policy, [s / total for s in checkpoint_steps(total, cfg.zoo.checkpoints)]))
     zoo_dir = build_zoo(cfg, progress=progress)
     device = resolve_device(cfg.device)
     template.to(device).eval()  # scored as generated nets are (the task loss switches BN nets to train mode)
@@ -226,8 +263,8 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
     for wd in widths:
         wd.data = {k: v.to(device) for k, v in wd.data.items()}
     c = len(grid)
-    schedule = snap_schedule(cfg.generate.schedule, grid)
-    sched_idx = [grid.index(s) for s in schedule]
+    schedule = snap_schedule(cfg.generate.schedule, walk_grid(cfg.policy, grid))
+    sched_idx = [grid.index(s) for s in schedule] if not cfg.policy.flow else [0, c - 1]  # a flow learns from lines
 
     torch.manual_seed(cfg.seed)
     # initialised on the CPU: the same init on every device
@@ -235,7 +272,7 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
     opt = torch.optim.AdamW(policy.parameters(), lr=imitate_cfg.lr, weight_decay=imitate_cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     # the held-out evaluation sees the nets as `generate` makes them: BN statistics recomputed if so configured
-    weight_generator = WeightGenerator(cfg, policy, tok, schedule, grid, bn_recompute_inputs(cfg, task))
+    weight_generator = WeightGenerator(cfg, policy, tok, schedule, walk_grid(cfg.policy, grid), bn_recompute_inputs(cfg, task))
     eval_seeds = list(range(imitate_cfg.eval_seed_start, imitate_cfg.eval_seed_start + imitate_cfg.eval_seeds))
     start, elapsed = 0, 0.0
     lock = lock_run_dir(run_dir)  # released in the `finally` below; taken before --overwrite removes anything
@@ -263,20 +300,13 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
             w = int(torch.randint(len(widths), (1,), generator=gen)) if len(widths) > 1 else 0
             wd = widths[w]
             policy.layout = wd.layout  # the policy's only width-dependent state: group sizes, read from its layout
-            ri, i, j = sample_pairs(wd.t, sched_idx, imitate_cfg.batch_size, imitate_cfg.schedule_frac, gen)
-            x1 = {k: v[ri, i] for k, v in wd.data.items()}
-            if walked is not None:  # some inputs at schedule points become the policy's own walked states
-                pos = sched_pos[i]
-                use = ((torch.rand(len(ri), generator=gen) < imitate_cfg.walked_frac) & (pos >= 1)).to(device)
-                for k, v in walked[w].items():
-                    x1[k] = torch.where(use.view(-1, *[1] * (v.dim() - 2)), v[ri, pos.clamp(min=0)], x1[k])
-            x2 = {k: v[ri, j] for k, v in wd.data.items()}
-            t1, t2 = wd.t[ri, i].to(device), wd.t[ri, j].to(device)
-            if policy.cfg.generative:
-                loss, parts, std = elbo_loss(policy, x1, x2, t1, t2, imitate_cfg.kl_weight, imitate_cfg.free_bits, gen)
-            else:
-                mean, std = policy(x1, t1, t2)
+            if policy.cfg.flow:  # points on the lines from inits to finals, each with its line's end as the target
+                x1, x2, t1 = line_points(wd, imitate_cfg.batch_size, gen)
+                mean, std = policy(x1, t1, torch.ones_like(t1))
                 loss, parts = imitation_loss(mean, std, x2)
+            else:
+                loss, parts, std = pair_loss(policy, wd, walked[w] if walked is not None else None, sched_idx, sched_pos,
+                                             imitate_cfg, gen, device)
             policy.layout = layout
             if imitate_cfg.task_inits > 0:
                 ce = task_loss(weight_generator, template, task, imitate_cfg.task_split, imitate_cfg.task_inits, imitate_cfg.task_examples, gen)

@@ -89,6 +89,32 @@ def test_temperature_scales_the_std_and_leaves_the_mean():
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_a_flow_step_moves_its_share_of_the_way_to_the_predicted_end(family):
+    """A flow policy predicts the line's end from (x, t1) alone; a step to t2 takes (t2 - t1) / (1 - t1) of the way
+    there, its std scaled alike. Equivariance holds as for any policy."""
+    layout, x = encoded(family, range(3))
+    torch.manual_seed(0)
+    policy = DenoisingPolicy(replace(SMALL, flow=True), layout).eval()
+    perturb(policy)
+    t1, t2 = torch.tensor([0.0, 0.25, 0.5]), torch.tensor([0.125, 0.5, 1.0])
+    with torch.no_grad():
+        end, end_std = policy(x, t1, torch.ones(3))
+        mean, std = policy(x, t1, t2)
+        share = torch.tensor([0.125, 1 / 3, 1.0])
+        for k in mean:
+            view = share.view(-1, *[1] * (x[k].dim() - 1))
+            assert not torch.allclose(end[k], x[k])  # the prediction moves...
+            torch.testing.assert_close(mean[k], x[k] + view * (end[k] - x[k]))  # ...and the step takes its share
+            torch.testing.assert_close(std[k], share * end_std[k])
+        g = next(g for g in layout.groups if not g.fixed)
+        perm = torch.randperm(g.size, generator=torch.Generator().manual_seed(5))
+        mean_p, _ = policy(permute_units(x, layout, g.name, perm), t1, t2)
+        expected = permute_units(mean, layout, g.name, perm)
+        for k in mean:
+            torch.testing.assert_close(mean_p[k], expected[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_unit_latent_draws_permute_with_the_units_and_their_noise(family):
     layout, x = encoded(family, range(2))
     torch.manual_seed(0)

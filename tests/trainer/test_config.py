@@ -50,6 +50,14 @@ def test_config_errors_name_the_key(override, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("other, key", [("policy.generative=true", "policy.flow"), ("imitate.walked_frac=0.5",
+                                                                                     "imitate.walked_frac")])
+def test_a_flow_policy_refuses_what_learns_from_checkpoint_pairs(other, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["policy.flow=true", other])
+    assert str(e.value).startswith(f"config key {key}: a flow policy") and "\n" not in str(e.value)
+
+
 def test_missing_config_file_is_one_line_error():
     with pytest.raises(ConfigError, match="config file nowhere.yaml not found"):
         load_config("nowhere.yaml")

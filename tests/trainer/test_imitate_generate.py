@@ -106,8 +106,8 @@ def all_scalars(run_dir):
 
 
 @pytest.mark.parametrize("extra", [[], ["--set", "imitate.walked_frac=1.0"], ["--set", "imitate.task_inits=2"],
-                                   sum((["--set", s] for s in GENERATIVE), [])],
-                         ids=["zoo-inputs", "walked-inputs", "task-loss", "generative"])
+                                   sum((["--set", s] for s in GENERATIVE), []), ["--set", "policy.flow=true"]],
+                         ids=["zoo-inputs", "walked-inputs", "task-loss", "generative", "flow"])
 def test_resume_is_bit_identical(trained, in_tmp, monkeypatch, extra):
     straight = load_weights(trained / "policy.safetensors")[0]
     straight_dir = trained
@@ -239,3 +239,40 @@ def test_a_walk_of_another_step_count_than_the_policy_was_trained_on_is_said(tra
     asked = WeightGenerator.load(trained / "policy.safetensors", ["generate.schedule=[0.0,0.005,1.0]"])
     retimed = WeightGenerator.load(trained / "policy.safetensors", cfg=asked.cfg)  # the same step count: re-timed
     assert retimed.schedule == asked.schedule != own.schedule and "note:" not in capsys.readouterr().err
+
+
+def test_a_flow_learns_from_points_on_lines_and_walks_euler_steps(trained, in_tmp):
+    """A flow policy's imitation inputs lie on the straight lines from the zoo runs' inits to their finals, the target
+    being the line's end; `generate` walks its schedule on the flow's own grid, each step moving its share of the way
+    to the predicted end."""
+    from trainer.config import load_config
+    from trainer.generator import FLOW_GRID, WeightGenerator, init_states
+    from envs.tasks import task_from_config
+
+    from tests.settings import TINY
+
+    cfg = load_config(overrides=TINY)
+    task = task_from_config(cfg.task)
+    _, widths, _ = imitate.zoo_data(cfg, task)
+    wd = widths[0]
+    points, finals, s = imitate.line_points(wd, 64, torch.Generator().manual_seed(0))
+    assert 0 <= s.min() and s.max() < 1 and s.std() > 0.2
+    for k, v in wd.data.items():  # each point is (1 - s) W_0 + s W_1 of one run, whose W_1 is the target
+        run = [next(r for r in range(wd.runs) if torch.equal(v[r, -1], f)) for f in finals[k]]
+        view = s.view(-1, *[1] * (v.dim() - 2))
+        torch.testing.assert_close(points[k], (1 - view) * v[run, 0] + view * v[run, -1])
+
+    schedule = "generate.schedule=[0.0,0.3,0.6,1.0]"
+    assert imitate_cli("--name", "flow", "--set", "policy.flow=true", "--set", schedule) == 0
+    weight_generator = WeightGenerator.load(in_tmp / "artifacts/runs/flow/policy.safetensors")
+    assert weight_generator.grid == FLOW_GRID and weight_generator.schedule == [0.0, 0.296875, 0.59375, 1.0]
+    policy, inits = weight_generator.policy, init_states(cfg, task, [5, 6])
+    generated, _ = weight_generator.generate(inits, mean_only=True)
+    x = weight_generator.encode(inits)
+    with torch.no_grad():
+        for t1, t2 in zip(weight_generator.schedule[:-1], weight_generator.schedule[1:]):
+            end, _ = policy(x, torch.full((2,), t1), torch.ones(2))
+            x = {k: x[k] + (t2 - t1) / (1 - t1) * (end[k] - x[k]) for k in x}
+    expected = weight_generator.tokenizer.decode(x, inits)
+    for k in generated:
+        torch.testing.assert_close(generated[k], expected[k])
