@@ -118,8 +118,9 @@ def audit_table(r: dict) -> str:
                   "hidden features: best cosine | share above 0.9 | effective rank |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for h in r["handoff"]:
+            hand = "the line from the init to SGD's final, at s" if r.get("flow") else "SGD to t"
             name = ("the policy's own walk from the init" if h["sgd_to"] == 0 else "SGD alone" if h["steps"] == 0
-                    else f"SGD to t = {h['sgd_to']:.4g}, then the policy's last {h['steps']} step(s)")
+                    else f"{hand} = {h['sgd_to']:.4g}, then the policy's last {h['steps']} step(s)")
             ens = f"{np.mean(h['ensemble_8']):.4f}" if h["ensemble_8"] else "-"
             best = h["features"]["best_cosine"]
             lines.append(f"| {name} | {np.mean(h['accuracy']):.4f} | {ens} | {h['ensemble_all']:.4f} | "
@@ -127,7 +128,10 @@ def audit_table(r: dict) -> str:
                          f"{h['features']['effective_rank']:.1f} |")
         lines += ["", "How to read it: SGD's own nets from the same inits, at each point of the policy's schedule, "
                   "walked on by the policy. If the features stay SGD's (diverse) only when the policy's first step "
-                  "is skipped, the first step makes the dictionary; if every step brings it back, every step does."]
+                  "is skipped, the first step makes the dictionary; if every step brings it back, every step does. "
+                  "A flow policy (policy.flow) is handed the point of the straight line from each init to SGD's final "
+                  "from it, at the schedule's points: the states its imitation was fitted on. Where its own walk "
+                  "falls far below these rows, its states drift off the lines."]
     return "\n".join(lines)
 
 
@@ -173,7 +177,11 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     results = dict(experiment=cfg.name, policy=str(policy), seeds=seeds,
                    output=f"one draw per init, {cfg.generate.redraw:g} of it re-drawn" if sampling else "the mean path",
                    **audit.audit_nets(cfg, task, layout, zoo, inits, generated, sgd, replicate, second=second))
-    ckpts = audit.sgd_checkpoints(cfg, seeds, template.state_dict(), weight_generator.schedule)
+    if weight_generator.policy.cfg.flow:  # a flow's state at s is a point of the line from the init to the final
+        ckpts = [{k: (1 - s) * inits[k] + s * sgd[k] for k in inits} for s in weight_generator.schedule]
+    else:
+        ckpts = audit.sgd_checkpoints(cfg, seeds, template.state_dict(), weight_generator.schedule)
+    results["flow"] = weight_generator.policy.cfg.flow
     if weight_generator.policy.cfg.generative:  # the decoder told where SGD went: is the gap in the prior, or in the decoder?
         walked = audit.posterior_walk(weight_generator, ckpts)
         results["posterior_walk"] = score_states(cfg, task, walked, "test")

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from tests.settings import TINY_ZOO as TINY
+
+TINY_ZOO_FLOW = TINY + ["policy.flow=true"]
 from trainer.bench.__main__ import cli as bench_main
 from trainer.generator import WeightGenerator, mean_path_accuracy
 
@@ -55,6 +57,34 @@ def test_bench_audit_cli_writes_table_json_and_figures(tiny_zoo, tiny_policy, in
     pngs = sorted(p.name for p in (in_tmp / "figs").glob("*.png"))
     assert pngs == ["digits_mlp-audit-distance.png", "digits_mlp-audit-ensembles.png", "digits_mlp-audit-iou.png"]
     assert all((in_tmp / "figs" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_bench_audit_hands_a_flow_the_points_of_the_lines_to_sgds_finals(tiny_zoo, in_tmp):
+    """A flow policy's handoff rows start from (1 - s) init + s SGD's final at the schedule's points: the row with one
+    step left is the policy's predicted end from that point, recomputed here."""
+    from tests.settings import TINY_POLICY
+    from trainer import imitate
+    from trainer.audit import sgd_from_seeds
+    from trainer.generator import init_states, score_states
+
+    cfg, task = tiny_zoo[:2]
+    sets = sum((["--set", s] for s in TINY_ZOO_FLOW + [f"zoo.out={cfg.zoo_dir}"] + TINY_POLICY), [])
+    assert imitate.cli(sets + ["--set", "generate.schedule=[0.0,0.25,0.5,1.0]"]) == 0
+    assert bench_main(["audit", "--seeds", "4", "--out", "audit.md"] + sets
+                      + ["--set", "generate.schedule=[0.0,0.25,0.5,1.0]"]) == 0
+    r = json.loads((in_tmp / "audit.json").read_text())
+    hand = r["handoff"]
+    assert r["flow"] and [h["sgd_to"] for h in hand] == [0.0, 0.25, 0.5, 1.0]
+    weight_generator = WeightGenerator.load(in_tmp / "artifacts/runs/digits_mlp-imitate/policy.safetensors")
+    inits = init_states(cfg, task, [0, 1, 2, 3])
+    sgd = sgd_from_seeds(cfg, [0, 1, 2, 3], {k: v[0] for k, v in inits.items()})
+    x = weight_generator.encode({k: 0.5 * inits[k] + 0.5 * sgd[k] for k in inits})
+    with torch.no_grad():
+        end, _ = weight_generator.policy(x, torch.full((4,), 0.5), torch.ones(4))
+    nets = weight_generator.tokenizer.decode(end, inits)
+    assert hand[2]["accuracy"] == pytest.approx(score_states(cfg, task, nets, "test"), abs=1e-12)
+    assert "the line from the init to SGD's final, at s = 0.5, then the policy's last 1 step(s)" in (
+        in_tmp / "audit.md").read_text()
 
 
 def test_bench_audit_sample_audits_the_first_of_two_draws_and_their_agreement(tiny_zoo, tiny_policy, in_tmp):
