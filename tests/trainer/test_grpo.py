@@ -392,16 +392,23 @@ def test_repel_adds_the_feature_repulsion_of_the_first_layer_across_inits(imitat
     assert (loss - plain).item() == pytest.approx(c * torch.stack(want).mean().item(), rel=1e-4)
 
 
-@pytest.mark.parametrize("explore", ["all", "last"])
-def test_pathwise_walk_is_the_reward_gradient_through_every_step(imitation, in_tmp, explore):
+@pytest.mark.parametrize("explore, flow", [("all", False), ("last", False), ("all", True)])
+def test_pathwise_walk_is_the_reward_gradient_through_every_step(imitation, in_tmp, explore, flow):
     """With grpo.backprop=walk the surrogate's gradient is the true reward's, differentiated on the learner through the
     whole walk from the init, every sampled step's latent reparameterised around its mean; and it is not the last
-    step's alone (the earlier steps' outputs depend on the trained parameters too)."""
+    step's alone (the earlier steps' outputs depend on the trained parameters too). A flow policy's walk (each step a
+    share of the way to its predicted end) trains the same way."""
     from envs.models import reference_from_config
     from envs.scoring import batched_logits
 
+    if flow:
+        from tests.settings import imitate_cli
+
+        assert imitate_cli("--name", "flow", "--set", "policy.flow=true") == 0
+        imitation = in_tmp / "artifacts/runs/flow/policy.safetensors"
     t = grpo_trainer(imitation, in_tmp / "r", 1, *UNITS, "grpo.latent_std=0.2", "grpo.estimator=pathwise",
                      f"grpo.explore={explore}", "grpo.trainable=policy", "grpo.backprop=walk")
+    assert t.policy.cfg.flow == flow and len(t.weight_generator.schedule) == 3
     rollouts = scored_rollouts(t)
     mb = torch.tensor([0, 3, 5])
     params = [p for p in t.policy.parameters() if p.requires_grad]
