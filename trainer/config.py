@@ -330,8 +330,9 @@ def config_from_dict(data: dict) -> ExperimentConfig:
                               f"{cfg.reference.widths} (same length, positive)")
     imitate_cfg = cfg.imitate
     if cfg.policy.flow and cfg.policy.generative:
-        raise ConfigError("config key policy.flow: a flow policy is fitted to points on lines from inits to finals, a "
-                          "generative one by the ELBO on checkpoint pairs: set one of policy.flow and policy.generative")
+        raise ConfigError("config key policy.flow: a flow policy is fitted to points on lines from inits to finals, "
+                          "a generative one by the ELBO on checkpoint pairs: set one of policy.flow and "
+                          "policy.generative")
     if cfg.policy.flow and imitate_cfg.walked_frac > 0:
         raise ConfigError("config key imitate.walked_frac: a flow policy learns from points on lines from inits to "
                           "finals, not from its own walked states: set it to 0 with policy.flow")

@@ -26,7 +26,7 @@ from trainer import paths
 from trainer.algos import learning_rate
 from trainer.checkpoints import load_training_state, save_training_state, training_state_info
 from trainer.cli import add_run_args, parser, run_main, use_threads
-from trainer.config import ConfigError, ExperimentConfig
+from trainer.config import ConfigError, ExperimentConfig, ImitateConfig
 from trainer.device import resolve_device
 from trainer.runlog import RunLogger, check_resumable, check_run_dir, clear_run_dir, lock_run_dir
 from trainer.pairs import ZooPairs
@@ -200,7 +200,7 @@ def zoo_data(cfg: ExperimentConfig, task: Task) -> tuple[Tokenizer, list[WidthDa
 
 
 def pair_loss(policy: DenoisingPolicy, wd: WidthData, walked: Optional[dict], sched_idx: list[int],
-              sched_pos: torch.Tensor, imitate_cfg, gen: torch.Generator,
+              sched_pos: torch.Tensor, imitate_cfg: ImitateConfig, gen: torch.Generator,
               device: torch.device) -> tuple[torch.Tensor, dict, dict]:
     """The imitation loss on a batch of ordered checkpoint pairs of one width (`sample_pairs`), some inputs at schedule
     points replaced by the policy's own walked states (`walked`, or None): the regressor's `imitation_loss`, or a
@@ -255,7 +255,8 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
     check_sizes(cfg, layout)
     # The zoo's checkpoint grid follows from its recipe: a schedule that collapses on it fails before the zoo is built.
     total = total_steps(cfg, task)
-    snap_schedule(cfg.generate.schedule, walk_grid(cfg.policy, [s / total for s in checkpoint_steps(total, cfg.zoo.checkpoints)]))
+    zoo_grid = [s / total for s in checkpoint_steps(total, cfg.zoo.checkpoints)]
+    snap_schedule(cfg.generate.schedule, walk_grid(cfg.policy, zoo_grid))
     zoo_dir = build_zoo(cfg, progress=progress)
     device = resolve_device(cfg.device)
     template.to(device).eval()  # scored as generated nets are (the task loss switches BN nets to train mode)
@@ -272,7 +273,8 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
     opt = torch.optim.AdamW(policy.parameters(), lr=imitate_cfg.lr, weight_decay=imitate_cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     # the held-out evaluation sees the nets as `generate` makes them: BN statistics recomputed if so configured
-    weight_generator = WeightGenerator(cfg, policy, tok, schedule, walk_grid(cfg.policy, grid), bn_recompute_inputs(cfg, task))
+    weight_generator = WeightGenerator(cfg, policy, tok, schedule, walk_grid(cfg.policy, grid),
+                                       bn_recompute_inputs(cfg, task))
     eval_seeds = list(range(imitate_cfg.eval_seed_start, imitate_cfg.eval_seed_start + imitate_cfg.eval_seeds))
     start, elapsed = 0, 0.0
     lock = lock_run_dir(run_dir)  # released in the `finally` below; taken before --overwrite removes anything
@@ -305,8 +307,8 @@ def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool
                 mean, std = policy(x1, t1, torch.ones_like(t1))
                 loss, parts = imitation_loss(mean, std, x2)
             else:
-                loss, parts, std = pair_loss(policy, wd, walked[w] if walked is not None else None, sched_idx, sched_pos,
-                                             imitate_cfg, gen, device)
+                loss, parts, std = pair_loss(policy, wd, walked[w] if walked is not None else None, sched_idx,
+                                             sched_pos, imitate_cfg, gen, device)
             policy.layout = layout
             if imitate_cfg.task_inits > 0:
                 ce = task_loss(weight_generator, template, task, imitate_cfg.task_split, imitate_cfg.task_inits, imitate_cfg.task_examples, gen)
