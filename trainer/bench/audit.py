@@ -178,7 +178,8 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
                    output=f"one draw per init, {cfg.generate.redraw:g} of it re-drawn" if sampling else "the mean path",
                    **audit.audit_nets(cfg, task, layout, zoo, inits, generated, sgd, replicate, second=second))
     if weight_generator.policy.cfg.flow:  # a flow's state at s is a point of the line from the init to the final
-        ckpts = [{k: (1 - s) * inits[k] + s * sgd[k] for k in inits} for s in weight_generator.schedule]
+        ckpts = [{k: (1 - s) * v + s * sgd[k] if v.is_floating_point() else v for k, v in inits.items()}
+                 for s in weight_generator.schedule]  # counters (BatchNorm's) stay the init's
     else:
         ckpts = audit.sgd_checkpoints(cfg, seeds, template.state_dict(), weight_generator.schedule)
     results["flow"] = weight_generator.policy.cfg.flow

@@ -7,8 +7,6 @@ import pytest
 import torch
 
 from tests.settings import TINY_ZOO as TINY
-
-TINY_ZOO_FLOW = TINY + ["policy.flow=true"]
 from trainer.bench.__main__ import cli as bench_main
 from trainer.generator import WeightGenerator, mean_path_accuracy
 
@@ -68,7 +66,7 @@ def test_bench_audit_hands_a_flow_the_points_of_the_lines_to_sgds_finals(tiny_zo
     from trainer.generator import init_states, score_states
 
     cfg, task = tiny_zoo[:2]
-    sets = sum((["--set", s] for s in TINY_ZOO_FLOW + [f"zoo.out={cfg.zoo_dir}"] + TINY_POLICY), [])
+    sets = sum((["--set", s] for s in TINY + ["policy.flow=true", f"zoo.out={cfg.zoo_dir}"] + TINY_POLICY), [])
     assert imitate.cli(sets + ["--set", "generate.schedule=[0.0,0.25,0.5,1.0]"]) == 0
     assert bench_main(["audit", "--seeds", "4", "--out", "audit.md"] + sets
                       + ["--set", "generate.schedule=[0.0,0.25,0.5,1.0]"]) == 0
