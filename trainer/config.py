@@ -112,6 +112,9 @@ class ImitateConfig:
     free_bits: float = field(default=0.1, metadata={"min": 0})
     """generative policies: nats per latent dimension (averaged over units and the batch) the KL term does not charge,
     so the posterior cannot collapse onto the prior (Kingma et al. 2016)"""
+    generative_loss: Literal["elbo", "energy"] = "elbo"
+    """generative policies: "elbo" (the posterior infers each pair's latent, `kl_weight`, `free_bits`) or "energy" (the
+    energy score of two draws from the prior, a strictly proper score that needs no posterior)"""
     train_runs: Optional[int] = field(default=None, metadata={"min": 1})
     """use only the first N zoo runs (None: all)"""
     eval_every: int = field(default=250, metadata={"min": 1})
@@ -333,6 +336,9 @@ def config_from_dict(data: dict) -> ExperimentConfig:
         raise ConfigError("config key policy.flow: a flow policy is fitted to points on lines from inits to finals, "
                           "a generative one by the ELBO on checkpoint pairs: set one of policy.flow and "
                           "policy.generative")
+    if imitate_cfg.generative_loss == "energy" and not cfg.policy.generative:
+        raise ConfigError("config key imitate.generative_loss: \"energy\" scores a generative policy's draws; a "
+                          "regressor has none: set policy.generative=true, or leave it \"elbo\"")
     if cfg.policy.flow and imitate_cfg.walked_frac > 0:
         raise ConfigError("config key imitate.walked_frac: a flow policy learns from points on lines from inits to "
                           "finals, not from its own walked states: set it to 0 with policy.flow")

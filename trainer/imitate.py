@@ -131,6 +131,34 @@ def elbo_loss(policy: DenoisingPolicy, x1: dict, x2: dict, t1: torch.Tensor, t2:
     return nll + kl_weight * charged + mse_centre, parts, std
 
 
+def tensor_norm(v: dict) -> torch.Tensor:
+    """Per net, the Euclidean norm that weighs every tensor equally (the root of the sum over tensors of each one's
+    mean square, as `tensor_mse` weighs them): (B,)."""
+    return torch.stack([x.flatten(1).pow(2).mean(1) for x in v.values()]).sum(0).clamp(min=1e-12).sqrt()
+
+
+def energy_loss(policy: DenoisingPolicy, x1: dict, x2: dict, t1: torch.Tensor, t2: torch.Tensor,
+                gen: torch.Generator) -> tuple[torch.Tensor, dict, dict]:
+    """A generative policy's energy score on pairs (Gneiting & Raftery 2007; engression, Shen & Meinshausen 2023):
+    two independent draws A, B of the unit latent from the prior, decoded, and E|A - W2| - |A - B| / 2 in
+    `tensor_norm`. A strictly proper score of the whole net's conditional distribution: it is lowest when the draws
+    are distributed as SGD's outcomes given W at t1, and it needs no posterior, so nothing can collapse. Plus the
+    regressor's loss at the prior's mean (the mean path, and the std head for iid sampling). Returns (loss, logged
+    parts, the std)."""
+    h, heads = policy.encode(x1, t1, t2)
+    p_mean, p_std = policy.latent(h)
+    a, b = (policy.decode(x1, policy.lift(h, sample(p_mean, p_std, gen)), heads)[0] for _ in range(2))
+    diff = lambda u, v: {k: u[k] - v[k] for k in u}  # noqa: E731
+    fit = (tensor_norm(diff(a, x2)) + tensor_norm(diff(b, x2))) / 2
+    spread = tensor_norm(diff(a, b))
+    centre, std = policy.decode(x1, policy.lift(h, p_mean), heads)
+    reg, parts = imitation_loss(centre, std, x2)
+    score = (fit - spread / 2).mean()
+    parts.update({"losses/energy": score.item(), "losses/energy_fit": fit.mean().item(),
+                  "losses/energy_spread": spread.mean().item()})
+    return score + reg, parts, std
+
+
 # Seeds of the fresh inits the task loss walks from: far above the zoo, held-out and GRPO seed ranges.
 TASK_SEED_BASE = 10**9
 
@@ -214,6 +242,8 @@ def pair_loss(policy: DenoisingPolicy, wd: WidthData, walked: Optional[dict], sc
             x1[k] = torch.where(use.view(-1, *[1] * (v.dim() - 2)), v[ri, pos.clamp(min=0)], x1[k])
     x2 = {k: v[ri, j] for k, v in wd.data.items()}
     t1, t2 = wd.t[ri, i].to(device), wd.t[ri, j].to(device)
+    if policy.cfg.generative and imitate_cfg.generative_loss == "energy":
+        return energy_loss(policy, x1, x2, t1, t2, gen)
     if policy.cfg.generative:
         return elbo_loss(policy, x1, x2, t1, t2, imitate_cfg.kl_weight, imitate_cfg.free_bits, gen)
     mean, std = policy(x1, t1, t2)

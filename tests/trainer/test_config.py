@@ -58,6 +58,13 @@ def test_a_flow_policy_refuses_what_learns_from_checkpoint_pairs(other, key):
     assert str(e.value).startswith(f"config key {key}: a flow policy") and "\n" not in str(e.value)
 
 
+def test_the_energy_score_needs_a_generative_policy():
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["imitate.generative_loss=energy"])
+    assert str(e.value).startswith("config key imitate.generative_loss:") and "\n" not in str(e.value)
+    assert load_config(overrides=["imitate.generative_loss=energy", "policy.generative=true"]).imitate.generative_loss == "energy"
+
+
 def test_missing_config_file_is_one_line_error():
     with pytest.raises(ConfigError, match="config file nowhere.yaml not found"):
         load_config("nowhere.yaml")

@@ -100,3 +100,48 @@ def test_bad_draw_counts_are_one_line_errors_before_any_work(argv, in_tmp, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --")
     assert not (in_tmp / "x").exists()
+
+
+def test_the_energy_loss_is_the_energy_score_of_two_prior_draws():
+    """`imitate.energy_loss` recomputed by hand: two draws of the unit latent around the prior's mean from the same
+    generator stream, decoded; the mean over the batch of (|A - W2| + |B - W2|) / 2 - |A - B| / 2, each norm over the
+    whole net with every tensor weighed by its size; plus the regressor's loss at the prior's mean."""
+    from dataclasses import replace
+
+    from policy.model import DenoisingPolicy, PolicyConfig
+    from policy.tokenizer import Tokenizer, fit_scales
+    from tests.settings import batch_of, make
+
+    _, layout = make("mlp")
+    states = batch_of("mlp", range(6))
+    tok = Tokenizer(layout, fit_scales({k: states[k] for k in layout.shapes}))
+    x1 = tok.encode({k: v[:3] for k, v in states.items()})
+    x2 = tok.encode({k: v[3:] for k, v in states.items()})
+    torch.manual_seed(0)
+    policy = DenoisingPolicy(replace(PolicyConfig(dim=16, rounds=1, heads=2), generative=True, latent_dim=4,
+                                     latent_std=1.0), layout)
+    with torch.no_grad():
+        for p in policy.parameters():  # off the zero-initialised heads, so the latent moves the weights
+            p.add_(0.1 * torch.randn_like(p))
+    t1, t2 = torch.zeros(3), torch.full((3,), 0.5)
+    loss, parts, _ = imitate.energy_loss(policy, x1, x2, t1, t2, torch.Generator().manual_seed(7))
+
+    gen = torch.Generator().manual_seed(7)
+    h, heads = policy.encode(x1, t1, t2)
+    mean, std = policy.latent(h)
+    draws = []
+    for _ in range(2):
+        u = {g: mean[g] + std[g].view(-1, 1, 1) * torch.randn(mean[g].shape, generator=gen) for g in mean}
+        draws.append(policy.decode(x1, policy.lift(h, u), heads)[0])
+
+    def norm(a, b):  # one flat vector per net, entries of a tensor scaled by 1 / sqrt(its size)
+        return torch.linalg.vector_norm(torch.cat([(a[k] - b[k]).flatten(1) / a[k][0].numel() ** 0.5 for k in a], 1),
+                                        dim=1)
+
+    a, b = draws
+    score = ((norm(a, x2) + norm(b, x2)) / 2 - norm(a, b) / 2).mean()
+    centre, std_w = policy.decode(x1, policy.lift(h, mean), heads)
+    regression, _ = imitate.imitation_loss(centre, std_w, x2)
+    assert parts["losses/energy"] == pytest.approx(score.item(), rel=1e-5)
+    assert norm(a, b).min() > 1e-3  # the two draws differ
+    assert loss.item() == pytest.approx((score + regression).item(), rel=1e-5)

@@ -106,8 +106,10 @@ def all_scalars(run_dir):
 
 
 @pytest.mark.parametrize("extra", [[], ["--set", "imitate.walked_frac=1.0"], ["--set", "imitate.task_inits=2"],
-                                   sum((["--set", s] for s in GENERATIVE), []), ["--set", "policy.flow=true"]],
-                         ids=["zoo-inputs", "walked-inputs", "task-loss", "generative", "flow"])
+                                   sum((["--set", s] for s in GENERATIVE), []),
+                                   sum((["--set", s] for s in GENERATIVE + ["imitate.generative_loss=energy"]), []),
+                                   ["--set", "policy.flow=true"]],
+                         ids=["zoo-inputs", "walked-inputs", "task-loss", "generative", "energy", "flow"])
 def test_resume_is_bit_identical(trained, in_tmp, monkeypatch, extra):
     straight = load_weights(trained / "policy.safetensors")[0]
     straight_dir = trained
