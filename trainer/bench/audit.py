@@ -17,7 +17,7 @@ from trainer import paths
 from trainer.bench.common import generated_policy, emit, figure, held_out_parser, held_out_seeds, paired_difference, \
     seed_number, spread
 from trainer.checkpoints import save_json
-from trainer.config import ExperimentConfig
+from trainer.config import ConfigError, ExperimentConfig
 from trainer.generator import WeightGenerator, init_states, reference_layout, score_states
 
 
@@ -30,6 +30,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     out.add_argument("--sample", action="store_true", help="audit one draw per init, as `generate` draws (a share "
                                                            "generate.redraw of the init re-drawn), and a second "
                                                            "draw's agreement with it")
+    a.add_argument("--latent", action="store_true", help="with --sample: the draws sample the policy's latent too "
+                                                         "(as `generate --sample` does), whatever imitation measured "
+                                                         "better")
     a.add_argument("--sample-seed", type=seed_number, default=0, help="seed of the draws (default 0)")
     a.add_argument("--json", help="per-net results (default: --out with .json, else artifacts/bench/<experiment>/"
                                   "audit.json)")
@@ -152,6 +155,8 @@ def handoff(cfg: ExperimentConfig, task, layout, weight_generator: WeightGenerat
 def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     """Generated nets from held-out inits against the zoo (novelty) and against SGD from the same inits (fidelity)."""
     cfg = cfgs[0]
+    if args.latent and not args.sample:
+        raise ConfigError("--latent: it samples the latent of --sample's draws; add --sample")
     seeds = held_out_seeds(args, cfg)
     policy = args.policy or generated_policy(cfg)
     weight_generator = WeightGenerator.load(policy, cfg=cfg)
@@ -161,10 +166,10 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     t = time.perf_counter()
     inits = init_states(cfg, task, seeds)
     sampling = args.sample
+    latent = args.latent or weight_generator.default_output == "samples"
     second = None
     if sampling:  # two draws per init, as `generate` draws them: the first audited, the pair's agreement measured
-        pair = weight_generator.draw(inits, 2, torch.Generator().manual_seed(args.sample_seed),
-                                     sample_latent=weight_generator.default_output == "samples")
+        pair = weight_generator.draw(inits, 2, torch.Generator().manual_seed(args.sample_seed), sample_latent=latent)
         generated, second = ({k: v[i::2] for k, v in pair.items()} for i in (0, 1))
     else:
         generated, _ = weight_generator.generate(inits, mean_only=True, trajectory=False)
@@ -175,7 +180,8 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     print(f"audit: aligning and scoring against {next(iter(zoo.values())).shape[0]} zoo nets ...", file=sys.stderr,
           flush=True)
     results = dict(experiment=cfg.name, policy=str(policy), seeds=seeds,
-                   output=f"one draw per init, {cfg.generate.redraw:g} of it re-drawn" if sampling else "the mean path",
+                   output=(f"one draw per init, {cfg.generate.redraw:g} of it re-drawn"
+                           + (", the latent sampled" if latent else "")) if sampling else "the mean path",
                    **audit.audit_nets(cfg, task, layout, zoo, inits, generated, sgd, replicate, second=second))
     if weight_generator.policy.cfg.flow:  # a flow's state at s is a point of the line from the init to the final
         ckpts = [{k: (1 - s) * v + s * sgd[k] if v.is_floating_point() else v for k, v in inits.items()}

@@ -85,20 +85,23 @@ def test_bench_audit_hands_a_flow_the_points_of_the_lines_to_sgds_finals(tiny_zo
         in_tmp / "audit.md").read_text()
 
 
-def test_bench_audit_sample_audits_the_first_of_two_draws_and_their_agreement(tiny_zoo, tiny_policy, in_tmp):
-    """--sample: the audited nets are the first of two draws per init (`WeightGenerator.draw`), and the two draws'
-    agreement is recomputed here from their predictions."""
+@pytest.mark.parametrize("latent", [False, True], ids=["mean-path-draws", "latent-draws"])
+def test_bench_audit_sample_audits_the_first_of_two_draws_and_their_agreement(tiny_zoo, tiny_policy, in_tmp, latent):
+    """--sample: the audited nets are the first of two draws per init (`WeightGenerator.draw`; with --latent, drawing
+    the policy's sampling noise too), and the two draws' agreement is recomputed here from their predictions."""
     import torch
 
     from trainer.audit import predictions, split_logits
     from trainer.generator import init_states, score_states
 
     cfg, task = tiny_zoo[:2]
-    assert bench_main(["audit", "--seeds", "3", "--sample", "--sample-seed", "7", "--out", "audit.md"] + tiny_policy) == 0
+    assert bench_main(["audit", "--seeds", "3", "--sample", "--sample-seed", "7", "--out", "audit.md"]
+                      + ["--latent"] * latent + tiny_policy) == 0
     r = json.loads((in_tmp / "audit.json").read_text())
-    assert r["output"] == "one draw per init, 0.05 of it re-drawn"
+    assert r["output"] == "one draw per init, 0.05 of it re-drawn" + ", the latent sampled" * latent
     weight_generator = WeightGenerator.load(in_tmp / "artifacts/runs/digits_mlp-imitate/policy.safetensors")
-    pair = weight_generator.draw(init_states(weight_generator.cfg, task, [0, 1, 2]), 2, torch.Generator().manual_seed(7))
+    pair = weight_generator.draw(init_states(weight_generator.cfg, task, [0, 1, 2]), 2, torch.Generator().manual_seed(7),
+                                 sample_latent=latent)
     first, second = ({k: v[i::2] for k, v in pair.items()} for i in (0, 1))
     assert r["accuracy"]["generated"] == pytest.approx(score_states(weight_generator.cfg, task, first, "test"), abs=1e-12)
     a, b = (predictions(split_logits(weight_generator.cfg, task, s)) for s in (first, second))
@@ -109,6 +112,7 @@ def test_bench_audit_sample_audits_the_first_of_two_draws_and_their_agreement(ti
     (["--seed-start", "1001"], "held-out seeds 1001..1032 overlap the zoo's seeds 1000..1002"),
     (["--seeds", "0"], "--seeds 0: need at least one held-out seed"),
     (["--policy", "nowhere/policy.safetensors"], "nowhere/policy.safetensors: policy file not found"),
+    (["--latent"], "--latent: it samples the latent of --sample's draws; add --sample"),
 ])
 def test_bench_audit_user_errors_are_one_line_before_any_work(tiny_zoo, in_tmp, capsys, args, message):
     sets = sum((["--set", s] for s in TINY + [f"zoo.out={tiny_zoo[0].zoo_dir}"]), [])
