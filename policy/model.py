@@ -50,6 +50,9 @@ class PolicyConfig:
     flow). Imitation then fits the end from points of every line rather than SGD's outcome from SGD's own checkpoints,
     so a walk of many small steps carries the inits' distribution to that of SGD's nets, each unit moved from where it
     is, instead of writing every net from the average of SGD's outcomes. Time is the line's, not SGD's progress"""
+    posterior: bool = True
+    """generative policies: build the posterior encoder, which the ELBO fits. Imitation sets it false for a policy it
+    fits by the energy score (`imitate.generative_loss`), which needs none"""
     posterior_rounds: int = field(default=2, metadata={"min": 0})
     """message-passing rounds of the posterior encoder's own trunk over W at t2 (generative policies only)"""
     input_state: Literal["messages", "static"] = "messages"
@@ -278,10 +281,10 @@ class DenoisingPolicy(nn.Module):
         self.register_buffer("centre", torch.tensor(centres or [0.0] * len(layout.tensors)), persistent=False)
         if cfg.generative:  # built last: a regressor's parameters, and so its init, are as they always were
             k = cfg.latent_dim
-            # The posterior's trunk over W at t2: a trunk of the same design (its weight head is never used).
-            self.posterior_trunk = DenoisingPolicy(dataclasses.replace(cfg, generative=False,
-                                                                       rounds=cfg.posterior_rounds), layout, centres)
-            self.posterior_head = _mlp(2 * d, 2 * d, 2 * k)  # cat[state at t1, state at t2] -> (mean, log std)
+            if cfg.posterior:  # the posterior's trunk over W at t2: a trunk of the same design (its weight head unused)
+                self.posterior_trunk = DenoisingPolicy(dataclasses.replace(cfg, generative=False,
+                                                                           rounds=cfg.posterior_rounds), layout, centres)
+                self.posterior_head = _mlp(2 * d, 2 * d, 2 * k)  # cat[state at t1, state at t2] -> (mean, log std)
             self.lift_mlp = _mlp(d + k, 2 * d, d)  # the nonlinear part of the decoder: which feature a unit becomes
             nn.init.zeros_(self.lift_mlp[-1].weight)
             nn.init.zeros_(self.lift_mlp[-1].bias)

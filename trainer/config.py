@@ -340,6 +340,9 @@ def config_from_dict(data: dict) -> ExperimentConfig:
         raise ConfigError("config key policy.flow: a flow policy is fitted to points on lines from inits to finals, "
                           "a generative one by the ELBO on checkpoint pairs: set one of policy.flow and "
                           "policy.generative")
+    if cfg.policy.generative and not cfg.policy.posterior and imitate_cfg.generative_loss == "elbo":
+        raise ConfigError("config key policy.posterior: false leaves a generative policy no posterior to infer its "
+                          "latent with, which imitate.generative_loss=elbo fits (the energy score needs none)")
     if imitate_cfg.generative_loss == "energy" and not cfg.policy.generative:
         raise ConfigError("config key imitate.generative_loss: \"energy\" scores a generative policy's draws; a "
                           "regressor has none: set policy.generative=true, or leave it \"elbo\"")

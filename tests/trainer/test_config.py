@@ -63,6 +63,9 @@ def test_the_energy_score_needs_a_generative_policy():
         load_config(overrides=["imitate.generative_loss=energy"])
     assert str(e.value).startswith("config key imitate.generative_loss:") and "\n" not in str(e.value)
     assert load_config(overrides=["imitate.generative_loss=energy", "policy.generative=true"]).imitate.generative_loss == "energy"
+    with pytest.raises(ConfigError) as e:  # and the ELBO needs the posterior
+        load_config(overrides=["policy.generative=true", "policy.posterior=false"])
+    assert str(e.value).startswith("config key policy.posterior:") and "\n" not in str(e.value)
 
 
 def test_missing_config_file_is_one_line_error():
