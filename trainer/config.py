@@ -161,10 +161,6 @@ class GRPOConfig:
     (the B nets of one draw index, from the iteration's B inits, class probabilities averaged) in place of its own loss:
     negative correlation learning, so that nets from different inits make different errors and an ensemble of them
     gains (`trainer.algos.ensemble_example_weights`; one more forward pass of the rollouts per iteration). 0: off"""
-    ensemble_over: Literal["inits", "draws"] = "inits"
-    """with `grpo.ensemble`: which nets form an ensemble. "inits": the B nets of one draw index, one per init, so
-    that nets from different inits make different errors. "draws": the G draws of one init, so that the latent's draws
-    make different errors (same-init diversity, as SGD's data orders have)"""
     repel: float = field(default=0.0, metadata={"min": 0})
     """with "pathwise": weight of the feature repulsion, the mean over the first hidden layer's units of their soft
     maximum cosine (temperature 0.05) with the units of the other inits' nets in the minibatch, each unit seen as its

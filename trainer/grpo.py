@@ -153,11 +153,8 @@ class GRPOTrainer:
         b, g = grpo_cfg.inits_per_iter, grpo_cfg.group_size
         loss = self.pool.score(rollouts.final, examples, objective=self.reward_objective, noise_seed=self.noise_seed(),
                                per_example=True).example_loss.clamp(max=MAX_LOSS).view(b, g, -1)
-        if grpo_cfg.ensemble_over == "draws":  # ensemble members on the first axis: each init's G draws
-            loss = loss.transpose(0, 1)
         rollouts.ensemble_loss = ensemble_loss(loss).mean().item()
-        weights = ensemble_example_weights(loss, grpo_cfg.ensemble)
-        weights = (weights.transpose(0, 1) if grpo_cfg.ensemble_over == "draws" else weights).flatten(0, 1)
+        weights = ensemble_example_weights(loss, grpo_cfg.ensemble).flatten(0, 1)
         return torch.cat([weights, torch.ones(extra, weights.shape[1])])
 
     def noise_seed(self) -> int:
