@@ -271,15 +271,17 @@ def score_batch(model: nn.Module, weights: Weights, split: Split, chunk_size: in
     by `auto_batch_size`). An example whose logits are not all finite (overflowing but finite weights) counts as wrong.
     `grad`: also the reward's gradient with respect to each set's weights (`Scores.grad`), by the same vmapped passes,
     with each example's cross-entropy weighted by `example_weights` (G, N) when given (GRPO's ensemble mix computes
-    them). `per_example`: also every set's cross-entropy on every example (`Scores.example_loss`).
+    them). The gradient is taken with respect to the model's parameters; BatchNorm's running statistics, buffers that
+    autograd does not differentiate through, get zeros. `per_example`: also every set's cross-entropy on every example
+    (`Scores.example_loss`).
     """
     stacked = stack_weights(weights, model.state_dict())
     g = batch_size_of(stacked)
     finite = _finite(stacked)
     correct = torch.zeros(g, dtype=torch.int64)
     loss_sum = torch.zeros(g, dtype=torch.float64)
-    keys = weight_keys(model.state_dict()) if grad else []
-    grads = {k: torch.zeros(stacked[k].shape, dtype=stacked[k].dtype) for k in keys}
+    grads = {k: torch.zeros(stacked[k].shape, dtype=stacked[k].dtype) for k in weight_keys(model.state_dict())}
+    keys = [k for k, _ in model.named_parameters()] if grad else []  # running statistics keep their zeros
     if example_weights is not None and tuple(example_weights.shape) != (g, len(split)):
         raise ValueError(f"example_weights have shape {tuple(example_weights.shape)}, expected ({g}, {len(split)})")
     example_loss = torch.full((g, len(split)), float("inf")) if per_example else None

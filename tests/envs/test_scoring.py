@@ -184,13 +184,17 @@ def test_auto_batch_size_keeps_activations_in_budget(task, monkeypatch):
     assert scores.correct.tolist() == loop_scores(make(task, "cnn"), sets, task.test)[0]
 
 
-@pytest.mark.parametrize("family", ["mlp", "cnn"])
+@pytest.mark.parametrize("family", ["mlp", "cnn", "resnet"])
 def test_reward_gradients_equal_autograd_on_each_net_in_float64(task, family):
     """score_batch(grad=True): per weight set, d(-mean CE over the split)/dW, computed in vmapped chunks and batches,
-    equals plain autograd of one model on the whole split, in float64; a non-finite set gets zeros."""
+    equals plain autograd of one model (in eval mode) on the whole split, in float64, for every parameter; a
+    BatchNorm net's running statistics get zeros, as does a non-finite set."""
     split = task.test
     split = type(split)(split.x[:300].double(), split.y[:300])
-    models = [make(task, family, seed=s).double().eval() for s in range(3)]
+    models = []
+    for s, state in enumerate(weight_sets(task, family, 3)):  # trained: a BN net's running statistics have moved
+        models.append(make(task, family, seed=s).double().eval())
+        models[-1].load_state_dict(state)
     states = [m.state_dict() for m in models]
     states[1] = {k: v.clone() for k, v in states[1].items()}
     first = weight_keys(states[1])[0]
@@ -204,6 +208,9 @@ def test_reward_gradients_equal_autograd_on_each_net_in_float64(task, family):
         want = torch.autograd.grad(-loss, [p for _, p in m.named_parameters()])
         for (k, _), w in zip(m.named_parameters(), want):
             torch.testing.assert_close(scores.grad[k][i], w, rtol=1e-9, atol=1e-12)
+        buffers = [k for k, v in m.named_buffers() if v.is_floating_point()]
+        assert bool(buffers) == (family == "resnet") and all((scores.grad[k][i] == 0).all() for k in buffers)
+        assert set(scores.grad) == set(weight_keys(states[i]))
         assert scores.loss[i].item() == pytest.approx(loss.item(), rel=1e-9)
 
 
