@@ -217,6 +217,9 @@ class GRPOConfig:
     reward_batch: Literal["fixed", "fresh"] = "fixed"
     """the examples a generated net is scored on: "fixed" (the task's reward split, every iteration) or "fresh" (as
     many examples drawn anew from the train split each iteration, so the reward cannot be learned by heart)"""
+    fresh_examples: int = field(default=0, metadata={"min": 0})
+    """with reward_batch "fresh": how many train-split examples each iteration draws; 0: as many as the reward split
+    holds. The reward gradient's cost is linear in it (MNIST CNN: 1,000)"""
     antithetic: bool = True
     """sample each group as mirrored pairs (noise eps, -eps; needs an even group_size): the curvature part of the
     reward cancels from the policy gradient of the mean"""
@@ -366,6 +369,9 @@ def config_from_dict(data: dict) -> ExperimentConfig:
     if grpo_cfg.trainable == "policy" and grpo_cfg.estimator != "pathwise":
         raise ConfigError("config key grpo.trainable: policy trains the trunk and head through the reward gradient: it "
                           "needs grpo.estimator=pathwise")
+    if grpo_cfg.fresh_examples and grpo_cfg.reward_batch != "fresh":
+        raise ConfigError("config key grpo.fresh_examples: it sizes the examples drawn anew each iteration: it needs "
+                          "grpo.reward_batch=fresh (\"fixed\" scores on the whole reward split)")
     if grpo_cfg.ensemble > 0 and (grpo_cfg.estimator != "pathwise" or grpo_cfg.inits_per_iter < 2):
         raise ConfigError("config key grpo.ensemble: the ensemble's loss reaches each net through the workers' reward "
                           "gradients over an ensemble of the iteration's inits: it needs grpo.estimator=pathwise and "

@@ -56,6 +56,10 @@ class GRPOTrainer:
                  pool: Optional[RolloutPool] = None):
         """`pool`: a scoring pool its owner opened and closes (a benchmark running several trainers on one pool);
         without one, `train` opens its own and closes it on return."""
+        train_size = len(task_from_config(cfg.task).train)  # the task is cached: loaded once
+        if cfg.grpo.fresh_examples > train_size:
+            raise ConfigError(f"config key grpo.fresh_examples: expected at most the {train_size} examples of "
+                              f"{cfg.task.name}'s train split, got {cfg.grpo.fresh_examples}")
         self.weight_generator = WeightGenerator.load(init_policy, cfg=cfg)
         # GRPO's wall time from imitation on: a GRPO policy as the start brings its own (`grpo_wall_s` in policy.json)
         started = read_json(policy_file(init_policy).with_suffix(".json"))
@@ -112,12 +116,14 @@ class GRPOTrainer:
         return rollouts
 
     def reward_examples(self) -> Optional[np.ndarray]:
-        """With `grpo.reward_batch: fresh`, this iteration's train-split example indices (as many as the reward split
-        holds, drawn from the seed and the iteration, so a resumed run draws the same); None: the reward split."""
+        """With `grpo.reward_batch: fresh`, this iteration's train-split example indices (`grpo.fresh_examples` of
+        them, or as many as the reward split holds, drawn from the seed and the iteration, so a resumed run draws the
+        same); None: the reward split."""
         if self.cfg.grpo.reward_batch == "fixed":
             return None
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.iteration)
-        return torch.randperm(len(self.task.train), generator=gen)[:len(self.task.reward)].numpy()
+        n = self.cfg.grpo.fresh_examples or len(self.task.reward)
+        return torch.randperm(len(self.task.train), generator=gen)[:n].numpy()
 
     def score(self, rollouts: Rollouts) -> None:
         """The G samples of every group, and both mean paths from the B inits, on the same reward examples, as the

@@ -76,19 +76,22 @@ def test_a_policy_saved_before_sampling_had_its_own_section_loads_with_its_draws
 @pytest.mark.parametrize("reward,batch,objective,input_noise", [
     ("accuracy", "fixed", "plain", 0.0), ("neg_loss", "fixed", "plain", 0.0), ("accuracy", "fresh", "plain", 0.0),
     ("neg_loss", "fixed", "quantized", 0.0), ("accuracy", "fresh", "pruned", 0.0), ("neg_loss", "fresh", "noisy", 0.0),
-    ("neg_loss", "fresh", "plain", 0.3), ("accuracy", "fixed", "noisy", 0.4)])
+    ("neg_loss", "fresh", "plain", 0.3), ("accuracy", "fixed", "noisy", 0.4), ("neg_loss", "fresh37", "plain", 0.0)])
 def test_rewards_equal_an_independent_evaluation(imitation, in_tmp, reward, batch, objective, input_noise):
     """The samples' rewards on the objective at GRPO's training noise (`grpo.input_noise`, on top of a noisy
-    objective's own: one draw of std hypot(0.5, input_noise)); the paired gain's mean paths on the objective alone."""
+    objective's own: one draw of std hypot(0.5, input_noise)); the paired gain's mean paths on the objective alone.
+    "fresh37": fresh batches of `grpo.fresh_examples=37`."""
     import math
 
     from envs.models import reference_from_config
     from envs.objectives import noisy_inputs, prune, quantize
     from envs.scoring import evaluate
     from envs.tasks import Split, task_from_config
+    fresh = 37 if batch == "fresh37" else 0
+    batch = "fresh" if fresh else batch
     t = grpo_trainer(imitation, in_tmp / "r", 1, f"grpo.reward={reward}", f"grpo.reward_batch={batch}",
                      f"env.objective={objective}", "env.bits=3", "env.sparsity=0.7", "env.noise_std=0.5",
-                     f"grpo.input_noise={input_noise}")
+                     f"grpo.input_noise={input_noise}", f"grpo.fresh_examples={fresh}")
     rollouts = t.collect_rollouts()
     t.pool = RolloutPool(t.cfg)
     try:
@@ -97,9 +100,9 @@ def test_rewards_equal_an_independent_evaluation(imitation, in_tmp, reward, batc
         t.pool.close()
     task = task_from_config(t.cfg.task)
     examples = task.split("reward")
-    if batch == "fresh":  # as many train-split examples as the reward split, drawn anew each iteration
+    if batch == "fresh":  # as many train-split examples as the reward split (or fresh_examples), drawn anew each iteration
         idx = torch.from_numpy(t.reward_examples())
-        assert len(idx) == len(examples) and len(set(idx.tolist())) == len(idx)
+        assert len(idx) == (fresh or len(examples)) and len(set(idx.tolist())) == len(idx)
         t.iteration += 1
         assert not torch.equal(idx, torch.from_numpy(t.reward_examples()))
         examples = Split(task.train.x[idx], task.train.y[idx])

@@ -358,6 +358,12 @@ CASES = [
     ("the whole policy by the score function", "grpo", lambda t, p: ["--init-policy", str(p)] + sets("grpo.estimator=score"),
      "config key grpo.trainable: policy trains the trunk and head through the reward gradient: it needs "
      "grpo.estimator=pathwise"),
+    ("fresh examples on a fixed batch", "grpo", lambda t, p: ["--init-policy", str(p)] + sets("grpo.reward_batch=fixed",
+                                                                                                 "grpo.fresh_examples=100"),
+     "config key grpo.fresh_examples: it sizes the examples drawn anew each iteration: it needs grpo.reward_batch=fresh"),
+    ("more fresh examples than the train split", "grpo",
+     lambda t, p: ["--init-policy", str(p)] + sets("grpo.reward_batch=fresh", "grpo.fresh_examples=100000"),
+     "config key grpo.fresh_examples: expected at most the"),
     ("an ensemble of one init", "grpo", lambda t, p: ["--init-policy", str(p)] + sets("grpo.ensemble=0.5", "grpo.inits_per_iter=1"),
      "config key grpo.ensemble: the ensemble's loss reaches each net through the workers' reward gradients"),
     ("repulsion by the score function", "grpo", lambda t, p: ["--init-policy", str(p)] + sets("grpo.repel=0.1", "grpo.estimator=score", "grpo.trainable=latent"),
