@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -269,7 +268,7 @@ def check_sizes(cfg: ExperimentConfig, layout: Layout) -> None:
 def train(cfg: ExperimentConfig, name: str, resume: bool = False, progress: bool = True,
           overwrite: bool = False) -> Path:
     if cfg.policy.generative and cfg.imitate.generative_loss == "energy":  # the energy score needs no posterior
-        cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, posterior=False))
+        cfg = replace(cfg, policy=replace(cfg.policy, posterior=False))
     imitate_cfg = cfg.imitate
     run_dir = paths.run_dir(name)
     state_path = run_dir / "state.safetensors"

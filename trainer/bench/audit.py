@@ -189,7 +189,8 @@ def run(args: argparse.Namespace, cfgs: list[ExperimentConfig]) -> dict:
     else:
         ckpts = audit.sgd_checkpoints(cfg, seeds, template.state_dict(), weight_generator.schedule)
     results["flow"] = weight_generator.policy.cfg.flow
-    if weight_generator.policy.cfg.generative and weight_generator.policy.cfg.posterior:  # the decoder told where SGD went: is the gap in the prior, or in the decoder?
+    policy_cfg = weight_generator.policy.cfg
+    if policy_cfg.generative and policy_cfg.posterior:  # the decoder told where SGD went: is the gap in the prior, or in the decoder?
         walked = audit.posterior_walk(weight_generator, ckpts)
         results["posterior_walk"] = score_states(cfg, task, walked, "test")
     results["handoff"] = [handoff(cfg, task, layout, weight_generator, ckpts, j) for j in range(len(ckpts))]
