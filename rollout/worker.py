@@ -86,3 +86,7 @@ class ScoringWorker:
     def threads(self) -> int:
         """Torch threads this worker runs with (what the pool asked for)."""
         return torch.get_num_threads()
+
+    def niceness(self) -> int:
+        """This worker's scheduling niceness (a private local instance's workers run at the driver's)."""
+        return os.nice(0)

@@ -74,6 +74,12 @@ def test_actors_run_with_the_threads_they_are_given(ray_local):
         assert ray.get([a.threads.remote() for a in pool._actors], timeout=60) == [2, 2]
 
 
+def test_actors_of_a_private_instance_run_at_the_drivers_niceness(ray_local):
+    # Ray's default (15) let any other process on the machine starve the scoring actors while the driver waited
+    with RolloutPool(CFG, threads=1) as pool:
+        assert ray.get([a.niceness.remote() for a in pool._actors], timeout=60) == [os.nice(0)] * len(pool._actors)
+
+
 def score_batch_slice(scores, a, b):
     return SimpleNamespace(correct=scores.correct[a:b], finite=scores.finite[a:b], loss=scores.loss[a:b], n=scores.n)
 
