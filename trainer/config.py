@@ -106,6 +106,9 @@ class ImitateConfig:
     """split the task loss draws from: "train" (the zoo's own data) or "reward" (the RL reward split)"""
     task_weight: float = field(default=1.0, metadata={"min": 0})
     """weight of the task loss next to the imitation loss"""
+    task_nets: Literal["final", "every_step"] = "final"
+    """which nets of the task loss's walks it scores: "final" (the walk's output) or "every_step" (the net after each
+    step as well, on the same examples, averaged: each step is asked for a working net, as SGD's checkpoints are)"""
     kl_weight: float = field(default=1.0, metadata={"min": 0})
     """generative policies: weight of the latent's KL(posterior || prior), in nats per net spread over its weight
     dimensions, next to the per-dimension reconstruction NLL (1: the ELBO, per dimension)"""
@@ -345,6 +348,9 @@ def config_from_dict(data: dict) -> ExperimentConfig:
     if imitate_cfg.generative_loss == "energy" and not cfg.policy.generative:
         raise ConfigError("config key imitate.generative_loss: \"energy\" scores a generative policy's draws; a "
                           "regressor has none: set policy.generative=true, or leave it \"elbo\"")
+    if imitate_cfg.task_nets == "every_step" and imitate_cfg.task_inits == 0:
+        raise ConfigError("config key imitate.task_nets: every_step says which nets the task loss scores, and there is "
+                          "none without imitate.task_inits > 0")
     if cfg.policy.flow and imitate_cfg.walked_frac > 0:
         raise ConfigError("config key imitate.walked_frac: a flow policy learns from points on lines from inits to "
                           "finals, not from its own walked states: set it to 0 with policy.flow")

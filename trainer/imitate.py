@@ -169,17 +169,24 @@ def task_loss(weight_generator: WeightGenerator, template: torch.nn.Module, task
     differentiable through every step of the walk (the reward-gradient route: DRaFT, Clark et al. 2023). The test
     split stays for reporting."""
     seeds = (TASK_SEED_BASE + torch.randint(10**9, (inits,), generator=gen)).tolist()
-    return walk_loss(weight_generator, template, task, split, init_states(weight_generator.cfg, task, seeds), examples, gen)
+    return walk_loss(weight_generator, template, task, split, init_states(weight_generator.cfg, task, seeds), examples,
+                     gen, every_step=weight_generator.cfg.imitate.task_nets == "every_step")
 
 
 def walk_loss(weight_generator: WeightGenerator, template: torch.nn.Module, task: Task, split: str,
-              init: dict[str, torch.Tensor], examples: int, gen: torch.Generator) -> torch.Tensor:
+              init: dict[str, torch.Tensor], examples: int, gen: torch.Generator,
+              every_step: bool = False) -> torch.Tensor:
     """Cross-entropy, on `examples` examples of `split` drawn from `gen`, of the nets the policy writes from the
-    batched inits `init` (key -> (B, *shape)), differentiable through every step of the walk."""
+    batched inits `init` (key -> (B, *shape)), differentiable through every step of the walk. `every_step`: the mean
+    over the nets after each step of the walk, on the same examples."""
     # A generative policy is trained on its samples (reparameterised: the latent draws carry the gradient), which are
     # what it generates; a regressor on its mean path.
-    final, _ = weight_generator.generate(init, mean_only=not weight_generator.policy.cfg.generative, generator=gen,
-                                         grad=True)
+    final, steps = weight_generator.generate(init, mean_only=not weight_generator.policy.cfg.generative, generator=gen,
+                                             grad=True)
+    if every_step:
+        frozen = {k: v.to(weight_generator.device) for k, v in init.items()}
+        nets = [weight_generator.tokenizer.decode(s.y, frozen) for s in steps[:-1]] + [final]
+        final = {k: torch.cat([n[k] for n in nets]) for k in final}
     inits = batch_size_of(final)
     # A net with BatchNorm runs in train mode here, normalising by its batch's statistics (what its generated
     # statistics are recomputed from, generate.bn_recompute_batches): torch's batch norm has no gradient for running

@@ -43,6 +43,7 @@ def test_set_overrides_parse_yaml_values():
     ("policy.input_state=frozen",
      "config key policy.input_state: unknown input_state 'frozen' (valid: messages, static)"),
     ("grpo.group_size=5", "config key grpo.group_size: antithetic sampling pairs samples, so it must be even"),
+    ("imitate.task_nets=every_step", "config key imitate.task_nets: every_step says which nets the task loss scores"),
 ])
 def test_config_errors_name_the_key(override, message):
     with pytest.raises(ConfigError) as e:

@@ -1,5 +1,6 @@
 """Tiny-budget runs of the real entry points: imitate -> generate, resume, and bad --init files."""
 
+import dataclasses
 import json
 
 import pytest
@@ -67,12 +68,13 @@ def test_generate_uses_the_grpo_policy_once_one_was_saved(trained, in_tmp):
     assert not all(torch.equal(a[k], b[k]) for k in a)  # the other policy's net
 
 
-@pytest.mark.parametrize("split", ["train", "reward"])
-def test_task_loss_is_the_cross_entropy_of_the_generated_nets(trained, split):
+@pytest.mark.parametrize("split, nets", [("train", "final"), ("reward", "final"), ("train", "every_step")])
+def test_task_loss_is_the_cross_entropy_of_the_generated_nets(trained, split, nets):
     from envs.tasks import load_task
     from trainer.generator import WeightGenerator, init_states, reference_layout
 
-    weight_generator = WeightGenerator.load(trained / "policy.safetensors")
+    weight_generator = WeightGenerator.load(trained / "policy.safetensors",
+                                            ["imitate.task_inits=3", f"imitate.task_nets={nets}"])
     task = load_task("digits", reward_size=300)
     template = reference_layout(weight_generator.cfg, task)[0].eval()
     gen = torch.Generator().manual_seed(5)
@@ -83,12 +85,18 @@ def test_task_loss_is_the_cross_entropy_of_the_generated_nets(trained, split):
     seeds = (imitate.TASK_SEED_BASE + torch.randint(10**9, (3,), generator=gen)).tolist()
     data = task.train if split == "train" else task.reward
     idx = torch.randint(len(data.y), (40,), generator=gen)
-    with torch.no_grad():
-        final, _ = weight_generator.generate(init_states(weight_generator.cfg, task, seeds), mean_only=True)
+    # "every_step": the nets of the walk cut after each of its steps, each a walk of its own.
+    schedule = weight_generator.schedule
+    ends = range(2, len(schedule) + 1) if nets == "every_step" else [len(schedule)]
     ces = []
-    for i in range(3):
-        template.load_state_dict({k: v[i] for k, v in final.items()})
-        ces.append(torch.nn.functional.cross_entropy(template(data.x[idx]), data.y[idx]))
+    for end in ends:
+        walker = dataclasses.replace(weight_generator, schedule=schedule[:end])
+        with torch.no_grad():
+            final, _ = walker.generate(init_states(weight_generator.cfg, task, seeds), mean_only=True)
+        for i in range(3):
+            template.load_state_dict({k: v[i] for k, v in final.items()})
+            ces.append(torch.nn.functional.cross_entropy(template(data.x[idx]), data.y[idx]))
+    assert len(ces) == 3 * (len(schedule) - 1 if nets == "every_step" else 1) and len(schedule) >= 3
     assert loss.item() == pytest.approx(torch.stack(ces).mean().item(), rel=1e-5)
 
 
