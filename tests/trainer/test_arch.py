@@ -1,6 +1,7 @@
 """Beyond one MLP width: generation at widths no zoo run had, mixed-width zoos, and the CNN and ResNet chains (zoo ->
 imitate -> generate -> bench generate) through the same entry points, on tiny budgets."""
 
+import dataclasses
 import json
 
 import pytest
@@ -164,10 +165,12 @@ def test_grpo_runs_at_a_width_the_imitation_policy_never_saw(trained, in_tmp):
                           "--out", "g12"]) == 0
 
 
-def test_the_task_loss_of_a_batchnorm_net_is_its_train_mode_cross_entropy():
+@pytest.mark.parametrize("nets", ["final", "every_step"])
+def test_the_task_loss_of_a_batchnorm_net_is_its_train_mode_cross_entropy(nets):
     """imitate.task_inits on a ResNet: the generated nets run in train mode (batch statistics; torch's batch norm has
-    no gradient for running statistics), the loss equals each net's cross-entropy computed independently, the policy
-    gets a gradient, and the template keeps its buffers and eval mode."""
+    no gradient for running statistics), the loss equals each net's cross-entropy computed independently (with
+    "every_step", each step's net: the walk cut after each step), the policy gets a gradient, and the template keeps
+    its buffers and eval mode."""
     import torch.nn.functional as F
 
     from envs.models import reference_from_config
@@ -179,7 +182,7 @@ def test_the_task_loss_of_a_batchnorm_net_is_its_train_mode_cross_entropy():
     from trainer.generator import WeightGenerator, init_states, reference_layout
 
     cfg = load_config(CONFIGS / "digits_resnet.yaml", ["reference.widths=[4,8]", "policy.dim=16", "policy.rounds=1",
-                                                       "policy.heads=2"])
+                                                       "policy.heads=2", f"imitate.task_nets={nets}"])
     task = task_from_config(cfg.task)
     template, layout = reference_layout(cfg, task)
     template.eval()
@@ -197,11 +200,14 @@ def test_the_task_loss_of_a_batchnorm_net_is_its_train_mode_cross_entropy():
     gen = torch.Generator().manual_seed(7)
     seeds = (TASK_SEED_BASE + torch.randint(10**9, (2,), generator=gen)).tolist()
     idx = torch.randint(len(task.train), (32,), generator=gen)
-    with torch.no_grad():
-        final, _ = weight_generator.generate(init_states(cfg, task, seeds), mean_only=True)
     expected = []
-    for i in range(2):
-        net = reference_from_config(cfg.reference, task)
-        net.load_state_dict({k: v[i] for k, v in final.items()})
-        expected.append(F.cross_entropy(net.train()(task.train.x[idx]), task.train.y[idx]))
+    for schedule in ([[0.0, 0.5]] if nets == "every_step" else []) + [[0.0, 0.5, 1.0]]:
+        with torch.no_grad():
+            final, _ = dataclasses.replace(weight_generator, schedule=schedule).generate(init_states(cfg, task, seeds),
+                                                                                         mean_only=True)
+        for i in range(2):
+            net = reference_from_config(cfg.reference, task)
+            net.load_state_dict({k: v[i] for k, v in final.items()})
+            expected.append(F.cross_entropy(net.train()(task.train.x[idx]), task.train.y[idx]))
+    assert len(expected) == (4 if nets == "every_step" else 2)
     torch.testing.assert_close(loss.detach(), torch.stack(expected).mean(), rtol=1e-5, atol=1e-6)
